@@ -1,0 +1,84 @@
+//! The REST API: sessions, their events and verification, agents, health. Every `/api/v1`
+//! route requires a reviewer's bearer token (a tower layer, not a check in each handler).
+
+mod agents;
+mod auth;
+mod error;
+mod health;
+mod sessions;
+
+use crate::projector::ProjectorStats;
+use axum::routing::get;
+use axum::Router;
+use sqlx::PgPool;
+use std::sync::Arc;
+use tollgate_shared::jwks::Verifier;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_scalar::Servable;
+
+pub use error::ApiError;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub db: PgPool,
+    pub reviewers: Verifier,
+    pub nats: async_nats::Client,
+    pub stats: Arc<ProjectorStats>,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Tollgate control plane", description = "Sessions, commands and agents recorded by Tollgate proxies."),
+    paths(
+        sessions::list_sessions,
+        sessions::get_session,
+        sessions::session_events,
+        sessions::session_commands,
+        sessions::verify_session,
+        agents::list_agents,
+        health::healthz,
+        health::readyz,
+    ),
+    modifiers(&BearerAuth),
+    tags((name = "sessions"), (name = "agents"), (name = "health"))
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
+        );
+    }
+}
+
+/// The OpenAPI document, as checked in at openapi/openapi.json.
+pub fn openapi_json() -> String {
+    let mut text = ApiDoc::openapi().to_pretty_json().unwrap_or_default();
+    text.push('\n');
+    text
+}
+
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/sessions", get(sessions::list_sessions))
+        .route("/sessions/{id}", get(sessions::get_session))
+        .route("/sessions/{id}/events", get(sessions::session_events))
+        .route("/sessions/{id}/commands", get(sessions::session_commands))
+        .route("/sessions/{id}/verify", get(sessions::verify_session))
+        .route("/agents", get(agents::list_agents))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_reviewer));
+    Router::new()
+        .nest("/api/v1", api)
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .route("/openapi.json", get(|| async { ([(axum::http::header::CONTENT_TYPE, "application/json")], openapi_json()) }))
+        .merge(utoipa_scalar::Scalar::with_url("/docs", ApiDoc::openapi()))
+        .with_state(state)
+}

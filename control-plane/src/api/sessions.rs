@@ -1,0 +1,235 @@
+//! Sessions: list with filters and keyset pagination, one session, its events in order, its
+//! commands with their results, and verification of its hash chain.
+
+use super::{ApiError, AppState};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::{Postgres, QueryBuilder};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+const SESSION_COLUMNS: &str = "s.id, s.agent_id, a.name AS agent_name, a.issuer AS agent_issuer, a.subject AS agent_subject,
+    s.resource, s.resource_kind, s.node, s.client_addr, s.client_tls, s.client_user, s.application_name,
+    s.started_at, s.ended_at, s.end_reason, s.end_detail, s.commands, s.errors, s.events";
+
+#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
+pub struct SessionView {
+    pub id: Uuid,
+    pub agent_id: Uuid,
+    pub agent_name: String,
+    pub agent_issuer: String,
+    pub agent_subject: String,
+    pub resource: String,
+    pub resource_kind: String,
+    pub node: String,
+    pub client_addr: Option<String>,
+    pub client_tls: Option<bool>,
+    pub client_user: Option<String>,
+    pub application_name: Option<String>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub end_reason: Option<String>,
+    pub end_detail: Option<String>,
+    pub commands: i64,
+    pub errors: i64,
+    pub events: i64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionPage {
+    pub items: Vec<SessionView>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    pub next_cursor: Option<Uuid>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct SessionQuery {
+    /// Agent id (see /agents).
+    pub agent: Option<Uuid>,
+    /// Agent name, exact.
+    pub agent_name: Option<String>,
+    /// Resource name, exact.
+    pub resource: Option<String>,
+    /// Sessions started at or after this instant (RFC 3339).
+    pub from: Option<DateTime<Utc>>,
+    /// Sessions started before this instant (RFC 3339).
+    pub to: Option<DateTime<Utc>>,
+    /// Page size, 1 to 500 (default 50).
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<Uuid>,
+}
+
+fn query_param<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    q.map(|Query(v)| v).map_err(|e| ApiError::BadRequest(e.body_text()))
+}
+
+/// Sessions, newest first.
+#[utoipa::path(get, path = "/api/v1/sessions", tag = "sessions", params(SessionQuery),
+    responses((status = 200, body = SessionPage), (status = 400, body = super::error::Problem), (status = 401, body = super::error::Problem)),
+    security(("bearer" = [])))]
+pub async fn list_sessions(State(state): State<AppState>, query: Result<Query<SessionQuery>, QueryRejection>) -> Result<Json<SessionPage>, ApiError> {
+    let q = query_param(query)?;
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::BadRequest("limit must be between 1 and 500".into()));
+    }
+    if let (Some(from), Some(to)) = (q.from, q.to) {
+        if from > to {
+            return Err(ApiError::BadRequest("`from` is after `to`".into()));
+        }
+    }
+    let mut sql: QueryBuilder<Postgres> = QueryBuilder::new(format!("SELECT {SESSION_COLUMNS} FROM sessions s JOIN agents a ON a.id = s.agent_id WHERE TRUE"));
+    if let Some(agent) = q.agent {
+        sql.push(" AND s.agent_id = ").push_bind(agent);
+    }
+    if let Some(name) = &q.agent_name {
+        sql.push(" AND a.name = ").push_bind(name);
+    }
+    if let Some(resource) = &q.resource {
+        sql.push(" AND s.resource = ").push_bind(resource);
+    }
+    if let Some(from) = q.from {
+        sql.push(" AND s.started_at >= ").push_bind(from);
+    }
+    if let Some(to) = q.to {
+        sql.push(" AND s.started_at < ").push_bind(to);
+    }
+    // Session ids are UUIDv7: ordering by id is ordering by start time.
+    if let Some(cursor) = q.cursor {
+        sql.push(" AND s.id < ").push_bind(cursor);
+    }
+    sql.push(" ORDER BY s.id DESC LIMIT ").push_bind(i64::from(limit) + 1);
+    let mut items: Vec<SessionView> = sql.build_query_as().fetch_all(&state.db).await?;
+    let next_cursor = if items.len() > limit as usize {
+        items.truncate(limit as usize);
+        items.last().map(|s| s.id)
+    } else {
+        None
+    };
+    Ok(Json(SessionPage { items, next_cursor }))
+}
+
+async fn load_session(state: &AppState, id: Uuid) -> Result<SessionView, ApiError> {
+    sqlx::query_as::<_, SessionView>(&format!("SELECT {SESSION_COLUMNS} FROM sessions s JOIN agents a ON a.id = s.agent_id WHERE s.id = $1"))
+        .bind(id)
+        .fetch_optional(&state.db)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no session {id}")))
+}
+
+fn session_id(id: Result<Path<Uuid>, axum::extract::rejection::PathRejection>) -> Result<Uuid, ApiError> {
+    id.map(|Path(id)| id).map_err(|_| ApiError::BadRequest("the session id must be a UUID".into()))
+}
+
+/// One session.
+#[utoipa::path(get, path = "/api/v1/sessions/{id}", tag = "sessions", params(("id" = Uuid, Path)),
+    responses((status = 200, body = SessionView), (status = 404, body = super::error::Problem)), security(("bearer" = [])))]
+pub async fn get_session(State(state): State<AppState>, id: Result<Path<Uuid>, axum::extract::rejection::PathRejection>) -> Result<Json<SessionView>, ApiError> {
+    Ok(Json(load_session(&state, session_id(id)?).await?))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventView {
+    pub seq: i64,
+    pub id: Uuid,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub at: DateTime<Utc>,
+    /// SHA-256 of the stored bytes: the next event's `prev`.
+    pub hash: String,
+    /// The event exactly as published (envelope and payload).
+    #[schema(value_type = Object)]
+    pub event: serde_json::Value,
+}
+
+/// A session's events in order (replay).
+#[utoipa::path(get, path = "/api/v1/sessions/{id}/events", tag = "sessions", params(("id" = Uuid, Path)),
+    responses((status = 200, body = [EventView]), (status = 404, body = super::error::Problem)), security(("bearer" = [])))]
+pub async fn session_events(State(state): State<AppState>, id: Result<Path<Uuid>, axum::extract::rejection::PathRejection>) -> Result<Json<Vec<EventView>>, ApiError> {
+    let id = session_id(id)?;
+    load_session(&state, id).await?;
+    let rows: Vec<(i64, Uuid, String, DateTime<Utc>, Vec<u8>, serde_json::Value)> =
+        sqlx::query_as("SELECT seq, id, type, at, raw, body FROM events WHERE session_id = $1 ORDER BY seq, id")
+            .bind(id)
+            .fetch_all(&state.db)
+            .await?;
+    Ok(Json(
+        rows.into_iter()
+            .map(|(seq, id, kind, at, raw, body)| EventView { seq, id, kind, at, hash: tollgate_shared::event::sha256_hex(&raw), event: body })
+            .collect(),
+    ))
+}
+
+#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
+pub struct CommandView {
+    pub event_id: Uuid,
+    pub seq: i64,
+    pub at: DateTime<Utc>,
+    pub protocol: String,
+    pub statement: String,
+    #[schema(value_type = Option<Vec<Option<String>>>)]
+    pub params: Option<serde_json::Value>,
+    pub prepared: Option<String>,
+    pub decision: String,
+    /// Absent until the result is recorded.
+    pub outcome: Option<String>,
+    pub tags: Option<Vec<String>>,
+    pub rows: Option<i64>,
+    pub duration_us: Option<i64>,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+}
+
+/// A session's commands with their results, in order.
+#[utoipa::path(get, path = "/api/v1/sessions/{id}/commands", tag = "sessions", params(("id" = Uuid, Path)),
+    responses((status = 200, body = [CommandView]), (status = 404, body = super::error::Problem)), security(("bearer" = [])))]
+pub async fn session_commands(State(state): State<AppState>, id: Result<Path<Uuid>, axum::extract::rejection::PathRejection>) -> Result<Json<Vec<CommandView>>, ApiError> {
+    let id = session_id(id)?;
+    load_session(&state, id).await?;
+    let rows = sqlx::query_as::<_, CommandView>(
+        "SELECT event_id, seq, at, protocol, statement, params, prepared, decision, outcome, tags, rows, duration_us, error_code, error_message
+         FROM command_log WHERE session_id = $1 ORDER BY seq",
+    )
+    .bind(id)
+    .fetch_all(&state.db)
+    .await?;
+    Ok(Json(rows))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VerifyView {
+    pub session: Uuid,
+    pub events: u64,
+    /// Seqs run 0..n without gaps and every event links to the one before it.
+    pub linked: bool,
+    /// The session ended with a valid signature by the node key it announced.
+    pub complete: bool,
+    pub node_key: Option<String>,
+    pub head: String,
+    pub problems: Vec<String>,
+}
+
+/// Re-hash a session's stored events and check its chain and end signature.
+#[utoipa::path(get, path = "/api/v1/sessions/{id}/verify", tag = "sessions", params(("id" = Uuid, Path)),
+    responses((status = 200, body = VerifyView), (status = 404, body = super::error::Problem)), security(("bearer" = [])))]
+pub async fn verify_session(State(state): State<AppState>, id: Result<Path<Uuid>, axum::extract::rejection::PathRejection>) -> Result<Json<VerifyView>, ApiError> {
+    let id = session_id(id)?;
+    load_session(&state, id).await?;
+    let raws: Vec<(Vec<u8>,)> = sqlx::query_as("SELECT raw FROM events WHERE session_id = $1 ORDER BY seq, id").bind(id).fetch_all(&state.db).await?;
+    let slices: Vec<&[u8]> = raws.iter().map(|(r,)| r.as_slice()).collect();
+    let report = tollgate_shared::event::verify_chain(&slices);
+    Ok(Json(VerifyView {
+        session: id,
+        events: report.events,
+        linked: report.linked,
+        complete: report.complete,
+        node_key: report.node_key,
+        head: report.head,
+        problems: report.problems,
+    }))
+}

@@ -1,0 +1,58 @@
+//! The control plane's configuration: a TOML file (see deploy/control.example.toml) with
+//! `TOLLGATE_` environment overrides.
+
+use serde::Deserialize;
+use tollgate_shared::token::IssuerConfig;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlConfig {
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// PostgreSQL URL of the projections database. Prefer the `TOLLGATE_DATABASE_URL`
+    /// override to writing a password here.
+    pub database_url: String,
+    pub nats: NatsConfig,
+    /// Issuers whose tokens reviewers present to the API.
+    #[serde(default)]
+    pub reviewer_issuers: Vec<IssuerConfig>,
+    #[serde(default)]
+    pub projector: ProjectorConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsConfig {
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectorConfig {
+    /// Most events written in one transaction.
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+}
+
+impl Default for ProjectorConfig {
+    fn default() -> Self {
+        ProjectorConfig { batch_size: default_batch() }
+    }
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".to_owned()
+}
+fn default_batch() -> usize {
+    256
+}
+
+impl ControlConfig {
+    pub fn load(path: Option<&std::path::Path>) -> Result<Self, tollgate_shared::config::ConfigError> {
+        let config: ControlConfig = tollgate_shared::config::load(path, "TOLLGATE_", std::env::vars())?;
+        for issuer in &config.reviewer_issuers {
+            issuer.allowed_algorithms().map_err(tollgate_shared::config::ConfigError::Invalid)?;
+        }
+        Ok(config)
+    }
+}

@@ -1,0 +1,65 @@
+//! `tollgate-control`: the event-sourced control plane. It projects the event stream into
+//! Postgres views and serves them over a REST API. It is never in the byte path between an agent
+//! and a resource, and never holds a resource credential.
+
+pub mod api;
+pub mod config;
+pub mod dev_issuer;
+pub mod projector;
+
+use anyhow::Context;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::task::JoinHandle;
+
+/// A running control plane. Dropping it stops the API and the projector.
+pub struct Control {
+    pub addr: SocketAddr,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Control {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl Control {
+    pub async fn start(config: config::ControlConfig) -> anyhow::Result<Control> {
+        let db = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(10)
+            .connect(&config.database_url)
+            .await
+            .context("connecting to the projections database")?;
+        sqlx::migrate!("../migrations").run(&db).await.context("applying migrations")?;
+        if config.reviewer_issuers.is_empty() {
+            tracing::warn!("no reviewer_issuers configured: every API call will be refused");
+        }
+        let nats = async_nats::ConnectOptions::new()
+            .name("tollgate-control")
+            .retry_on_initial_connect()
+            .connect(&config.nats.url)
+            .await
+            .with_context(|| format!("NATS at {}", config.nats.url))?;
+        let js = async_nats::jetstream::new(nats.clone());
+        let reviewers = tollgate_shared::jwks::Verifier::new(config.reviewer_issuers.clone()).await.map_err(anyhow::Error::msg)?;
+        let stats = Arc::new(projector::ProjectorStats::default());
+        let mut tasks = vec![
+            reviewers.spawn_refresh(),
+            tokio::spawn(projector::run(js, db.clone(), config.projector.batch_size.max(1), stats.clone())),
+        ];
+        let state = api::AppState { db, reviewers, nats, stats };
+        let listener = tokio::net::TcpListener::bind(&config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+        let addr = listener.local_addr()?;
+        let app = api::router(state);
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "API server stopped");
+            }
+        }));
+        tracing::info!(%addr, "tollgate-control listening");
+        Ok(Control { addr, tasks })
+    }
+}

@@ -1,0 +1,93 @@
+//! `tollgate-control serve | openapi | dev-issuer serve | dev-issuer mint`
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::sync::Arc;
+use tollgate_control_plane::{api, config::ControlConfig, dev_issuer::DevIssuer, Control};
+
+#[derive(Parser)]
+#[command(name = "tollgate-control", version, about = "Tollgate control plane")]
+struct Args {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the projector and the REST API.
+    Serve {
+        /// TOML configuration file; `TOLLGATE_*` environment variables override it.
+        #[arg(long, short, env = "TOLLGATE_CONTROL_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Print the OpenAPI document (what openapi/openapi.json holds).
+    Openapi,
+    /// DEVELOPMENT ONLY: a local token issuer for the quickstart.
+    #[command(subcommand)]
+    DevIssuer(DevCmd),
+}
+
+#[derive(Subcommand)]
+enum DevCmd {
+    /// Serve discovery and JWKS on a loopback address.
+    Serve {
+        #[arg(long, default_value = "127.0.0.1:5556")]
+        listen: String,
+        #[arg(long)]
+        key_file: PathBuf,
+    },
+    /// Print a signed token.
+    Mint {
+        #[arg(long)]
+        key_file: PathBuf,
+        /// Issuer URL (the `serve` address, with http://).
+        #[arg(long, default_value = "http://127.0.0.1:5556")]
+        issuer: String,
+        #[arg(long)]
+        sub: String,
+        #[arg(long, default_value = "tollgate")]
+        aud: String,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: i64,
+        /// Extra claims, `name=value` (repeatable).
+        #[arg(long = "claim")]
+        claims: Vec<String>,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match Args::parse().command {
+        Cmd::Serve { config } => {
+            let config = ControlConfig::load(config.as_deref())?;
+            let _control = Control::start(config).await?;
+            tokio::signal::ctrl_c().await?;
+        }
+        Cmd::Openapi => print!("{}", api::openapi_json()),
+        Cmd::DevIssuer(DevCmd::Serve { listen, key_file }) => {
+            let addr: std::net::SocketAddr = listen.parse().context("--listen must be ip:port")?;
+            anyhow::ensure!(addr.ip().is_loopback(), "the development issuer only binds to loopback addresses");
+            let issuer = Arc::new(DevIssuer::with_key_file(format!("http://{addr}"), &key_file)?);
+            eprintln!("*** DEVELOPMENT ISSUER at http://{addr}: anyone who can reach it can mint tokens. Never trust it in production. ***");
+            let listener = tokio::net::TcpListener::bind(addr).await?;
+            axum::serve(listener, issuer.router()).await?;
+        }
+        Cmd::DevIssuer(DevCmd::Mint { key_file, issuer, sub, aud, ttl, claims }) => {
+            let issuer = DevIssuer::with_key_file(issuer, &key_file)?;
+            let mut extra = serde_json::Map::new();
+            for claim in claims {
+                let (k, v) = claim.split_once('=').context("--claim takes name=value")?;
+                extra.insert(k.to_owned(), serde_json::Value::String(v.to_owned()));
+            }
+            println!("{}", issuer.mint(&sub, &aud, ttl, &extra)?);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,93 @@
+//! The projector: a durable JetStream pull consumer that writes events into the Postgres views.
+//!
+//! Batched (one transaction per batch), idempotent (an event id is inserted once; its effects
+//! apply only when the insert happened), resumable (acks follow the commit, so a crash replays
+//! the batch and the duplicates are skipped). Every control-plane replica shares the consumer.
+
+mod apply;
+
+use async_nats::jetstream::{self, consumer::pull, AckKind};
+use futures_util::{FutureExt, StreamExt};
+use sqlx::PgPool;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tollgate_shared::names;
+
+/// Counters the metrics endpoint reads.
+#[derive(Default)]
+pub struct ProjectorStats {
+    pub projected: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub rejected: AtomicU64,
+    /// Messages the consumer has not delivered yet (as of the last batch).
+    pub lag: AtomicU64,
+}
+
+pub async fn run(js: jetstream::Context, db: PgPool, batch_size: usize, stats: Arc<ProjectorStats>) {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match consume(&js, &db, batch_size, &stats).await {
+            Ok(()) => delay = Duration::from_millis(200),
+            Err(e) => {
+                tracing::warn!(error = %e, "projector interrupted; resuming");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+async fn consume(js: &jetstream::Context, db: &PgPool, batch_size: usize, stats: &ProjectorStats) -> anyhow::Result<()> {
+    let stream = tollgate_shared::stream::ensure_event_stream(js).await.map_err(anyhow::Error::msg)?;
+    let consumer = stream
+        .get_or_create_consumer(
+            names::PROJECTOR_CONSUMER,
+            pull::Config {
+                durable_name: Some(names::PROJECTOR_CONSUMER.to_owned()),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                ack_wait: Duration::from_secs(60),
+                max_ack_pending: 20_000,
+                ..Default::default()
+            },
+        )
+        .await?;
+    let mut messages = consumer.messages().await?;
+    loop {
+        // Wait for one message, then take whatever else is already there, up to the batch size.
+        let Some(first) = messages.next().await else { return Ok(()) };
+        let mut batch = vec![first?];
+        while batch.len() < batch_size {
+            match messages.next().now_or_never() {
+                Some(Some(message)) => batch.push(message?),
+                _ => break,
+            }
+        }
+        if let Some(Ok(info)) = batch.last().map(|m| m.info()) {
+            stats.lag.store(info.pending, Ordering::Relaxed);
+        }
+        let mut delay = Duration::from_millis(100);
+        // The database may be briefly away: hold the batch and retry rather than lose it.
+        let outcome = loop {
+            match apply::write_batch(db, &batch).await {
+                Ok(outcome) => break outcome,
+                Err(e) => {
+                    tracing::warn!(error = %e, events = batch.len(), "projection batch failed; retrying");
+                    for message in &batch {
+                        let _ = message.ack_with(AckKind::Progress).await;
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        };
+        stats.projected.fetch_add(outcome.projected, Ordering::Relaxed);
+        stats.duplicates.fetch_add(outcome.duplicates, Ordering::Relaxed);
+        stats.rejected.fetch_add(outcome.rejected, Ordering::Relaxed);
+        for message in &batch {
+            if let Err(e) = message.ack().await {
+                tracing::warn!(error = %e, "ack failed; the event will be redelivered and skipped as a duplicate");
+            }
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! The proxy's configuration: a TOML file (see deploy/proxy.example.toml) with `TOLLGATE_`
+//! environment overrides. Credentials appear only as `env:`/`file:` references.
+
+use serde::Deserialize;
+use std::path::PathBuf;
+use tollgate_shared::config::SecretRef;
+use tollgate_shared::token::IssuerConfig;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyConfig {
+    #[serde(default)]
+    pub node: NodeConfig,
+    pub nats: NatsConfig,
+    #[serde(default)]
+    pub postgres: PgListenerConfig,
+    /// Issuers whose tokens agents may present.
+    #[serde(default)]
+    pub agent_issuers: Vec<IssuerConfig>,
+    /// The PostgreSQL resources this proxy can reach, with the credentials it holds for them.
+    #[serde(default)]
+    pub resources: Vec<PgResource>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Recorded as `node` in every event.
+    #[serde(default = "default_node_name")]
+    pub name: String,
+    /// PKCS#8 ed25519 key that signs the end of each session; created when missing. Without it
+    /// the node makes a new key at every start.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig { name: default_node_name(), key_file: None }
+    }
+}
+
+fn default_node_name() -> String {
+    "proxy".to_owned()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsConfig {
+    pub url: String,
+    /// How long a command waits for JetStream to acknowledge its event before it is refused.
+    #[serde(default = "default_publish_timeout")]
+    pub publish_timeout_ms: u64,
+}
+
+fn default_publish_timeout() -> u64 {
+    2000
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PgListenerConfig {
+    #[serde(default = "default_pg_listen")]
+    pub listen: String,
+    /// TLS for agents. Without it tokens cross the wire in clear (the proxy warns at startup).
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
+    /// Connections beyond this wait in the kernel's accept queue.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Larger protocol messages are refused.
+    #[serde(default = "default_max_message")]
+    pub max_message_bytes: usize,
+    /// Time an agent has to finish its handshake.
+    #[serde(default = "default_handshake_timeout")]
+    pub handshake_timeout_ms: u64,
+}
+
+impl Default for PgListenerConfig {
+    fn default() -> Self {
+        PgListenerConfig {
+            listen: default_pg_listen(),
+            tls: None,
+            max_connections: default_max_connections(),
+            max_message_bytes: default_max_message(),
+            handshake_timeout_ms: default_handshake_timeout(),
+        }
+    }
+}
+
+fn default_pg_listen() -> String {
+    "127.0.0.1:15432".to_owned()
+}
+fn default_max_connections() -> usize {
+    1024
+}
+fn default_max_message() -> usize {
+    256 * 1024 * 1024
+}
+fn default_handshake_timeout() -> u64 {
+    15_000
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// A PostgreSQL database agents reach through the proxy, named by the `dbname` they ask for.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PgResource {
+    pub name: String,
+    pub host: String,
+    #[serde(default = "default_pg_port")]
+    pub port: u16,
+    pub database: String,
+    pub user: String,
+    /// The upstream password, by reference. Absent for trust/peer-less setups.
+    #[serde(default)]
+    pub password: Option<SecretRef>,
+    #[serde(default)]
+    pub tls: UpstreamTls,
+}
+
+fn default_pg_port() -> u16 {
+    5432
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    #[serde(default)]
+    pub mode: UpstreamTlsMode,
+    /// PEM bundle of CAs to trust; the public web roots when absent.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+/// `disable`, or `verify-full` (encrypted, certificate and host name checked). There is no
+/// mode that encrypts without verifying: it would hand the credential to whoever answers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpstreamTlsMode {
+    #[default]
+    Disable,
+    VerifyFull,
+}
+
+impl ProxyConfig {
+    pub fn load(path: Option<&std::path::Path>) -> Result<Self, tollgate_shared::config::ConfigError> {
+        let config: ProxyConfig = tollgate_shared::config::load(path, "TOLLGATE_", std::env::vars())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), tollgate_shared::config::ConfigError> {
+        use tollgate_shared::config::ConfigError::Invalid;
+        let mut names = std::collections::HashSet::new();
+        for r in &self.resources {
+            if !names.insert(r.name.as_str()) {
+                return Err(Invalid(format!("resource {:?} is defined twice", r.name)));
+            }
+        }
+        for issuer in &self.agent_issuers {
+            issuer.allowed_algorithms().map_err(Invalid)?;
+        }
+        Ok(())
+    }
+
+    pub fn resource(&self, name: &str) -> Option<&PgResource> {
+        self.resources.iter().find(|r| r.name == name)
+    }
+}

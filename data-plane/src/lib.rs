@@ -1,0 +1,85 @@
+//! `tollgate-proxy`: the stateless data-plane node. It authenticates agents by their OIDC
+//! tokens, opens upstream connections with credentials it holds, and records every command as an
+//! event on NATS JetStream before forwarding it.
+//!
+//! Invariant: this crate never depends on sqlx or axum; it knows the control plane only through
+//! events.
+
+pub mod config;
+mod node_key;
+pub mod pg;
+pub mod recorder;
+mod tls;
+
+use anyhow::Context;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+
+/// A running proxy node. Dropping it stops the listener and every session it serves.
+pub struct Proxy {
+    pub postgres_addr: SocketAddr,
+    pub node_key: String,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl Proxy {
+    pub async fn start(config: config::ProxyConfig) -> anyhow::Result<Proxy> {
+        config.validate()?;
+        let signer = Arc::new(node_key::load_or_create(config.node.key_file.as_deref())?);
+        if config.postgres.tls.is_none() {
+            tracing::warn!(listen = %config.postgres.listen, "PostgreSQL listener without TLS: agent tokens cross the network in clear");
+        }
+        if config.agent_issuers.is_empty() {
+            tracing::warn!("no agent_issuers configured: every agent will be refused");
+        }
+        let nats = async_nats::ConnectOptions::new()
+            .name(format!("tollgate-proxy {}", config.node.name))
+            .retry_on_initial_connect()
+            .connect(&config.nats.url)
+            .await
+            .with_context(|| format!("NATS at {}", config.nats.url))?;
+        let js = async_nats::jetstream::new(nats);
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(keep_stream(js.clone())));
+
+        let verifier = tollgate_shared::jwks::Verifier::new(config.agent_issuers.clone()).await.map_err(anyhow::Error::msg)?;
+        tasks.push(verifier.spawn_refresh());
+        let publisher = Arc::new(recorder::Publisher::new(js, Duration::from_millis(config.nats.publish_timeout_ms)));
+        let node_key = signer.public_hex();
+        let ctx = Arc::new(pg::PgContext::new(&config, verifier, publisher, signer)?);
+
+        let listener = tokio::net::TcpListener::bind(&config.postgres.listen)
+            .await
+            .with_context(|| format!("binding PostgreSQL listener {}", config.postgres.listen))?;
+        let postgres_addr = listener.local_addr()?;
+        tracing::info!(node = %config.node.name, %postgres_addr, node_key = %node_key, "tollgate-proxy listening");
+        tasks.push(tokio::spawn(pg::serve(listener, ctx)));
+        Ok(Proxy { postgres_addr, node_key, tasks })
+    }
+}
+
+/// Make sure the event stream exists, retrying while NATS is unreachable. Until it exists,
+/// durable publishes fail and agents are refused.
+async fn keep_stream(js: async_nats::jetstream::Context) {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match tollgate_shared::stream::ensure_event_stream(&js).await {
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "event stream not ready; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! The PostgreSQL data path: listener, agent handshake, upstream login, and the relay that
+//! records every command.
+//!
+//! Lifecycle of one connection (see docs/postgres.md):
+//! accept → SSLRequest? → StartupMessage → token as password → resource → `session.started`
+//! (durable) → upstream login with the held credential → relay (command events durable before
+//! forwarding, result events after) → `session.ended` (signed).
+
+pub mod cancel;
+mod frame;
+mod messages;
+mod relay;
+mod session;
+mod startup;
+mod upstream;
+
+use crate::config::{PgListenerConfig, PgResource, ProxyConfig};
+use crate::recorder::Publisher;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tollgate_shared::event::SessionSigner;
+use tollgate_shared::jwks::Verifier;
+
+/// A byte stream to an agent or an upstream, plain or TLS.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// What every PostgreSQL session of this node shares.
+pub struct PgContext {
+    pub node: String,
+    pub listener: PgListenerConfig,
+    pub resources: Vec<Arc<PgResource>>,
+    pub verifier: Verifier,
+    pub publisher: Arc<Publisher>,
+    pub signer: Arc<SessionSigner>,
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    pub cancels: cancel::CancelRegistry,
+}
+
+impl PgContext {
+    pub fn new(config: &ProxyConfig, verifier: Verifier, publisher: Arc<Publisher>, signer: Arc<SessionSigner>) -> anyhow::Result<Self> {
+        let tls = match &config.postgres.tls {
+            Some(files) => Some(crate::tls::acceptor(files)?),
+            None => None,
+        };
+        Ok(PgContext {
+            node: config.node.name.clone(),
+            listener: config.postgres.clone(),
+            resources: config.resources.iter().cloned().map(Arc::new).collect(),
+            verifier,
+            publisher,
+            signer,
+            tls,
+            cancels: cancel::CancelRegistry::default(),
+        })
+    }
+
+    fn resource(&self, name: &str) -> Option<Arc<PgResource>> {
+        self.resources.iter().find(|r| r.name == name).cloned()
+    }
+}
+
+/// Accept agents until the task is dropped; dropping it also ends every session it started.
+pub async fn serve(listener: TcpListener, ctx: Arc<PgContext>) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(ctx.listener.max_connections));
+    let mut sessions = JoinSet::new();
+    loop {
+        // Take the permit before accepting, so excess connections wait in the kernel's queue
+        // instead of costing memory here.
+        let Ok(permit) = permits.clone().acquire_owned().await else { return };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => continue,
+        };
+        match accepted {
+            Ok((tcp, peer)) => {
+                let ctx = ctx.clone();
+                sessions.spawn(async move {
+                    session::run(ctx, tcp, peer).await;
+                    drop(permit);
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+pub fn local_addr(listener: &TcpListener) -> std::io::Result<SocketAddr> {
+    listener.local_addr()
+}

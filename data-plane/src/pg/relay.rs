@@ -1,0 +1,255 @@
+//! The relay: agent → upstream with every command recorded before it is forwarded, upstream →
+//! agent with every result matched to its command and recorded after it is delivered.
+//!
+//! Both directions run concurrently (so neither side can deadlock the other by filling a socket
+//! buffer) and share only the [`Tracker`], the queue of responses the upstream still owes.
+
+mod tracker;
+
+use super::frame::{Frame, FrameReader};
+use super::messages::{self, Severity};
+use super::session::{AgentConn, FEATURE_NOT_SUPPORTED, PROTOCOL_VIOLATION, SYSTEM_ERROR};
+use super::upstream::Upstream;
+use crate::recorder::SessionRecorder;
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
+use tollgate_shared::event::{kind, Command, Decision, EndReason, Protocol};
+use tracker::{Expect, Pending, Tracker};
+
+/// How a relay ended.
+pub struct RelayOutcome {
+    pub reason: EndReason,
+    pub detail: Option<String>,
+    pub commands: u64,
+}
+
+/// Why one direction stopped, and what (if anything) to tell the agent.
+struct Stop {
+    reason: EndReason,
+    detail: Option<String>,
+    notify: Option<Bytes>,
+}
+
+impl Stop {
+    fn closed(reason: EndReason) -> Self {
+        Stop { reason, detail: None, notify: None }
+    }
+
+    fn io(reason: EndReason, e: std::io::Error) -> Self {
+        Stop { reason, detail: Some(e.to_string()), notify: None }
+    }
+
+    fn refuse(reason: EndReason, code: &str, message: String) -> Self {
+        let notify = Some(messages::error_response(Severity::Fatal, code, &message));
+        Stop { reason, detail: Some(message), notify }
+    }
+}
+
+pub async fn run(recorder: &SessionRecorder, agent: &mut AgentConn, upstream: &mut Upstream) -> RelayOutcome {
+    let tracker = Mutex::new(Tracker::default());
+    let stop = {
+        let to_upstream = agent_to_upstream(recorder, &tracker, &mut agent.reader, &mut upstream.writer);
+        let to_agent = upstream_to_agent(recorder, &tracker, &mut upstream.reader, &mut agent.writer);
+        tokio::select! {
+            stop = to_upstream => stop,
+            stop = to_agent => stop,
+        }
+    };
+    if let Some(frame) = &stop.notify {
+        let _ = agent.writer.write_all(frame).await;
+        let _ = agent.writer.flush().await;
+    }
+    let (unfinished, commands) = {
+        let mut t = tracker.lock().unwrap_or_else(|p| p.into_inner());
+        (t.drain_unfinished(), t.commands)
+    };
+    for result in unfinished {
+        if let Ok(event) = recorder.seal(kind::COMMAND_RESULT, &result) {
+            recorder.publisher().background(event).await;
+        }
+    }
+    RelayOutcome { reason: stop.reason, detail: stop.detail, commands }
+}
+
+/// A portal's statement and parameters, kept from Bind until Execute.
+struct Portal {
+    statement: Option<Arc<str>>,
+    prepared: String,
+    params: Vec<Option<String>>,
+}
+
+async fn agent_to_upstream<R, W>(recorder: &SessionRecorder, tracker: &Mutex<Tracker>, reader: &mut FrameReader<R>, writer: &mut W) -> Stop
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut writer = BufWriter::with_capacity(64 * 1024, writer);
+    let mut statements: HashMap<String, Arc<str>> = HashMap::new();
+    let mut portals: HashMap<String, Portal> = HashMap::new();
+    let mut frames: Vec<Frame> = Vec::new();
+    let mut events = Vec::new();
+    let mut expected: Vec<Expect> = Vec::new();
+    loop {
+        frames.clear();
+        events.clear();
+        expected.clear();
+        match reader.read_frames(&mut frames).await {
+            Ok(true) => {}
+            Ok(false) => return Stop::closed(EndReason::ClientClosed),
+            Err(e) => return Stop::io(EndReason::ClientClosed, e),
+        }
+        let mut terminate = false;
+        for frame in &frames {
+            let body = frame.body();
+            let malformed = |e: messages::Malformed| Stop::refuse(EndReason::ProtocolViolation, PROTOCOL_VIOLATION, format!("tollgate: {e}"));
+            let command = match frame.tag() {
+                b'Q' => {
+                    let sql = match messages::query_message(body) {
+                        Ok(s) => s,
+                        Err(e) => return malformed(e),
+                    };
+                    expected.push(Expect::Exec(Pending::new(Protocol::Simple)));
+                    expected.push(Expect::Sync);
+                    Some(Command { protocol: Protocol::Simple, statement: sql.to_owned(), params: None, prepared: None, decision: Decision::Allow })
+                }
+                b'P' => {
+                    let (name, sql) = match messages::parse_message(body) {
+                        Ok(p) => p,
+                        Err(e) => return malformed(e),
+                    };
+                    statements.insert(name.to_owned(), Arc::from(sql));
+                    None
+                }
+                b'B' => {
+                    let (portal, statement, params) = match messages::bind_message(body) {
+                        Ok(b) => b,
+                        Err(e) => return malformed(e),
+                    };
+                    let info = Portal { statement: statements.get(statement).cloned(), prepared: statement.to_owned(), params };
+                    portals.insert(portal.to_owned(), info);
+                    None
+                }
+                b'E' => {
+                    let portal = match messages::execute_message(body) {
+                        Ok(p) => p,
+                        Err(e) => return malformed(e),
+                    };
+                    expected.push(Expect::Exec(Pending::new(Protocol::Extended)));
+                    // An unknown portal still gets a record: the upstream will answer with the error.
+                    let info = portals.get(portal);
+                    Some(Command {
+                        protocol: Protocol::Extended,
+                        statement: info.and_then(|p| p.statement.as_deref()).unwrap_or("").to_owned(),
+                        params: info.map(|p| p.params.clone()),
+                        prepared: info.map(|p| p.prepared.clone()).filter(|n| !n.is_empty()),
+                        decision: Decision::Allow,
+                    })
+                }
+                b'C' => {
+                    match messages::close_message(body) {
+                        Ok((b'S', name)) => statements.remove(name),
+                        Ok((_, name)) => portals.remove(name).map(|_| Arc::from("")),
+                        Err(e) => return malformed(e),
+                    };
+                    None
+                }
+                b'S' => {
+                    expected.push(Expect::Sync);
+                    None
+                }
+                b'c' | b'f' => {
+                    expected.push(Expect::CopyEnd);
+                    None
+                }
+                b'X' => {
+                    terminate = true;
+                    None
+                }
+                b'D' | b'H' | b'd' => None,
+                b'F' => {
+                    return Stop::refuse(EndReason::ProtocolViolation, FEATURE_NOT_SUPPORTED, "tollgate: fast-path function calls are not supported".into())
+                }
+                other => {
+                    return Stop::refuse(EndReason::ProtocolViolation, PROTOCOL_VIOLATION, format!("tollgate: unexpected message type {:?}", other as char))
+                }
+            };
+            if let Some(command) = command {
+                match recorder.seal(kind::COMMAND, &command) {
+                    Ok(event) => {
+                        if let Some(Expect::Exec(pending)) = expected.iter_mut().rev().find(|e| matches!(e, Expect::Exec(_))) {
+                            pending.bind(event.id, event.seq);
+                        }
+                        events.push(event);
+                    }
+                    Err(e) => return Stop::refuse(EndReason::RecordingFailed, SYSTEM_ERROR, format!("tollgate: {e}")),
+                }
+            }
+        }
+        // The rule that matters most: no command reaches the upstream before its event is durable.
+        if !events.is_empty() {
+            if let Err(e) = recorder.publisher().durable(&events).await {
+                tracing::warn!(session = %recorder.session(), error = %e, "command not recorded; closing the session without running it");
+                return Stop::refuse(
+                    EndReason::RecordingFailed,
+                    SYSTEM_ERROR,
+                    "tollgate: statement refused: it could not be recorded (audit stream unavailable); nothing was executed".into(),
+                );
+            }
+        }
+        tracker.lock().unwrap_or_else(|p| p.into_inner()).expect(expected.drain(..));
+        for frame in &frames {
+            if let Err(e) = writer.write_all(&frame.bytes).await {
+                return Stop::io(EndReason::UpstreamClosed, e);
+            }
+        }
+        if let Err(e) = writer.flush().await {
+            return Stop::io(EndReason::UpstreamClosed, e);
+        }
+        if terminate {
+            return Stop::closed(EndReason::ClientClosed);
+        }
+    }
+}
+
+async fn upstream_to_agent<R, W>(recorder: &SessionRecorder, tracker: &Mutex<Tracker>, reader: &mut FrameReader<R>, writer: &mut W) -> Stop
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut writer = BufWriter::with_capacity(64 * 1024, writer);
+    let mut frames: Vec<Frame> = Vec::new();
+    let mut finished = Vec::new();
+    loop {
+        frames.clear();
+        match reader.read_frames(&mut frames).await {
+            Ok(true) => {}
+            Ok(false) => return Stop::closed(EndReason::UpstreamClosed),
+            Err(e) => return Stop::io(EndReason::UpstreamClosed, e),
+        }
+        {
+            let mut t = tracker.lock().unwrap_or_else(|p| p.into_inner());
+            for frame in &frames {
+                if let Err(e) = t.on_backend(frame, &mut finished) {
+                    return Stop::refuse(EndReason::ProtocolViolation, PROTOCOL_VIOLATION, format!("tollgate: upstream sent a {e}"));
+                }
+            }
+        }
+        for frame in &frames {
+            if let Err(e) = writer.write_all(&frame.bytes).await {
+                return Stop::io(EndReason::ClientClosed, e);
+            }
+        }
+        if let Err(e) = writer.flush().await {
+            return Stop::io(EndReason::ClientClosed, e);
+        }
+        // Results are recorded after the agent has them: off the critical path.
+        for result in finished.drain(..) {
+            match recorder.seal(kind::COMMAND_RESULT, &result) {
+                Ok(event) => recorder.publisher().background(event).await,
+                Err(e) => tracing::error!(error = %e, "cannot seal command.result"),
+            }
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! One agent connection from accept to `session.ended`.
+
+use super::cancel::AgentKey;
+use super::frame::FrameReader;
+use super::messages::{self, Severity};
+use super::startup::{read_first_packet, FirstPacket};
+use super::upstream::{self, Upstream};
+use super::{relay, Io, PgContext};
+use crate::recorder::SessionRecorder;
+use bytes::Bytes;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+use tollgate_shared::event::{kind, Chain, EndReason, SessionStarted, UpstreamTarget};
+use tollgate_shared::identity::{AgentIdentity, ResourceKind, ResourceRef};
+use uuid::Uuid;
+
+/// Startup parameters relayed to the upstream; anything else (notably `options`, which could
+/// change server settings) stays at the proxy.
+const RELAYED_PARAMS: &[&str] = &["application_name", "client_encoding", "DateStyle", "TimeZone", "IntervalStyle", "extra_float_digits", "search_path"];
+
+/// SQLSTATEs the proxy answers with.
+mod sqlstate {
+    pub const PROTOCOL_VIOLATION: &str = "08P01";
+    pub const INVALID_PASSWORD: &str = "28P01";
+    pub const INVALID_AUTHORIZATION: &str = "28000";
+    pub const UNKNOWN_DATABASE: &str = "3D000";
+    pub const CANNOT_CONNECT: &str = "08001";
+    pub const SYSTEM_ERROR: &str = "58000";
+    pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
+}
+pub(super) use sqlstate::{FEATURE_NOT_SUPPORTED, PROTOCOL_VIOLATION, SYSTEM_ERROR};
+
+pub struct AgentConn {
+    pub reader: FrameReader<ReadHalf<Box<dyn Io>>>,
+    pub writer: WriteHalf<Box<dyn Io>>,
+}
+
+struct Opened {
+    agent: AgentConn,
+    upstream: Upstream,
+    recorder: SessionRecorder,
+    cancel_key: Option<AgentKey>,
+}
+
+pub async fn run(ctx: Arc<PgContext>, tcp: TcpStream, peer: SocketAddr) {
+    let _ = tcp.set_nodelay(true);
+    let limit = Duration::from_millis(ctx.listener.handshake_timeout_ms);
+    let opened = match tokio::time::timeout(limit, open(&ctx, tcp, peer)).await {
+        Ok(Some(opened)) => opened,
+        Ok(None) => return,
+        Err(_) => {
+            tracing::info!(%peer, "agent handshake timed out");
+            return;
+        }
+    };
+    let Opened { mut agent, mut upstream, recorder, cancel_key } = opened;
+    let outcome = relay::run(&recorder, &mut agent, &mut upstream).await;
+    if let Some(key) = cancel_key {
+        ctx.cancels.remove(key);
+    }
+    tracing::info!(session = %recorder.session(), reason = ?outcome.reason, commands = outcome.commands, "session ended");
+    end_session(&recorder, outcome.reason, outcome.detail, outcome.commands).await;
+}
+
+async fn end_session(recorder: &SessionRecorder, reason: EndReason, detail: Option<String>, commands: u64) {
+    let sealed = match recorder.seal_end(reason, detail, commands) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot seal session.ended");
+            return;
+        }
+    };
+    if let Err(e) = recorder.publisher().durable(std::slice::from_ref(&sealed)).await {
+        tracing::warn!(session = %recorder.session(), error = %e, "session.ended not recorded");
+    }
+}
+
+async fn refuse(writer: &mut WriteHalf<Box<dyn Io>>, code: &str, message: &str) {
+    let frame = messages::error_response(Severity::Fatal, code, message);
+    let _ = writer.write_all(&frame).await;
+    let _ = writer.flush().await;
+}
+
+/// Negotiate with the agent, authenticate it, record the session and log in upstream.
+/// `None` when the connection ends here (refused, or it was a cancel request).
+async fn open(ctx: &PgContext, tcp: TcpStream, peer: SocketAddr) -> Option<Opened> {
+    let mut stream: Box<dyn Io> = Box::new(tcp);
+    let mut tls = false;
+    let params = loop {
+        let packet = match read_first_packet(&mut stream).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "bad startup packet");
+                return None;
+            }
+        };
+        match packet {
+            FirstPacket::Ssl => match (&ctx.tls, tls) {
+                (Some(acceptor), false) => {
+                    stream.write_all(b"S").await.ok()?;
+                    match acceptor.accept(stream).await {
+                        Ok(s) => stream = Box::new(s),
+                        Err(e) => {
+                            tracing::info!(%peer, error = %e, "agent TLS handshake failed");
+                            return None;
+                        }
+                    }
+                    tls = true;
+                }
+                _ => stream.write_all(b"N").await.ok()?,
+            },
+            FirstPacket::GssEnc => stream.write_all(b"N").await.ok()?,
+            FirstPacket::Cancel(key) => {
+                ctx.cancels.cancel(key).await;
+                return None;
+            }
+            FirstPacket::Startup(params) => break params,
+        }
+    };
+    let (read, mut writer) = tokio::io::split(stream);
+    let mut reader = FrameReader::new(read, 64 * 1024);
+    let param = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+
+    if param("replication").is_some_and(|v| !matches!(v.as_str(), "false" | "off" | "0" | "no")) {
+        refuse(&mut writer, sqlstate::FEATURE_NOT_SUPPORTED, "tollgate: replication connections are not supported").await;
+        return None;
+    }
+    let client_user = param("user").unwrap_or_default();
+    let Some(resource_name) = param("database").or_else(|| param("user")) else {
+        refuse(&mut writer, sqlstate::INVALID_AUTHORIZATION, "tollgate: the startup message names no database (resource)").await;
+        return None;
+    };
+
+    // The agent's token arrives as its password.
+    writer.write_all(&messages::auth_cleartext_request()).await.ok()?;
+    writer.flush().await.ok()?;
+    let frame = match reader.read_frame().await {
+        Ok(Some(frame)) => frame,
+        // libpq hangs up here to prompt for a password, then reconnects.
+        Ok(None) | Err(_) => return None,
+    };
+    if frame.tag() != b'p' {
+        refuse(&mut writer, sqlstate::PROTOCOL_VIOLATION, "tollgate: expected a password message carrying the agent token").await;
+        return None;
+    }
+    let token = match messages::Cursor::new(frame.body(), "PasswordMessage").cstr() {
+        Ok(t) => t.trim(),
+        Err(e) => {
+            refuse(&mut writer, sqlstate::PROTOCOL_VIOLATION, &format!("tollgate: {e}")).await;
+            return None;
+        }
+    };
+    let verified = match ctx.verifier.verify(token).await {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::info!(%peer, resource = %resource_name, reason = %e, "agent authentication failed");
+            refuse(&mut writer, sqlstate::INVALID_PASSWORD, &format!("tollgate: {e}")).await;
+            return None;
+        }
+    };
+    let Some(resource) = ctx.resource(&resource_name) else {
+        tracing::info!(%peer, resource = %resource_name, agent = %verified.subject, "unknown resource");
+        refuse(&mut writer, sqlstate::UNKNOWN_DATABASE, &format!("tollgate: unknown resource {resource_name:?}")).await;
+        return None;
+    };
+
+    let agent = AgentIdentity::from_claims(&verified.issuer, &verified.subject, &verified.claims);
+    let session = Uuid::now_v7();
+    let chain = Chain::new(session, ctx.node.clone(), agent, ResourceRef { name: resource.name.clone(), kind: ResourceKind::Postgres });
+    let recorder = SessionRecorder::new(chain, ctx.publisher.clone(), ctx.signer.clone());
+    let started = SessionStarted {
+        client_addr: peer.to_string(),
+        client_tls: tls,
+        client_user,
+        application_name: param("application_name"),
+        upstream: UpstreamTarget { host: resource.host.clone(), port: resource.port, database: resource.database.clone(), user: resource.user.clone() },
+        node_key: ctx.signer.public_hex(),
+    };
+    // Nothing happens upstream before the session is on record.
+    let recorded = match recorder.seal(kind::SESSION_STARTED, &started) {
+        Ok(event) => recorder.publisher().durable(std::slice::from_ref(&event)).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = recorded {
+        tracing::warn!(%session, error = %e, "session.started not recorded; refusing the agent");
+        refuse(&mut writer, sqlstate::SYSTEM_ERROR, "tollgate: the session cannot be recorded (audit stream unavailable); refusing to connect").await;
+        return None;
+    }
+    tracing::info!(%session, %peer, resource = %resource.name, agent = %verified.subject, "session started");
+
+    let relayed: Vec<(String, String)> = params.iter().filter(|(k, _)| RELAYED_PARAMS.contains(&k.as_str())).cloned().collect();
+    let upstream = match upstream::connect(&resource, &relayed, ctx.listener.max_message_bytes).await {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::warn!(%session, resource = %resource.name, error = %e, "upstream connection failed");
+            refuse(&mut writer, sqlstate::CANNOT_CONNECT, &format!("tollgate: cannot open resource {:?}", resource.name)).await;
+            end_session(&recorder, EndReason::UpstreamFailed, Some(e.to_string()), 0).await;
+            return None;
+        }
+    };
+
+    let cancel_key = upstream.key.map(|k| ctx.cancels.register(k, resource.clone()));
+    let mut greeting: Vec<Bytes> = vec![messages::auth_ok()];
+    for frame in &upstream.greeting {
+        if frame[0] == b'Z' {
+            if let Some(key) = cancel_key {
+                greeting.push(messages::backend_key_data(key.pid, key.secret));
+            }
+        }
+        greeting.push(frame.clone());
+    }
+    for frame in &greeting {
+        if writer.write_all(frame).await.is_err() {
+            end_session(&recorder, EndReason::ClientClosed, None, 0).await;
+            return None;
+        }
+    }
+    if writer.flush().await.is_err() {
+        end_session(&recorder, EndReason::ClientClosed, None, 0).await;
+        return None;
+    }
+    let (read, buffered) = reader.into_parts();
+    let reader = FrameReader::with_buffer(read, buffered, ctx.listener.max_message_bytes);
+    Some(Opened { agent: AgentConn { reader, writer }, upstream, recorder, cancel_key })
+}

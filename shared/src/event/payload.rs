@@ -1,0 +1,134 @@
+//! Payloads of the event types. Values that came from an agent (statement text, parameters) are
+//! recorded as text; nothing here ever holds a credential.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// `session.started`: an agent was authenticated and a session opened for it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SessionStarted {
+    /// The agent's address as the proxy saw it.
+    pub client_addr: String,
+    /// Whether the agent's connection to the proxy was encrypted.
+    pub client_tls: bool,
+    /// The `user` the agent's client sent (informational: the proxy logs in as its own user).
+    pub client_user: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub application_name: Option<String>,
+    /// Where the proxy connects, without any credential.
+    pub upstream: UpstreamTarget,
+    /// Public half of the node key that signs `session.ended`, hex.
+    pub node_key: String,
+}
+
+/// The upstream a session is relayed to, as recorded (never with a credential).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct UpstreamTarget {
+    pub host: String,
+    pub port: u16,
+    pub database: String,
+    pub user: String,
+}
+
+/// How a PostgreSQL statement reached the proxy.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    /// A simple `Query` message (may hold several statements).
+    Simple,
+    /// `Parse`/`Bind`/`Execute` of the extended protocol.
+    Extended,
+}
+
+/// What the proxy decided about a command before forwarding it.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    Allow,
+    Deny,
+    Hold,
+}
+
+/// `command`: one statement (or request, or exec) an agent sent, recorded before it runs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Command {
+    pub protocol: Protocol,
+    pub statement: String,
+    /// Bind parameters in text form (`None` = SQL NULL); binary ones as `\x` hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params: Option<Vec<Option<String>>>,
+    /// Name of the prepared statement, when it had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prepared: Option<String>,
+    pub decision: Decision,
+}
+
+/// How a command ended.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// It completed (every statement of a simple query, or the portal of an Execute).
+    Ok,
+    /// The upstream answered with an error.
+    Error,
+    /// An Execute reached its row limit; the portal can be resumed.
+    Suspended,
+    /// The upstream skipped it because an earlier message of the same pipeline failed.
+    Skipped,
+    /// The session ended before the upstream answered.
+    Unfinished,
+}
+
+/// An error as the upstream reported it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ErrorInfo {
+    pub code: String,
+    pub message: String,
+}
+
+/// `command.result`: how one recorded command ended.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CommandResult {
+    /// The `command` event this result belongs to.
+    pub command_id: Uuid,
+    pub command_seq: u64,
+    pub outcome: Outcome,
+    /// Command tags, one per completed statement (`SELECT 3`, `COPY 10`...).
+    pub tags: Vec<String>,
+    /// Rows returned or affected, summed over the tags (DataRow count when no tag says).
+    pub rows: u64,
+    /// From forwarding the command to its completion, microseconds.
+    pub duration_us: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorInfo>,
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// The agent said goodbye (Terminate) or closed its connection.
+    ClientClosed,
+    /// The upstream closed the connection.
+    UpstreamClosed,
+    /// The proxy could not open or log in to the upstream.
+    UpstreamFailed,
+    /// A command could not be recorded, so the session was closed without running it.
+    RecordingFailed,
+    /// The agent sent something the proxy refuses to relay.
+    ProtocolViolation,
+    /// The proxy is shutting down.
+    Shutdown,
+}
+
+/// `session.ended`: the last event of a session. `head` is the hash of the event before it and
+/// `signature` is the node key's ed25519 signature over [`crate::event::signing_message`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SessionEnded {
+    pub reason: EndReason,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    pub commands: u64,
+    pub head: String,
+    pub signature: String,
+}

@@ -1,0 +1,67 @@
+//! Who an agent is, as every event carries it, and which resource it touches.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The identity of an agent, derived from its verified token.
+///
+/// `name` tells apart bots that share one `subject`; `attributes` keeps the claims a reviewer
+/// needs (repository, workflow, run id...). No claim holding a secret is ever kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentIdentity {
+    pub issuer: String,
+    pub subject: String,
+    pub name: String,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    #[serde(default)]
+    pub attributes: BTreeMap<String, serde_json::Value>,
+}
+
+/// The kinds of system Tollgate stands in front of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResourceKind {
+    Postgres,
+    Ssh,
+    Kubernetes,
+}
+
+impl ResourceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResourceKind::Postgres => "postgres",
+            ResourceKind::Ssh => "ssh",
+            ResourceKind::Kubernetes => "kubernetes",
+        }
+    }
+}
+
+/// The resource a session is attached to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceRef {
+    pub name: String,
+    pub kind: ResourceKind,
+}
+
+/// Claims that describe the token itself rather than the agent; they are not kept as attributes.
+const TOKEN_MECHANICS: &[&str] = &["iss", "sub", "aud", "exp", "nbf", "iat", "jti"];
+
+impl AgentIdentity {
+    /// The identity used until per-issuer mapping rules exist: the subject names the agent and
+    /// every other claim is kept as an attribute.
+    pub fn from_claims(issuer: &str, subject: &str, claims: &serde_json::Map<String, serde_json::Value>) -> Self {
+        let attributes = claims
+            .iter()
+            .filter(|(k, _)| !TOKEN_MECHANICS.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        AgentIdentity {
+            issuer: issuer.to_owned(),
+            subject: subject.to_owned(),
+            name: subject.to_owned(),
+            groups: Vec::new(),
+            attributes,
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! Names shared by every node: the JetStream stream, its subjects and the projector's consumer.
+
+/// The one stream that holds every fact.
+pub const STREAM: &str = "TOLLGATE_EVENTS";
+/// Every event subject starts with this prefix; the event type follows it.
+pub const SUBJECT_PREFIX: &str = "tollgate.events";
+/// The durable consumer shared by every control-plane replica (work-queue semantics).
+pub const PROJECTOR_CONSUMER: &str = "tollgate-projector";
+/// Header JetStream de-duplicates on; Tollgate sets it to the event id.
+pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
+
+/// The subject an event of type `kind` is published on, e.g. `tollgate.events.command.result`.
+pub fn subject_for(kind: &str) -> String {
+    format!("{SUBJECT_PREFIX}.{kind}")
+}
+
+/// The wildcard that covers every event subject.
+pub fn all_subjects() -> String {
+    format!("{SUBJECT_PREFIX}.>")
+}
