@@ -1,0 +1,122 @@
+//! A PostgreSQL cluster of its own: initdb with scram-sha-256 in a temp dir, every statement and
+//! connection logged, so tests can prove what did (and did not) run upstream.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub struct PgServer {
+    pub port: u16,
+    pub superuser_password: String,
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+}
+
+/// The newest installed PostgreSQL's bin directory (or `TOLLGATE_PG_BIN`).
+fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("TOLLGATE_PG_BIN") {
+        return PathBuf::from(dir);
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL server binaries under /usr/lib/postgresql (apt-get install postgresql)")
+        .filter_map(|e| e.ok())
+        .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path().join("bin"))))
+        .collect();
+    versions.sort();
+    versions.pop().expect("an installed PostgreSQL version").1
+}
+
+/// initdb and postgres refuse to run as root; run them as `postgres` then.
+fn as_server_user(program: &Path) -> Command {
+    let root = std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false);
+    if root {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+fn run(mut command: Command, what: &str) -> Output {
+    let out = command.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(out.status.success(), "{what} failed: {}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+impl PgServer {
+    pub async fn start() -> PgServer {
+        let dir = tempfile::Builder::new().prefix("tollgate-pg").tempdir().expect("temp dir");
+        let root = std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false);
+        if root {
+            run(
+                {
+                    let mut c = Command::new("chown");
+                    c.arg("postgres:postgres").arg(dir.path());
+                    c
+                },
+                "chown",
+            );
+        }
+        let password = format!("su-{}", uuid::Uuid::new_v4().simple());
+        let pwfile = dir.path().join("pwfile");
+        std::fs::write(&pwfile, &password).expect("pwfile");
+        if root {
+            run(
+                {
+                    let mut c = Command::new("chown");
+                    c.arg("postgres:postgres").arg(&pwfile);
+                    c
+                },
+                "chown",
+            );
+        }
+        let bin = bin_dir();
+        let data = dir.path().join("data");
+        let mut initdb = as_server_user(&bin.join("initdb"));
+        initdb.arg("-D").arg(&data).args(["-U", "postgres", "--auth=scram-sha-256", "--no-sync", "-E", "UTF8", "--locale=C"]).arg(format!("--pwfile={}", pwfile.display()));
+        run(initdb, "initdb");
+        let port = super::free_port();
+        let options = format!(
+            "-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c log_statement=all -c log_connections=on -c fsync=off -c max_connections=200",
+            dir.path().display()
+        );
+        let mut start = as_server_user(&bin.join("pg_ctl"));
+        start.arg("-D").arg(&data).args(["-w", "-t", "60", "-o", &options, "-l"]).arg(dir.path().join("server.log")).arg("start");
+        run(start, "pg_ctl start");
+        PgServer { port, superuser_password: password, dir, bin }
+    }
+
+    /// A URL for `user`/`password` on `database`.
+    pub fn url(&self, user: &str, password: &str, database: &str) -> String {
+        format!("postgres://{user}:{password}@127.0.0.1:{}/{database}", self.port)
+    }
+
+    pub fn superuser_url(&self, database: &str) -> String {
+        self.url("postgres", &self.superuser_password, database)
+    }
+
+    /// Run SQL as the superuser with psql, directly (not through the proxy).
+    pub fn admin_sql(&self, database: &str, sql: &str) -> String {
+        let mut c = Command::new(self.bin.join("psql"));
+        c.args(["-X", "-v", "ON_ERROR_STOP=1", "-At", "-d"]).arg(self.superuser_url(database)).args(["-c", sql]);
+        String::from_utf8_lossy(&run(c, "psql (admin)").stdout).into_owned()
+    }
+
+    /// The server's log: every statement it ran and every connection it accepted.
+    pub fn server_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    pub fn bin(&self, tool: &str) -> PathBuf {
+        self.bin.join(tool)
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        let mut stop = as_server_user(&self.bin.join("pg_ctl"));
+        stop.arg("-D").arg(self.dir.path().join("data")).args(["-m", "immediate", "stop"]);
+        let _ = stop.output();
+    }
+}

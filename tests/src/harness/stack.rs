@@ -1,0 +1,208 @@
+//! The whole system for one test: PostgreSQL (upstream and projections), NATS JetStream, a test
+//! OIDC issuer, one proxy and one control plane.
+
+use super::{init, NatsServer, PgServer};
+use serde_json::Value;
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+use tollgate_control_plane::config::ControlConfig;
+use tollgate_control_plane::dev_issuer::DevIssuer;
+use tollgate_control_plane::Control;
+use tollgate_data_plane::config::ProxyConfig;
+use tollgate_data_plane::Proxy;
+
+/// Audience of agent tokens (what proxies accept).
+pub const AGENT_AUDIENCE: &str = "tollgate";
+/// Audience of reviewer tokens (what the API accepts): distinct, so an agent token is useless there.
+pub const REVIEWER_AUDIENCE: &str = "tollgate-api";
+
+pub struct Stack {
+    pub pg: PgServer,
+    pub nats: NatsServer,
+    pub issuer: Arc<DevIssuer>,
+    pub proxy: Proxy,
+    pub control: Control,
+    pub upstream_password: String,
+    pub dir: tempfile::TempDir,
+    issuer_task: tokio::task::JoinHandle<()>,
+    http: reqwest::Client,
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.issuer_task.abort();
+    }
+}
+
+impl Stack {
+    pub async fn start() -> Stack {
+        init();
+        let pg = PgServer::start().await;
+        let upstream_password = format!("upstream-{}", uuid::Uuid::new_v4().simple());
+        pg.admin_sql("postgres", &format!("CREATE ROLE app LOGIN PASSWORD '{upstream_password}'"));
+        pg.admin_sql("postgres", "CREATE DATABASE demo OWNER app");
+        pg.admin_sql("postgres", "CREATE DATABASE tollgate");
+        let nats = NatsServer::start().await;
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("issuer bind");
+        let issuer_url = format!("http://{}", listener.local_addr().expect("issuer addr"));
+        let issuer = Arc::new(DevIssuer::new(issuer_url).expect("issuer keys"));
+        let router = issuer.clone().router();
+        let issuer_task = tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+
+        let dir = tempfile::tempdir().expect("stack dir");
+        std::fs::write(dir.path().join("upstream.pw"), format!("{upstream_password}\n")).expect("password file");
+
+        let proxy = Proxy::start(proxy_config(&pg, &nats, &issuer, &dir.path().join("upstream.pw"), "proxy-a"))
+            .await
+            .expect("proxy starts");
+        let control = Control::start(control_config(&pg, &nats, &issuer)).await.expect("control plane starts");
+        Stack { pg, nats, issuer, proxy, control, upstream_password, dir, issuer_task, http: reqwest::Client::new() }
+    }
+
+    /// Configuration for another proxy node on the same NATS, issuer and upstream.
+    pub fn proxy_config(&self, node: &str) -> ProxyConfig {
+        proxy_config(&self.pg, &self.nats, &self.issuer, &self.dir.path().join("upstream.pw"), node)
+    }
+
+    /// A fresh agent token for `subject`, with GitHub-Actions-like claims.
+    pub fn agent_token(&self, subject: &str) -> String {
+        let mut extra = serde_json::Map::new();
+        extra.insert("repository".into(), "acme/orders".into());
+        extra.insert("workflow".into(), "deploy".into());
+        extra.insert("run_id".into(), "4242".into());
+        self.issuer.mint(subject, AGENT_AUDIENCE, 600, &extra).expect("mint agent token")
+    }
+
+    pub fn reviewer_token(&self) -> String {
+        self.issuer.mint("alice@example.com", REVIEWER_AUDIENCE, 600, &serde_json::Map::new()).expect("mint reviewer token")
+    }
+
+    /// A libpq-style connection string to the proxy for the `demo` resource.
+    pub fn agent_dsn(&self, token: &str) -> String {
+        format!("host=127.0.0.1 port={} dbname=demo user=ci-bot password={token} sslmode=disable", self.proxy.postgres_addr.port())
+    }
+
+    /// Connect with tokio-postgres (extended protocol) through the proxy.
+    pub async fn agent_client(&self, token: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let (client, connection) = tokio_postgres::connect(&self.agent_dsn(token), tokio_postgres::NoTls).await?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(client)
+    }
+
+    /// Run the real psql through the proxy (or through `port` when given, e.g. a tap).
+    pub fn psql(&self, token: &str, port: Option<u16>, args: &[&str], stdin: Option<&str>) -> Output {
+        let port = port.unwrap_or(self.proxy.postgres_addr.port());
+        let mut command = Command::new(self.pg.bin("psql"));
+        command
+            .args(["-X", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", &port.to_string(), "-U", "ci-bot", "-d", "demo"])
+            .args(args)
+            .env("PGPASSWORD", token)
+            .env("PGSSLMODE", "disable")
+            .env("PGCONNECT_TIMEOUT", "10")
+            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().expect("psql runs");
+        if let Some(input) = stdin {
+            use std::io::Write;
+            let mut pipe = child.stdin.take().expect("stdin");
+            pipe.write_all(input.as_bytes()).expect("psql stdin");
+        }
+        child.wait_with_output().expect("psql output")
+    }
+
+    /// GET an API path with a reviewer token.
+    pub async fn api(&self, path: &str) -> (u16, Value) {
+        self.api_as(path, Some(&self.reviewer_token())).await
+    }
+
+    pub async fn api_as(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        let mut request = self.http.get(format!("http://{}{path}", self.control.addr));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.expect("API reachable");
+        let status = response.status().as_u16();
+        let body = response.json::<Value>().await.unwrap_or(Value::Null);
+        (status, body)
+    }
+
+    /// Wait until the API shows exactly `n` ended sessions for `resource`, newest first.
+    pub async fn ended_sessions(&self, n: usize) -> Vec<Value> {
+        super::eventually(30, "sessions to be projected", || async {
+            let (status, page) = self.api("/api/v1/sessions?resource=demo").await;
+            let items = page["items"].as_array()?.clone();
+            let ended = items.iter().filter(|s| !s["ended_at"].is_null()).count();
+            (status == 200 && items.len() >= n && ended >= n).then_some(items)
+        })
+        .await
+    }
+
+    /// Every message on the event stream, as published.
+    pub async fn stream_messages(&self) -> Vec<Vec<u8>> {
+        let client = async_nats::connect(self.nats.url()).await.expect("nats");
+        let js = async_nats::jetstream::new(client);
+        let mut stream = js.get_stream(tollgate_shared::names::STREAM).await.expect("stream");
+        let last = stream.info().await.expect("stream info").state.last_sequence;
+        let mut out = Vec::new();
+        for seq in 1..=last {
+            if let Ok(message) = stream.get_raw_message(seq).await {
+                out.push(message.payload.to_vec());
+            }
+        }
+        out
+    }
+}
+
+fn proxy_config(pg: &PgServer, nats: &NatsServer, issuer: &DevIssuer, password_file: &std::path::Path, node: &str) -> ProxyConfig {
+    let text = format!(
+        r#"
+[node]
+name = "{node}"
+[nats]
+url = "{nats}"
+publish_timeout_ms = 1500
+[postgres]
+listen = "127.0.0.1:0"
+[[agent_issuers]]
+issuer = "{issuer}"
+audience = ["{AGENT_AUDIENCE}"]
+min_refresh_secs = 1
+[[resources]]
+name = "demo"
+host = "127.0.0.1"
+port = {port}
+database = "demo"
+user = "app"
+password = "file:{password}"
+"#,
+        nats = nats.url(),
+        issuer = issuer.url(),
+        port = pg.port,
+        password = password_file.display(),
+    );
+    toml::from_str(&text).expect("proxy config parses")
+}
+
+fn control_config(pg: &PgServer, nats: &NatsServer, issuer: &DevIssuer) -> ControlConfig {
+    let text = format!(
+        r#"
+listen = "127.0.0.1:0"
+database_url = "{db}"
+[nats]
+url = "{nats}"
+[[reviewer_issuers]]
+issuer = "{issuer}"
+audience = ["{REVIEWER_AUDIENCE}"]
+"#,
+        db = pg.superuser_url("tollgate"),
+        nats = nats.url(),
+        issuer = issuer.url(),
+    );
+    toml::from_str(&text).expect("control config parses")
+}
