@@ -24,13 +24,15 @@ struct SigningKey {
 impl SigningKey {
     fn generate() -> anyhow::Result<Self> {
         let rng = SystemRandom::new();
-        let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).map_err(|_| anyhow::anyhow!("key generation failed"))?;
+        let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+            .map_err(|_| anyhow::anyhow!("key generation failed"))?;
         Self::from_pkcs8(doc.as_ref().to_vec())
     }
 
     fn from_pkcs8(pkcs8: Vec<u8>) -> anyhow::Result<Self> {
         let rng = SystemRandom::new();
-        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &pkcs8, &rng).map_err(|_| anyhow::anyhow!("not a P-256 PKCS#8 key"))?;
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &pkcs8, &rng)
+            .map_err(|_| anyhow::anyhow!("not a P-256 PKCS#8 key"))?;
         let public = pair.public_key().as_ref().to_vec();
         let kid = tollgate_shared::event::sha256_hex(&public)[..16].to_owned();
         Ok(SigningKey { kid, pkcs8, public })
@@ -113,9 +115,16 @@ impl DevIssuer {
     }
 
     /// A token for `subject` and `audience`, valid for `ttl_secs`, with extra claims merged in.
-    pub fn mint(&self, subject: &str, audience: &str, ttl_secs: i64, extra: &serde_json::Map<String, Value>) -> anyhow::Result<String> {
+    pub fn mint(
+        &self,
+        subject: &str,
+        audience: &str,
+        ttl_secs: i64,
+        extra: &serde_json::Map<String, Value>,
+    ) -> anyhow::Result<String> {
         let now = chrono::Utc::now().timestamp();
-        let mut claims = json!({ "iss": self.url, "sub": subject, "aud": audience, "iat": now, "nbf": now, "exp": now + ttl_secs });
+        let mut claims =
+            json!({ "iss": self.url, "sub": subject, "aud": audience, "iat": now, "nbf": now, "exp": now + ttl_secs });
         if let Value::Object(map) = &mut claims {
             for (k, v) in extra {
                 map.insert(k.clone(), v.clone());

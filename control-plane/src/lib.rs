@@ -44,14 +44,17 @@ impl Control {
             .await
             .with_context(|| format!("NATS at {}", config.nats.url))?;
         let js = async_nats::jetstream::new(nats.clone());
-        let reviewers = tollgate_shared::jwks::Verifier::new(config.reviewer_issuers.clone()).await.map_err(anyhow::Error::msg)?;
+        let reviewers =
+            tollgate_shared::jwks::Verifier::new(config.reviewer_issuers.clone()).await.map_err(anyhow::Error::msg)?;
         let stats = Arc::new(projector::ProjectorStats::default());
         let mut tasks = vec![
             reviewers.spawn_refresh(),
             tokio::spawn(projector::run(js, db.clone(), config.projector.batch_size.max(1), stats.clone())),
         ];
         let state = api::AppState { db, reviewers, nats, stats };
-        let listener = tokio::net::TcpListener::bind(&config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+        let listener = tokio::net::TcpListener::bind(&config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
         let addr = listener.local_addr()?;
         let app = api::router(state);
         tasks.push(tokio::spawn(async move {

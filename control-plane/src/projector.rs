@@ -38,7 +38,12 @@ pub async fn run(js: jetstream::Context, db: PgPool, batch_size: usize, stats: A
     }
 }
 
-async fn consume(js: &jetstream::Context, db: &PgPool, batch_size: usize, stats: &ProjectorStats) -> anyhow::Result<()> {
+async fn consume(
+    js: &jetstream::Context,
+    db: &PgPool,
+    batch_size: usize,
+    stats: &ProjectorStats,
+) -> anyhow::Result<()> {
     let stream = tollgate_shared::stream::ensure_event_stream(js).await.map_err(anyhow::Error::msg)?;
     let consumer = stream
         .get_or_create_consumer(

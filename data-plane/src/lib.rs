@@ -52,7 +52,8 @@ impl Proxy {
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(keep_stream(js.clone())));
 
-        let verifier = tollgate_shared::jwks::Verifier::new(config.agent_issuers.clone()).await.map_err(anyhow::Error::msg)?;
+        let verifier =
+            tollgate_shared::jwks::Verifier::new(config.agent_issuers.clone()).await.map_err(anyhow::Error::msg)?;
         tasks.push(verifier.spawn_refresh());
         let publisher = Arc::new(recorder::Publisher::new(js, Duration::from_millis(config.nats.publish_timeout_ms)));
         let node_key = signer.public_hex();

@@ -10,7 +10,9 @@ pub fn load_or_create(path: Option<&Path>) -> anyhow::Result<SessionSigner> {
         return SessionSigner::generate().map(|(signer, _)| signer).map_err(anyhow::Error::msg);
     };
     match std::fs::read(path) {
-        Ok(der) => SessionSigner::from_pkcs8(&der).map_err(anyhow::Error::msg).with_context(|| format!("node key {}", path.display())),
+        Ok(der) => SessionSigner::from_pkcs8(&der)
+            .map_err(anyhow::Error::msg)
+            .with_context(|| format!("node key {}", path.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let (signer, der) = SessionSigner::generate().map_err(anyhow::Error::msg)?;
             write_private(path, &der).with_context(|| format!("writing node key {}", path.display()))?;

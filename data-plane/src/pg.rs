@@ -41,7 +41,12 @@ pub struct PgContext {
 }
 
 impl PgContext {
-    pub fn new(config: &ProxyConfig, verifier: Verifier, publisher: Arc<Publisher>, signer: Arc<SessionSigner>) -> anyhow::Result<Self> {
+    pub fn new(
+        config: &ProxyConfig,
+        verifier: Verifier,
+        publisher: Arc<Publisher>,
+        signer: Arc<SessionSigner>,
+    ) -> anyhow::Result<Self> {
         let tls = match &config.postgres.tls {
             Some(files) => Some(crate::tls::acceptor(files)?),
             None => None,

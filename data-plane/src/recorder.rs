@@ -66,8 +66,12 @@ impl Publisher {
                 tokio::spawn(async move {
                     match tokio::time::timeout(timeout, ack).await {
                         Ok(Ok(_)) => {}
-                        Ok(Err(e)) => tracing::warn!(event = %event.id, kind = event.kind, error = %e, "event not acknowledged"),
-                        Err(_) => tracing::warn!(event = %event.id, kind = event.kind, "event acknowledgement timed out"),
+                        Ok(Err(e)) => {
+                            tracing::warn!(event = %event.id, kind = event.kind, error = %e, "event not acknowledged")
+                        }
+                        Err(_) => {
+                            tracing::warn!(event = %event.id, kind = event.kind, "event acknowledgement timed out")
+                        }
                     }
                 });
             }
@@ -108,7 +112,12 @@ impl SessionRecorder {
     }
 
     /// Seal the `session.ended` event, signing the head of the chain.
-    pub fn seal_end(&self, reason: tollgate_shared::event::EndReason, detail: Option<String>, commands: u64) -> Result<SealedEvent, RecordError> {
+    pub fn seal_end(
+        &self,
+        reason: tollgate_shared::event::EndReason,
+        detail: Option<String>,
+        commands: u64,
+    ) -> Result<SealedEvent, RecordError> {
         let mut chain = self.chain();
         let head = chain.head().to_owned();
         let signature = self.signer.sign_end(chain.session(), chain.next_seq(), &head);

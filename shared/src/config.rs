@@ -32,8 +32,8 @@ pub fn load<T: DeserializeOwned>(
         None => String::new(),
     };
     let display = path.map(Path::to_owned).unwrap_or_else(|| PathBuf::from("<none>"));
-    let mut value: toml::Value = toml::from_str(&text)
-        .map_err(|e| ConfigError::Parse { path: display.clone(), message: e.to_string() })?;
+    let mut value: toml::Value =
+        toml::from_str(&text).map_err(|e| ConfigError::Parse { path: display.clone(), message: e.to_string() })?;
     apply_overrides(&mut value, prefix, vars)?;
     value.try_into().map_err(|e: toml::de::Error| ConfigError::Parse { path: display, message: e.to_string() })
 }
@@ -73,9 +73,7 @@ fn set_path(node: &mut toml::Value, parts: &[String], leaf: toml::Value) -> Resu
     };
     match node {
         toml::Value::Table(table) => {
-            let child = table
-                .entry(head.clone())
-                .or_insert_with(|| toml::Value::Table(Default::default()));
+            let child = table.entry(head.clone()).or_insert_with(|| toml::Value::Table(Default::default()));
             set_path(child, rest, leaf)
         }
         toml::Value::Array(items) => {
@@ -131,8 +129,9 @@ impl SecretRef {
     /// Read the secret now. A file's trailing newline is not part of the secret.
     pub fn resolve(&self) -> Result<String, ConfigError> {
         match self {
-            SecretRef::Env(name) => std::env::var(name)
-                .map_err(|_| ConfigError::Invalid(format!("secret env:{name} is not set"))),
+            SecretRef::Env(name) => {
+                std::env::var(name).map_err(|_| ConfigError::Invalid(format!("secret env:{name} is not set")))
+            }
             SecretRef::File(path) => std::fs::read_to_string(path)
                 .map(|s| s.trim_end_matches(['\r', '\n']).to_owned())
                 .map_err(|e| ConfigError::Invalid(format!("secret file:{} cannot be read: {e}", path.display()))),

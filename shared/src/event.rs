@@ -13,7 +13,7 @@ mod chain;
 mod payload;
 mod time;
 
-pub use chain::{verify_chain, ChainReport, Chain, SealedEvent, SessionSigner, signing_message};
+pub use chain::{signing_message, verify_chain, Chain, ChainReport, SealedEvent, SessionSigner};
 pub use payload::*;
 
 /// The envelope version this code writes.

@@ -80,9 +80,13 @@ impl IssuerConfig {
         self.algorithms
             .iter()
             .map(|name| {
-                let alg = Algorithm::from_str(name).map_err(|_| format!("issuer {}: unknown algorithm {name}", self.issuer))?;
+                let alg = Algorithm::from_str(name)
+                    .map_err(|_| format!("issuer {}: unknown algorithm {name}", self.issuer))?;
                 if matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) {
-                    return Err(format!("issuer {}: HMAC algorithm {name} is not allowed for OIDC issuers", self.issuer));
+                    return Err(format!(
+                        "issuer {}: HMAC algorithm {name} is not allowed for OIDC issuers",
+                        self.issuer
+                    ));
                 }
                 Ok(alg)
             })
@@ -216,7 +220,11 @@ pub fn verify(config: &IssuerConfig, keys: &JwkSet, token: &str, now: u64) -> Re
     Ok(VerifiedToken { issuer: config.issuer.clone(), subject, claims })
 }
 
-fn explain(e: jsonwebtoken::errors::Error, claims: &serde_json::Map<String, serde_json::Value>, now: u64) -> TokenError {
+fn explain(
+    e: jsonwebtoken::errors::Error,
+    claims: &serde_json::Map<String, serde_json::Value>,
+    now: u64,
+) -> TokenError {
     use jsonwebtoken::errors::ErrorKind;
     let time = |name: &str| claims.get(name).and_then(|v| v.as_u64()).unwrap_or(now);
     match e.kind() {

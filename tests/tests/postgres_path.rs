@@ -22,7 +22,15 @@ async fn psql_session_is_recorded_chained_and_projected() {
     let out = stack.psql(
         &token,
         None,
-        &["-At", "-c", "create table items (id int primary key, name text)", "-c", "insert into items values (1, 'widget'), (2, 'gadget')", "-c", "select name from items order by id"],
+        &[
+            "-At",
+            "-c",
+            "create table items (id int primary key, name text)",
+            "-c",
+            "insert into items values (1, 'widget'), (2, 'gadget')",
+            "-c",
+            "select name from items order by id",
+        ],
         None,
     );
     assert!(stdout(&out).ends_with("widget\ngadget\n"), "{}", stdout(&out));
@@ -96,7 +104,10 @@ async fn extended_protocol_parameters_transactions_and_errors() {
     let total: i64 = client.query_one("select sum(balance) from accounts", &[]).await.expect("sum").get(0);
     assert_eq!(total, 150);
 
-    let err = client.query_one("select 1 / (select count(*) from accounts where id = 99)::int", &[]).await.expect_err("division by zero");
+    let err = client
+        .query_one("select 1 / (select count(*) from accounts where id = 99)::int", &[])
+        .await
+        .expect_err("division by zero");
     assert_eq!(err.code().map(|c| c.code()), Some("22012"));
     // The session is still usable after an error.
     assert_eq!(client.query_one("select 7", &[]).await.expect("after error").get::<_, i32>(0), 7);
@@ -109,15 +120,23 @@ async fn extended_protocol_parameters_transactions_and_errors() {
         (c.iter().all(|c| !c["outcome"].is_null()) && c.len() >= 8).then_some(c)
     })
     .await;
-    let inserts: Vec<&Value> = commands.iter().filter(|c| c["statement"] == "insert into accounts values ($1, $2)").collect();
+    let inserts: Vec<&Value> =
+        commands.iter().filter(|c| c["statement"] == "insert into accounts values ($1, $2)").collect();
     assert_eq!(inserts.len(), 2);
     assert_eq!(inserts[0]["protocol"], "extended");
-    assert_eq!(inserts[0]["params"], serde_json::json!(["\\x00000001", "\\x00000064"]), "binary int4 parameters are recorded as hex");
+    assert_eq!(
+        inserts[0]["params"],
+        serde_json::json!(["\\x00000001", "\\x00000064"]),
+        "binary int4 parameters are recorded as hex"
+    );
     assert_eq!(inserts[1]["rows"], 1);
     let failed = commands.iter().find(|c| c["outcome"] == "error").expect("the failed statement");
     assert_eq!(failed["error_code"], "22012");
     assert_eq!(failed["error_message"], "division by zero");
-    let rollback = commands.iter().find(|c| c["statement"] == "begin; update accounts set balance = 0; rollback").expect("transaction");
+    let rollback = commands
+        .iter()
+        .find(|c| c["statement"] == "begin; update accounts set balance = 0; rollback")
+        .expect("transaction");
     assert_eq!(rollback["tags"], serde_json::json!(["BEGIN", "UPDATE 2", "ROLLBACK"]));
 }
 

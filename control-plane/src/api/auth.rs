@@ -13,7 +13,11 @@ pub struct Reviewer {
     pub subject: String,
 }
 
-pub async fn require_reviewer(State(state): State<AppState>, mut request: Request, next: Next) -> Result<Response, ApiError> {
+pub async fn require_reviewer(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
     let header = request
         .headers()
         .get(AUTHORIZATION)

@@ -11,7 +11,8 @@ use sqlx::{Postgres, QueryBuilder};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-const SESSION_COLUMNS: &str = "s.id, s.agent_id, a.name AS agent_name, a.issuer AS agent_issuer, a.subject AS agent_subject,
+const SESSION_COLUMNS: &str =
+    "s.id, s.agent_id, a.name AS agent_name, a.issuer AS agent_issuer, a.subject AS agent_subject,
     s.resource, s.resource_kind, s.node, s.client_addr, s.client_tls, s.client_user, s.application_name,
     s.started_at, s.ended_at, s.end_reason, s.end_detail, s.commands, s.errors, s.events";
 
@@ -72,7 +73,10 @@ fn query_param<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
 #[utoipa::path(get, path = "/api/v1/sessions", tag = "sessions", params(SessionQuery),
     responses((status = 200, body = SessionPage), (status = 400, body = super::error::Problem), (status = 401, body = super::error::Problem)),
     security(("bearer" = [])))]
-pub async fn list_sessions(State(state): State<AppState>, query: Result<Query<SessionQuery>, QueryRejection>) -> Result<Json<SessionPage>, ApiError> {
+pub async fn list_sessions(
+    State(state): State<AppState>,
+    query: Result<Query<SessionQuery>, QueryRejection>,
+) -> Result<Json<SessionPage>, ApiError> {
     let q = query_param(query)?;
     let limit = q.limit.unwrap_or(50);
     if !(1..=500).contains(&limit) {
@@ -83,7 +87,9 @@ pub async fn list_sessions(State(state): State<AppState>, query: Result<Query<Se
             return Err(ApiError::BadRequest("`from` is after `to`".into()));
         }
     }
-    let mut sql: QueryBuilder<Postgres> = QueryBuilder::new(format!("SELECT {SESSION_COLUMNS} FROM sessions s JOIN agents a ON a.id = s.agent_id WHERE TRUE"));
+    let mut sql: QueryBuilder<Postgres> = QueryBuilder::new(format!(
+        "SELECT {SESSION_COLUMNS} FROM sessions s JOIN agents a ON a.id = s.agent_id WHERE TRUE"
+    ));
     if let Some(agent) = q.agent {
         sql.push(" AND s.agent_id = ").push_bind(agent);
     }
@@ -115,11 +121,13 @@ pub async fn list_sessions(State(state): State<AppState>, query: Result<Query<Se
 }
 
 async fn load_session(state: &AppState, id: Uuid) -> Result<SessionView, ApiError> {
-    sqlx::query_as::<_, SessionView>(&format!("SELECT {SESSION_COLUMNS} FROM sessions s JOIN agents a ON a.id = s.agent_id WHERE s.id = $1"))
-        .bind(id)
-        .fetch_optional(&state.db)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no session {id}")))
+    sqlx::query_as::<_, SessionView>(&format!(
+        "SELECT {SESSION_COLUMNS} FROM sessions s JOIN agents a ON a.id = s.agent_id WHERE s.id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(&state.db)
+    .await?
+    .ok_or_else(|| ApiError::NotFound(format!("no session {id}")))
 }
 
 fn session_id(id: Result<Path<Uuid>, axum::extract::rejection::PathRejection>) -> Result<Uuid, ApiError> {
@@ -129,7 +137,10 @@ fn session_id(id: Result<Path<Uuid>, axum::extract::rejection::PathRejection>) -
 /// One session.
 #[utoipa::path(get, path = "/api/v1/sessions/{id}", tag = "sessions", params(("id" = Uuid, Path)),
     responses((status = 200, body = SessionView), (status = 404, body = super::error::Problem)), security(("bearer" = [])))]
-pub async fn get_session(State(state): State<AppState>, id: Result<Path<Uuid>, axum::extract::rejection::PathRejection>) -> Result<Json<SessionView>, ApiError> {
+pub async fn get_session(
+    State(state): State<AppState>,
+    id: Result<Path<Uuid>, axum::extract::rejection::PathRejection>,
+) -> Result<Json<SessionView>, ApiError> {
     Ok(Json(load_session(&state, session_id(id)?).await?))
 }
 
@@ -150,19 +161,41 @@ pub struct EventView {
 /// A session's events in order (replay).
 #[utoipa::path(get, path = "/api/v1/sessions/{id}/events", tag = "sessions", params(("id" = Uuid, Path)),
     responses((status = 200, body = [EventView]), (status = 404, body = super::error::Problem)), security(("bearer" = [])))]
-pub async fn session_events(State(state): State<AppState>, id: Result<Path<Uuid>, axum::extract::rejection::PathRejection>) -> Result<Json<Vec<EventView>>, ApiError> {
+pub async fn session_events(
+    State(state): State<AppState>,
+    id: Result<Path<Uuid>, axum::extract::rejection::PathRejection>,
+) -> Result<Json<Vec<EventView>>, ApiError> {
     let id = session_id(id)?;
     load_session(&state, id).await?;
-    let rows: Vec<(i64, Uuid, String, DateTime<Utc>, Vec<u8>, serde_json::Value)> =
-        sqlx::query_as("SELECT seq, id, type, at, raw, body FROM events WHERE session_id = $1 ORDER BY seq, id")
-            .bind(id)
-            .fetch_all(&state.db)
-            .await?;
+    let rows = sqlx::query_as::<_, StoredEvent>(
+        "SELECT seq, id, type, at, raw, body FROM events WHERE session_id = $1 ORDER BY seq, id",
+    )
+    .bind(id)
+    .fetch_all(&state.db)
+    .await?;
     Ok(Json(
         rows.into_iter()
-            .map(|(seq, id, kind, at, raw, body)| EventView { seq, id, kind, at, hash: tollgate_shared::event::sha256_hex(&raw), event: body })
+            .map(|e| EventView {
+                seq: e.seq,
+                id: e.id,
+                kind: e.kind,
+                at: e.at,
+                hash: tollgate_shared::event::sha256_hex(&e.raw),
+                event: e.body,
+            })
             .collect(),
     ))
+}
+
+#[derive(sqlx::FromRow)]
+struct StoredEvent {
+    seq: i64,
+    id: Uuid,
+    #[sqlx(rename = "type")]
+    kind: String,
+    at: DateTime<Utc>,
+    raw: Vec<u8>,
+    body: serde_json::Value,
 }
 
 #[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
@@ -188,7 +221,10 @@ pub struct CommandView {
 /// A session's commands with their results, in order.
 #[utoipa::path(get, path = "/api/v1/sessions/{id}/commands", tag = "sessions", params(("id" = Uuid, Path)),
     responses((status = 200, body = [CommandView]), (status = 404, body = super::error::Problem)), security(("bearer" = [])))]
-pub async fn session_commands(State(state): State<AppState>, id: Result<Path<Uuid>, axum::extract::rejection::PathRejection>) -> Result<Json<Vec<CommandView>>, ApiError> {
+pub async fn session_commands(
+    State(state): State<AppState>,
+    id: Result<Path<Uuid>, axum::extract::rejection::PathRejection>,
+) -> Result<Json<Vec<CommandView>>, ApiError> {
     let id = session_id(id)?;
     load_session(&state, id).await?;
     let rows = sqlx::query_as::<_, CommandView>(
@@ -217,10 +253,16 @@ pub struct VerifyView {
 /// Re-hash a session's stored events and check its chain and end signature.
 #[utoipa::path(get, path = "/api/v1/sessions/{id}/verify", tag = "sessions", params(("id" = Uuid, Path)),
     responses((status = 200, body = VerifyView), (status = 404, body = super::error::Problem)), security(("bearer" = [])))]
-pub async fn verify_session(State(state): State<AppState>, id: Result<Path<Uuid>, axum::extract::rejection::PathRejection>) -> Result<Json<VerifyView>, ApiError> {
+pub async fn verify_session(
+    State(state): State<AppState>,
+    id: Result<Path<Uuid>, axum::extract::rejection::PathRejection>,
+) -> Result<Json<VerifyView>, ApiError> {
     let id = session_id(id)?;
     load_session(&state, id).await?;
-    let raws: Vec<(Vec<u8>,)> = sqlx::query_as("SELECT raw FROM events WHERE session_id = $1 ORDER BY seq, id").bind(id).fetch_all(&state.db).await?;
+    let raws: Vec<(Vec<u8>,)> = sqlx::query_as("SELECT raw FROM events WHERE session_id = $1 ORDER BY seq, id")
+        .bind(id)
+        .fetch_all(&state.db)
+        .await?;
     let slices: Vec<&[u8]> = raws.iter().map(|(r,)| r.as_slice()).collect();
     let report = tollgate_shared::event::verify_chain(&slices);
     Ok(Json(VerifyView {

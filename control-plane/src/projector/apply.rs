@@ -171,7 +171,10 @@ async fn apply(tx: &mut Transaction<'_, Postgres>, e: &Envelope, raw: &[u8]) -> 
             .bind(enum_text(&p.decision))
             .execute(&mut **tx)
             .await?;
-            sqlx::query("UPDATE sessions SET commands = commands + 1 WHERE id = $1").bind(e.session).execute(&mut **tx).await?;
+            sqlx::query("UPDATE sessions SET commands = commands + 1 WHERE id = $1")
+                .bind(e.session)
+                .execute(&mut **tx)
+                .await?;
         }
         kind::COMMAND_RESULT => {
             let p: CommandResult = match payload(e) {
@@ -195,7 +198,10 @@ async fn apply(tx: &mut Transaction<'_, Postgres>, e: &Envelope, raw: &[u8]) -> 
             .execute(&mut **tx)
             .await?;
             if p.error.is_some() {
-                sqlx::query("UPDATE sessions SET errors = errors + 1 WHERE id = $1").bind(e.session).execute(&mut **tx).await?;
+                sqlx::query("UPDATE sessions SET errors = errors + 1 WHERE id = $1")
+                    .bind(e.session)
+                    .execute(&mut **tx)
+                    .await?;
             }
         }
         kind::SESSION_ENDED => {

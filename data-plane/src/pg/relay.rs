@@ -80,7 +80,12 @@ struct Portal {
     params: Vec<Option<String>>,
 }
 
-async fn agent_to_upstream<R, W>(recorder: &SessionRecorder, tracker: &Mutex<Tracker>, reader: &mut FrameReader<R>, writer: &mut W) -> Stop
+async fn agent_to_upstream<R, W>(
+    recorder: &SessionRecorder,
+    tracker: &Mutex<Tracker>,
+    reader: &mut FrameReader<R>,
+    writer: &mut W,
+) -> Stop
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -103,7 +108,9 @@ where
         let mut terminate = false;
         for frame in &frames {
             let body = frame.body();
-            let malformed = |e: messages::Malformed| Stop::refuse(EndReason::ProtocolViolation, PROTOCOL_VIOLATION, format!("tollgate: {e}"));
+            let malformed = |e: messages::Malformed| {
+                Stop::refuse(EndReason::ProtocolViolation, PROTOCOL_VIOLATION, format!("tollgate: {e}"))
+            };
             let command = match frame.tag() {
                 b'Q' => {
                     let sql = match messages::query_message(body) {
@@ -112,7 +119,13 @@ where
                     };
                     expected.push(Expect::Exec(Pending::new(Protocol::Simple)));
                     expected.push(Expect::Sync);
-                    Some(Command { protocol: Protocol::Simple, statement: sql.to_owned(), params: None, prepared: None, decision: Decision::Allow })
+                    Some(Command {
+                        protocol: Protocol::Simple,
+                        statement: sql.to_owned(),
+                        params: None,
+                        prepared: None,
+                        decision: Decision::Allow,
+                    })
                 }
                 b'P' => {
                     let (name, sql) = match messages::parse_message(body) {
@@ -127,7 +140,11 @@ where
                         Ok(b) => b,
                         Err(e) => return malformed(e),
                     };
-                    let info = Portal { statement: statements.get(statement).cloned(), prepared: statement.to_owned(), params };
+                    let info = Portal {
+                        statement: statements.get(statement).cloned(),
+                        prepared: statement.to_owned(),
+                        params,
+                    };
                     portals.insert(portal.to_owned(), info);
                     None
                 }
@@ -169,16 +186,26 @@ where
                 }
                 b'D' | b'H' | b'd' => None,
                 b'F' => {
-                    return Stop::refuse(EndReason::ProtocolViolation, FEATURE_NOT_SUPPORTED, "tollgate: fast-path function calls are not supported".into())
+                    return Stop::refuse(
+                        EndReason::ProtocolViolation,
+                        FEATURE_NOT_SUPPORTED,
+                        "tollgate: fast-path function calls are not supported".into(),
+                    )
                 }
                 other => {
-                    return Stop::refuse(EndReason::ProtocolViolation, PROTOCOL_VIOLATION, format!("tollgate: unexpected message type {:?}", other as char))
+                    return Stop::refuse(
+                        EndReason::ProtocolViolation,
+                        PROTOCOL_VIOLATION,
+                        format!("tollgate: unexpected message type {:?}", other as char),
+                    )
                 }
             };
             if let Some(command) = command {
                 match recorder.seal(kind::COMMAND, &command) {
                     Ok(event) => {
-                        if let Some(Expect::Exec(pending)) = expected.iter_mut().rev().find(|e| matches!(e, Expect::Exec(_))) {
+                        if let Some(Expect::Exec(pending)) =
+                            expected.iter_mut().rev().find(|e| matches!(e, Expect::Exec(_)))
+                        {
                             pending.bind(event.id, event.seq);
                         }
                         events.push(event);
@@ -213,7 +240,12 @@ where
     }
 }
 
-async fn upstream_to_agent<R, W>(recorder: &SessionRecorder, tracker: &Mutex<Tracker>, reader: &mut FrameReader<R>, writer: &mut W) -> Stop
+async fn upstream_to_agent<R, W>(
+    recorder: &SessionRecorder,
+    tracker: &Mutex<Tracker>,
+    reader: &mut FrameReader<R>,
+    writer: &mut W,
+) -> Stop
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -232,7 +264,11 @@ where
             let mut t = tracker.lock().unwrap_or_else(|p| p.into_inner());
             for frame in &frames {
                 if let Err(e) = t.on_backend(frame, &mut finished) {
-                    return Stop::refuse(EndReason::ProtocolViolation, PROTOCOL_VIOLATION, format!("tollgate: upstream sent a {e}"));
+                    return Stop::refuse(
+                        EndReason::ProtocolViolation,
+                        PROTOCOL_VIOLATION,
+                        format!("tollgate: upstream sent a {e}"),
+                    );
                 }
             }
         }

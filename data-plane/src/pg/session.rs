@@ -19,7 +19,15 @@ use uuid::Uuid;
 
 /// Startup parameters relayed to the upstream; anything else (notably `options`, which could
 /// change server settings) stays at the proxy.
-const RELAYED_PARAMS: &[&str] = &["application_name", "client_encoding", "DateStyle", "TimeZone", "IntervalStyle", "extra_float_digits", "search_path"];
+const RELAYED_PARAMS: &[&str] = &[
+    "application_name",
+    "client_encoding",
+    "DateStyle",
+    "TimeZone",
+    "IntervalStyle",
+    "extra_float_digits",
+    "search_path",
+];
 
 /// SQLSTATEs the proxy answers with.
 mod sqlstate {
@@ -125,12 +133,18 @@ async fn open(ctx: &PgContext, tcp: TcpStream, peer: SocketAddr) -> Option<Opene
     let param = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
 
     if param("replication").is_some_and(|v| !matches!(v.as_str(), "false" | "off" | "0" | "no")) {
-        refuse(&mut writer, sqlstate::FEATURE_NOT_SUPPORTED, "tollgate: replication connections are not supported").await;
+        refuse(&mut writer, sqlstate::FEATURE_NOT_SUPPORTED, "tollgate: replication connections are not supported")
+            .await;
         return None;
     }
     let client_user = param("user").unwrap_or_default();
     let Some(resource_name) = param("database").or_else(|| param("user")) else {
-        refuse(&mut writer, sqlstate::INVALID_AUTHORIZATION, "tollgate: the startup message names no database (resource)").await;
+        refuse(
+            &mut writer,
+            sqlstate::INVALID_AUTHORIZATION,
+            "tollgate: the startup message names no database (resource)",
+        )
+        .await;
         return None;
     };
 
@@ -143,7 +157,12 @@ async fn open(ctx: &PgContext, tcp: TcpStream, peer: SocketAddr) -> Option<Opene
         Ok(None) | Err(_) => return None,
     };
     if frame.tag() != b'p' {
-        refuse(&mut writer, sqlstate::PROTOCOL_VIOLATION, "tollgate: expected a password message carrying the agent token").await;
+        refuse(
+            &mut writer,
+            sqlstate::PROTOCOL_VIOLATION,
+            "tollgate: expected a password message carrying the agent token",
+        )
+        .await;
         return None;
     }
     let token = match messages::Cursor::new(frame.body(), "PasswordMessage").cstr() {
@@ -169,14 +188,24 @@ async fn open(ctx: &PgContext, tcp: TcpStream, peer: SocketAddr) -> Option<Opene
 
     let agent = AgentIdentity::from_claims(&verified.issuer, &verified.subject, &verified.claims);
     let session = Uuid::now_v7();
-    let chain = Chain::new(session, ctx.node.clone(), agent, ResourceRef { name: resource.name.clone(), kind: ResourceKind::Postgres });
+    let chain = Chain::new(
+        session,
+        ctx.node.clone(),
+        agent,
+        ResourceRef { name: resource.name.clone(), kind: ResourceKind::Postgres },
+    );
     let recorder = SessionRecorder::new(chain, ctx.publisher.clone(), ctx.signer.clone());
     let started = SessionStarted {
         client_addr: peer.to_string(),
         client_tls: tls,
         client_user,
         application_name: param("application_name"),
-        upstream: UpstreamTarget { host: resource.host.clone(), port: resource.port, database: resource.database.clone(), user: resource.user.clone() },
+        upstream: UpstreamTarget {
+            host: resource.host.clone(),
+            port: resource.port,
+            database: resource.database.clone(),
+            user: resource.user.clone(),
+        },
         node_key: ctx.signer.public_hex(),
     };
     // Nothing happens upstream before the session is on record.
@@ -186,17 +215,28 @@ async fn open(ctx: &PgContext, tcp: TcpStream, peer: SocketAddr) -> Option<Opene
     };
     if let Err(e) = recorded {
         tracing::warn!(%session, error = %e, "session.started not recorded; refusing the agent");
-        refuse(&mut writer, sqlstate::SYSTEM_ERROR, "tollgate: the session cannot be recorded (audit stream unavailable); refusing to connect").await;
+        refuse(
+            &mut writer,
+            sqlstate::SYSTEM_ERROR,
+            "tollgate: the session cannot be recorded (audit stream unavailable); refusing to connect",
+        )
+        .await;
         return None;
     }
     tracing::info!(%session, %peer, resource = %resource.name, agent = %verified.subject, "session started");
 
-    let relayed: Vec<(String, String)> = params.iter().filter(|(k, _)| RELAYED_PARAMS.contains(&k.as_str())).cloned().collect();
+    let relayed: Vec<(String, String)> =
+        params.iter().filter(|(k, _)| RELAYED_PARAMS.contains(&k.as_str())).cloned().collect();
     let upstream = match upstream::connect(&resource, &relayed, ctx.listener.max_message_bytes).await {
         Ok(u) => u,
         Err(e) => {
             tracing::warn!(%session, resource = %resource.name, error = %e, "upstream connection failed");
-            refuse(&mut writer, sqlstate::CANNOT_CONNECT, &format!("tollgate: cannot open resource {:?}", resource.name)).await;
+            refuse(
+                &mut writer,
+                sqlstate::CANNOT_CONNECT,
+                &format!("tollgate: cannot open resource {:?}", resource.name),
+            )
+            .await;
             end_session(&recorder, EndReason::UpstreamFailed, Some(e.to_string()), 0).await;
             return None;
         }

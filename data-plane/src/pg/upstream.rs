@@ -59,7 +59,10 @@ pub async fn open_stream(resource: &PgResource) -> Result<Box<dyn Io>, UpstreamE
     }
 }
 
-async fn start_tls(mut tcp: TcpStream, resource: &PgResource) -> Result<tokio_rustls::client::TlsStream<TcpStream>, UpstreamError> {
+async fn start_tls(
+    mut tcp: TcpStream,
+    resource: &PgResource,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, UpstreamError> {
     let mut buf = BytesMut::new();
     frontend::ssl_request(&mut buf);
     tcp.write_all(&buf).await?;
@@ -91,7 +94,11 @@ async fn start_tls(mut tcp: TcpStream, resource: &PgResource) -> Result<tokio_ru
 }
 
 /// Connect and log in. `params` are extra startup parameters relayed from the agent.
-pub async fn connect(resource: &PgResource, params: &[(String, String)], max_message: usize) -> Result<Upstream, UpstreamError> {
+pub async fn connect(
+    resource: &PgResource,
+    params: &[(String, String)],
+    max_message: usize,
+) -> Result<Upstream, UpstreamError> {
     let password = match &resource.password {
         Some(secret) => Some(secret.resolve().map_err(|e| UpstreamError::Credential(e.to_string()))?),
         None => None,
@@ -129,7 +136,9 @@ pub async fn connect(resource: &PgResource, params: &[(String, String)], max_mes
                 return Ok(Upstream { reader, writer, key, greeting });
             }
             b'E' => return Err(refused(frame.body())),
-            other => return Err(UpstreamError::Protocol(format!("unexpected message {:?} during startup", other as char))),
+            other => {
+                return Err(UpstreamError::Protocol(format!("unexpected message {:?} during startup", other as char)))
+            }
         }
     }
 }
@@ -141,15 +150,24 @@ fn refused(body: &[u8]) -> UpstreamError {
     }
 }
 
-async fn authenticate<R, W>(reader: &mut FrameReader<R>, writer: &mut W, resource: &PgResource, password: Option<&str>) -> Result<(), UpstreamError>
+async fn authenticate<R, W>(
+    reader: &mut FrameReader<R>,
+    writer: &mut W,
+    resource: &PgResource,
+    password: Option<&str>,
+) -> Result<(), UpstreamError>
 where
     R: tokio::io::AsyncRead + Unpin,
     W: tokio::io::AsyncWrite + Unpin,
 {
-    let need_password = || password.ok_or_else(|| UpstreamError::Credential(format!("resource {} has no password configured", resource.name)));
+    let need_password = || {
+        password
+            .ok_or_else(|| UpstreamError::Credential(format!("resource {} has no password configured", resource.name)))
+    };
     let mut scram: Option<ScramSha256> = None;
     loop {
-        let frame = reader.read_frame().await?.ok_or_else(|| UpstreamError::Protocol("closed during authentication".into()))?;
+        let frame =
+            reader.read_frame().await?.ok_or_else(|| UpstreamError::Protocol("closed during authentication".into()))?;
         let mut raw = BytesMut::from(&frame.bytes[..]);
         let message = Message::parse(&mut raw)?.ok_or_else(|| UpstreamError::Protocol("incomplete message".into()))?;
         let mut out = BytesMut::new();
@@ -159,7 +177,11 @@ where
                 frontend::password_message(need_password()?.as_bytes(), &mut out)?;
             }
             Message::AuthenticationMd5Password(body) => {
-                let hash = postgres_protocol::authentication::md5_hash(resource.user.as_bytes(), need_password()?.as_bytes(), body.salt());
+                let hash = postgres_protocol::authentication::md5_hash(
+                    resource.user.as_bytes(),
+                    need_password()?.as_bytes(),
+                    body.salt(),
+                );
                 frontend::password_message(hash.as_bytes(), &mut out)?;
             }
             Message::AuthenticationSasl(body) => {
@@ -176,12 +198,14 @@ where
                 scram = Some(client);
             }
             Message::AuthenticationSaslContinue(body) => {
-                let client = scram.as_mut().ok_or_else(|| UpstreamError::Protocol("SASL continue before start".into()))?;
+                let client =
+                    scram.as_mut().ok_or_else(|| UpstreamError::Protocol("SASL continue before start".into()))?;
                 client.update(body.data())?;
                 frontend::sasl_response(client.message(), &mut out)?;
             }
             Message::AuthenticationSaslFinal(body) => {
-                let mut client = scram.take().ok_or_else(|| UpstreamError::Protocol("SASL final before start".into()))?;
+                let mut client =
+                    scram.take().ok_or_else(|| UpstreamError::Protocol("SASL final before start".into()))?;
                 // Verifies the server's signature: a server that does not know the password
                 // cannot complete the exchange.
                 client.finish(body.data())?;
@@ -189,7 +213,9 @@ where
             }
             Message::AuthenticationKerberosV5 => return Err(UpstreamError::UnsupportedAuth("Kerberos")),
             Message::AuthenticationScmCredential => return Err(UpstreamError::UnsupportedAuth("SCM")),
-            Message::AuthenticationGss | Message::AuthenticationGssContinue(_) => return Err(UpstreamError::UnsupportedAuth("GSSAPI")),
+            Message::AuthenticationGss | Message::AuthenticationGssContinue(_) => {
+                return Err(UpstreamError::UnsupportedAuth("GSSAPI"))
+            }
             Message::AuthenticationSspi => return Err(UpstreamError::UnsupportedAuth("SSPI")),
             Message::ErrorResponse(_) => return Err(refused(frame.body())),
             _ => return Err(UpstreamError::Protocol("unexpected message during authentication".into())),
@@ -199,7 +225,9 @@ where
     }
 }
 
-fn fallible_next<'a>(it: &mut postgres_protocol::message::backend::SaslMechanisms<'a>) -> Result<Option<&'a str>, UpstreamError> {
+fn fallible_next<'a>(
+    it: &mut postgres_protocol::message::backend::SaslMechanisms<'a>,
+) -> Result<Option<&'a str>, UpstreamError> {
     use fallible_iterator::FallibleIterator;
     it.next().map_err(UpstreamError::Io)
 }

@@ -40,7 +40,16 @@ password = "env:ORDERS_PW"
 
 #[test]
 fn overrides_reach_tables_and_array_items() {
-    let cfg = parse(BASE, &[("TOLLGATE_NATS__URL", "nats://x:1"), ("TOLLGATE_NATS__TIMEOUT_MS", "250"), ("TOLLGATE_RESOURCES__0__PORT", "6543"), ("OTHER", "ignored")]).unwrap();
+    let cfg = parse(
+        BASE,
+        &[
+            ("TOLLGATE_NATS__URL", "nats://x:1"),
+            ("TOLLGATE_NATS__TIMEOUT_MS", "250"),
+            ("TOLLGATE_RESOURCES__0__PORT", "6543"),
+            ("OTHER", "ignored"),
+        ],
+    )
+    .unwrap();
     assert_eq!(cfg.nats.url, "nats://x:1");
     assert_eq!(cfg.nats.timeout_ms, 250);
     assert_eq!(cfg.resources[0].port, 6543);

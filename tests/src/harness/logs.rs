@@ -15,7 +15,8 @@ struct Capture;
 impl Write for Capture {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         buffer().lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(buf);
-        std::io::stderr().write_all(buf)?;
+        // Through eprint! so the test runner shows a test's logs only when it fails.
+        eprint!("{}", String::from_utf8_lossy(buf));
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -24,7 +25,8 @@ impl Write for Capture {
 }
 
 pub(super) fn install() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "debug,sqlx=warn,async_nats=info,hyper=info,h2=info,reqwest=info,tower=info".into());
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "debug,sqlx=warn,async_nats=info,hyper=info,h2=info,reqwest=info,tower=info".into());
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(|| Capture).with_ansi(false).try_init();
 }
 

@@ -16,7 +16,8 @@ fn binary() -> PathBuf {
 
 impl NatsServer {
     pub async fn start() -> NatsServer {
-        let mut server = NatsServer { port: super::free_port(), store: tempfile::tempdir().expect("nats store dir"), child: None };
+        let mut server =
+            NatsServer { port: super::free_port(), store: tempfile::tempdir().expect("nats store dir"), child: None };
         server.spawn().await;
         server
     }
@@ -26,7 +27,11 @@ impl NatsServer {
     }
 
     async fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.store.path().join("nats.log")).expect("nats log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.store.path().join("nats.log"))
+            .expect("nats log");
         let child = Command::new(binary())
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
             .arg(self.store.path())

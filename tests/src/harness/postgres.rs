@@ -40,7 +40,12 @@ fn as_server_user(program: &Path) -> Command {
 
 fn run(mut command: Command, what: &str) -> Output {
     let out = command.output().unwrap_or_else(|e| panic!("{what}: {e}"));
-    assert!(out.status.success(), "{what} failed: {}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{what} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     out
 }
 
@@ -74,7 +79,11 @@ impl PgServer {
         let bin = bin_dir();
         let data = dir.path().join("data");
         let mut initdb = as_server_user(&bin.join("initdb"));
-        initdb.arg("-D").arg(&data).args(["-U", "postgres", "--auth=scram-sha-256", "--no-sync", "-E", "UTF8", "--locale=C"]).arg(format!("--pwfile={}", pwfile.display()));
+        initdb
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", "postgres", "--auth=scram-sha-256", "--no-sync", "-E", "UTF8", "--locale=C"])
+            .arg(format!("--pwfile={}", pwfile.display()));
         run(initdb, "initdb");
         let port = super::free_port();
         let options = format!(
@@ -82,7 +91,12 @@ impl PgServer {
             dir.path().display()
         );
         let mut start = as_server_user(&bin.join("pg_ctl"));
-        start.arg("-D").arg(&data).args(["-w", "-t", "60", "-o", &options, "-l"]).arg(dir.path().join("server.log")).arg("start");
+        start
+            .arg("-D")
+            .arg(&data)
+            .args(["-w", "-t", "60", "-o", &options, "-l"])
+            .arg(dir.path().join("server.log"))
+            .arg("start");
         run(start, "pg_ctl start");
         PgServer { port, superuser_password: password, dir, bin }
     }

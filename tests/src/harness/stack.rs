@@ -77,12 +77,17 @@ impl Stack {
     }
 
     pub fn reviewer_token(&self) -> String {
-        self.issuer.mint("alice@example.com", REVIEWER_AUDIENCE, 600, &serde_json::Map::new()).expect("mint reviewer token")
+        self.issuer
+            .mint("alice@example.com", REVIEWER_AUDIENCE, 600, &serde_json::Map::new())
+            .expect("mint reviewer token")
     }
 
     /// A libpq-style connection string to the proxy for the `demo` resource.
     pub fn agent_dsn(&self, token: &str) -> String {
-        format!("host=127.0.0.1 port={} dbname=demo user=ci-bot password={token} sslmode=disable", self.proxy.postgres_addr.port())
+        format!(
+            "host=127.0.0.1 port={} dbname=demo user=ci-bot password={token} sslmode=disable",
+            self.proxy.postgres_addr.port()
+        )
     }
 
     /// Connect with tokio-postgres (extended protocol) through the proxy.
@@ -99,7 +104,19 @@ impl Stack {
         let port = port.unwrap_or(self.proxy.postgres_addr.port());
         let mut command = Command::new(self.pg.bin("psql"));
         command
-            .args(["-X", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", &port.to_string(), "-U", "ci-bot", "-d", "demo"])
+            .args([
+                "-X",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-U",
+                "ci-bot",
+                "-d",
+                "demo",
+            ])
             .args(args)
             .env("PGPASSWORD", token)
             .env("PGSSLMODE", "disable")
@@ -159,7 +176,13 @@ impl Stack {
     }
 }
 
-fn proxy_config(pg: &PgServer, nats: &NatsServer, issuer: &DevIssuer, password_file: &std::path::Path, node: &str) -> ProxyConfig {
+fn proxy_config(
+    pg: &PgServer,
+    nats: &NatsServer,
+    issuer: &DevIssuer,
+    password_file: &std::path::Path,
+    node: &str,
+) -> ProxyConfig {
     let text = format!(
         r#"
 [node]

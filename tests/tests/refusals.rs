@@ -1,0 +1,119 @@
+//! Agents are refused with a clear error, before any upstream connection, when their token or
+//! resource is wrong; and nothing secret ever leaves the proxy.
+
+use base64::Engine;
+use tollgate_control_plane::dev_issuer::DevIssuer;
+use tollgate_tests::{captured_logs, Stack, Tap, AGENT_AUDIENCE};
+
+/// Connect through the proxy with `password` as the token, to `database`; the server's error.
+async fn refused(stack: &Stack, password: &str, database: &str) -> (String, String) {
+    let mut config = tokio_postgres::Config::new();
+    config.host("127.0.0.1").port(stack.proxy.postgres_addr.port()).user("ci-bot").dbname(database).password(password);
+    let err = match config.connect(tokio_postgres::NoTls).await {
+        Ok(_) => panic!("connection with {password:?} to {database} was accepted"),
+        Err(e) => e,
+    };
+    let db = err.as_db_error().unwrap_or_else(|| panic!("not a server error: {err}"));
+    (db.code().code().to_owned(), db.message().to_owned())
+}
+
+fn b64(value: &serde_json::Value) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(value.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tokens_and_unknown_resources_are_refused_before_upstream() {
+    let stack = Stack::start().await;
+    let good = stack.agent_token("bot");
+    let mut extra = serde_json::Map::new();
+    extra.insert("repository".into(), "acme/orders".into());
+    let expired = stack.issuer.mint("bot", AGENT_AUDIENCE, -300, &extra).expect("mint");
+    let wrong_audience = stack.issuer.mint("bot", "someone-else", 600, &extra).expect("mint");
+    let stranger =
+        DevIssuer::new("http://127.0.0.1:9").expect("issuer").mint("bot", AGENT_AUDIENCE, 600, &extra).expect("mint");
+    let mut parts: Vec<String> = good.split('.').map(str::to_owned).collect();
+    let tampered_signature = {
+        let mut sig = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(&parts[2]).expect("sig");
+        sig[10] ^= 0x01;
+        format!("{}.{}.{}", parts[0], parts[1], base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sig))
+    };
+    let claims: serde_json::Value =
+        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(&parts[1]).expect("claims"))
+            .expect("json");
+    let mut escalated = claims.clone();
+    escalated["sub"] = "admin".into();
+    let tampered_payload = format!("{}.{}.{}", parts[0], b64(&escalated), parts[2]);
+    parts[0] = b64(&serde_json::json!({"alg": "none", "typ": "JWT"}));
+    let alg_none = format!("{}.{}.", parts[0], parts[1]);
+
+    let cases: Vec<(&str, String, &str, &str, &str)> = vec![
+        ("no token", String::new(), "demo", "28P01", "no token was presented"),
+        ("garbage", "not-a-jwt".into(), "demo", "28P01", "not a well-formed JWT"),
+        ("expired", expired, "demo", "28P01", "token expired"),
+        ("wrong audience", wrong_audience, "demo", "28P01", "audience does not match"),
+        ("untrusted issuer", stranger, "demo", "28P01", "is not trusted"),
+        ("tampered signature", tampered_signature, "demo", "28P01", "signature is invalid"),
+        ("tampered payload", tampered_payload, "demo", "28P01", "signature is invalid"),
+        ("alg none", alg_none, "demo", "28P01", "algorithm none is not allowed"),
+        ("unknown resource", good.clone(), "payroll", "3D000", "unknown resource \"payroll\""),
+    ];
+    for (name, token, database, code, message) in cases {
+        let (got_code, got_message) = refused(&stack, &token, database).await;
+        assert_eq!(got_code, code, "{name}: {got_message}");
+        assert!(got_message.starts_with("tollgate: ") && got_message.contains(message), "{name}: {got_message}");
+    }
+    let (_, expired_message) =
+        refused(&stack, &stack.issuer.mint("bot", AGENT_AUDIENCE, -300, &extra).expect("mint"), "demo").await;
+    // "tollgate: token expired 300 s ago", give or take the seconds this test took.
+    let ago: u64 = expired_message.split_whitespace().nth(3).and_then(|n| n.parse().ok()).unwrap_or(0);
+    assert!((300..=330).contains(&ago), "{expired_message}");
+
+    // No refused attempt reached the upstream, and none opened a session.
+    let log = stack.pg.server_log();
+    assert!(!log.contains("user=app database=demo"), "an upstream connection was opened:\n{log}");
+    assert!(stack.stream_messages().await.is_empty(), "a refused agent produced events");
+
+    // The good token still works.
+    let client = stack.agent_client(&good).await.expect("valid token connects");
+    assert_eq!(client.query_one("select 1", &[]).await.expect("query").get::<_, i32>(0), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_password_and_agent_token_never_leave_the_proxy() {
+    let stack = Stack::start().await;
+    let token = stack.agent_token("bot-leak");
+    let tap = Tap::start(stack.proxy.postgres_addr).await;
+    let out = stack.psql(
+        &token,
+        Some(tap.addr.port()),
+        &["-c", "select current_user, session_user", "-c", "show password_encryption", "-c", "select 1/0"],
+        None,
+    );
+    assert!(!out.status.success(), "the division by zero should fail the script");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("app"), "the upstream user is the proxy's");
+    stack.ended_sessions(1).await;
+
+    let secret = stack.upstream_password.as_bytes();
+    let contains = |haystack: &[u8], needle: &[u8]| haystack.windows(needle.len()).any(|w| w == needle);
+    let received = tap.received();
+    assert!(!received.is_empty());
+    assert!(!contains(&received, secret), "the agent received the upstream password");
+    let events = stack.stream_messages().await;
+    assert!(events.len() >= 5, "expected a recorded session, got {} events", events.len());
+    for event in &events {
+        assert!(!contains(event, secret), "an event holds the upstream password");
+        assert!(!contains(event, token.as_bytes()), "an event holds the agent token");
+    }
+    let logs = captured_logs();
+    assert!(!logs.contains(&stack.upstream_password), "a log line holds the upstream password");
+    assert!(!logs.contains(&token), "a log line holds the agent token");
+    // Nor does the projections database.
+    let stored = stack.pg.admin_sql(
+        "tollgate",
+        &format!(
+            "select count(*) from events where position('{}' in convert_from(raw, 'UTF8')) > 0",
+            stack.upstream_password
+        ),
+    );
+    assert_eq!(stored.trim(), "0");
+}
