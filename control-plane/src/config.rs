@@ -48,8 +48,11 @@ fn default_batch() -> usize {
 }
 
 impl ControlConfig {
+    /// Top-level keys, the only ones `TOLLGATE_*` variables override.
+    const SECTIONS: &'static [&'static str] = &["listen", "database_url", "nats", "reviewer_issuers", "projector"];
+
     pub fn load(path: Option<&std::path::Path>) -> Result<Self, tollgate_shared::config::ConfigError> {
-        let config: ControlConfig = tollgate_shared::config::load(path, "TOLLGATE_", std::env::vars())?;
+        let config: ControlConfig = tollgate_shared::config::load(path, "TOLLGATE_", Self::SECTIONS, std::env::vars())?;
         for issuer in &config.reviewer_issuers {
             issuer.allowed_algorithms().map_err(tollgate_shared::config::ConfigError::Invalid)?;
         }

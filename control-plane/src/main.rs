@@ -36,6 +36,12 @@ enum DevCmd {
         listen: String,
         #[arg(long)]
         key_file: PathBuf,
+        /// The issuer URL tokens carry (default: http://LISTEN). For containers, e.g. http://dev-issuer:5556.
+        #[arg(long)]
+        public_url: Option<String>,
+        /// Allow a non-loopback listen address (a demo network only: anyone reaching it can mint tokens).
+        #[arg(long)]
+        insecure_any_address: bool,
     },
     /// Print a signed token.
     Mint {
@@ -71,11 +77,15 @@ async fn main() -> anyhow::Result<()> {
             tokio::signal::ctrl_c().await?;
         }
         Cmd::Openapi => print!("{}", api::openapi_json()),
-        Cmd::DevIssuer(DevCmd::Serve { listen, key_file }) => {
+        Cmd::DevIssuer(DevCmd::Serve { listen, key_file, public_url, insecure_any_address }) => {
             let addr: std::net::SocketAddr = listen.parse().context("--listen must be ip:port")?;
-            anyhow::ensure!(addr.ip().is_loopback(), "the development issuer only binds to loopback addresses");
-            let issuer = Arc::new(DevIssuer::with_key_file(format!("http://{addr}"), &key_file)?);
-            eprintln!("*** DEVELOPMENT ISSUER at http://{addr}: anyone who can reach it can mint tokens. Never trust it in production. ***");
+            anyhow::ensure!(
+                addr.ip().is_loopback() || insecure_any_address,
+                "the development issuer binds to loopback addresses only (see --insecure-any-address)"
+            );
+            let url = public_url.unwrap_or_else(|| format!("http://{addr}"));
+            let issuer = Arc::new(DevIssuer::with_key_file(url.clone(), &key_file)?);
+            eprintln!("*** DEVELOPMENT ISSUER {url}: anyone who can reach it can mint tokens. Never trust it in production. ***");
             let listener = tokio::net::TcpListener::bind(addr).await?;
             axum::serve(listener, issuer.router()).await?;
         }

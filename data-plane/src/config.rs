@@ -150,8 +150,11 @@ pub enum UpstreamTlsMode {
 }
 
 impl ProxyConfig {
+    /// Top-level keys, the only ones `TOLLGATE_*` variables override.
+    const SECTIONS: &'static [&'static str] = &["node", "nats", "postgres", "agent_issuers", "resources"];
+
     pub fn load(path: Option<&std::path::Path>) -> Result<Self, tollgate_shared::config::ConfigError> {
-        let config: ProxyConfig = tollgate_shared::config::load(path, "TOLLGATE_", std::env::vars())?;
+        let config: ProxyConfig = tollgate_shared::config::load(path, "TOLLGATE_", Self::SECTIONS, std::env::vars())?;
         config.validate()?;
         Ok(config)
     }

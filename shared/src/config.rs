@@ -21,10 +21,12 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-/// Read `path` (when given), apply the overrides found in `vars` under `prefix`, deserialize.
+/// Read `path` (when given), apply the overrides found in `vars` under `prefix` whose first
+/// part is one of `sections` (other variables with the prefix are not configuration), deserialize.
 pub fn load<T: DeserializeOwned>(
     path: Option<&Path>,
     prefix: &str,
+    sections: &[&str],
     vars: impl IntoIterator<Item = (String, String)>,
 ) -> Result<T, ConfigError> {
     let text = match path {
@@ -34,7 +36,12 @@ pub fn load<T: DeserializeOwned>(
     let display = path.map(Path::to_owned).unwrap_or_else(|| PathBuf::from("<none>"));
     let mut value: toml::Value =
         toml::from_str(&text).map_err(|e| ConfigError::Parse { path: display.clone(), message: e.to_string() })?;
-    apply_overrides(&mut value, prefix, vars)?;
+    let relevant = vars.into_iter().filter(|(var, _)| {
+        var.strip_prefix(prefix)
+            .map(|rest| rest.split("__").next().unwrap_or_default().to_ascii_lowercase())
+            .is_some_and(|section| sections.contains(&section.as_str()))
+    });
+    apply_overrides(&mut value, prefix, relevant)?;
     value.try_into().map_err(|e: toml::de::Error| ConfigError::Parse { path: display, message: e.to_string() })
 }
 

@@ -3,12 +3,14 @@
 
 mod logs;
 mod nats;
-mod postgres;
+mod pgbouncer;
+pub(crate) mod postgres;
 mod stack;
 mod tap;
 
 pub use logs::captured_logs;
 pub use nats::NatsServer;
+pub use pgbouncer::PgBouncer;
 pub use postgres::PgServer;
 pub use stack::{Stack, AGENT_AUDIENCE, REVIEWER_AUDIENCE};
 pub use tap::Tap;

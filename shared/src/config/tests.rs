@@ -77,3 +77,17 @@ fn secret_from_file_drops_trailing_newline() {
     std::fs::remove_file(&dir).unwrap();
     assert_eq!(secret, "s3cret");
 }
+
+#[test]
+fn load_ignores_prefixed_variables_outside_the_sections() {
+    let dir = tempfile_path("load");
+    std::fs::write(&dir, BASE).unwrap();
+    let vars = vars(&[("TOLLGATE_NATS__URL", "nats://y:2"), ("TOLLGATE_PROXY_CONFIG", "/etc/x.toml")]);
+    let cfg: Sample = load(Some(&dir), "TOLLGATE_", &["nats", "resources"], vars).unwrap();
+    std::fs::remove_file(&dir).unwrap();
+    assert_eq!(cfg.nats.url, "nats://y:2");
+}
+
+fn tempfile_path(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("tollgate-config-{name}-{}", std::process::id()))
+}

@@ -26,10 +26,13 @@ fn bin_dir() -> PathBuf {
     versions.pop().expect("an installed PostgreSQL version").1
 }
 
+pub(crate) fn is_root() -> bool {
+    std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
+}
+
 /// initdb and postgres refuse to run as root; run them as `postgres` then.
 fn as_server_user(program: &Path) -> Command {
-    let root = std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false);
-    if root {
+    if is_root() {
         let mut c = Command::new("runuser");
         c.args(["-u", "postgres", "--"]).arg(program);
         c
@@ -52,7 +55,7 @@ fn run(mut command: Command, what: &str) -> Output {
 impl PgServer {
     pub async fn start() -> PgServer {
         let dir = tempfile::Builder::new().prefix("tollgate-pg").tempdir().expect("temp dir");
-        let root = std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false);
+        let root = is_root();
         if root {
             run(
                 {

@@ -1,0 +1,78 @@
+//! pgbench -S against PostgreSQL directly, through pgbouncer (session mode) and through Tollgate
+//! with strict recording, in one run on one machine; prints TPS, latency and ratios to direct.
+//!
+//!     cargo run --release -p tollgate-tests --bin bench_pgbench [-- SECONDS]
+//!
+//! Everything (PostgreSQL, nats-server, pgbouncer, the proxy and the control plane projecting
+//! every event) shares the machine with pgbench, as it would on a single small host.
+
+use std::process::Command;
+use tollgate_tests::{PgBouncer, Stack};
+
+struct Run {
+    target: &'static str,
+    clients: u32,
+    tps: f64,
+    latency_ms: f64,
+}
+
+fn pgbench(stack: &Stack, args: &[String], password: &str, target: &'static str, clients: u32, seconds: u32) -> Run {
+    let out = Command::new(stack.pg.bin("pgbench"))
+        .args(["-S", "-n", "-c", &clients.to_string(), "-j", &clients.min(2).to_string(), "-T", &seconds.to_string()])
+        .args(args)
+        .env("PGPASSWORD", password)
+        .env("PGSSLMODE", "disable")
+        .output()
+        .expect("pgbench runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "pgbench against {target} failed: {text}\n{}", String::from_utf8_lossy(&out.stderr));
+    let number_after = |label: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(label))
+            .and_then(|l| l[label.len()..].split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no `{label}` in pgbench output:\n{text}"))
+    };
+    Run { target, clients, tps: number_after("tps = "), latency_ms: number_after("latency average = ") }
+}
+
+#[tokio::main]
+async fn main() {
+    let seconds: u32 = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(15);
+    let stack = Stack::start().await;
+    let pw = stack.upstream_password.clone();
+    let direct_url = stack.pg.url("app", &pw, "demo");
+    let init =
+        Command::new(stack.pg.bin("pgbench")).args(["-i", "-q", "-s", "10", &direct_url]).output().expect("pgbench -i");
+    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    let bouncer = PgBouncer::start(&stack.pg, "demo", "app", &pw);
+    let token = stack.agent_token("bench");
+
+    let conn = |port: u16, user: &str| -> Vec<String> {
+        vec!["-h".into(), "127.0.0.1".into(), "-p".into(), port.to_string(), "-U".into(), user.into(), "demo".into()]
+    };
+    let mut runs = Vec::new();
+    for clients in [8, 1] {
+        runs.push(pgbench(&stack, &conn(stack.pg.port, "app"), &pw, "direct", clients, seconds));
+        runs.push(pgbench(&stack, &conn(bouncer.port, "app"), &pw, "pgbouncer", clients, seconds));
+        runs.push(pgbench(&stack, &conn(stack.proxy.postgres_addr.port(), "ci"), &token, "tollgate", clients, seconds));
+    }
+    let events = stack.stream_messages().await.len();
+
+    println!("\npgbench -S, {seconds} s per run, scale 10, simple protocol\n");
+    println!("| clients | target | TPS | avg latency (ms) | TPS vs direct | latency vs direct |");
+    println!("|---|---|---|---|---|---|");
+    for run in &runs {
+        let direct = runs.iter().find(|r| r.clients == run.clients && r.target == "direct").expect("direct run");
+        println!(
+            "| {} | {} | {:.0} | {:.3} | {:.2} | {:.2} |",
+            run.clients,
+            run.target,
+            run.tps,
+            run.latency_ms,
+            run.tps / direct.tps,
+            run.latency_ms / direct.latency_ms
+        );
+    }
+    println!("\nevents recorded on JetStream during the run: {events}");
+}
