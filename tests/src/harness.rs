@@ -30,6 +30,64 @@ pub fn init() {
     });
 }
 
+/// Certificates for tests, made with the openssl CLI in a directory.
+pub struct TestPki {
+    /// The CA that signed `cert`; what clients trust.
+    pub ca: std::path::PathBuf,
+    /// A server certificate for `localhost` and 127.0.0.1.
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+}
+
+fn openssl(args: &[&str], dir: &std::path::Path) {
+    let out = std::process::Command::new("openssl").args(args).current_dir(dir).output().expect("openssl runs");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A CA and a server certificate it signed (webpki refuses a CA certificate as a server's).
+pub fn test_pki(dir: &std::path::Path) -> TestPki {
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    openssl(
+        &[
+            &["req", "-x509"],
+            &ec[..],
+            &["-days", "2", "-subj", "/CN=tollgate-test-ca", "-keyout", "ca.key", "-out", "ca.pem"],
+        ]
+        .concat(),
+        dir,
+    );
+    openssl(
+        &[&["req"], &ec[..], &["-subj", "/CN=localhost", "-keyout", "key.pem", "-out", "server.csr"]].concat(),
+        dir,
+    );
+    std::fs::write(
+        dir.join("server.ext"),
+        "basicConstraints=CA:FALSE\nsubjectAltName=DNS:localhost,IP:127.0.0.1\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("extensions file");
+    openssl(
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+            "-out",
+            "cert.pem",
+        ],
+        dir,
+    );
+    TestPki { ca: dir.join("ca.pem"), cert: dir.join("cert.pem"), key: dir.join("key.pem") }
+}
+
 /// Poll `check` until it returns `Some`, or panic after `secs` seconds.
 pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
 where

@@ -125,6 +125,36 @@ impl PgServer {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
     }
 
+    /// Replace pg_hba.conf and reload.
+    pub fn set_hba(&self, lines: &str) {
+        std::fs::write(self.dir.path().join("data/pg_hba.conf"), lines).expect("write pg_hba.conf");
+        self.reload();
+    }
+
+    /// Serve TLS with this certificate and key (PEM), then reload.
+    pub fn enable_ssl(&self, cert: &Path, key: &Path) {
+        let data = self.dir.path().join("data");
+        std::fs::copy(cert, data.join("server.crt")).expect("copy cert");
+        std::fs::copy(key, data.join("server.key")).expect("copy key");
+        if is_root() {
+            let mut c = Command::new("chown");
+            c.arg("postgres:postgres").arg(data.join("server.crt")).arg(data.join("server.key"));
+            run(c, "chown");
+        }
+        let mut c = Command::new("chmod");
+        c.arg("600").arg(data.join("server.key"));
+        run(c, "chmod");
+        self.admin_sql("postgres", "ALTER SYSTEM SET ssl = on");
+        self.reload();
+    }
+
+    fn reload(&self) {
+        let mut c = as_server_user(&self.bin.join("pg_ctl"));
+        c.arg("-D").arg(self.dir.path().join("data")).arg("reload");
+        run(c, "pg_ctl reload");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+
     pub fn bin(&self, tool: &str) -> PathBuf {
         self.bin.join(tool)
     }

@@ -1,0 +1,136 @@
+//! The review API: filters, pagination, errors, authentication, health and the OpenAPI document.
+
+use tollgate_tests::{Stack, AGENT_AUDIENCE};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_filter_paginate_and_refuse_bad_requests() {
+    let stack = Stack::start().await;
+    let before = chrono::Utc::now();
+    for subject in ["bot-a", "bot-b", "bot-a"] {
+        let client = stack.agent_client(&stack.agent_token(subject)).await.expect("connect");
+        client.simple_query(&format!("select '{subject}'")).await.expect("query");
+    }
+    let all = stack.ended_sessions(3).await;
+    assert_eq!(all.len(), 3);
+    // Newest first.
+    assert!(all[0]["id"].as_str() > all[1]["id"].as_str());
+
+    // Pagination: two pages of two and one, no overlap, same order.
+    let (_, first) = stack.api("/api/v1/sessions?limit=2").await;
+    assert_eq!(first["items"].as_array().unwrap().len(), 2);
+    let cursor = first["next_cursor"].as_str().expect("a next page").to_owned();
+    let (_, second) = stack.api(&format!("/api/v1/sessions?limit=2&cursor={cursor}")).await;
+    assert_eq!(second["items"].as_array().unwrap().len(), 1);
+    assert!(second["next_cursor"].is_null());
+    let paged: Vec<&serde_json::Value> = first["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(second["items"].as_array().unwrap())
+        .map(|s| &s["id"])
+        .collect();
+    assert_eq!(paged, all.iter().map(|s| &s["id"]).collect::<Vec<_>>());
+
+    // Filters: by agent name, by agent id, by resource, by time range.
+    let (_, by_name) = stack.api("/api/v1/sessions?agent_name=bot-a").await;
+    assert_eq!(by_name["items"].as_array().unwrap().len(), 2);
+    let agent_b = all.iter().find(|s| s["agent_name"] == "bot-b").unwrap()["agent_id"].as_str().unwrap().to_owned();
+    let (_, by_id) = stack.api(&format!("/api/v1/sessions?agent={agent_b}")).await;
+    assert_eq!(by_id["items"].as_array().unwrap().len(), 1);
+    let (_, other_resource) = stack.api("/api/v1/sessions?resource=payroll").await;
+    assert_eq!(other_resource["items"].as_array().unwrap().len(), 0);
+    let from = before.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let (status, in_range) = stack.api(&format!("/api/v1/sessions?from={}", urlencode(&from))).await;
+    assert_eq!(status, 200, "{in_range}");
+    assert_eq!(in_range["items"].as_array().unwrap().len(), 3);
+    let (_, before_range) = stack.api(&format!("/api/v1/sessions?to={}", urlencode(&from))).await;
+    assert_eq!(before_range["items"].as_array().unwrap().len(), 0);
+
+    // Bad input gets a clear 400, an unknown session a 404, both as JSON problems.
+    for (path, status, needle) in [
+        ("/api/v1/sessions?limit=0", 400, "limit"),
+        ("/api/v1/sessions?limit=abc", 400, "limit"),
+        ("/api/v1/sessions?from=yesterday", 400, "from"),
+        ("/api/v1/sessions?agent=not-a-uuid", 400, "agent"),
+        ("/api/v1/sessions/not-a-uuid", 400, "UUID"),
+        ("/api/v1/sessions/00000000-0000-7000-8000-000000000000", 404, "no session"),
+        ("/api/v1/sessions/00000000-0000-7000-8000-000000000000/events", 404, "no session"),
+    ] {
+        let (got, body) = stack.api(path).await;
+        assert_eq!(got, status, "{path}: {body}");
+        assert!(body["message"].as_str().unwrap_or("").contains(needle), "{path}: {body}");
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    s.replace('+', "%2B").replace(':', "%3A")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_api_route_requires_a_reviewer_token() {
+    let stack = Stack::start().await;
+    let agent_token = stack.agent_token("bot");
+    let mut wrong_issuer = serde_json::Map::new();
+    wrong_issuer.insert("groups".into(), serde_json::json!(["reviewers"]));
+    let agent_audience_token = stack.issuer.mint("alice@example.com", AGENT_AUDIENCE, 600, &wrong_issuer).unwrap();
+    let id = "00000000-0000-7000-8000-000000000000";
+    for route in [
+        "/api/v1/sessions".to_owned(),
+        format!("/api/v1/sessions/{id}"),
+        format!("/api/v1/sessions/{id}/events"),
+        format!("/api/v1/sessions/{id}/commands"),
+        format!("/api/v1/sessions/{id}/verify"),
+        "/api/v1/agents".to_owned(),
+    ] {
+        for (who, token) in [
+            ("nobody", None),
+            ("an agent", Some(agent_token.as_str())),
+            ("agent audience", Some(agent_audience_token.as_str())),
+            ("garbage", Some("x.y.z")),
+        ] {
+            let (status, body) = stack.api_as(&route, token).await;
+            assert_eq!(status, 401, "{who} on {route}: {body}");
+            assert_eq!(body["error"], "unauthorized");
+        }
+        let (status, _) = stack.api(&route).await;
+        assert_ne!(status, 401, "a reviewer may call {route}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_readiness_metrics_and_the_api_document() {
+    let mut stack = Stack::start().await;
+    let (status, health) = stack.api_as("/healthz", None).await;
+    assert_eq!((status, health["status"].as_str()), (200, Some("ok")));
+    let (status, ready) = stack.api_as("/readyz", None).await;
+    assert_eq!((status, ready["status"].as_str()), (200, Some("ready")), "{ready}");
+
+    let client = stack.agent_client(&stack.agent_token("bot")).await.expect("connect");
+    client.simple_query("select 1").await.expect("query");
+    drop(client);
+    stack.ended_sessions(1).await;
+    let base = format!("http://{}", stack.control.addr);
+    let metrics = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
+    let projected: u64 = metrics
+        .lines()
+        .find(|l| l.starts_with("tollgate_projector_events_total{result=\"projected\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .expect("projected counter");
+    assert!(projected >= 4, "{metrics}");
+
+    let served = reqwest::get(format!("{base}/openapi.json")).await.unwrap().text().await.unwrap();
+    let checked_in = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../openapi/openapi.json")).unwrap();
+    assert_eq!(served, checked_in);
+    let page = reqwest::get(format!("{base}/docs")).await.unwrap();
+    assert_eq!(page.status().as_u16(), 200);
+    assert!(page.text().await.unwrap().contains("<html"));
+
+    // With NATS gone, the control plane says it is not ready, and why.
+    stack.nats.kill();
+    let problems = tollgate_tests::eventually(30, "readyz to report NATS down", || async {
+        let (status, ready) = stack.api_as("/readyz", None).await;
+        (status == 503).then_some(ready)
+    })
+    .await;
+    assert!(problems["problems"].to_string().contains("nats"), "{problems}");
+}
