@@ -36,7 +36,7 @@ impl Publisher {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(names::MSG_ID_HEADER, event.id.to_string().as_str());
         self.js
-            .publish_with_headers(names::subject_for(event.kind), headers, event.bytes.clone().into())
+            .publish_with_headers(names::subject_for(event.kind), headers, event.bytes.clone())
             .await
             .map_err(|e| RecordError::Unacknowledged(e.to_string()))
     }

@@ -1,8 +1,12 @@
-//! Writing one batch of events into the projection tables, in one transaction.
+//! Writing one batch of events into the projection tables: one transaction, and a fixed number
+//! of statements per batch whatever its size (rows travel as arrays through UNNEST), so the
+//! projector's load on Postgres shrinks per event as traffic grows.
 
 use async_nats::jetstream::Message;
+use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use sqlx::{PgPool, Postgres, Transaction};
+use std::collections::{BTreeMap, HashSet};
 use tollgate_shared::event::{kind, Command, CommandResult, Envelope, SessionEnded, SessionStarted};
 use tollgate_shared::identity::AgentIdentity;
 use uuid::Uuid;
@@ -20,126 +24,277 @@ pub fn agent_id(agent: &AgentIdentity) -> Uuid {
     Uuid::new_v5(&Uuid::NAMESPACE_URL, key.as_bytes())
 }
 
+/// A message that decoded into an event with a payload of the shape its type promises.
+struct Decoded<'a> {
+    envelope: Envelope,
+    seq: i64,
+    raw: &'a [u8],
+    body: serde_json::Value,
+    payload: Payload,
+}
+
+enum Payload {
+    Started(SessionStarted),
+    Command(Command),
+    Result(CommandResult),
+    Ended(SessionEnded),
+    /// A type this version does not project; the event is still stored.
+    Other,
+}
+
+fn typed<T: for<'de> Deserialize<'de>>(envelope: &Envelope) -> Result<T, String> {
+    serde_json::from_value(envelope.payload.clone()).map_err(|e| format!("{} payload: {e}", envelope.kind))
+}
+
+fn decode(raw: &[u8]) -> Result<Decoded<'_>, String> {
+    let body: serde_json::Value = serde_json::from_slice(raw).map_err(|e| format!("not JSON: {e}"))?;
+    let envelope: Envelope = serde_json::from_value(body.clone()).map_err(|e| format!("not an event envelope: {e}"))?;
+    let seq = i64::try_from(envelope.seq).map_err(|_| "seq out of range".to_owned())?;
+    let payload = match envelope.kind.as_str() {
+        kind::SESSION_STARTED => Payload::Started(typed(&envelope)?),
+        kind::COMMAND => Payload::Command(typed(&envelope)?),
+        kind::COMMAND_RESULT => Payload::Result(typed(&envelope)?),
+        kind::SESSION_ENDED => Payload::Ended(typed(&envelope)?),
+        _ => Payload::Other,
+    };
+    Ok(Decoded { envelope, seq, raw, body, payload })
+}
+
+/// The serde name of a unit enum variant (`Outcome::Ok` → "ok").
+fn enum_text<T: serde::Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => String::new(),
+    }
+}
+
 pub async fn write_batch(db: &PgPool, batch: &[Message]) -> sqlx::Result<BatchOutcome> {
-    let mut tx = db.begin().await?;
     let mut outcome = BatchOutcome::default();
+    let mut seen = HashSet::new();
+    let mut decoded = Vec::with_capacity(batch.len());
+    let mut rejected: Vec<(&str, &[u8], String)> = Vec::new();
     for message in batch {
-        let raw: &[u8] = &message.payload;
-        let envelope: Envelope = match serde_json::from_slice(raw) {
-            Ok(e) => e,
-            Err(e) => {
-                reject(&mut tx, message.subject.as_str(), raw, &format!("not an event envelope: {e}")).await?;
-                outcome.rejected += 1;
-                continue;
-            }
-        };
-        match apply(&mut tx, &envelope, raw).await? {
-            Applied::Yes => outcome.projected += 1,
-            Applied::Duplicate => outcome.duplicates += 1,
-            Applied::Rejected(reason) => {
-                reject(&mut tx, message.subject.as_str(), raw, &reason).await?;
-                outcome.rejected += 1;
-            }
+        match decode(&message.payload) {
+            // The same event twice in one batch (a redelivery) counts once.
+            Ok(event) if !seen.insert(event.envelope.id) => outcome.duplicates += 1,
+            Ok(event) => decoded.push(event),
+            Err(reason) => rejected.push((message.subject.as_str(), &message.payload, reason)),
         }
     }
+
+    let mut tx = db.begin().await?;
+    let inserted = insert_events(&mut tx, &decoded).await?;
+    let fresh: Vec<&Decoded> = decoded.iter().filter(|d| inserted.contains(&d.envelope.id)).collect();
+    outcome.duplicates += (decoded.len() - fresh.len()) as u64;
+    outcome.projected = fresh.len() as u64;
+    upsert_agents(&mut tx, &fresh).await?;
+    upsert_sessions(&mut tx, &fresh).await?;
+    insert_commands(&mut tx, &fresh).await?;
+    insert_results(&mut tx, &fresh).await?;
+    for event in &fresh {
+        session_lifecycle(&mut tx, event).await?;
+    }
+    for (subject, raw, error) in &rejected {
+        tracing::warn!(subject, error, "event rejected by the projector (kept in rejected_events)");
+        sqlx::query("INSERT INTO rejected_events (subject, raw, error) VALUES ($1, $2, $3)")
+            .bind(subject)
+            .bind(raw)
+            .bind(error)
+            .execute(&mut *tx)
+            .await?;
+    }
+    outcome.rejected = rejected.len() as u64;
     tx.commit().await?;
     Ok(outcome)
 }
 
-async fn reject(tx: &mut Transaction<'_, Postgres>, subject: &str, raw: &[u8], error: &str) -> sqlx::Result<()> {
-    tracing::warn!(subject, error, "event rejected by the projector (kept in rejected_events)");
-    sqlx::query("INSERT INTO rejected_events (subject, raw, error) VALUES ($1, $2, $3)")
-        .bind(subject)
-        .bind(raw)
-        .bind(error)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
-}
-
-enum Applied {
-    Yes,
-    Duplicate,
-    Rejected(String),
-}
-
-fn payload<T: for<'de> Deserialize<'de>>(envelope: &Envelope) -> Result<T, String> {
-    serde_json::from_value(envelope.payload.clone()).map_err(|e| format!("{} payload: {e}", envelope.kind))
-}
-
-async fn apply(tx: &mut Transaction<'_, Postgres>, e: &Envelope, raw: &[u8]) -> sqlx::Result<Applied> {
-    let body: serde_json::Value = match serde_json::from_slice(raw) {
-        Ok(b) => b,
-        Err(err) => return Ok(Applied::Rejected(err.to_string())),
-    };
-    let seq = match i64::try_from(e.seq) {
-        Ok(s) => s,
-        Err(_) => return Ok(Applied::Rejected("seq out of range".into())),
-    };
-    let inserted = sqlx::query(
-        "INSERT INTO events (id, session_id, seq, type, at, node, raw, body) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-         ON CONFLICT (id) DO NOTHING",
-    )
-    .bind(e.id)
-    .bind(e.session)
-    .bind(seq)
-    .bind(&e.kind)
-    .bind(e.at)
-    .bind(&e.node)
-    .bind(raw)
-    .bind(&body)
-    .execute(&mut **tx)
-    .await?
-    .rows_affected();
-    if inserted == 0 {
-        return Ok(Applied::Duplicate);
+async fn insert_events(tx: &mut Transaction<'_, Postgres>, events: &[Decoded<'_>]) -> sqlx::Result<HashSet<Uuid>> {
+    if events.is_empty() {
+        return Ok(HashSet::new());
     }
+    let ids: Vec<Uuid> = events.iter().map(|e| e.envelope.id).collect();
+    let sessions: Vec<Uuid> = events.iter().map(|e| e.envelope.session).collect();
+    let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
+    let kinds: Vec<&str> = events.iter().map(|e| e.envelope.kind.as_str()).collect();
+    let ats: Vec<DateTime<Utc>> = events.iter().map(|e| e.envelope.at).collect();
+    let nodes: Vec<&str> = events.iter().map(|e| e.envelope.node.as_str()).collect();
+    let raws: Vec<&[u8]> = events.iter().map(|e| e.raw).collect();
+    let bodies: Vec<&serde_json::Value> = events.iter().map(|e| &e.body).collect();
+    let inserted: Vec<Uuid> = sqlx::query_scalar(
+        "INSERT INTO events (id, session_id, seq, type, at, node, raw, body)
+         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::int8[], $4::text[], $5::timestamptz[], $6::text[], $7::bytea[], $8::jsonb[])
+         ON CONFLICT (id) DO NOTHING RETURNING id",
+    )
+    .bind(ids)
+    .bind(sessions)
+    .bind(seqs)
+    .bind(kinds)
+    .bind(ats)
+    .bind(nodes)
+    .bind(raws)
+    .bind(bodies)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(inserted.into_iter().collect())
+}
 
-    let agent = agent_id(&e.agent);
+async fn upsert_agents(tx: &mut Transaction<'_, Postgres>, events: &[&Decoded<'_>]) -> sqlx::Result<()> {
+    // One row per agent: its first and last appearance in the batch, and its latest claims.
+    let mut agents: BTreeMap<Uuid, (&AgentIdentity, DateTime<Utc>, DateTime<Utc>)> = BTreeMap::new();
+    for e in events {
+        let entry =
+            agents.entry(agent_id(&e.envelope.agent)).or_insert((&e.envelope.agent, e.envelope.at, e.envelope.at));
+        if e.envelope.at >= entry.2 {
+            *entry = (&e.envelope.agent, entry.1, e.envelope.at);
+        }
+        entry.1 = entry.1.min(e.envelope.at);
+    }
+    if agents.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = agents.keys().copied().collect();
+    let rows: Vec<&(&AgentIdentity, DateTime<Utc>, DateTime<Utc>)> = agents.values().collect();
+    let json = |a: &AgentIdentity| serde_json::to_value(a).unwrap_or_default();
     sqlx::query(
         "INSERT INTO agents (id, issuer, subject, name, groups, attributes, first_seen, last_seen)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $7)
+         SELECT u.id, u.a->>'issuer', u.a->>'subject', u.a->>'name',
+                ARRAY(SELECT jsonb_array_elements_text(COALESCE(u.a->'groups', '[]'))), COALESCE(u.a->'attributes', '{}'),
+                u.first_seen, u.last_seen
+         FROM UNNEST($1::uuid[], $2::jsonb[], $3::timestamptz[], $4::timestamptz[]) AS u(id, a, first_seen, last_seen)
          ON CONFLICT (id) DO UPDATE SET
             groups = CASE WHEN EXCLUDED.last_seen >= agents.last_seen THEN EXCLUDED.groups ELSE agents.groups END,
             attributes = CASE WHEN EXCLUDED.last_seen >= agents.last_seen THEN EXCLUDED.attributes ELSE agents.attributes END,
             first_seen = LEAST(agents.first_seen, EXCLUDED.first_seen),
             last_seen = GREATEST(agents.last_seen, EXCLUDED.last_seen)",
     )
-    .bind(agent)
-    .bind(&e.agent.issuer)
-    .bind(&e.agent.subject)
-    .bind(&e.agent.name)
-    .bind(&e.agent.groups)
-    .bind(serde_json::to_value(&e.agent.attributes).unwrap_or_default())
-    .bind(e.at)
+    .bind(ids)
+    .bind(rows.iter().map(|r| json(r.0)).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.1).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.2).collect::<Vec<_>>())
     .execute(&mut **tx)
     .await?;
+    Ok(())
+}
 
-    // Every event makes sure its session row exists, so arrival order does not matter.
+/// Every event makes sure its session row exists and counts itself, so arrival order does not
+/// matter; commands and errors are counted here too.
+async fn upsert_sessions(tx: &mut Transaction<'_, Postgres>, events: &[&Decoded<'_>]) -> sqlx::Result<()> {
+    #[derive(Default)]
+    struct Counts {
+        events: i64,
+        commands: i64,
+        errors: i64,
+    }
+    let mut sessions: BTreeMap<Uuid, (&Decoded, Counts)> = BTreeMap::new();
+    for e in events {
+        let (_, counts) = sessions.entry(e.envelope.session).or_insert((e, Counts::default()));
+        counts.events += 1;
+        match &e.payload {
+            Payload::Command(_) => counts.commands += 1,
+            Payload::Result(r) if r.error.is_some() => counts.errors += 1,
+            _ => {}
+        }
+    }
+    if sessions.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = sessions.keys().copied().collect();
+    let rows: Vec<&(&Decoded, Counts)> = sessions.values().collect();
     sqlx::query(
-        "INSERT INTO sessions (id, agent_id, resource, resource_kind, node, events) VALUES ($1, $2, $3, $4, $5, 1)
-         ON CONFLICT (id) DO UPDATE SET events = sessions.events + 1",
+        "INSERT INTO sessions (id, agent_id, resource, resource_kind, node, events, commands, errors)
+         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::int8[], $7::int8[], $8::int8[])
+         ON CONFLICT (id) DO UPDATE SET events = sessions.events + EXCLUDED.events,
+            commands = sessions.commands + EXCLUDED.commands, errors = sessions.errors + EXCLUDED.errors",
     )
-    .bind(e.session)
-    .bind(agent)
-    .bind(&e.resource.name)
-    .bind(e.resource.kind.as_str())
-    .bind(&e.node)
+    .bind(ids)
+    .bind(rows.iter().map(|(e, _)| agent_id(&e.envelope.agent)).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(e, _)| e.envelope.resource.name.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(e, _)| e.envelope.resource.kind.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(e, _)| e.envelope.node.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, c)| c.events).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, c)| c.commands).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, c)| c.errors).collect::<Vec<_>>())
     .execute(&mut **tx)
     .await?;
+    Ok(())
+}
 
-    match e.kind.as_str() {
-        kind::SESSION_STARTED => {
-            let p: SessionStarted = match payload(e) {
-                Ok(p) => p,
-                Err(reason) => return Ok(Applied::Rejected(reason)),
-            };
+async fn insert_commands(tx: &mut Transaction<'_, Postgres>, events: &[&Decoded<'_>]) -> sqlx::Result<()> {
+    let commands: Vec<(&Decoded, &Command)> = events
+        .iter()
+        .filter_map(|e| match &e.payload {
+            Payload::Command(c) => Some((*e, c)),
+            _ => None,
+        })
+        .collect();
+    if commands.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO commands (event_id, session_id, seq, at, agent_id, resource, protocol, statement, params, prepared, decision)
+         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::int8[], $4::timestamptz[], $5::uuid[], $6::text[], $7::text[],
+                              $8::text[], $9::jsonb[], $10::text[], $11::text[])",
+    )
+    .bind(commands.iter().map(|(e, _)| e.envelope.id).collect::<Vec<_>>())
+    .bind(commands.iter().map(|(e, _)| e.envelope.session).collect::<Vec<_>>())
+    .bind(commands.iter().map(|(e, _)| e.seq).collect::<Vec<_>>())
+    .bind(commands.iter().map(|(e, _)| e.envelope.at).collect::<Vec<_>>())
+    .bind(commands.iter().map(|(e, _)| agent_id(&e.envelope.agent)).collect::<Vec<_>>())
+    .bind(commands.iter().map(|(e, _)| e.envelope.resource.name.as_str()).collect::<Vec<_>>())
+    .bind(commands.iter().map(|(_, c)| enum_text(&c.protocol)).collect::<Vec<_>>())
+    .bind(commands.iter().map(|(_, c)| c.statement.as_str()).collect::<Vec<_>>())
+    .bind(commands.iter().map(|(_, c)| c.params.as_ref().map(|p| serde_json::to_value(p).unwrap_or_default())).collect::<Vec<_>>())
+    .bind(commands.iter().map(|(_, c)| c.prepared.as_deref()).collect::<Vec<_>>())
+    .bind(commands.iter().map(|(_, c)| enum_text(&c.decision)).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn insert_results(tx: &mut Transaction<'_, Postgres>, events: &[&Decoded<'_>]) -> sqlx::Result<()> {
+    let results: Vec<(&Decoded, &CommandResult)> = events
+        .iter()
+        .filter_map(|e| match &e.payload {
+            Payload::Result(r) => Some((*e, r)),
+            _ => None,
+        })
+        .collect();
+    if results.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO command_results (event_id, command_id, session_id, at, outcome, tags, rows, duration_us, error_code, error_message)
+         SELECT u.event_id, u.command_id, u.session_id, u.at, u.outcome, ARRAY(SELECT jsonb_array_elements_text(u.tags)),
+                u.rows, u.duration_us, u.error_code, u.error_message
+         FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::timestamptz[], $5::text[], $6::jsonb[], $7::int8[], $8::int8[],
+                     $9::text[], $10::text[])
+              AS u(event_id, command_id, session_id, at, outcome, tags, rows, duration_us, error_code, error_message)",
+    )
+    .bind(results.iter().map(|(e, _)| e.envelope.id).collect::<Vec<_>>())
+    .bind(results.iter().map(|(_, r)| r.command_id).collect::<Vec<_>>())
+    .bind(results.iter().map(|(e, _)| e.envelope.session).collect::<Vec<_>>())
+    .bind(results.iter().map(|(e, _)| e.envelope.at).collect::<Vec<_>>())
+    .bind(results.iter().map(|(_, r)| enum_text(&r.outcome)).collect::<Vec<_>>())
+    .bind(results.iter().map(|(_, r)| serde_json::to_value(&r.tags).unwrap_or_default()).collect::<Vec<_>>())
+    .bind(results.iter().map(|(_, r)| i64::try_from(r.rows).unwrap_or(i64::MAX)).collect::<Vec<_>>())
+    .bind(results.iter().map(|(_, r)| i64::try_from(r.duration_us).unwrap_or(i64::MAX)).collect::<Vec<_>>())
+    .bind(results.iter().map(|(_, r)| r.error.as_ref().map(|e| e.code.as_str())).collect::<Vec<_>>())
+    .bind(results.iter().map(|(_, r)| r.error.as_ref().map(|e| e.message.as_str())).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Start and end of a session: two events per session, written one by one.
+async fn session_lifecycle(tx: &mut Transaction<'_, Postgres>, e: &Decoded<'_>) -> sqlx::Result<()> {
+    match &e.payload {
+        Payload::Started(p) => {
             sqlx::query(
                 "UPDATE sessions SET started_at = $2, client_addr = $3, client_tls = $4, client_user = $5,
                     application_name = $6, upstream = $7, node_key = $8 WHERE id = $1",
             )
-            .bind(e.session)
-            .bind(e.at)
+            .bind(e.envelope.session)
+            .bind(e.envelope.at)
             .bind(&p.client_addr)
             .bind(p.client_tls)
             .bind(&p.client_user)
@@ -149,84 +304,16 @@ async fn apply(tx: &mut Transaction<'_, Postgres>, e: &Envelope, raw: &[u8]) -> 
             .execute(&mut **tx)
             .await?;
         }
-        kind::COMMAND => {
-            let p: Command = match payload(e) {
-                Ok(p) => p,
-                Err(reason) => return Ok(Applied::Rejected(reason)),
-            };
-            sqlx::query(
-                "INSERT INTO commands (event_id, session_id, seq, at, agent_id, resource, protocol, statement, params, prepared, decision)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-            )
-            .bind(e.id)
-            .bind(e.session)
-            .bind(seq)
-            .bind(e.at)
-            .bind(agent)
-            .bind(&e.resource.name)
-            .bind(enum_text(&p.protocol))
-            .bind(&p.statement)
-            .bind(p.params.as_ref().map(|v| serde_json::to_value(v).unwrap_or_default()))
-            .bind(&p.prepared)
-            .bind(enum_text(&p.decision))
-            .execute(&mut **tx)
-            .await?;
-            sqlx::query("UPDATE sessions SET commands = commands + 1 WHERE id = $1")
-                .bind(e.session)
-                .execute(&mut **tx)
-                .await?;
-        }
-        kind::COMMAND_RESULT => {
-            let p: CommandResult = match payload(e) {
-                Ok(p) => p,
-                Err(reason) => return Ok(Applied::Rejected(reason)),
-            };
-            sqlx::query(
-                "INSERT INTO command_results (event_id, command_id, session_id, at, outcome, tags, rows, duration_us, error_code, error_message)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-            )
-            .bind(e.id)
-            .bind(p.command_id)
-            .bind(e.session)
-            .bind(e.at)
-            .bind(enum_text(&p.outcome))
-            .bind(&p.tags)
-            .bind(i64::try_from(p.rows).unwrap_or(i64::MAX))
-            .bind(i64::try_from(p.duration_us).unwrap_or(i64::MAX))
-            .bind(p.error.as_ref().map(|er| er.code.as_str()))
-            .bind(p.error.as_ref().map(|er| er.message.as_str()))
-            .execute(&mut **tx)
-            .await?;
-            if p.error.is_some() {
-                sqlx::query("UPDATE sessions SET errors = errors + 1 WHERE id = $1")
-                    .bind(e.session)
-                    .execute(&mut **tx)
-                    .await?;
-            }
-        }
-        kind::SESSION_ENDED => {
-            let p: SessionEnded = match payload(e) {
-                Ok(p) => p,
-                Err(reason) => return Ok(Applied::Rejected(reason)),
-            };
+        Payload::Ended(p) => {
             sqlx::query("UPDATE sessions SET ended_at = $2, end_reason = $3, end_detail = $4 WHERE id = $1")
-                .bind(e.session)
-                .bind(e.at)
+                .bind(e.envelope.session)
+                .bind(e.envelope.at)
                 .bind(enum_text(&p.reason))
                 .bind(&p.detail)
                 .execute(&mut **tx)
                 .await?;
         }
-        // Types this version does not project are still stored in `events`.
-        _ => {}
+        Payload::Command(_) | Payload::Result(_) | Payload::Other => {}
     }
-    Ok(Applied::Yes)
-}
-
-/// The serde name of a unit enum variant (`Outcome::Ok` → "ok").
-fn enum_text<T: serde::Serialize>(value: &T) -> String {
-    match serde_json::to_value(value) {
-        Ok(serde_json::Value::String(s)) => s,
-        _ => String::new(),
-    }
+    Ok(())
 }

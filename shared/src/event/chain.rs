@@ -1,7 +1,8 @@
 //! Sealing events into a per-session hash chain, signing its end, and verifying it.
 
-use super::{kind, sha256_hex, Envelope, ENVELOPE_VERSION};
+use super::{kind, sha256_hex, ENVELOPE_VERSION};
 use crate::identity::{AgentIdentity, ResourceRef};
+use bytes::Bytes;
 use ring::signature::{Ed25519KeyPair, KeyPair, UnparsedPublicKey, ED25519};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -13,7 +14,25 @@ pub struct SealedEvent {
     pub kind: &'static str,
     pub seq: u64,
     pub hash: String,
-    pub bytes: Vec<u8>,
+    pub bytes: Bytes,
+}
+
+/// [`Envelope`]'s shape, borrowing from the chain: sealing copies nothing but the payload's text.
+#[derive(Serialize)]
+struct EnvelopeRef<'a, P> {
+    id: Uuid,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    v: u32,
+    #[serde(with = "super::time::rfc3339_nanos")]
+    at: chrono::DateTime<chrono::Utc>,
+    node: &'a str,
+    session: Uuid,
+    seq: u64,
+    prev: &'a str,
+    agent: &'a AgentIdentity,
+    resource: &'a ResourceRef,
+    payload: &'a P,
 }
 
 /// The running chain of one session. Sealing is the only way to produce a session's events, so
@@ -53,20 +72,20 @@ impl Chain {
 
     /// Serialize the next event of this session and advance the chain.
     pub fn seal<P: Serialize>(&mut self, kind: &'static str, payload: &P) -> Result<SealedEvent, serde_json::Error> {
-        let envelope = Envelope {
+        let envelope = EnvelopeRef {
             id: Uuid::now_v7(),
-            kind: kind.to_owned(),
+            kind,
             v: ENVELOPE_VERSION,
             at: chrono::Utc::now(),
-            node: self.node.clone(),
+            node: &self.node,
             session: self.session,
             seq: self.next_seq,
-            prev: self.prev.clone(),
-            agent: self.agent.clone(),
-            resource: self.resource.clone(),
+            prev: &self.prev,
+            agent: &self.agent,
+            resource: &self.resource,
             payload,
         };
-        let bytes = serde_json::to_vec(&envelope)?;
+        let bytes = Bytes::from(serde_json::to_vec(&envelope)?);
         let hash = sha256_hex(&bytes);
         let sealed = SealedEvent { id: envelope.id, kind, seq: self.next_seq, hash: hash.clone(), bytes };
         self.next_seq += 1;

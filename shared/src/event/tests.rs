@@ -45,7 +45,7 @@ fn sealed_session(signer: &SessionSigner) -> Vec<SealedEvent> {
 }
 
 fn raw(events: &[SealedEvent]) -> Vec<&[u8]> {
-    events.iter().map(|e| e.bytes.as_slice()).collect()
+    events.iter().map(|e| &e.bytes[..]).collect()
 }
 
 #[test]
@@ -78,10 +78,9 @@ fn timestamps_carry_nanoseconds() {
 fn tampering_is_detected() {
     let (signer, _) = SessionSigner::generate().unwrap();
     let events = sealed_session(&signer);
-    let mut tampered = events[1].bytes.clone();
-    let text = String::from_utf8(tampered.clone()).unwrap().replace("select 1", "select 2");
-    tampered = text.into_bytes();
-    let report = verify_chain(&[&events[0].bytes, &tampered, &events[2].bytes]);
+    let text = String::from_utf8(events[1].bytes.to_vec()).unwrap().replace("select 1", "select 2");
+    let tampered = text.into_bytes();
+    let report = verify_chain(&[&events[0].bytes, &tampered[..], &events[2].bytes]);
     assert!(!report.complete);
     assert!(report.problems.iter().any(|p| p.contains("head")), "{report:?}");
 }
@@ -103,7 +102,7 @@ fn foreign_signature_is_rejected() {
     let ended: Envelope = serde_json::from_slice(&events[2].bytes).unwrap();
     let mut value: serde_json::Value = serde_json::from_slice(&events[2].bytes).unwrap();
     value["payload"]["signature"] = other.sign_end(ended.session, ended.seq, &events[1].hash).into();
-    events[2].bytes = serde_json::to_vec(&value).unwrap();
+    events[2].bytes = serde_json::to_vec(&value).unwrap().into();
     let report = verify_chain(&raw(&events));
     assert!(report.linked && !report.complete, "{report:?}");
 }

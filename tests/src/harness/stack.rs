@@ -67,6 +67,11 @@ impl Stack {
         proxy_config(&self.pg, &self.nats, &self.issuer, &self.dir.path().join("upstream.pw"), node)
     }
 
+    /// Configuration for another control-plane replica (same database, NATS and issuer).
+    pub fn control_config(&self) -> ControlConfig {
+        control_config(&self.pg, &self.nats, &self.issuer)
+    }
+
     /// A fresh agent token for `subject`, with GitHub-Actions-like claims.
     pub fn agent_token(&self, subject: &str) -> String {
         let mut extra = serde_json::Map::new();

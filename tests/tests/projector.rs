@@ -1,0 +1,77 @@
+//! The projector is idempotent, keeps what it cannot read, and resumes where it stopped.
+
+use tollgate_control_plane::Control;
+use tollgate_tests::{eventually, Stack};
+
+async fn metric(stack: &Stack, name: &str) -> u64 {
+    let text = reqwest::get(format!("http://{}/metrics", stack.control.addr)).await.unwrap().text().await.unwrap();
+    text.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redelivered_events_are_not_counted_twice_and_garbage_is_kept_aside() {
+    let stack = Stack::start().await;
+    let client = stack.agent_client(&stack.agent_token("bot-replay")).await.unwrap();
+    client.simple_query("select 1").await.unwrap();
+    client.simple_query("select 2").await.unwrap();
+    drop(client);
+    let session = stack.ended_sessions(1).await.remove(0);
+    let id = session["id"].as_str().unwrap().to_owned();
+    assert_eq!(session["commands"], 2);
+    let events = session["events"].as_i64().unwrap();
+
+    // Publish every event again as a new stream message (as a replay or a spool re-send would).
+    let raw = stack.stream_messages().await;
+    let js = async_nats::jetstream::new(async_nats::connect(stack.nats.url()).await.unwrap());
+    for message in &raw {
+        let value: serde_json::Value = serde_json::from_slice(message).unwrap();
+        let subject = format!("tollgate.events.{}", value["type"].as_str().unwrap());
+        js.publish(subject, message.clone().into()).await.unwrap().await.unwrap();
+    }
+    js.publish("tollgate.events.command", bytes::Bytes::from_static(b"{\"not\": \"an event\"}"))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let duplicates = "tollgate_projector_events_total{result=\"duplicate\"}";
+    eventually(30, "the replayed events to be seen as duplicates", || async {
+        (metric(&stack, duplicates).await >= raw.len() as u64).then_some(())
+    })
+    .await;
+    let (_, after) = stack.api(&format!("/api/v1/sessions/{id}")).await;
+    assert_eq!(after["commands"], 2);
+    assert_eq!(after["events"].as_i64(), Some(events));
+    let (_, commands) = stack.api(&format!("/api/v1/sessions/{id}/commands")).await;
+    assert_eq!(commands.as_array().unwrap().len(), 2);
+    let (_, verify) = stack.api(&format!("/api/v1/sessions/{id}/verify")).await;
+    assert_eq!(verify["complete"], true, "{verify}");
+
+    eventually(30, "the unreadable message to be kept", || async {
+        let kept = stack
+            .pg
+            .admin_sql("tollgate", "select count(*) from rejected_events where subject = 'tollgate.events.command'");
+        (kept.trim() == "1").then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_recorded_while_the_control_plane_is_down_are_projected_when_it_returns() {
+    let mut stack = Stack::start().await;
+    let config = stack.control_config();
+    // Take the control plane down (a placeholder replica stays unreachable on another port).
+    let mut down = config.clone();
+    down.nats.url = "nats://127.0.0.1:9".into();
+    stack.control = Control::start(down).await.unwrap();
+
+    let client =
+        stack.agent_client(&stack.agent_token("bot-offline")).await.expect("the proxy works without the control plane");
+    client.simple_query("select 'recorded while the control plane was away'").await.unwrap();
+    drop(client);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+
+    stack.control = Control::start(config).await.unwrap();
+    let sessions = stack.ended_sessions(1).await;
+    assert_eq!(sessions[0]["agent_subject"], "bot-offline");
+    assert_eq!(sessions[0]["commands"], 1);
+}
