@@ -74,7 +74,12 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Serve { config } => {
             let config = ControlConfig::load(config.as_deref())?;
             let _control = Control::start(config).await?;
-            tokio::signal::ctrl_c().await?;
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            tokio::select! {
+                result = tokio::signal::ctrl_c() => result?,
+                _ = term.recv() => {}
+            }
+            tracing::info!("shutting down");
         }
         Cmd::Openapi => print!("{}", api::openapi_json()),
         Cmd::DevIssuer(DevCmd::Serve { listen, key_file, public_url, insecure_any_address }) => {

@@ -21,7 +21,16 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let config = tollgate_data_plane::config::ProxyConfig::load(args.config.as_deref())?;
     let _proxy = tollgate_data_plane::Proxy::start(config).await?;
-    tokio::signal::ctrl_c().await?;
+    shutdown_signal().await?;
     tracing::info!("shutting down");
     Ok(())
+}
+
+/// Ctrl-C or SIGTERM (what container runtimes send).
+async fn shutdown_signal() -> std::io::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result,
+        _ = term.recv() => Ok(()),
+    }
 }

@@ -117,3 +117,72 @@ async fn upstream_password_and_agent_token_never_leave_the_proxy() {
     );
     assert_eq!(stored.trim(), "0");
 }
+
+/// Read everything until the proxy closes the connection (or 5 s pass).
+async fn read_to_close(stream: &mut tokio::net::TcpStream) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read_to_end(&mut out)).await;
+    out
+}
+
+fn startup_message(database: &str) -> Vec<u8> {
+    let mut body = 196608i32.to_be_bytes().to_vec();
+    for (k, v) in [("user", "ci"), ("database", database)] {
+        body.extend_from_slice(k.as_bytes());
+        body.push(0);
+        body.extend_from_slice(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut msg = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+    msg.extend_from_slice(&body);
+    msg
+}
+
+fn tagged(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut msg = vec![tag];
+    msg.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+    msg.extend_from_slice(body);
+    msg
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_malformed_and_fast_path_clients_are_cut_off_cleanly() {
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
+    let stack = Stack::start().await;
+    let mut config = stack.proxy_config("proxy-strict");
+    config.postgres.handshake_timeout_ms = 300;
+    let proxy = tollgate_data_plane::Proxy::start(config).await.unwrap();
+    let addr = proxy.postgres_addr;
+
+    // Silent: closed after the handshake timeout, having been told nothing.
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    let started = std::time::Instant::now();
+    assert!(read_to_close(&mut silent).await.is_empty());
+    assert!(started.elapsed() < std::time::Duration::from_secs(3));
+
+    // Unknown protocol version, absurd length, garbage: closed without a crash.
+    for bytes in [vec![0, 0, 0, 8, 0, 0, 0, 1], vec![0, 1, 0, 0, 0, 3, 0, 0], b"GET / HTTP/1.1\r\n\r\n".to_vec()] {
+        let mut conn = TcpStream::connect(addr).await.unwrap();
+        conn.write_all(&bytes).await.unwrap();
+        read_to_close(&mut conn).await;
+    }
+
+    // A fast-path FunctionCall after login is refused: it would run a function without SQL text.
+    let token = stack.agent_token("bot-fastpath");
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    conn.write_all(&startup_message("demo")).await.unwrap();
+    let mut password = token.as_bytes().to_vec();
+    password.push(0);
+    conn.write_all(&tagged(b'p', &password)).await.unwrap();
+    conn.write_all(&tagged(b'F', &[0, 0, 0x0b, 0xb8, 0, 0, 0, 0, 0, 0])).await.unwrap();
+    let received = read_to_close(&mut conn).await;
+    let text = String::from_utf8_lossy(&received);
+    assert!(text.contains("0A000") && text.contains("fast-path function calls are not supported"), "{text}");
+
+    // The proxy is still serving.
+    let client = stack.agent_client(&token).await.unwrap();
+    assert_eq!(client.query_one("select 1", &[]).await.unwrap().get::<_, i32>(0), 1);
+}

@@ -56,14 +56,18 @@ struct Opened {
 pub async fn run(ctx: Arc<PgContext>, tcp: TcpStream, peer: SocketAddr) {
     let _ = tcp.set_nodelay(true);
     let limit = Duration::from_millis(ctx.listener.handshake_timeout_ms);
-    let opened = match tokio::time::timeout(limit, open(&ctx, tcp, peer)).await {
-        Ok(Some(opened)) => opened,
+    // The agent gets `limit` to present its token; after that every step has its own bound
+    // (token verification, the durable publish, the upstream login), so a session that was
+    // recorded as started is always recorded as ended too.
+    let greeted = match tokio::time::timeout(limit, greet(&ctx, tcp, peer)).await {
+        Ok(Some(greeted)) => greeted,
         Ok(None) => return,
         Err(_) => {
             tracing::info!(%peer, "agent handshake timed out");
             return;
         }
     };
+    let Some(opened) = open(&ctx, peer, greeted).await else { return };
     let Opened { mut agent, mut upstream, recorder, cancel_key } = opened;
     let outcome = relay::run(&recorder, &mut agent, &mut upstream).await;
     if let Some(key) = cancel_key {
@@ -92,9 +96,19 @@ async fn refuse(writer: &mut WriteHalf<Box<dyn Io>>, code: &str, message: &str) 
     let _ = writer.flush().await;
 }
 
-/// Negotiate with the agent, authenticate it, record the session and log in upstream.
-/// `None` when the connection ends here (refused, or it was a cancel request).
-async fn open(ctx: &PgContext, tcp: TcpStream, peer: SocketAddr) -> Option<Opened> {
+/// An agent that has sent its startup message and its token.
+struct Greeted {
+    reader: FrameReader<ReadHalf<Box<dyn Io>>>,
+    writer: WriteHalf<Box<dyn Io>>,
+    params: Vec<(String, String)>,
+    resource_name: String,
+    tls: bool,
+    token: String,
+}
+
+/// Negotiate TLS, read the startup message and ask for the token. `None` when the connection
+/// ends here (refused, or it was a cancel request).
+async fn greet(ctx: &PgContext, tcp: TcpStream, peer: SocketAddr) -> Option<Greeted> {
     let mut stream: Box<dyn Io> = Box::new(tcp);
     let mut tls = false;
     let params = loop {
@@ -130,14 +144,13 @@ async fn open(ctx: &PgContext, tcp: TcpStream, peer: SocketAddr) -> Option<Opene
     };
     let (read, mut writer) = tokio::io::split(stream);
     let mut reader = FrameReader::new(read, 64 * 1024);
-    let param = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    let param = |name: &str| find_param(&params, name);
 
     if param("replication").is_some_and(|v| !matches!(v.as_str(), "false" | "off" | "0" | "no")) {
         refuse(&mut writer, sqlstate::FEATURE_NOT_SUPPORTED, "tollgate: replication connections are not supported")
             .await;
         return None;
     }
-    let client_user = param("user").unwrap_or_default();
     let Some(resource_name) = param("database").or_else(|| param("user")) else {
         refuse(
             &mut writer,
@@ -166,13 +179,24 @@ async fn open(ctx: &PgContext, tcp: TcpStream, peer: SocketAddr) -> Option<Opene
         return None;
     }
     let token = match messages::Cursor::new(frame.body(), "PasswordMessage").cstr() {
-        Ok(t) => t.trim(),
+        Ok(t) => t.trim().to_owned(),
         Err(e) => {
             refuse(&mut writer, sqlstate::PROTOCOL_VIOLATION, &format!("tollgate: {e}")).await;
             return None;
         }
     };
-    let verified = match ctx.verifier.verify(token).await {
+    Some(Greeted { reader, writer, params, resource_name, tls, token })
+}
+
+fn find_param(params: &[(String, String)], name: &str) -> Option<String> {
+    params.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+}
+
+/// Authenticate the agent, record the session and log in upstream.
+async fn open(ctx: &PgContext, peer: SocketAddr, greeted: Greeted) -> Option<Opened> {
+    let Greeted { reader, mut writer, params, resource_name, tls, token } = greeted;
+    let param = |name: &str| find_param(&params, name);
+    let verified = match ctx.verifier.verify(&token).await {
         Ok(v) => v,
         Err(e) => {
             tracing::info!(%peer, resource = %resource_name, reason = %e, "agent authentication failed");
@@ -198,7 +222,7 @@ async fn open(ctx: &PgContext, tcp: TcpStream, peer: SocketAddr) -> Option<Opene
     let started = SessionStarted {
         client_addr: peer.to_string(),
         client_tls: tls,
-        client_user,
+        client_user: param("user").unwrap_or_default(),
         application_name: param("application_name"),
         upstream: UpstreamTarget {
             host: resource.host.clone(),
@@ -227,7 +251,10 @@ async fn open(ctx: &PgContext, tcp: TcpStream, peer: SocketAddr) -> Option<Opene
 
     let relayed: Vec<(String, String)> =
         params.iter().filter(|(k, _)| RELAYED_PARAMS.contains(&k.as_str())).cloned().collect();
-    let upstream = match upstream::connect(&resource, &relayed, ctx.listener.max_message_bytes).await {
+    let login = upstream::connect(&resource, &relayed, ctx.listener.max_message_bytes);
+    let login = tokio::time::timeout(Duration::from_millis(ctx.listener.handshake_timeout_ms), login).await;
+    let login = login.unwrap_or_else(|_| Err(upstream::UpstreamError::Protocol("login timed out".into())));
+    let upstream = match login {
         Ok(u) => u,
         Err(e) => {
             tracing::warn!(%session, resource = %resource.name, error = %e, "upstream connection failed");
