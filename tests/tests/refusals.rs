@@ -29,6 +29,11 @@ async fn bad_tokens_and_unknown_resources_are_refused_before_upstream() {
     extra.insert("repository".into(), "acme/orders".into());
     let expired = stack.issuer.mint("bot", AGENT_AUDIENCE, -300, &extra).expect("mint");
     let wrong_audience = stack.issuer.mint("bot", "someone-else", 600, &extra).expect("mint");
+    let now = chrono::Utc::now().timestamp();
+    let not_yet_valid = stack
+        .issuer
+        .sign(&serde_json::json!({"iss": stack.issuer.url(), "sub": "bot", "aud": AGENT_AUDIENCE, "nbf": now + 300, "exp": now + 900}))
+        .expect("sign");
     let stranger =
         DevIssuer::new("http://127.0.0.1:9").expect("issuer").mint("bot", AGENT_AUDIENCE, 600, &extra).expect("mint");
     let mut parts: Vec<String> = good.split('.').map(str::to_owned).collect();
@@ -51,6 +56,7 @@ async fn bad_tokens_and_unknown_resources_are_refused_before_upstream() {
         ("garbage", "not-a-jwt".into(), "demo", "28P01", "not a well-formed JWT"),
         ("expired", expired, "demo", "28P01", "token expired"),
         ("wrong audience", wrong_audience, "demo", "28P01", "audience does not match"),
+        ("not yet valid", not_yet_valid, "demo", "28P01", "not valid for another"),
         ("untrusted issuer", stranger, "demo", "28P01", "is not trusted"),
         ("tampered signature", tampered_signature, "demo", "28P01", "signature is invalid"),
         ("tampered payload", tampered_payload, "demo", "28P01", "signature is invalid"),

@@ -51,12 +51,23 @@ async fn main() {
     let conn = |port: u16, user: &str| -> Vec<String> {
         vec!["-h".into(), "127.0.0.1".into(), "-p".into(), port.to_string(), "-U".into(), user.into(), "demo".into()]
     };
+    let proxy_port = stack.proxy.postgres_addr.port();
     let mut runs = Vec::new();
     for clients in [8, 1] {
         runs.push(pgbench(&stack, &conn(stack.pg.port, "app"), &pw, "direct", clients, seconds));
         runs.push(pgbench(&stack, &conn(bouncer.port, "app"), &pw, "pgbouncer", clients, seconds));
-        runs.push(pgbench(&stack, &conn(stack.proxy.postgres_addr.port(), "ci"), &token, "tollgate", clients, seconds));
+        runs.push(pgbench(&stack, &conn(proxy_port, "ci"), &token, "tollgate", clients, seconds));
     }
+    // The same with the control plane stopped (events still recorded, projected later): shows
+    // what the projector's concurrent writes cost on a machine this small.
+    let mut stack = stack;
+    let mut idle = stack.control_config();
+    idle.nats.url = "nats://127.0.0.1:9".into();
+    stack.control = tollgate_control_plane::Control::start(idle).await.expect("idle control plane");
+    for clients in [8, 1] {
+        runs.push(pgbench(&stack, &conn(proxy_port, "ci"), &token, "tollgate, projector stopped", clients, seconds));
+    }
+    runs.sort_by_key(|r| std::cmp::Reverse(r.clients));
     let events = stack.stream_messages().await.len();
 
     println!("\npgbench -S, {seconds} s per run, scale 10, simple protocol\n");
