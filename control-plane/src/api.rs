@@ -3,6 +3,7 @@
 
 mod agents;
 mod auth;
+mod auth_failures;
 mod error;
 mod health;
 mod sessions;
@@ -37,6 +38,7 @@ pub struct AppState {
         sessions::session_commands,
         sessions::verify_session,
         agents::list_agents,
+        auth_failures::list_auth_failures,
         health::healthz,
         health::readyz,
     ),
@@ -72,6 +74,7 @@ pub fn router(state: AppState) -> Router {
         .route("/sessions/{id}/commands", get(sessions::session_commands))
         .route("/sessions/{id}/verify", get(sessions::verify_session))
         .route("/agents", get(agents::list_agents))
+        .route("/auth-failures", get(auth_failures::list_auth_failures))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_reviewer));
     Router::new()
         .nest("/api/v1", api)

@@ -54,7 +54,7 @@ impl ControlConfig {
     pub fn load(path: Option<&std::path::Path>) -> Result<Self, tollgate_shared::config::ConfigError> {
         let config: ControlConfig = tollgate_shared::config::load(path, "TOLLGATE_", Self::SECTIONS, std::env::vars())?;
         for issuer in &config.reviewer_issuers {
-            issuer.allowed_algorithms().map_err(tollgate_shared::config::ConfigError::Invalid)?;
+            issuer.clone().resolve().map_err(tollgate_shared::config::ConfigError::Invalid)?;
         }
         Ok(config)
     }

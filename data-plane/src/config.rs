@@ -168,7 +168,7 @@ impl ProxyConfig {
             }
         }
         for issuer in &self.agent_issuers {
-            issuer.allowed_algorithms().map_err(Invalid)?;
+            issuer.clone().resolve().map_err(Invalid)?;
         }
         Ok(())
     }

@@ -25,6 +25,7 @@ pub mod kind {
     pub const SESSION_ENDED: &str = "session.ended";
     pub const COMMAND: &str = "command";
     pub const COMMAND_RESULT: &str = "command.result";
+    pub const AUTH_FAILED: &str = "auth.failed";
 }
 
 /// One fact, as published on JetStream. `P` is the payload; readers that do not care about the

@@ -1,5 +1,8 @@
 //! Who an agent is, as every event carries it, and which resource it touches.
 
+pub mod mapping;
+pub mod presets;
+
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -42,26 +45,4 @@ impl ResourceKind {
 pub struct ResourceRef {
     pub name: String,
     pub kind: ResourceKind,
-}
-
-/// Claims that describe the token itself rather than the agent; they are not kept as attributes.
-const TOKEN_MECHANICS: &[&str] = &["iss", "sub", "aud", "exp", "nbf", "iat", "jti"];
-
-impl AgentIdentity {
-    /// The identity used until per-issuer mapping rules exist: the subject names the agent and
-    /// every other claim is kept as an attribute.
-    pub fn from_claims(issuer: &str, subject: &str, claims: &serde_json::Map<String, serde_json::Value>) -> Self {
-        let attributes = claims
-            .iter()
-            .filter(|(k, _)| !TOKEN_MECHANICS.contains(&k.as_str()))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        AgentIdentity {
-            issuer: issuer.to_owned(),
-            subject: subject.to_owned(),
-            name: subject.to_owned(),
-            groups: Vec::new(),
-            attributes,
-        }
-    }
 }

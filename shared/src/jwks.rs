@@ -2,6 +2,7 @@
 //! background and on an unknown `kid` (at most once per `min_refresh_secs`, so a flood of forged
 //! tokens cannot hammer the issuer). [`Verifier`] routes a token to its issuer and verifies it.
 
+use crate::identity::AgentIdentity;
 use crate::token::{self, IssuerConfig, TokenError, VerifiedToken};
 use jsonwebtoken::jwk::JwkSet;
 use std::sync::{Arc, RwLock};
@@ -99,9 +100,7 @@ impl Verifier {
     /// Build the verifier and fetch every issuer's keys once. An issuer whose keys cannot be
     /// fetched yet is kept: its tokens are refused until a refresh succeeds.
     pub async fn new(configs: Vec<IssuerConfig>) -> Result<Self, String> {
-        for config in &configs {
-            config.allowed_algorithms()?;
-        }
+        let configs = configs.into_iter().map(IssuerConfig::resolve).collect::<Result<Vec<_>, _>>()?;
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .build()
@@ -135,6 +134,17 @@ impl Verifier {
 
     /// Verify a token from any configured issuer.
     pub async fn verify(&self, token: &str) -> Result<VerifiedToken, TokenError> {
+        self.verify_with_issuer(token).await.map(|(_, verified)| verified)
+    }
+
+    /// Verify a token and map its claims to an agent identity by its issuer's rules.
+    pub async fn identify(&self, token: &str) -> Result<(VerifiedToken, AgentIdentity), TokenError> {
+        let (issuer, verified) = self.verify_with_issuer(token).await?;
+        let identity = issuer.config.identify(&verified)?;
+        Ok((verified, identity))
+    }
+
+    async fn verify_with_issuer(&self, token: &str) -> Result<(&IssuerKeys, VerifiedToken), TokenError> {
         let max = self.issuers.iter().map(|i| i.config.max_token_bytes).max().unwrap_or(8192);
         if token.is_empty() {
             return Err(TokenError::Missing);
@@ -150,7 +160,7 @@ impl Verifier {
             .find(|i| i.config.issuer == iss)
             .ok_or_else(|| TokenError::UnknownIssuer(iss.to_owned()))?;
         let now = unix_now();
-        match token::verify(&issuer.config, &issuer.current(), token, now) {
+        let verified = match token::verify(&issuer.config, &issuer.current(), token, now) {
             Err(TokenError::UnknownKey(kid)) => {
                 // The issuer may have rotated its keys: refresh (rate-limited) and try once more.
                 let min = Duration::from_secs(issuer.config.min_refresh_secs);
@@ -163,7 +173,8 @@ impl Verifier {
                 }
             }
             other => other,
-        }
+        }?;
+        Ok((issuer, verified))
     }
 }
 

@@ -3,6 +3,9 @@
 //!
 //! Pure: the keys are handed in. Fetching and caching them is [`crate::jwks`]'s job.
 
+use crate::identity::mapping::{IdentityMapping, MappingError};
+pub use crate::identity::presets::Preset;
+use crate::identity::AgentIdentity;
 use base64::Engine;
 use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -12,8 +15,14 @@ use std::str::FromStr;
 
 /// One trusted issuer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct IssuerConfig {
-    /// Exact `iss` value, e.g. `https://token.actions.githubusercontent.com`.
+    /// Defaults for a well-known kind of issuer (see [`Preset`]); explicit settings win.
+    #[serde(default)]
+    pub preset: Option<Preset>,
+    /// Exact `iss` value, e.g. `https://token.actions.githubusercontent.com` (a preset may
+    /// provide it).
+    #[serde(default)]
     pub issuer: String,
     /// Accepted `aud` values; a token must name at least one.
     pub audience: Vec<String>,
@@ -32,6 +41,9 @@ pub struct IssuerConfig {
     /// Longer tokens are refused before any parsing.
     #[serde(default = "default_max_token_bytes")]
     pub max_token_bytes: usize,
+    /// How claims become an agent identity (name template, groups, kept claims, rules).
+    #[serde(default)]
+    pub mapping: Option<IdentityMapping>,
     /// An unknown `kid` refreshes the keys at most this often, seconds.
     #[serde(default = "default_min_refresh")]
     pub min_refresh_secs: u64,
@@ -40,9 +52,12 @@ pub struct IssuerConfig {
     pub refresh_secs: u64,
 }
 
-fn default_algorithms() -> Vec<String> {
+pub(crate) fn default_algorithms() -> Vec<String> {
     ["RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA"].map(String::from).to_vec()
 }
+/// Clock skew beyond this is a misconfiguration, not tolerance.
+pub const MAX_LEEWAY_SECS: u64 = 300;
+
 fn default_leeway() -> u64 {
     30
 }
@@ -60,6 +75,8 @@ impl IssuerConfig {
     /// A config for `issuer` and `audience` with every default.
     pub fn new(issuer: impl Into<String>, audience: impl Into<String>) -> Self {
         IssuerConfig {
+            preset: None,
+            mapping: None,
             issuer: issuer.into(),
             audience: vec![audience.into()],
             jwks_url: None,
@@ -70,6 +87,45 @@ impl IssuerConfig {
             min_refresh_secs: default_min_refresh(),
             refresh_secs: default_refresh(),
         }
+    }
+
+    /// Apply the preset's defaults and check the result; call once at startup.
+    pub fn resolve(mut self) -> Result<Self, String> {
+        if let Some(preset) = self.preset {
+            let defaults = preset.defaults();
+            if self.issuer.is_empty() {
+                self.issuer = defaults
+                    .issuer
+                    .ok_or_else(|| format!("preset {preset:?} needs `issuer` (it differs per installation)"))?;
+            }
+            if self.algorithms == default_algorithms() {
+                self.algorithms = defaults.algorithms;
+            }
+            let mine = self.mapping.take().unwrap_or_default();
+            self.mapping = Some(IdentityMapping {
+                name: mine.name.or(defaults.mapping.name),
+                keep: mine.keep.or(defaults.mapping.keep),
+                groups_claim: mine.groups_claim.or(defaults.mapping.groups_claim),
+                rules: if mine.rules.is_empty() { defaults.mapping.rules } else { mine.rules },
+            });
+        }
+        if self.issuer.is_empty() {
+            return Err("an issuer needs `issuer` (its exact `iss` value)".into());
+        }
+        if self.leeway_secs > MAX_LEEWAY_SECS {
+            return Err(format!("issuer {}: leeway_secs may be at most {MAX_LEEWAY_SECS}", self.issuer));
+        }
+        if let Some(mapping) = &self.mapping {
+            mapping.validate().map_err(|e| format!("issuer {}: {e}", self.issuer))?;
+        }
+        self.allowed_algorithms()?;
+        Ok(self)
+    }
+
+    /// The identity of a verified token from this issuer.
+    pub fn identify(&self, token: &VerifiedToken) -> Result<AgentIdentity, TokenError> {
+        let mapping = self.mapping.clone().unwrap_or_default();
+        Ok(mapping.identify(&token.issuer, &token.subject, &token.claims)?)
     }
 
     /// The parsed allow-list; refuses symmetric algorithms and unknown names.
@@ -124,6 +180,8 @@ pub enum TokenError {
     MissingClaim(String),
     #[error("keys of issuer {0:?} are unavailable")]
     KeysUnavailable(String),
+    #[error("{0}")]
+    Identity(#[from] MappingError),
 }
 
 /// A token whose signature and claims checked out.

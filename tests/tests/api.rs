@@ -81,6 +81,7 @@ async fn every_api_route_requires_a_reviewer_token() {
         format!("/api/v1/sessions/{id}/commands"),
         format!("/api/v1/sessions/{id}/verify"),
         "/api/v1/agents".to_owned(),
+        "/api/v1/auth-failures".to_owned(),
     ] {
         for (who, token) in [
             ("nobody", None),

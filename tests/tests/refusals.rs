@@ -77,7 +77,29 @@ async fn bad_tokens_and_unknown_resources_are_refused_before_upstream() {
     // No refused attempt reached the upstream, and none opened a session.
     let log = stack.pg.server_log();
     assert!(!log.contains("user=app database=demo"), "an upstream connection was opened:\n{log}");
-    assert!(stack.stream_messages().await.is_empty(), "a refused agent produced events");
+    let events: Vec<serde_json::Value> =
+        stack.stream_messages().await.iter().map(|raw| serde_json::from_slice(raw).unwrap()).collect();
+    assert!(events.iter().all(|e| e["type"] == "auth.failed"), "a refused agent opened a session");
+
+    // Every refusal is an auth.failed event, projected for reviews; forged claims stay "claimed".
+    let failures = tollgate_tests::eventually(30, "auth failures to be projected", || async {
+        let (_, body) = stack.api("/api/v1/auth-failures").await;
+        let list = body.as_array()?.clone();
+        (list.len() >= 11).then_some(list)
+    })
+    .await;
+    let reasons: Vec<&str> = failures.iter().map(|f| f["reason"].as_str().unwrap_or("")).collect();
+    for expected in ["no token was presented", "token audience does not match", "unknown resource \"payroll\""] {
+        assert!(reasons.contains(&expected), "{expected} in {reasons:?}");
+    }
+    let forged = failures.iter().find(|f| f["claimed_subject"] == "admin").expect("the tampered payload's claim");
+    assert_eq!(forged["verified"], false);
+    assert!(forged["agent_id"].is_null(), "a forged claim never names an agent");
+    let unknown_resource = failures.iter().find(|f| f["resource"] == "payroll").expect("unknown resource attempt");
+    assert_eq!(unknown_resource["verified"], true);
+    assert_eq!(unknown_resource["code"], "3D000");
+    let (_, agents) = stack.api("/api/v1/agents").await;
+    assert!(agents.as_array().unwrap().iter().all(|a| a["subject"] != "admin"), "forged subject became an agent");
 
     // The good token still works.
     let client = stack.agent_client(&good).await.expect("valid token connects");

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use sqlx::{PgPool, Postgres, Transaction};
 use std::collections::{BTreeMap, HashSet};
-use tollgate_shared::event::{kind, Command, CommandResult, Envelope, SessionEnded, SessionStarted};
+use tollgate_shared::event::{kind, AuthFailed, Command, CommandResult, Envelope, SessionEnded, SessionStarted};
 use tollgate_shared::identity::AgentIdentity;
 use uuid::Uuid;
 
@@ -38,6 +38,7 @@ enum Payload {
     Command(Command),
     Result(CommandResult),
     Ended(SessionEnded),
+    AuthFailed(AuthFailed),
     /// A type this version does not project; the event is still stored.
     Other,
 }
@@ -55,6 +56,7 @@ fn decode(raw: &[u8]) -> Result<Decoded<'_>, String> {
         kind::COMMAND => Payload::Command(typed(&envelope)?),
         kind::COMMAND_RESULT => Payload::Result(typed(&envelope)?),
         kind::SESSION_ENDED => Payload::Ended(typed(&envelope)?),
+        kind::AUTH_FAILED => Payload::AuthFailed(typed(&envelope)?),
         _ => Payload::Other,
     };
     Ok(Decoded { envelope, seq, raw, body, payload })
@@ -87,8 +89,13 @@ pub async fn write_batch(db: &PgPool, batch: &[Message]) -> sqlx::Result<BatchOu
     let fresh: Vec<&Decoded> = decoded.iter().filter(|d| inserted.contains(&d.envelope.id)).collect();
     outcome.duplicates += (decoded.len() - fresh.len()) as u64;
     outcome.projected = fresh.len() as u64;
-    upsert_agents(&mut tx, &fresh).await?;
-    upsert_sessions(&mut tx, &fresh).await?;
+    // A refused attempt has no session, and only a verified one names an agent.
+    let in_sessions: Vec<&Decoded> =
+        fresh.iter().copied().filter(|d| !matches!(d.payload, Payload::AuthFailed(_))).collect();
+    let verified: Vec<&Decoded> =
+        fresh.iter().copied().filter(|d| !matches!(&d.payload, Payload::AuthFailed(a) if !a.verified)).collect();
+    upsert_agents(&mut tx, &verified).await?;
+    upsert_sessions(&mut tx, &in_sessions).await?;
     insert_commands(&mut tx, &fresh).await?;
     insert_results(&mut tx, &fresh).await?;
     for event in &fresh {
@@ -285,7 +292,7 @@ async fn insert_results(tx: &mut Transaction<'_, Postgres>, events: &[&Decoded<'
     Ok(())
 }
 
-/// Start and end of a session: two events per session, written one by one.
+/// Start and end of a session, and refused attempts: rare events, written one by one.
 async fn session_lifecycle(tx: &mut Transaction<'_, Postgres>, e: &Decoded<'_>) -> sqlx::Result<()> {
     match &e.payload {
         Payload::Started(p) => {
@@ -312,6 +319,29 @@ async fn session_lifecycle(tx: &mut Transaction<'_, Postgres>, e: &Decoded<'_>) 
                 .bind(&p.detail)
                 .execute(&mut **tx)
                 .await?;
+        }
+        Payload::AuthFailed(p) => {
+            sqlx::query(
+                "INSERT INTO auth_failures (event_id, at, node, reason, code, client_addr, client_tls, client_user, resource,
+                    verified, agent_id, agent_name, claimed_issuer, claimed_subject)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+            )
+            .bind(e.envelope.id)
+            .bind(e.envelope.at)
+            .bind(&e.envelope.node)
+            .bind(&p.reason)
+            .bind(&p.code)
+            .bind(&p.client_addr)
+            .bind(p.client_tls)
+            .bind(&p.client_user)
+            .bind(&p.requested_resource)
+            .bind(p.verified)
+            .bind(p.verified.then(|| agent_id(&e.envelope.agent)))
+            .bind(p.verified.then_some(e.envelope.agent.name.as_str()))
+            .bind(&p.claimed_issuer)
+            .bind(&p.claimed_subject)
+            .execute(&mut **tx)
+            .await?;
         }
         Payload::Command(_) | Payload::Result(_) | Payload::Other => {}
     }

@@ -13,8 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
-use tollgate_shared::event::{kind, Chain, EndReason, SessionStarted, UpstreamTarget};
+use tollgate_shared::event::{kind, AuthFailed, Chain, EndReason, SessionStarted, UpstreamTarget};
 use tollgate_shared::identity::{AgentIdentity, ResourceKind, ResourceRef};
+use tollgate_shared::token::TokenError;
 use uuid::Uuid;
 
 /// Startup parameters relayed to the upstream; anything else (notably `options`, which could
@@ -192,25 +193,87 @@ fn find_param(params: &[(String, String)], name: &str) -> Option<String> {
     params.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
 }
 
+/// What is known of an agent that is being refused.
+struct Attempt<'a> {
+    peer: SocketAddr,
+    tls: bool,
+    client_user: String,
+    resource: &'a str,
+    token: &'a str,
+}
+
+/// Publish `auth.failed` so reviews see refused attempts too. It is a one-event chain of its
+/// own; nothing waits for it (the agent is refused either way). `agent` is set only when the
+/// token verified; otherwise the token's claims are reported as claimed, never trusted.
+async fn record_refusal(
+    ctx: &PgContext,
+    attempt: &Attempt<'_>,
+    reason: &str,
+    code: &str,
+    agent: Option<AgentIdentity>,
+) {
+    let claimed = tollgate_shared::token::peek_claims(attempt.token).ok();
+    let claim = |name: &str| {
+        claimed
+            .as_ref()
+            .and_then(|c| c.get(name))
+            .and_then(|v| v.as_str())
+            .map(|v| v.chars().take(256).collect::<String>())
+    };
+    let payload = AuthFailed {
+        reason: reason.to_owned(),
+        code: code.to_owned(),
+        client_addr: attempt.peer.to_string(),
+        client_tls: attempt.tls,
+        client_user: attempt.client_user.chars().take(256).collect(),
+        requested_resource: attempt.resource.chars().take(256).collect(),
+        verified: agent.is_some(),
+        claimed_issuer: claim("iss"),
+        claimed_subject: claim("sub"),
+    };
+    let agent = agent.unwrap_or(AgentIdentity {
+        issuer: String::new(),
+        subject: String::new(),
+        name: String::new(),
+        groups: Vec::new(),
+        attributes: Default::default(),
+    });
+    let resource = ResourceRef { name: payload.requested_resource.clone(), kind: ResourceKind::Postgres };
+    let mut chain = Chain::new(Uuid::now_v7(), ctx.node.clone(), agent, resource);
+    match chain.seal(kind::AUTH_FAILED, &payload) {
+        Ok(event) => ctx.publisher.background(event).await,
+        Err(e) => tracing::error!(error = %e, "cannot seal auth.failed"),
+    }
+}
+
 /// Authenticate the agent, record the session and log in upstream.
 async fn open(ctx: &PgContext, peer: SocketAddr, greeted: Greeted) -> Option<Opened> {
     let Greeted { reader, mut writer, params, resource_name, tls, token } = greeted;
     let param = |name: &str| find_param(&params, name);
-    let verified = match ctx.verifier.verify(&token).await {
+    let attempt =
+        Attempt { peer, tls, client_user: param("user").unwrap_or_default(), resource: &resource_name, token: &token };
+    let (verified, agent) = match ctx.verifier.identify(&token).await {
         Ok(v) => v,
         Err(e) => {
+            // A token that verified but matched no identity rule is an authorization failure.
+            let code = match e {
+                TokenError::Identity(_) => sqlstate::INVALID_AUTHORIZATION,
+                _ => sqlstate::INVALID_PASSWORD,
+            };
             tracing::info!(%peer, resource = %resource_name, reason = %e, "agent authentication failed");
-            refuse(&mut writer, sqlstate::INVALID_PASSWORD, &format!("tollgate: {e}")).await;
+            refuse(&mut writer, code, &format!("tollgate: {e}")).await;
+            record_refusal(ctx, &attempt, &e.to_string(), code, None).await;
             return None;
         }
     };
     let Some(resource) = ctx.resource(&resource_name) else {
-        tracing::info!(%peer, resource = %resource_name, agent = %verified.subject, "unknown resource");
-        refuse(&mut writer, sqlstate::UNKNOWN_DATABASE, &format!("tollgate: unknown resource {resource_name:?}")).await;
+        tracing::info!(%peer, resource = %resource_name, agent = %agent.name, "unknown resource");
+        let reason = format!("unknown resource {resource_name:?}");
+        refuse(&mut writer, sqlstate::UNKNOWN_DATABASE, &format!("tollgate: {reason}")).await;
+        record_refusal(ctx, &attempt, &reason, sqlstate::UNKNOWN_DATABASE, Some(agent)).await;
         return None;
     };
 
-    let agent = AgentIdentity::from_claims(&verified.issuer, &verified.subject, &verified.claims);
     let session = Uuid::now_v7();
     let chain = Chain::new(
         session,

@@ -132,3 +132,25 @@ pub struct SessionEnded {
     pub head: String,
     pub signature: String,
 }
+
+/// `auth.failed`: an agent was refused before a session opened. It is the only event of its
+/// own one-event chain. Claims of a token that did not verify are reported as *claimed*: they
+/// may be forged and never name an agent.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AuthFailed {
+    /// What the agent was told (without the `tollgate: ` prefix).
+    pub reason: String,
+    /// The SQLSTATE (or other protocol code) it was refused with.
+    pub code: String,
+    pub client_addr: String,
+    pub client_tls: bool,
+    pub client_user: String,
+    /// The resource it asked for (which may not exist).
+    pub requested_resource: String,
+    /// Whether the token verified (a valid agent refused for another reason).
+    pub verified: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claimed_issuer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claimed_subject: Option<String>,
+}

@@ -1,0 +1,95 @@
+//! Agent identity: issuer key rotation without a restart.
+
+use tollgate_tests::{eventually, Stack};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotated_issuer_keys_are_picked_up_without_a_restart() {
+    let stack = Stack::start().await;
+    let before = stack.agent_token("bot-rotation");
+    let client = stack.agent_client(&before).await.expect("the first key works");
+    drop(client);
+
+    // The issuer replaces its key: new tokens carry a kid the proxy has never seen.
+    stack.issuer.rotate(false).expect("rotate");
+    let after = stack.agent_token("bot-rotation");
+    assert_ne!(before.split('.').next(), after.split('.').next(), "the new token names a new kid");
+    let client =
+        eventually(10, "the proxy to fetch the new key", || async { stack.agent_client(&after).await.ok() }).await;
+    assert_eq!(client.query_one("select 1", &[]).await.expect("query").get::<_, i32>(0), 1);
+
+    // Tokens signed with the retired key no longer verify once the keys were refreshed.
+    let Err(err) = stack.agent_client(&before).await else { panic!("a token of the retired key was accepted") };
+    let message = err.as_db_error().map(|e| e.message().to_owned()).unwrap_or_default();
+    assert!(message.contains("signing key") && message.contains("is not among the issuer's keys"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bots_sharing_a_subject_are_told_apart_and_strangers_are_refused() {
+    let stack = Stack::start().await;
+    let mut config = stack.proxy_config("proxy-mapping");
+    let mapping: tollgate_shared::identity::mapping::IdentityMapping = toml::from_str(
+        r#"
+        name = "{repository}/{workflow}@{ref}"
+        keep = ["repository", "workflow", "ref", "run_id"]
+        [[rules]]
+        match = { repository = "acme/*" }
+        groups = ["ci"]
+        [[rules]]
+        match = { repository = "acme/*", environment = "prod" }
+        groups = ["deployers"]
+        "#,
+    )
+    .expect("mapping");
+    config.agent_issuers[0].mapping = Some(mapping);
+    let proxy = tollgate_data_plane::Proxy::start(config).await.expect("proxy");
+
+    // One service account (same sub), two workflows, two runs.
+    let token = |workflow: &str, run: &str, repository: &str| {
+        let claims = serde_json::json!({"repository": repository, "workflow": workflow, "ref": "refs/heads/main",
+            "run_id": run, "environment": "prod", "actor": "octocat"});
+        let serde_json::Value::Object(extra) = claims else { unreachable!() };
+        stack
+            .issuer
+            .mint("repo:acme/orders:environment:prod", tollgate_tests::AGENT_AUDIENCE, 600, &extra)
+            .expect("mint")
+    };
+    let dsn = |token: &str| {
+        format!("host=127.0.0.1 port={} dbname=demo user=ci password={token}", proxy.postgres_addr.port())
+    };
+    for (workflow, run) in [("deploy", "101"), ("migrate", "102")] {
+        let (client, connection) =
+            tokio_postgres::connect(&dsn(&token(workflow, run, "acme/orders")), tokio_postgres::NoTls)
+                .await
+                .expect("connect");
+        tokio::spawn(connection);
+        client.simple_query(&format!("select '{workflow}'")).await.expect("query");
+    }
+    let err = tokio_postgres::connect(&dsn(&token("deploy", "103", "evil/orders")), tokio_postgres::NoTls)
+        .await
+        .err()
+        .expect("no rule matches");
+    let db = err.as_db_error().expect("server error");
+    assert_eq!((db.code().code(), db.message()), ("28000", "tollgate: no identity rule matched"));
+
+    let sessions = stack.ended_sessions(2).await;
+    let mut names: Vec<&str> = sessions.iter().map(|s| s["agent_name"].as_str().unwrap_or("")).collect();
+    names.sort();
+    assert_eq!(names, ["acme/orders/deploy@refs/heads/main", "acme/orders/migrate@refs/heads/main"]);
+    assert_ne!(sessions[0]["agent_id"], sessions[1]["agent_id"]);
+    let (_, agents) = stack.api("/api/v1/agents").await;
+    let agents = agents.as_array().expect("agents");
+    assert_eq!(agents.len(), 2, "{agents:?}");
+    for agent in agents {
+        assert_eq!(agent["subject"], "repo:acme/orders:environment:prod");
+        assert_eq!(agent["groups"], serde_json::json!(["ci", "deployers"]));
+        let keys: Vec<&String> = agent["attributes"].as_object().expect("attributes").keys().collect();
+        assert_eq!(keys, ["ref", "repository", "run_id", "workflow"], "only the kept claims");
+    }
+    // Every event of each session carries the precise identity.
+    let id = sessions[0]["id"].as_str().expect("id");
+    let (_, events) = stack.api(&format!("/api/v1/sessions/{id}/events")).await;
+    for event in events.as_array().expect("events") {
+        assert_eq!(event["event"]["agent"]["name"], sessions[0]["agent_name"]);
+        assert_eq!(event["event"]["agent"]["groups"], serde_json::json!(["ci", "deployers"]));
+    }
+}
