@@ -74,6 +74,10 @@ url = "nats://127.0.0.1:$NATS_PORT"
 [[reviewer_issuers]]
 issuer = "http://127.0.0.1:$ISSUER_PORT"
 audience = ["tollgate-api"]
+mapping = { groups_claim = "groups" }
+[roles]
+reviewer = ["tollgate-reviewers"]
+admin = ["tollgate-admins"]
 TOML
 cat > "$DATA/proxy.toml" <<TOML
 [node]
@@ -101,7 +105,7 @@ wait_port $API_PORT; wait_port $PROXY_PORT
 mint() { "$BIN/tollgate-control" dev-issuer mint --key-file "$DATA/secrets/dev-issuer.key" --issuer "http://127.0.0.1:$ISSUER_PORT" "$@"; }
 mint --sub "repo:acme/orders:ref:refs/heads/main" --aud tollgate --ttl 3600 \
   --claim repository=acme/orders --claim workflow=deploy --claim run_id=1 > "$DATA/agent.token"
-mint --sub "reviewer@example.com" --aud tollgate-api --ttl 3600 > "$DATA/reviewer.token"
+mint --sub "reviewer@example.com" --aud tollgate-api --ttl 3600 --group tollgate-reviewers > "$DATA/reviewer.token"
 
 echo
 echo "quickstart: trying it - one query through the gateway, then the recorded session from the API"

@@ -1,5 +1,5 @@
 //! The REST API: sessions, their events and verification, agents, health. Every `/api/v1`
-//! route requires a reviewer's bearer token (a tower layer, not a check in each handler).
+//! route requires a bearer token and a role (tower layers, not checks in each handler).
 
 mod agents;
 mod auth;
@@ -18,6 +18,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_scalar::Servable;
 
+pub use auth::{Role, RoleConfig};
 pub use error::ApiError;
 
 #[derive(Clone)]
@@ -26,6 +27,7 @@ pub struct AppState {
     pub reviewers: Verifier,
     pub nats: async_nats::Client,
     pub stats: Arc<ProjectorStats>,
+    pub roles: Arc<auth::RoleConfig>,
 }
 
 #[derive(OpenApi)]
@@ -75,7 +77,8 @@ pub fn router(state: AppState) -> Router {
         .route("/sessions/{id}/verify", get(sessions::verify_session))
         .route("/agents", get(agents::list_agents))
         .route("/auth-failures", get(auth_failures::list_auth_failures))
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_reviewer));
+        .route_layer(axum::middleware::from_fn(|r, n| auth::require(auth::READ, r, n)))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate));
     Router::new()
         .nest("/api/v1", api)
         .route("/healthz", get(health::healthz))

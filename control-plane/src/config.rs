@@ -18,6 +18,9 @@ pub struct ControlConfig {
     pub reviewer_issuers: Vec<IssuerConfig>,
     #[serde(default)]
     pub projector: ProjectorConfig,
+    /// Groups (from the reviewer issuers' identity mapping) that grant each role.
+    #[serde(default)]
+    pub roles: crate::api::RoleConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -49,7 +52,8 @@ fn default_batch() -> usize {
 
 impl ControlConfig {
     /// Top-level keys, the only ones `TOLLGATE_*` variables override.
-    const SECTIONS: &'static [&'static str] = &["listen", "database_url", "nats", "reviewer_issuers", "projector"];
+    const SECTIONS: &'static [&'static str] =
+        &["listen", "database_url", "nats", "reviewer_issuers", "projector", "roles"];
 
     pub fn load(path: Option<&std::path::Path>) -> Result<Self, tollgate_shared::config::ConfigError> {
         let config: ControlConfig = tollgate_shared::config::load(path, "TOLLGATE_", Self::SECTIONS, std::env::vars())?;

@@ -51,7 +51,10 @@ impl Control {
             reviewers.spawn_refresh(),
             tokio::spawn(projector::run(js, db.clone(), config.projector.batch_size.max(1), stats.clone())),
         ];
-        let state = api::AppState { db, reviewers, nats, stats };
+        if config.roles.is_empty() {
+            tracing::warn!("no [roles] configured: every API call will be refused (403)");
+        }
+        let state = api::AppState { db, reviewers, nats, stats, roles: Arc::new(config.roles.clone()) };
         let listener = tokio::net::TcpListener::bind(&config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;

@@ -60,6 +60,9 @@ enum DevCmd {
         /// Extra claims, `name=value` (repeatable).
         #[arg(long = "claim")]
         claims: Vec<String>,
+        /// Add to the `groups` claim (repeatable).
+        #[arg(long = "group")]
+        groups: Vec<String>,
     },
 }
 
@@ -94,12 +97,15 @@ async fn main() -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::bind(addr).await?;
             axum::serve(listener, issuer.router()).await?;
         }
-        Cmd::DevIssuer(DevCmd::Mint { key_file, issuer, sub, aud, ttl, claims }) => {
+        Cmd::DevIssuer(DevCmd::Mint { key_file, issuer, sub, aud, ttl, claims, groups }) => {
             let issuer = DevIssuer::with_key_file(issuer, &key_file)?;
             let mut extra = serde_json::Map::new();
             for claim in claims {
                 let (k, v) = claim.split_once('=').context("--claim takes name=value")?;
                 extra.insert(k.to_owned(), serde_json::Value::String(v.to_owned()));
+            }
+            if !groups.is_empty() {
+                extra.insert("groups".to_owned(), serde_json::json!(groups));
             }
             println!("{}", issuer.mint(&sub, &aud, ttl, &extra)?);
         }

@@ -222,7 +222,8 @@ fn same_family(alg: Algorithm, jwk: &Jwk) -> bool {
     }
 }
 
-/// Verify `token` against `config` and `keys`, with `now` in Unix seconds.
+/// Verify `token` against `config` and `keys`. Expiry is checked against the system clock;
+/// `now` (Unix seconds) words the errors ("expired 42 s ago").
 pub fn verify(config: &IssuerConfig, keys: &JwkSet, token: &str, now: u64) -> Result<VerifiedToken, TokenError> {
     if token.is_empty() {
         return Err(TokenError::Missing);
@@ -230,10 +231,18 @@ pub fn verify(config: &IssuerConfig, keys: &JwkSet, token: &str, now: u64) -> Re
     if token.len() > config.max_token_bytes {
         return Err(TokenError::TooLarge { len: token.len(), max: config.max_token_bytes });
     }
+    if token.split('.').count() != 3 {
+        return Err(TokenError::Malformed);
+    }
     let header = match jsonwebtoken::decode_header(token) {
         Ok(h) => h,
         // `none` and other names the library does not know land here; say which.
-        Err(_) => return Err(peek_alg(token).map_or(TokenError::Malformed, TokenError::DisallowedAlgorithm)),
+        Err(_) => {
+            return Err(match peek_alg(token) {
+                Some(alg) if Algorithm::from_str(&alg).is_err() => TokenError::DisallowedAlgorithm(alg),
+                _ => TokenError::Malformed,
+            })
+        }
     };
     let allowed = config.allowed_algorithms().map_err(|_| TokenError::KeysUnavailable(config.issuer.clone()))?;
     if !allowed.contains(&header.alg) {
@@ -296,3 +305,6 @@ fn explain(
         _ => TokenError::Malformed,
     }
 }
+
+#[cfg(test)]
+mod tests;

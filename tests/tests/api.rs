@@ -67,34 +67,47 @@ fn urlencode(s: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_api_route_requires_a_reviewer_token() {
+async fn every_api_route_checks_the_token_and_the_role() {
     let stack = Stack::start().await;
-    let agent_token = stack.agent_token("bot");
-    let mut wrong_issuer = serde_json::Map::new();
-    wrong_issuer.insert("groups".into(), serde_json::json!(["reviewers"]));
-    let agent_audience_token = stack.issuer.mint("alice@example.com", AGENT_AUDIENCE, 600, &wrong_issuer).unwrap();
+    // The route list comes from the API document, so a new route cannot escape this table.
+    let doc: serde_json::Value = serde_json::from_str(&tollgate_control_plane::api::openapi_json()).unwrap();
     let id = "00000000-0000-7000-8000-000000000000";
-    for route in [
-        "/api/v1/sessions".to_owned(),
-        format!("/api/v1/sessions/{id}"),
-        format!("/api/v1/sessions/{id}/events"),
-        format!("/api/v1/sessions/{id}/commands"),
-        format!("/api/v1/sessions/{id}/verify"),
-        "/api/v1/agents".to_owned(),
-        "/api/v1/auth-failures".to_owned(),
-    ] {
-        for (who, token) in [
-            ("nobody", None),
-            ("an agent", Some(agent_token.as_str())),
-            ("agent audience", Some(agent_audience_token.as_str())),
-            ("garbage", Some("x.y.z")),
-        ] {
-            let (status, body) = stack.api_as(&route, token).await;
-            assert_eq!(status, 401, "{who} on {route}: {body}");
-            assert_eq!(body["error"], "unauthorized");
+    let routes: Vec<(String, Vec<String>)> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(path, _)| path.starts_with("/api/"))
+        .map(|(path, ops)| (path.replace("{id}", id), ops.as_object().unwrap().keys().cloned().collect()))
+        .collect();
+    assert!(routes.len() >= 7, "{routes:?}");
+
+    let agent = stack.agent_token("bot");
+    let mut groups = serde_json::Map::new();
+    groups.insert("groups".into(), serde_json::json!(["reviewers"]));
+    let agent_audience = stack.issuer.mint("alice@example.com", AGENT_AUDIENCE, 600, &groups).unwrap();
+    let callers: Vec<(&str, Option<String>, u16)> = vec![
+        ("nobody", None, 401),
+        ("garbage", Some("x.y.z".into()), 401),
+        ("an agent token", Some(agent), 401),
+        ("a reviewer group with the agent audience", Some(agent_audience), 401),
+        ("a person without groups", Some(stack.person_token("eve@example.com", &[])), 403),
+        ("an approver only", Some(stack.person_token("bob@example.com", &["approvers"])), 403),
+        ("a reviewer", Some(stack.person_token("alice@example.com", &["reviewers"])), 0),
+        ("an auditor", Some(stack.person_token("carol@example.com", &["auditors"])), 0),
+        ("an admin", Some(stack.person_token("dave@example.com", &["admins"])), 0),
+    ];
+    for (route, methods) in &routes {
+        assert_eq!(methods, &vec!["get".to_owned()], "extend this test for {route}'s methods");
+        for (who, token, expected) in &callers {
+            let (status, body) = stack.api_as(route, token.as_deref()).await;
+            if *expected == 0 {
+                assert!(status != 401 && status != 403, "{who} may call {route}: {status} {body}");
+            } else {
+                assert_eq!(status, *expected, "{who} on {route}: {body}");
+                let kind = if *expected == 401 { "unauthorized" } else { "forbidden" };
+                assert_eq!(body["error"], kind, "{who} on {route}");
+            }
         }
-        let (status, _) = stack.api(&route).await;
-        assert_ne!(status, 401, "a reviewer may call {route}");
     }
 }
 

@@ -24,7 +24,7 @@ pub struct AgentView {
 
 /// Every agent, most recently seen first.
 #[utoipa::path(get, path = "/api/v1/agents", tag = "agents",
-    responses((status = 200, body = [AgentView]), (status = 401, body = super::error::Problem)), security(("bearer" = [])))]
+    responses((status = 200, body = [AgentView]), (status = 401, body = super::error::Problem), (status = 403, body = super::error::Problem)), security(("bearer" = [])))]
 pub async fn list_agents(State(state): State<AppState>) -> Result<Json<Vec<AgentView>>, ApiError> {
     let rows = sqlx::query_as::<_, AgentView>(
         "SELECT a.id, a.issuer, a.subject, a.name, a.groups, a.attributes, a.first_seen, a.last_seen,

@@ -49,7 +49,7 @@ pub struct AuthFailureQuery {
 
 /// Refused connection attempts, newest first.
 #[utoipa::path(get, path = "/api/v1/auth-failures", tag = "agents", params(AuthFailureQuery),
-    responses((status = 200, body = [AuthFailureView]), (status = 400, body = super::error::Problem), (status = 401, body = super::error::Problem)),
+    responses((status = 200, body = [AuthFailureView]), (status = 400, body = super::error::Problem), (status = 401, body = super::error::Problem), (status = 403, body = super::error::Problem)),
     security(("bearer" = [])))]
 pub async fn list_auth_failures(
     State(state): State<AppState>,

@@ -12,6 +12,8 @@ pub enum ApiError {
     #[error("{0}")]
     Unauthorized(String),
     #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
     NotFound(String),
     #[error(transparent)]
     Unexpected(#[from] anyhow::Error),
@@ -26,7 +28,7 @@ impl From<sqlx::Error> for ApiError {
 /// The body of every error response.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Problem {
-    /// Machine-readable kind: bad_request, unauthorized, not_found, internal.
+    /// Machine-readable kind: bad_request, unauthorized, forbidden, not_found, internal.
     pub error: String,
     pub message: String,
 }
@@ -36,6 +38,7 @@ impl IntoResponse for ApiError {
         let (status, kind) = match &self {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Unexpected(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };

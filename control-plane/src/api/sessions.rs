@@ -71,7 +71,7 @@ fn query_param<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
 
 /// Sessions, newest first.
 #[utoipa::path(get, path = "/api/v1/sessions", tag = "sessions", params(SessionQuery),
-    responses((status = 200, body = SessionPage), (status = 400, body = super::error::Problem), (status = 401, body = super::error::Problem)),
+    responses((status = 200, body = SessionPage), (status = 400, body = super::error::Problem), (status = 401, body = super::error::Problem), (status = 403, body = super::error::Problem)),
     security(("bearer" = [])))]
 pub async fn list_sessions(
     State(state): State<AppState>,
@@ -136,7 +136,7 @@ fn session_id(id: Result<Path<Uuid>, axum::extract::rejection::PathRejection>) -
 
 /// One session.
 #[utoipa::path(get, path = "/api/v1/sessions/{id}", tag = "sessions", params(("id" = Uuid, Path)),
-    responses((status = 200, body = SessionView), (status = 404, body = super::error::Problem)), security(("bearer" = [])))]
+    responses((status = 200, body = SessionView), (status = 404, body = super::error::Problem), (status = 401, body = super::error::Problem), (status = 403, body = super::error::Problem)), security(("bearer" = [])))]
 pub async fn get_session(
     State(state): State<AppState>,
     id: Result<Path<Uuid>, axum::extract::rejection::PathRejection>,
@@ -160,7 +160,7 @@ pub struct EventView {
 
 /// A session's events in order (replay).
 #[utoipa::path(get, path = "/api/v1/sessions/{id}/events", tag = "sessions", params(("id" = Uuid, Path)),
-    responses((status = 200, body = [EventView]), (status = 404, body = super::error::Problem)), security(("bearer" = [])))]
+    responses((status = 200, body = [EventView]), (status = 404, body = super::error::Problem), (status = 401, body = super::error::Problem), (status = 403, body = super::error::Problem)), security(("bearer" = [])))]
 pub async fn session_events(
     State(state): State<AppState>,
     id: Result<Path<Uuid>, axum::extract::rejection::PathRejection>,
@@ -220,7 +220,7 @@ pub struct CommandView {
 
 /// A session's commands with their results, in order.
 #[utoipa::path(get, path = "/api/v1/sessions/{id}/commands", tag = "sessions", params(("id" = Uuid, Path)),
-    responses((status = 200, body = [CommandView]), (status = 404, body = super::error::Problem)), security(("bearer" = [])))]
+    responses((status = 200, body = [CommandView]), (status = 404, body = super::error::Problem), (status = 401, body = super::error::Problem), (status = 403, body = super::error::Problem)), security(("bearer" = [])))]
 pub async fn session_commands(
     State(state): State<AppState>,
     id: Result<Path<Uuid>, axum::extract::rejection::PathRejection>,
@@ -252,7 +252,7 @@ pub struct VerifyView {
 
 /// Re-hash a session's stored events and check its chain and end signature.
 #[utoipa::path(get, path = "/api/v1/sessions/{id}/verify", tag = "sessions", params(("id" = Uuid, Path)),
-    responses((status = 200, body = VerifyView), (status = 404, body = super::error::Problem)), security(("bearer" = [])))]
+    responses((status = 200, body = VerifyView), (status = 404, body = super::error::Problem), (status = 401, body = super::error::Problem), (status = 403, body = super::error::Problem)), security(("bearer" = [])))]
 pub async fn verify_session(
     State(state): State<AppState>,
     id: Result<Path<Uuid>, axum::extract::rejection::PathRejection>,

@@ -81,10 +81,17 @@ impl Stack {
         self.issuer.mint(subject, AGENT_AUDIENCE, 600, &extra).expect("mint agent token")
     }
 
+    /// A reviewer's token (group `reviewers`, which grants the reviewer role).
     pub fn reviewer_token(&self) -> String {
-        self.issuer
-            .mint("alice@example.com", REVIEWER_AUDIENCE, 600, &serde_json::Map::new())
-            .expect("mint reviewer token")
+        self.person_token("alice@example.com", &["reviewers"])
+    }
+
+    /// An API token for `subject` in `groups` (`reviewers`, `auditors`, `approvers`, `admins`
+    /// grant the role of the same name).
+    pub fn person_token(&self, subject: &str, groups: &[&str]) -> String {
+        let mut extra = serde_json::Map::new();
+        extra.insert("groups".into(), serde_json::json!(groups));
+        self.issuer.mint(subject, REVIEWER_AUDIENCE, 600, &extra).expect("mint person token")
     }
 
     /// A libpq-style connection string to the proxy for the `demo` resource.
@@ -227,6 +234,12 @@ url = "{nats}"
 [[reviewer_issuers]]
 issuer = "{issuer}"
 audience = ["{REVIEWER_AUDIENCE}"]
+mapping = {{ groups_claim = "groups" }}
+[roles]
+reviewer = ["reviewers"]
+auditor = ["auditors"]
+approver = ["approvers"]
+admin = ["admins"]
 "#,
         db = pg.superuser_url("tollgate"),
         nats = nats.url(),
