@@ -51,11 +51,17 @@ impl SigningKey {
 pub struct DevIssuer {
     url: String,
     keys: RwLock<Vec<SigningKey>>,
+    /// How often the JWKS was fetched (tests check that verifiers do not hammer issuers).
+    jwks_fetches: std::sync::atomic::AtomicU64,
 }
 
 impl DevIssuer {
     pub fn new(url: impl Into<String>) -> anyhow::Result<Self> {
-        Ok(DevIssuer { url: url.into(), keys: RwLock::new(vec![SigningKey::generate()?]) })
+        Ok(DevIssuer {
+            url: url.into(),
+            keys: RwLock::new(vec![SigningKey::generate()?]),
+            jwks_fetches: Default::default(),
+        })
     }
 
     /// Use the key stored at `path`, creating it on first use (so tokens survive restarts).
@@ -72,7 +78,12 @@ impl DevIssuer {
             }
             Err(e) => return Err(e.into()),
         };
-        Ok(DevIssuer { url: url.into(), keys: RwLock::new(vec![key]) })
+        Ok(DevIssuer { url: url.into(), keys: RwLock::new(vec![key]), jwks_fetches: Default::default() })
+    }
+
+    /// JWKS requests served so far.
+    pub fn jwks_fetches(&self) -> u64 {
+        self.jwks_fetches.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn url(&self) -> &str {
@@ -137,6 +148,12 @@ impl DevIssuer {
         let discovery = self.clone();
         Router::new()
             .route("/.well-known/openid-configuration", get(move || async move { Json(discovery.discovery()) }))
-            .route("/jwks", get(move || async move { Json(self.jwks()) }))
+            .route(
+                "/jwks",
+                get(move || async move {
+                    self.jwks_fetches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    Json(self.jwks())
+                }),
+            )
     }
 }

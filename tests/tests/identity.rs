@@ -93,3 +93,105 @@ async fn bots_sharing_a_subject_are_told_apart_and_strangers_are_refused() {
         assert_eq!(event["event"]["agent"]["groups"], serde_json::json!(["ci", "deployers"]));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_unknown_kids_does_not_hammer_the_issuer() {
+    let stack = Stack::start().await;
+    let fetches_before = stack.issuer.jwks_fetches();
+    let claims = serde_json::json!({"iss": stack.issuer.url(), "sub": "bot", "aud": tollgate_tests::AGENT_AUDIENCE,
+        "exp": chrono::Utc::now().timestamp() + 600});
+    let good = stack.issuer.sign(&claims).expect("sign");
+    let (header, rest) = good.split_once('.').expect("jwt");
+    let header: serde_json::Value = serde_json::from_slice(&base64_decode(header)).expect("header");
+    for i in 0..30 {
+        let mut forged = header.clone();
+        forged["kid"] = format!("forged-{i}").into();
+        let token = format!("{}.{rest}", base64_encode(forged.to_string().as_bytes()));
+        let Err(err) = stack.agent_client(&token).await else { panic!("forged kid accepted") };
+        let message = err.as_db_error().map(|e| e.message().to_owned()).unwrap_or_default();
+        assert!(message.contains("is not among the issuer's keys"), "{message}");
+    }
+    // min_refresh_secs = 1 in the test config: a couple of refreshes at most, not thirty.
+    let fetched = stack.issuer.jwks_fetches() - fetches_before;
+    assert!(fetched <= 3, "the flood caused {fetched} JWKS fetches");
+}
+
+fn base64_decode(text: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text).expect("base64")
+}
+
+fn base64_encode(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presets_name_github_gitlab_and_kubernetes_agents() {
+    use tollgate_shared::token::{IssuerConfig, Preset};
+    use tollgate_tests::start_issuer;
+    let stack = Stack::start().await;
+    let (github, _g) = start_issuer().await;
+    let (gitlab, _l) = start_issuer().await;
+    let (k8s, _k) = start_issuer().await;
+    let mut config = stack.proxy_config("proxy-presets");
+    for (preset, issuer) in [(Preset::GithubActions, &github), (Preset::GitlabCi, &gitlab), (Preset::Kubernetes, &k8s)]
+    {
+        let mut c = IssuerConfig::new(issuer.url(), tollgate_tests::AGENT_AUDIENCE);
+        c.preset = Some(preset);
+        // The test issuers sign ES256; real GitHub and GitLab sign RS256 (the presets' default).
+        c.algorithms = vec!["ES256".into()];
+        c.min_refresh_secs = 1;
+        config.agent_issuers.push(c);
+    }
+    let proxy = tollgate_data_plane::Proxy::start(config).await.expect("proxy");
+
+    let object = |v: serde_json::Value| match v {
+        serde_json::Value::Object(m) => m,
+        _ => unreachable!(),
+    };
+    let tokens = [
+        github
+            .mint(
+                "repo:acme/orders:ref:refs/heads/main",
+                tollgate_tests::AGENT_AUDIENCE,
+                600,
+                &object(serde_json::json!({"repository": "acme/orders", "repository_owner": "acme", "workflow": "deploy",
+                    "ref": "refs/heads/main", "sha": "0123abcd", "run_id": "99", "actor": "octocat", "event_name": "push"})),
+            )
+            .unwrap(),
+        gitlab
+            .mint(
+                "project_path:acme/orders:ref_type:branch:ref:main",
+                tollgate_tests::AGENT_AUDIENCE,
+                600,
+                &object(serde_json::json!({"project_path": "acme/orders", "namespace_path": "acme", "ref": "main",
+                    "ref_type": "branch", "pipeline_id": "4711", "job_id": "815", "user_login": "dev"})),
+            )
+            .unwrap(),
+        k8s.mint(
+            "system:serviceaccount:prod:deployer",
+            tollgate_tests::AGENT_AUDIENCE,
+            600,
+            &object(serde_json::json!({"kubernetes.io": {"namespace": "prod", "serviceaccount": {"name": "deployer", "uid": "u-1"},
+                "pod": {"name": "deployer-7d9", "uid": "p-1"}}})),
+        )
+        .unwrap(),
+    ];
+    for token in &tokens {
+        let dsn = format!("host=127.0.0.1 port={} dbname=demo user=ci password={token}", proxy.postgres_addr.port());
+        let (client, connection) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls).await.expect("connect");
+        tokio::spawn(connection);
+        client.simple_query("select 1").await.expect("query");
+    }
+    let sessions = stack.ended_sessions(3).await;
+    let mut names: Vec<&str> = sessions.iter().map(|s| s["agent_name"].as_str().unwrap_or("")).collect();
+    names.sort();
+    assert_eq!(names, ["acme/orders/deploy@refs/heads/main", "acme/orders@main", "prod/deployer"]);
+    let (_, agents) = stack.api("/api/v1/agents").await;
+    let gitlab_agent =
+        agents.as_array().unwrap().iter().find(|a| a["name"] == "acme/orders@main").expect("gitlab agent");
+    assert_eq!(gitlab_agent["attributes"]["pipeline_id"], "4711");
+    let k8s_agent = agents.as_array().unwrap().iter().find(|a| a["name"] == "prod/deployer").expect("k8s agent");
+    assert_eq!(k8s_agent["attributes"]["kubernetes.io"]["pod"]["name"], "deployer-7d9");
+}

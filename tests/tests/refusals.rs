@@ -17,6 +17,10 @@ async fn refused(stack: &Stack, password: &str, database: &str) -> (String, Stri
     (db.code().code().to_owned(), db.message().to_owned())
 }
 
+fn good_kid(token: &str) -> Option<String> {
+    jsonwebtoken::decode_header(token).ok()?.kid
+}
+
 fn b64(value: &serde_json::Value) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(value.to_string())
 }
@@ -34,6 +38,39 @@ async fn bad_tokens_and_unknown_resources_are_refused_before_upstream() {
         .issuer
         .sign(&serde_json::json!({"iss": stack.issuer.url(), "sub": "bot", "aud": AGENT_AUDIENCE, "nbf": now + 300, "exp": now + 900}))
         .expect("sign");
+    let base_claims =
+        serde_json::json!({"iss": stack.issuer.url(), "sub": "bot", "aud": AGENT_AUDIENCE, "exp": now + 600});
+    let signed = |mutate: &dyn Fn(&mut serde_json::Value)| {
+        let mut claims = base_claims.clone();
+        mutate(&mut claims);
+        stack.issuer.sign(&claims).expect("sign")
+    };
+    let missing_sub = signed(&|c| {
+        c.as_object_mut().unwrap().remove("sub");
+    });
+    let missing_exp = signed(&|c| {
+        c.as_object_mut().unwrap().remove("exp");
+    });
+    let missing_iss = signed(&|c| {
+        c.as_object_mut().unwrap().remove("iss");
+    });
+    let oversized = signed(&|c| c["padding"] = "x".repeat(9000).into());
+    let hmac_confusion = {
+        // HS256 "signed" with the issuer's public JWKS as the secret: the classic key confusion.
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+        header.kid = good_kid(&good);
+        let secret = stack.issuer.jwks().to_string();
+        jsonwebtoken::encode(&header, &base_claims, &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes())).unwrap()
+    };
+    let unknown_kid = {
+        let header: serde_json::Value = serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(good.split('.').next().unwrap()).unwrap(),
+        )
+        .unwrap();
+        let mut header = header;
+        header["kid"] = "not-a-key".into();
+        format!("{}.{}", b64(&header), good.split_once('.').unwrap().1)
+    };
     let stranger =
         DevIssuer::new("http://127.0.0.1:9").expect("issuer").mint("bot", AGENT_AUDIENCE, 600, &extra).expect("mint");
     let mut parts: Vec<String> = good.split('.').map(str::to_owned).collect();
@@ -61,6 +98,13 @@ async fn bad_tokens_and_unknown_resources_are_refused_before_upstream() {
         ("tampered signature", tampered_signature, "demo", "28P01", "signature is invalid"),
         ("tampered payload", tampered_payload, "demo", "28P01", "signature is invalid"),
         ("alg none", alg_none, "demo", "28P01", "algorithm none is not allowed"),
+        ("HS256 key confusion", hmac_confusion, "demo", "28P01", "algorithm HS256 is not allowed"),
+        ("unknown kid", unknown_kid, "demo", "28P01", "is not among the issuer's keys"),
+        ("oversized", oversized, "demo", "28P01", "the limit is 8192"),
+        ("missing sub", missing_sub, "demo", "28P01", "lacks the required claim \"sub\""),
+        ("missing exp", missing_exp, "demo", "28P01", "lacks the required claim \"exp\""),
+        ("missing iss", missing_iss, "demo", "28P01", "lacks the required claim \"iss\""),
+        ("four parts", format!("{good}.more"), "demo", "28P01", "not a well-formed JWT"),
         ("unknown resource", good.clone(), "payroll", "3D000", "unknown resource \"payroll\""),
     ];
     for (name, token, database, code, message) in cases {
@@ -85,7 +129,7 @@ async fn bad_tokens_and_unknown_resources_are_refused_before_upstream() {
     let failures = tollgate_tests::eventually(30, "auth failures to be projected", || async {
         let (_, body) = stack.api("/api/v1/auth-failures").await;
         let list = body.as_array()?.clone();
-        (list.len() >= 11).then_some(list)
+        (list.len() >= 18).then_some(list)
     })
     .await;
     let reasons: Vec<&str> = failures.iter().map(|f| f["reason"].as_str().unwrap_or("")).collect();

@@ -44,13 +44,7 @@ impl Stack {
         pg.admin_sql("postgres", "CREATE DATABASE tollgate");
         let nats = NatsServer::start().await;
 
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("issuer bind");
-        let issuer_url = format!("http://{}", listener.local_addr().expect("issuer addr"));
-        let issuer = Arc::new(DevIssuer::new(issuer_url).expect("issuer keys"));
-        let router = issuer.clone().router();
-        let issuer_task = tokio::spawn(async move {
-            let _ = axum::serve(listener, router).await;
-        });
+        let (issuer, issuer_task) = start_issuer().await;
 
         let dir = tempfile::tempdir().expect("stack dir");
         std::fs::write(dir.path().join("upstream.pw"), format!("{upstream_password}\n")).expect("password file");
@@ -186,6 +180,18 @@ impl Stack {
         }
         out
     }
+}
+
+/// A test OIDC issuer (discovery + JWKS) on a free port; abort the task to stop it.
+pub async fn start_issuer() -> (Arc<DevIssuer>, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("issuer bind");
+    let issuer_url = format!("http://{}", listener.local_addr().expect("issuer addr"));
+    let issuer = Arc::new(DevIssuer::new(issuer_url).expect("issuer keys"));
+    let router = issuer.clone().router();
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    (issuer, task)
 }
 
 fn proxy_config(
