@@ -17,16 +17,19 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
 
-/// A running proxy node. Dropping it stops the listener and every session it serves.
+/// A running proxy node. Dropping it stops the listener and every session it serves at once;
+/// [`Proxy::shutdown`] lets sessions end on the record first.
 pub struct Proxy {
     pub postgres_addr: SocketAddr,
     pub node_key: String,
     tasks: Vec<JoinHandle<()>>,
+    listener: Option<JoinHandle<()>>,
+    shutdown: tokio::sync::watch::Sender<bool>,
 }
 
 impl Drop for Proxy {
     fn drop(&mut self) {
-        for task in &self.tasks {
+        for task in self.tasks.iter().chain(&self.listener) {
             task.abort();
         }
     }
@@ -57,15 +60,27 @@ impl Proxy {
         tasks.push(verifier.spawn_refresh());
         let publisher = Arc::new(recorder::Publisher::new(js, Duration::from_millis(config.nats.publish_timeout_ms)));
         let node_key = signer.public_hex();
-        let ctx = Arc::new(pg::PgContext::new(&config, verifier, publisher, signer)?);
+        let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
+        let ctx = Arc::new(pg::PgContext::new(&config, verifier, publisher, signer, shutdown_rx)?);
 
         let listener = tokio::net::TcpListener::bind(&config.postgres.listen)
             .await
             .with_context(|| format!("binding PostgreSQL listener {}", config.postgres.listen))?;
         let postgres_addr = listener.local_addr()?;
         tracing::info!(node = %config.node.name, %postgres_addr, node_key = %node_key, "tollgate-proxy listening");
-        tasks.push(tokio::spawn(pg::serve(listener, ctx)));
-        Ok(Proxy { postgres_addr, node_key, tasks })
+        let listener = Some(tokio::spawn(pg::serve(listener, ctx)));
+        Ok(Proxy { postgres_addr, node_key, tasks, listener, shutdown })
+    }
+
+    /// Stop accepting, tell every session the proxy is going away (FATAL 57P01), and wait up
+    /// to `grace` for each to record its end. Sessions still running then are cut off.
+    pub async fn shutdown(mut self, grace: Duration) {
+        let _ = self.shutdown.send(true);
+        if let Some(listener) = self.listener.take() {
+            if tokio::time::timeout(grace, listener).await.is_err() {
+                tracing::warn!(?grace, "sessions did not end in time; cutting them off");
+            }
+        }
     }
 }
 

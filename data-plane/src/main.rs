@@ -20,9 +20,10 @@ async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let args = Args::parse();
     let config = tollgate_data_plane::config::ProxyConfig::load(args.config.as_deref())?;
-    let _proxy = tollgate_data_plane::Proxy::start(config).await?;
+    let proxy = tollgate_data_plane::Proxy::start(config).await?;
     shutdown_signal().await?;
     tracing::info!("shutting down");
+    proxy.shutdown(std::time::Duration::from_secs(10)).await;
     Ok(())
 }
 

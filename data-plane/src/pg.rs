@@ -16,7 +16,6 @@ mod upstream;
 
 use crate::config::{PgListenerConfig, PgResource, ProxyConfig};
 use crate::recorder::Publisher;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
@@ -38,6 +37,8 @@ pub struct PgContext {
     pub signer: Arc<SessionSigner>,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     pub cancels: cancel::CancelRegistry,
+    /// Turns true when the node shuts down.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 impl PgContext {
@@ -46,6 +47,7 @@ impl PgContext {
         verifier: Verifier,
         publisher: Arc<Publisher>,
         signer: Arc<SessionSigner>,
+        shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> anyhow::Result<Self> {
         let tls = match &config.postgres.tls {
             Some(files) => Some(crate::tls::acceptor(files)?),
@@ -60,6 +62,7 @@ impl PgContext {
             signer,
             tls,
             cancels: cancel::CancelRegistry::default(),
+            shutdown,
         })
     }
 
@@ -68,17 +71,26 @@ impl PgContext {
     }
 }
 
-/// Accept agents until the task is dropped; dropping it also ends every session it started.
+/// Accept agents until `shutdown` turns true, then wait for the sessions to end (each is told
+/// the proxy is shutting down and records its end). Dropping the task ends every session too.
 pub async fn serve(listener: TcpListener, ctx: Arc<PgContext>) {
     let permits = Arc::new(tokio::sync::Semaphore::new(ctx.listener.max_connections));
     let mut sessions = JoinSet::new();
+    let mut shutdown = ctx.shutdown.clone();
     loop {
         // Take the permit before accepting, so excess connections wait in the kernel's queue
         // instead of costing memory here.
-        let Ok(permit) = permits.clone().acquire_owned().await else { return };
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = shutdown.wait_for(|stop| *stop) => break,
+        };
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             Some(_) = sessions.join_next(), if !sessions.is_empty() => continue,
+            _ = shutdown.wait_for(|stop| *stop) => break,
         };
         match accepted {
             Ok((tcp, peer)) => {
@@ -94,8 +106,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<PgContext>) {
             }
         }
     }
-}
-
-pub fn local_addr(listener: &TcpListener) -> std::io::Result<SocketAddr> {
-    listener.local_addr()
+    drop(listener);
+    tracing::info!(sessions = sessions.len(), "listener closed; waiting for sessions to end");
+    while sessions.join_next().await.is_some() {}
 }

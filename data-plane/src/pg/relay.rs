@@ -8,7 +8,7 @@ mod tracker;
 
 use super::frame::{Frame, FrameReader};
 use super::messages::{self, Severity};
-use super::session::{AgentConn, FEATURE_NOT_SUPPORTED, PROTOCOL_VIOLATION, SYSTEM_ERROR};
+use super::session::{AgentConn, ADMIN_SHUTDOWN, FEATURE_NOT_SUPPORTED, PROTOCOL_VIOLATION, SYSTEM_ERROR};
 use super::upstream::Upstream;
 use crate::recorder::SessionRecorder;
 use bytes::Bytes;
@@ -47,7 +47,12 @@ impl Stop {
     }
 }
 
-pub async fn run(recorder: &SessionRecorder, agent: &mut AgentConn, upstream: &mut Upstream) -> RelayOutcome {
+pub async fn run(
+    recorder: &SessionRecorder,
+    agent: &mut AgentConn,
+    upstream: &mut Upstream,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> RelayOutcome {
     let tracker = Mutex::new(Tracker::default());
     let stop = {
         let to_upstream = agent_to_upstream(recorder, &tracker, &mut agent.reader, &mut upstream.writer);
@@ -55,6 +60,11 @@ pub async fn run(recorder: &SessionRecorder, agent: &mut AgentConn, upstream: &m
         tokio::select! {
             stop = to_upstream => stop,
             stop = to_agent => stop,
+            _ = shutdown.wait_for(|stop| *stop) => Stop::refuse(
+                EndReason::Shutdown,
+                ADMIN_SHUTDOWN,
+                "tollgate: the proxy is shutting down; reconnect to continue".into(),
+            ),
         }
     };
     if let Some(frame) = &stop.notify {

@@ -39,8 +39,9 @@ mod sqlstate {
     pub const CANNOT_CONNECT: &str = "08001";
     pub const SYSTEM_ERROR: &str = "58000";
     pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
+    pub const ADMIN_SHUTDOWN: &str = "57P01";
 }
-pub(super) use sqlstate::{FEATURE_NOT_SUPPORTED, PROTOCOL_VIOLATION, SYSTEM_ERROR};
+pub(super) use sqlstate::{ADMIN_SHUTDOWN, FEATURE_NOT_SUPPORTED, PROTOCOL_VIOLATION, SYSTEM_ERROR};
 
 pub struct AgentConn {
     pub reader: FrameReader<ReadHalf<Box<dyn Io>>>,
@@ -70,7 +71,7 @@ pub async fn run(ctx: Arc<PgContext>, tcp: TcpStream, peer: SocketAddr) {
     };
     let Some(opened) = open(&ctx, peer, greeted).await else { return };
     let Opened { mut agent, mut upstream, recorder, cancel_key } = opened;
-    let outcome = relay::run(&recorder, &mut agent, &mut upstream).await;
+    let outcome = relay::run(&recorder, &mut agent, &mut upstream, ctx.shutdown.clone()).await;
     if let Some(key) = cancel_key {
         ctx.cancels.remove(key);
     }
