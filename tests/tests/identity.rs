@@ -127,16 +127,21 @@ fn base64_encode(bytes: &[u8]) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn presets_name_github_gitlab_and_kubernetes_agents() {
+async fn presets_name_github_gitlab_kubernetes_and_client_credentials_agents() {
     use tollgate_shared::token::{IssuerConfig, Preset};
     use tollgate_tests::start_issuer;
     let stack = Stack::start().await;
     let (github, _g) = start_issuer().await;
     let (gitlab, _l) = start_issuer().await;
     let (k8s, _k) = start_issuer().await;
+    let (idp, _i) = start_issuer().await;
     let mut config = stack.proxy_config("proxy-presets");
-    for (preset, issuer) in [(Preset::GithubActions, &github), (Preset::GitlabCi, &gitlab), (Preset::Kubernetes, &k8s)]
-    {
+    for (preset, issuer) in [
+        (Preset::GithubActions, &github),
+        (Preset::GitlabCi, &gitlab),
+        (Preset::Kubernetes, &k8s),
+        (Preset::ClientCredentials, &idp),
+    ] {
         let mut c = IssuerConfig::new(issuer.url(), tollgate_tests::AGENT_AUDIENCE);
         c.preset = Some(preset);
         // The test issuers sign ES256; real GitHub and GitLab sign RS256 (the presets' default).
@@ -177,6 +182,13 @@ async fn presets_name_github_gitlab_and_kubernetes_agents() {
                 "pod": {"name": "deployer-7d9", "uid": "p-1"}}})),
         )
         .unwrap(),
+        idp.mint(
+            "0oa1b2c3-reporting-bot",
+            tollgate_tests::AGENT_AUDIENCE,
+            600,
+            &object(serde_json::json!({"azp": "reporting-bot", "scope": "db.read", "client_secret_hint": "never kept"})),
+        )
+        .unwrap(),
     ];
     for token in &tokens {
         let dsn = format!("host=127.0.0.1 port={} dbname=demo user=ci password={token}", proxy.postgres_addr.port());
@@ -184,14 +196,24 @@ async fn presets_name_github_gitlab_and_kubernetes_agents() {
         tokio::spawn(connection);
         client.simple_query("select 1").await.expect("query");
     }
-    let sessions = stack.ended_sessions(3).await;
+    let sessions = stack.ended_sessions(4).await;
     let mut names: Vec<&str> = sessions.iter().map(|s| s["agent_name"].as_str().unwrap_or("")).collect();
     names.sort();
-    assert_eq!(names, ["acme/orders/deploy@refs/heads/main", "acme/orders@main", "prod/deployer"]);
+    assert_eq!(
+        names,
+        ["0oa1b2c3-reporting-bot", "acme/orders/deploy@refs/heads/main", "acme/orders@main", "prod/deployer"]
+    );
     let (_, agents) = stack.api("/api/v1/agents").await;
     let gitlab_agent =
         agents.as_array().unwrap().iter().find(|a| a["name"] == "acme/orders@main").expect("gitlab agent");
     assert_eq!(gitlab_agent["attributes"]["pipeline_id"], "4711");
     let k8s_agent = agents.as_array().unwrap().iter().find(|a| a["name"] == "prod/deployer").expect("k8s agent");
     assert_eq!(k8s_agent["attributes"]["kubernetes.io"]["pod"]["name"], "deployer-7d9");
+    let idp_agent =
+        agents.as_array().unwrap().iter().find(|a| a["name"] == "0oa1b2c3-reporting-bot").expect("idp agent");
+    assert_eq!(
+        idp_agent["attributes"],
+        serde_json::json!({"azp": "reporting-bot", "scope": "db.read"}),
+        "only the kept claims"
+    );
 }
