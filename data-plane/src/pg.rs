@@ -7,6 +7,7 @@
 //! forwarding, result events after) → `session.ended` (signed).
 
 pub mod cancel;
+pub mod classify;
 mod frame;
 mod messages;
 mod relay;
@@ -39,6 +40,8 @@ pub struct PgContext {
     pub cancels: cancel::CancelRegistry,
     /// Turns true when the node shuts down.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Statement classifications by text, shared by every session of this node.
+    pub classifier: classify::ClassifyCache,
 }
 
 impl PgContext {
@@ -63,6 +66,7 @@ impl PgContext {
             tls,
             cancels: cancel::CancelRegistry::default(),
             shutdown,
+            classifier: classify::ClassifyCache::new(10_000),
         })
     }
 

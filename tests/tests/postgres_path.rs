@@ -54,6 +54,15 @@ async fn psql_session_is_recorded_chained_and_projected() {
     assert_eq!(commands[1]["rows"], 2);
     assert_eq!(commands[2]["tags"], serde_json::json!(["SELECT 2"]));
     assert!(commands.iter().all(|c| c["outcome"] == "ok" && c["protocol"] == "simple" && c["decision"] == "allow"));
+    // Each command carries what the PostgreSQL parser made of it.
+    let classes: Vec<&serde_json::Value> = commands.iter().map(|c| &c["classification"]["classes"]).collect();
+    assert_eq!(
+        classes,
+        [&serde_json::json!(["create"]), &serde_json::json!(["insert"]), &serde_json::json!(["select"])]
+    );
+    assert_eq!(commands[1]["classification"]["relations"], serde_json::json!(["items"]));
+    assert_eq!(commands[1]["classification"]["writes"], true);
+    assert_eq!(commands[2]["classification"]["writes"], false);
 
     // The events: in order, chained, signed; the API's verification agrees with our own.
     let (_, events) = stack.api(&format!("/api/v1/sessions/{id}/events")).await;

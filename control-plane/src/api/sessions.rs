@@ -208,6 +208,11 @@ pub struct CommandView {
     #[schema(value_type = Option<Vec<Option<String>>>)]
     pub params: Option<serde_json::Value>,
     pub prepared: Option<String>,
+    /// What the statement does (classes, relations, functions, unbounded writes).
+    #[schema(value_type = Option<Object>)]
+    pub classification: Option<serde_json::Value>,
+    /// Why the statement did not parse, when it did not.
+    pub parse_error: Option<String>,
     pub decision: String,
     /// Absent until the result is recorded.
     pub outcome: Option<String>,
@@ -228,7 +233,8 @@ pub async fn session_commands(
     let id = session_id(id)?;
     load_session(&state, id).await?;
     let rows = sqlx::query_as::<_, CommandView>(
-        "SELECT event_id, seq, at, protocol, statement, params, prepared, decision, outcome, tags, rows, duration_us, error_code, error_message
+        "SELECT event_id, seq, at, protocol, statement, params, prepared, classification, parse_error, decision, outcome, tags, rows,
+                duration_us, error_code, error_message
          FROM command_log WHERE session_id = $1 ORDER BY seq",
     )
     .bind(id)

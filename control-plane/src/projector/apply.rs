@@ -238,9 +238,10 @@ async fn insert_commands(tx: &mut Transaction<'_, Postgres>, events: &[&Decoded<
         return Ok(());
     }
     sqlx::query(
-        "INSERT INTO commands (event_id, session_id, seq, at, agent_id, resource, protocol, statement, params, prepared, decision)
+        "INSERT INTO commands (event_id, session_id, seq, at, agent_id, resource, protocol, statement, params, prepared, decision,
+                               classification, parse_error)
          SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::int8[], $4::timestamptz[], $5::uuid[], $6::text[], $7::text[],
-                              $8::text[], $9::jsonb[], $10::text[], $11::text[])",
+                              $8::text[], $9::jsonb[], $10::text[], $11::text[], $12::jsonb[], $13::text[])",
     )
     .bind(commands.iter().map(|(e, _)| e.envelope.id).collect::<Vec<_>>())
     .bind(commands.iter().map(|(e, _)| e.envelope.session).collect::<Vec<_>>())
@@ -253,6 +254,13 @@ async fn insert_commands(tx: &mut Transaction<'_, Postgres>, events: &[&Decoded<
     .bind(commands.iter().map(|(_, c)| c.params.as_ref().map(|p| serde_json::to_value(p).unwrap_or_default())).collect::<Vec<_>>())
     .bind(commands.iter().map(|(_, c)| c.prepared.as_deref()).collect::<Vec<_>>())
     .bind(commands.iter().map(|(_, c)| enum_text(&c.decision)).collect::<Vec<_>>())
+    .bind(
+        commands
+            .iter()
+            .map(|(_, c)| c.classification.as_ref().map(|k| serde_json::to_value(k).unwrap_or_default()))
+            .collect::<Vec<_>>(),
+    )
+    .bind(commands.iter().map(|(_, c)| c.parse_error.as_deref()).collect::<Vec<_>>())
     .execute(&mut **tx)
     .await?;
     Ok(())

@@ -6,6 +6,7 @@
 
 mod tracker;
 
+use super::classify::ClassifyCache;
 use super::frame::{Frame, FrameReader};
 use super::messages::{self, Severity};
 use super::session::{AgentConn, ADMIN_SHUTDOWN, FEATURE_NOT_SUPPORTED, PROTOCOL_VIOLATION, SYSTEM_ERROR};
@@ -49,13 +50,14 @@ impl Stop {
 
 pub async fn run(
     recorder: &SessionRecorder,
+    classifier: &ClassifyCache,
     agent: &mut AgentConn,
     upstream: &mut Upstream,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> RelayOutcome {
     let tracker = Mutex::new(Tracker::default());
     let stop = {
-        let to_upstream = agent_to_upstream(recorder, &tracker, &mut agent.reader, &mut upstream.writer);
+        let to_upstream = agent_to_upstream(recorder, classifier, &tracker, &mut agent.reader, &mut upstream.writer);
         let to_agent = upstream_to_agent(recorder, &tracker, &mut upstream.reader, &mut agent.writer);
         tokio::select! {
             stop = to_upstream => stop,
@@ -83,6 +85,29 @@ pub async fn run(
     RelayOutcome { reason: stop.reason, detail: stop.detail, commands }
 }
 
+/// The `command` event payload for a statement, classified (from the cache when seen before).
+fn command(
+    classifier: &ClassifyCache,
+    protocol: Protocol,
+    statement: &str,
+    params: Option<Vec<Option<String>>>,
+    prepared: Option<String>,
+) -> Command {
+    let (classification, parse_error) = match classifier.classify(statement).as_ref() {
+        Ok(c) => (Some(c.clone()), None),
+        Err(e) => (None, Some(e.0.clone())),
+    };
+    Command {
+        protocol,
+        statement: statement.to_owned(),
+        params,
+        prepared,
+        classification,
+        parse_error,
+        decision: Decision::Allow,
+    }
+}
+
 /// A portal's statement and parameters, kept from Bind until Execute.
 struct Portal {
     statement: Option<Arc<str>>,
@@ -92,6 +117,7 @@ struct Portal {
 
 async fn agent_to_upstream<R, W>(
     recorder: &SessionRecorder,
+    classifier: &ClassifyCache,
     tracker: &Mutex<Tracker>,
     reader: &mut FrameReader<R>,
     writer: &mut W,
@@ -129,13 +155,7 @@ where
                     };
                     expected.push(Expect::Exec(Pending::new(Protocol::Simple)));
                     expected.push(Expect::Sync);
-                    Some(Command {
-                        protocol: Protocol::Simple,
-                        statement: sql.to_owned(),
-                        params: None,
-                        prepared: None,
-                        decision: Decision::Allow,
-                    })
+                    Some(command(classifier, Protocol::Simple, sql, None, None))
                 }
                 b'P' => {
                     let (name, sql) = match messages::parse_message(body) {
@@ -166,13 +186,10 @@ where
                     expected.push(Expect::Exec(Pending::new(Protocol::Extended)));
                     // An unknown portal still gets a record: the upstream will answer with the error.
                     let info = portals.get(portal);
-                    Some(Command {
-                        protocol: Protocol::Extended,
-                        statement: info.and_then(|p| p.statement.as_deref()).unwrap_or("").to_owned(),
-                        params: info.map(|p| p.params.clone()),
-                        prepared: info.map(|p| p.prepared.clone()).filter(|n| !n.is_empty()),
-                        decision: Decision::Allow,
-                    })
+                    let statement = info.and_then(|p| p.statement.as_deref()).unwrap_or("");
+                    let params = info.map(|p| p.params.clone());
+                    let prepared = info.map(|p| p.prepared.clone()).filter(|n| !n.is_empty());
+                    Some(command(classifier, Protocol::Extended, statement, params, prepared))
                 }
                 b'C' => {
                     match messages::close_message(body) {

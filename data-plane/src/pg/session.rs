@@ -71,7 +71,7 @@ pub async fn run(ctx: Arc<PgContext>, tcp: TcpStream, peer: SocketAddr) {
     };
     let Some(opened) = open(&ctx, peer, greeted).await else { return };
     let Opened { mut agent, mut upstream, recorder, cancel_key } = opened;
-    let outcome = relay::run(&recorder, &mut agent, &mut upstream, ctx.shutdown.clone()).await;
+    let outcome = relay::run(&recorder, &ctx.classifier, &mut agent, &mut upstream, ctx.shutdown.clone()).await;
     if let Some(key) = cancel_key {
         ctx.cancels.remove(key);
     }

@@ -2,6 +2,7 @@
 //! recorded as text; nothing here ever holds a credential.
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
 use uuid::Uuid;
 
 /// `session.started`: an agent was authenticated and a session opened for it.
@@ -49,6 +50,26 @@ pub enum Decision {
     Hold,
 }
 
+/// What a statement (or a multi-statement string) does, from the real PostgreSQL parser.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Classification {
+    /// Number of top-level statements.
+    pub statements: usize,
+    /// Classes present anywhere in the tree, e.g. `select`, `delete`, `drop`, `copy_program`.
+    pub classes: BTreeSet<String>,
+    /// Relations referenced (`schema.name` when qualified).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub relations: BTreeSet<String>,
+    /// Functions called (both `schema.name` and bare `name` when qualified), lower case.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub functions: BTreeSet<String>,
+    /// A DELETE or UPDATE without WHERE appears somewhere.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unbounded_write: bool,
+    /// Something other than reading (conservative: unknown statements count as writes).
+    pub writes: bool,
+}
+
 /// `command`: one statement (or request, or exec) an agent sent, recorded before it runs.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Command {
@@ -60,6 +81,11 @@ pub struct Command {
     /// Name of the prepared statement, when it had one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prepared: Option<String>,
+    /// What the statement does; absent when it did not parse (see `parse_error`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classification: Option<Classification>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parse_error: Option<String>,
     pub decision: Decision,
 }
 

@@ -28,6 +28,8 @@ fn sealed_session(signer: &SessionSigner) -> Vec<SealedEvent> {
         statement: "select 1".into(),
         params: None,
         prepared: None,
+        classification: None,
+        parse_error: None,
         decision: Decision::Allow,
     };
     let a = chain.seal(kind::SESSION_STARTED, &started).unwrap();
