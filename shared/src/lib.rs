@@ -9,6 +9,7 @@ pub mod config;
 pub mod event;
 pub mod identity;
 pub mod names;
+pub mod policy;
 pub mod token;
 
 #[cfg(feature = "net")]

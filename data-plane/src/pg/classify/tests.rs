@@ -99,3 +99,13 @@ fn cache_returns_the_same_answer_and_stays_bounded() {
     cache.classify("select 3");
     assert!(cache.len() <= 2);
 }
+
+#[test]
+fn every_class_the_classifier_emits_is_one_policies_may_name() {
+    let vocabulary = tollgate_shared::policy::STATEMENT_CLASSES;
+    let emitted =
+        CLASSES.iter().map(|(_, class)| *class).chain(["copy_from", "copy_to", "copy_program", "create", "other"]);
+    for class in emitted.filter(|c| *c != "copy") {
+        assert!(vocabulary.contains(&class), "{class} is missing from STATEMENT_CLASSES");
+    }
+}

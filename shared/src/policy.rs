@@ -1,0 +1,159 @@
+//! The policy document: resources (with their guardrails, approval rules, masking and recording
+//! settings) and grants (who may reach which resources, how). One schema, written as YAML or
+//! JSON; every error names the offending path (`grants[2].resources.names[0]`).
+//!
+//! Pure data and validation. Distribution and enforcement live in the planes.
+
+mod model;
+
+pub use model::*;
+
+use std::collections::HashSet;
+
+/// The statement classes the data plane's classifier produces; guardrails and approval rules
+/// may name only these.
+pub const STATEMENT_CLASSES: &[&str] = &[
+    "select",
+    "insert",
+    "update",
+    "delete",
+    "merge",
+    "truncate",
+    "drop",
+    "alter",
+    "alter_system",
+    "grant",
+    "role",
+    "create",
+    "create_function",
+    "do_block",
+    "call",
+    "copy_from",
+    "copy_to",
+    "copy_program",
+    "explain",
+    "transaction",
+    "set",
+    "show",
+    "lock",
+    "vacuum",
+    "prepare",
+    "execute",
+    "cursor",
+    "listen",
+    "notify",
+    "load",
+    "checkpoint",
+    "refresh",
+    "other",
+];
+
+/// One problem in a policy document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyProblem {
+    /// Where: `resources[0].guardrails.deny_classes[1]`, or `.` for the document.
+    pub path: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for PolicyProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// Every problem found, so an author fixes them in one round.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid policy: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+pub struct PolicyErrors(pub Vec<PolicyProblem>);
+
+/// The document's text format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Yaml,
+    Json,
+}
+
+impl PolicyDocument {
+    /// Parse and validate a document.
+    pub fn parse(text: &str, format: Format) -> Result<Self, PolicyErrors> {
+        let parsed: Result<PolicyDocument, (String, String)> = match format {
+            Format::Json => {
+                let mut de = serde_json::Deserializer::from_str(text);
+                serde_path_to_error::deserialize(&mut de).map_err(|e| (e.path().to_string(), e.inner().to_string()))
+            }
+            Format::Yaml => {
+                let de = serde_norway::Deserializer::from_str(text);
+                serde_path_to_error::deserialize(de).map_err(|e| (e.path().to_string(), e.inner().to_string()))
+            }
+        };
+        let document = parsed.map_err(|(path, message)| PolicyErrors(vec![PolicyProblem { path, message }]))?;
+        document.validate()?;
+        Ok(document)
+    }
+
+    /// Semantic checks the schema cannot express.
+    pub fn validate(&self) -> Result<(), PolicyErrors> {
+        let mut problems = Vec::new();
+        let mut problem = |path: String, message: String| problems.push(PolicyProblem { path, message });
+        let mut names = HashSet::new();
+        for (i, r) in self.resources.iter().enumerate() {
+            let at = format!("resources[{i}]");
+            if r.name.trim().is_empty() {
+                problem(format!("{at}.name"), "must not be empty".into());
+            }
+            if !names.insert(r.name.as_str()) {
+                problem(format!("{at}.name"), format!("resource {:?} is defined twice", r.name));
+            }
+            for (j, class) in r.guardrails.deny_classes.iter().enumerate() {
+                if !STATEMENT_CLASSES.contains(&class.as_str()) {
+                    problem(format!("{at}.guardrails.deny_classes[{j}]"), format!("unknown statement class {class:?}"));
+                }
+            }
+            for (j, rule) in r.approvals.iter().enumerate() {
+                let at = format!("{at}.approvals[{j}]");
+                for (k, class) in rule.hold_classes.iter().enumerate() {
+                    if !STATEMENT_CLASSES.contains(&class.as_str()) {
+                        problem(format!("{at}.hold_classes[{k}]"), format!("unknown statement class {class:?}"));
+                    }
+                }
+                if rule.quorum == 0 {
+                    problem(format!("{at}.quorum"), "must be at least 1".into());
+                }
+                if rule.timeout_secs == 0 {
+                    problem(format!("{at}.timeout_secs"), "must be at least 1".into());
+                }
+                if rule.approver_groups.is_empty() {
+                    problem(format!("{at}.approver_groups"), "name at least one group that may approve".into());
+                }
+            }
+            for (j, detector) in r.masking.custom.iter().enumerate() {
+                if let Err(e) = regex::Regex::new(&detector.pattern) {
+                    problem(format!("{at}.masking.custom[{j}].pattern"), format!("invalid regular expression: {e}"));
+                }
+            }
+        }
+        for (i, g) in self.grants.iter().enumerate() {
+            let at = format!("grants[{i}]");
+            if g.who.is_empty() {
+                problem(format!("{at}.who"), "must match something (issuer, groups, agents or claims)".into());
+            }
+            if g.resources.names.is_empty() && g.resources.labels.is_empty() {
+                problem(format!("{at}.resources"), "must name resources or select them by labels".into());
+            }
+            for (j, name) in g.resources.names.iter().enumerate() {
+                if !names.contains(name.as_str()) {
+                    problem(format!("{at}.resources.names[{j}]"), format!("no resource named {name:?}"));
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(PolicyErrors(problems))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

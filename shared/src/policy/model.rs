@@ -1,0 +1,206 @@
+//! The shape of a policy document (DESIGN.md §7).
+
+use crate::identity::ResourceKind;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyDocument {
+    #[serde(default)]
+    pub resources: Vec<ResourcePolicy>,
+    #[serde(default)]
+    pub grants: Vec<Grant>,
+}
+
+/// How a resource may be used. Credentials are not policy: they stay in the proxies' config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourcePolicy {
+    pub name: String,
+    pub kind: ResourceKind,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub guardrails: Guardrails,
+    #[serde(default)]
+    pub approvals: Vec<ApprovalRule>,
+    #[serde(default)]
+    pub masking: Masking,
+    #[serde(default)]
+    pub recording: Recording,
+}
+
+/// Statements refused outright, whoever sends them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Guardrails {
+    /// Statement classes (see `STATEMENT_CLASSES`), e.g. `drop`, `truncate`, `copy_program`.
+    #[serde(default)]
+    pub deny_classes: Vec<String>,
+    /// Refuse DELETE and UPDATE without WHERE, anywhere in a statement.
+    #[serde(default)]
+    pub deny_unbounded_writes: bool,
+    /// Function names, bare (`pg_read_file`) or schema-qualified.
+    #[serde(default)]
+    pub deny_functions: Vec<String>,
+    /// Relation names, bare or schema-qualified.
+    #[serde(default)]
+    pub deny_relations: Vec<String>,
+}
+
+/// Commands held until people approve them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalRule {
+    pub name: String,
+    /// Statement classes that are held.
+    #[serde(default)]
+    pub hold_classes: Vec<String>,
+    /// Hold only statements touching these relations (all, when empty).
+    #[serde(default)]
+    pub relations: Vec<String>,
+    /// Hold only for agents in these groups (all, when empty).
+    #[serde(default)]
+    pub agent_groups: Vec<String>,
+    /// Groups whose members may approve.
+    #[serde(default)]
+    pub approver_groups: Vec<String>,
+    /// Approvals needed.
+    #[serde(default = "one")]
+    pub quorum: u32,
+    /// Seconds a request lives before it expires (and the command is refused).
+    #[serde(default = "fifteen_minutes")]
+    pub timeout_secs: u64,
+}
+
+fn one() -> u32 {
+    1
+}
+fn fifteen_minutes() -> u64 {
+    900
+}
+
+/// What is masked, and where.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Masking {
+    /// Content detectors to run (all built-in ones when absent).
+    #[serde(default)]
+    pub detectors: Option<Vec<String>>,
+    /// Columns masked by name pattern (glob), whatever their content.
+    #[serde(default)]
+    pub columns: Vec<String>,
+    /// Extra detectors.
+    #[serde(default)]
+    pub custom: Vec<CustomDetector>,
+    /// Values never masked.
+    #[serde(default)]
+    pub allow_values: Vec<String>,
+    #[serde(default)]
+    pub apply_to: MaskTarget,
+}
+
+impl Default for Masking {
+    fn default() -> Self {
+        Masking {
+            detectors: None,
+            columns: Vec::new(),
+            custom: Vec::new(),
+            allow_values: Vec::new(),
+            apply_to: MaskTarget::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CustomDetector {
+    pub name: String,
+    /// A regular expression (Rust `regex` syntax).
+    pub pattern: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MaskTarget {
+    /// What the agent receives and every record (the default).
+    #[default]
+    AgentAndRecords,
+    /// Records only; the agent sees real values.
+    RecordsOnly,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recording {
+    #[serde(default)]
+    pub mode: RecordingMode,
+    /// Masked sample rows kept in each result event.
+    #[serde(default)]
+    pub result_sample_rows: u32,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordingMode {
+    /// A command runs only once its event is stored by JetStream.
+    #[default]
+    Strict,
+    /// A command may run once its event is on the node's local disk.
+    Spooled,
+}
+
+/// Who may reach which resources, with what access, until when.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Grant {
+    pub name: String,
+    pub who: Who,
+    pub resources: ResourceSelector,
+    pub access: Access,
+    #[serde(default)]
+    pub expires: Option<DateTime<Utc>>,
+}
+
+/// Agents a grant applies to: every given matcher must hold.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Who {
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// The agent is in at least one of these groups.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Agent name globs; the agent matches at least one.
+    #[serde(default)]
+    pub agents: Vec<String>,
+    /// Attribute globs, e.g. `{ repository = "acme/*" }`.
+    #[serde(default)]
+    pub claims: BTreeMap<String, String>,
+}
+
+impl Who {
+    pub fn is_empty(&self) -> bool {
+        self.issuer.is_none() && self.groups.is_empty() && self.agents.is_empty() && self.claims.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceSelector {
+    #[serde(default)]
+    pub names: Vec<String>,
+    /// Every label must match.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Access {
+    ReadOnly,
+    ReadWrite,
+    Admin,
+}

@@ -1,0 +1,74 @@
+use super::*;
+
+const GOOD: &str = r#"
+resources:
+  - name: orders-prod
+    kind: postgres
+    labels: { env: prod, team: orders }
+    guardrails:
+      deny_classes: [drop, truncate, copy_program, alter_system]
+      deny_unbounded_writes: true
+      deny_functions: [pg_read_file, lo_export]
+    approvals:
+      - name: schema-changes
+        hold_classes: [alter, create]
+        approver_groups: [dba]
+        quorum: 2
+    masking:
+      columns: ["*password*", ssn]
+      custom: [{ name: order-token, pattern: "ot_[0-9a-f]{32}" }]
+grants:
+  - name: ci-read
+    who: { groups: [ci], claims: { repository: "acme/*" } }
+    resources: { labels: { env: prod } }
+    access: read-only
+  - name: deployers
+    who: { agents: ["acme/orders/deploy@*"] }
+    resources: { names: [orders-prod] }
+    access: read-write
+    expires: 2027-01-01T00:00:00Z
+"#;
+
+#[test]
+fn a_good_document_parses_in_yaml_and_json_alike() {
+    let yaml = PolicyDocument::parse(GOOD, Format::Yaml).unwrap();
+    assert_eq!(yaml.resources[0].approvals[0].quorum, 2);
+    assert_eq!(yaml.resources[0].approvals[0].timeout_secs, 900);
+    assert_eq!(yaml.grants[1].access, Access::ReadWrite);
+    let json = serde_json::to_string(&yaml).unwrap();
+    assert_eq!(PolicyDocument::parse(&json, Format::Json).unwrap(), yaml);
+}
+
+fn problems(text: &str, format: Format) -> Vec<String> {
+    PolicyDocument::parse(text, format).unwrap_err().0.iter().map(ToString::to_string).collect()
+}
+
+#[test]
+fn errors_name_the_offending_path() {
+    let cases: &[(&str, Format, &str)] = &[
+        ("resources: [{ name: a, kind: mysql }]", Format::Yaml, "resources[0].kind: unknown variant `mysql`"),
+        ("resources: [{ name: a, kind: postgres, guardrails: { deny_clases: [drop] } }]", Format::Yaml, "resources[0].guardrails: unknown field `deny_clases`"),
+        ("resources: [{ name: a, kind: postgres, guardrails: { deny_classes: [dorp] } }]", Format::Yaml, "resources[0].guardrails.deny_classes[0]: unknown statement class \"dorp\""),
+        ("resources: [{ name: a, kind: postgres }, { name: a, kind: postgres }]", Format::Yaml, "resources[1].name: resource \"a\" is defined twice"),
+        ("grants: [{ name: g, who: { groups: [ci] }, resources: { names: [nope] }, access: read-only }]", Format::Yaml, "grants[0].resources.names[0]: no resource named \"nope\""),
+        ("grants: [{ name: g, who: {}, resources: { labels: { a: b } }, access: read-only }]", Format::Yaml, "grants[0].who: must match something"),
+        ("grants: [{ name: g, who: { groups: [x] }, resources: { labels: { a: b } }, access: superuser }]", Format::Yaml, "grants[0].access: unknown variant `superuser`"),
+        ("grants: [{ name: g, who: { groups: [x] }, resources: { labels: { a: b } }, access: read-only, expires: soon }]", Format::Yaml, "grants[0].expires"),
+        ("resources: [{ name: a, kind: postgres, approvals: [{ name: r, quorum: 0 }] }]", Format::Yaml, "resources[0].approvals[0].quorum: must be at least 1"),
+        ("resources: [{ name: a, kind: postgres, masking: { custom: [{ name: x, pattern: \"(\" }] } }]", Format::Yaml, "resources[0].masking.custom[0].pattern: invalid regular expression"),
+        (r#"{"resources": [{"name": "a", "kind": "postgres", "recording": {"mode": "sometimes"}}]}"#, Format::Json, "resources[0].recording.mode: unknown variant `sometimes`"),
+        (r#"{"grants": 7}"#, Format::Json, "grants: invalid type"),
+        ("resources: [", Format::Yaml, ""),
+    ];
+    for (text, format, expected) in cases {
+        let found = problems(text, *format);
+        assert!(found.iter().any(|p| p.contains(expected)), "{text}\n  expected {expected:?}\n  got {found:?}");
+    }
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let text = "resources: [{ name: a, kind: postgres, guardrails: { deny_classes: [x, y] } }]\n\
+                grants: [{ name: g, who: {}, resources: { names: [b] }, access: admin }]";
+    assert_eq!(problems(text, Format::Yaml).len(), 4);
+}
