@@ -83,7 +83,7 @@ fn fifteen_minutes() -> u64 {
 }
 
 /// What is masked, and where.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Masking {
     /// Content detectors to run (all built-in ones when absent).
@@ -100,18 +100,6 @@ pub struct Masking {
     pub allow_values: Vec<String>,
     #[serde(default)]
     pub apply_to: MaskTarget,
-}
-
-impl Default for Masking {
-    fn default() -> Self {
-        Masking {
-            detectors: None,
-            columns: Vec::new(),
-            custom: Vec::new(),
-            allow_values: Vec::new(),
-            apply_to: MaskTarget::default(),
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
