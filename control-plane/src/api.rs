@@ -6,6 +6,7 @@ mod auth;
 mod auth_failures;
 mod error;
 mod health;
+mod policy;
 mod sessions;
 
 use crate::projector::ProjectorStats;
@@ -28,6 +29,7 @@ pub struct AppState {
     pub nats: async_nats::Client,
     pub stats: Arc<ProjectorStats>,
     pub roles: Arc<auth::RoleConfig>,
+    pub js: async_nats::jetstream::Context,
 }
 
 #[derive(OpenApi)]
@@ -41,11 +43,17 @@ pub struct AppState {
         sessions::verify_session,
         agents::list_agents,
         auth_failures::list_auth_failures,
+        policy::get_policy,
+        policy::put_policy,
+        policy::dry_run,
+        policy::list_versions,
+        policy::get_version,
+        policy::diff_versions,
         health::healthz,
         health::readyz,
     ),
     modifiers(&BearerAuth),
-    tags((name = "sessions"), (name = "agents"), (name = "health"))
+    tags((name = "sessions"), (name = "agents"), (name = "policy"), (name = "health"))
 )]
 pub struct ApiDoc;
 
@@ -77,8 +85,16 @@ pub fn router(state: AppState) -> Router {
         .route("/sessions/{id}/verify", get(sessions::verify_session))
         .route("/agents", get(agents::list_agents))
         .route("/auth-failures", get(auth_failures::list_auth_failures))
-        .route_layer(axum::middleware::from_fn(|r, n| auth::require(auth::READ, r, n)))
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate));
+        .route("/policy", get(policy::get_policy))
+        .route("/policy/versions", get(policy::list_versions))
+        .route("/policy/versions/{version}", get(policy::get_version))
+        .route("/policy/diff", get(policy::diff_versions))
+        .route_layer(axum::middleware::from_fn(|r, n| auth::require(auth::READ, r, n)));
+    let admin = Router::new()
+        .route("/policy", axum::routing::put(policy::put_policy))
+        .route("/policy/dry-run", axum::routing::post(policy::dry_run))
+        .route_layer(axum::middleware::from_fn(|r, n| auth::require(auth::ADMIN, r, n)));
+    let api = api.merge(admin).route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate));
     Router::new()
         .nest("/api/v1", api)
         .route("/healthz", get(health::healthz))

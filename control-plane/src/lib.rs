@@ -5,6 +5,7 @@
 pub mod api;
 pub mod config;
 pub mod dev_issuer;
+pub mod policy;
 pub mod projector;
 
 use anyhow::Context;
@@ -44,6 +45,7 @@ impl Control {
             .await
             .with_context(|| format!("NATS at {}", config.nats.url))?;
         let js = async_nats::jetstream::new(nats.clone());
+        let api_js = js.clone();
         let reviewers =
             tollgate_shared::jwks::Verifier::new(config.reviewer_issuers.clone()).await.map_err(anyhow::Error::msg)?;
         let stats = Arc::new(projector::ProjectorStats::default());
@@ -54,7 +56,7 @@ impl Control {
         if config.roles.is_empty() {
             tracing::warn!("no [roles] configured: every API call will be refused (403)");
         }
-        let state = api::AppState { db, reviewers, nats, stats, roles: Arc::new(config.roles.clone()) };
+        let state = api::AppState { db, reviewers, nats, stats, roles: Arc::new(config.roles.clone()), js: api_js };
         let listener = tokio::net::TcpListener::bind(&config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;

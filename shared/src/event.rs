@@ -26,6 +26,7 @@ pub mod kind {
     pub const COMMAND: &str = "command";
     pub const COMMAND_RESULT: &str = "command.result";
     pub const AUTH_FAILED: &str = "auth.failed";
+    pub const POLICY_CHANGED: &str = "policy.changed";
 }
 
 /// One fact, as published on JetStream. `P` is the payload; readers that do not care about the

@@ -28,6 +28,8 @@ pub enum ResourceKind {
     Postgres,
     Ssh,
     Kubernetes,
+    /// The policy itself (the subject of `policy.changed` events).
+    Policy,
 }
 
 impl ResourceKind {
@@ -36,6 +38,7 @@ impl ResourceKind {
             ResourceKind::Postgres => "postgres",
             ResourceKind::Ssh => "ssh",
             ResourceKind::Kubernetes => "kubernetes",
+            ResourceKind::Policy => "policy",
         }
     }
 }

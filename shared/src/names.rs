@@ -18,3 +18,12 @@ pub fn subject_for(kind: &str) -> String {
 pub fn all_subjects() -> String {
     format!("{SUBJECT_PREFIX}.>")
 }
+
+/// The JetStream KV bucket holding the current policy snapshot, and its key.
+pub const POLICY_BUCKET: &str = "tollgate_policy";
+pub const POLICY_KEY: &str = "current";
+
+/// The chain every `policy.changed` event belongs to (its `session`): version N is seq N-1.
+pub fn policy_chain() -> uuid::Uuid {
+    uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, b"tollgate:policy")
+}

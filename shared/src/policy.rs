@@ -4,8 +4,10 @@
 //!
 //! Pure data and validation. Distribution and enforcement live in the planes.
 
+mod diff;
 mod model;
 
+pub use diff::{diff, PolicyChange};
 pub use model::*;
 
 use std::collections::HashSet;

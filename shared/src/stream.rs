@@ -18,3 +18,18 @@ pub async fn ensure_event_stream(js: &jetstream::Context) -> Result<stream::Stre
     .await
     .map_err(|e| format!("cannot create or open JetStream stream {}: {e}", names::STREAM))
 }
+
+/// Open the policy KV bucket, creating it when missing (history kept for audits).
+pub async fn ensure_policy_bucket(js: &jetstream::Context) -> Result<jetstream::kv::Store, String> {
+    if let Ok(store) = js.get_key_value(names::POLICY_BUCKET).await {
+        return Ok(store);
+    }
+    js.create_key_value(jetstream::kv::Config {
+        bucket: names::POLICY_BUCKET.to_owned(),
+        history: 64,
+        storage: stream::StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| format!("cannot create or open KV bucket {}: {e}", names::POLICY_BUCKET))
+}

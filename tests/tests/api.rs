@@ -85,27 +85,46 @@ async fn every_api_route_checks_the_token_and_the_role() {
     let mut groups = serde_json::Map::new();
     groups.insert("groups".into(), serde_json::json!(["reviewers"]));
     let agent_audience = stack.issuer.mint("alice@example.com", AGENT_AUDIENCE, 600, &groups).unwrap();
-    let callers: Vec<(&str, Option<String>, u16)> = vec![
-        ("nobody", None, 401),
-        ("garbage", Some("x.y.z".into()), 401),
-        ("an agent token", Some(agent), 401),
-        ("a reviewer group with the agent audience", Some(agent_audience), 401),
-        ("a person without groups", Some(stack.person_token("eve@example.com", &[])), 403),
-        ("an approver only", Some(stack.person_token("bob@example.com", &["approvers"])), 403),
-        ("a reviewer", Some(stack.person_token("alice@example.com", &["reviewers"])), 0),
-        ("an auditor", Some(stack.person_token("carol@example.com", &["auditors"])), 0),
-        ("an admin", Some(stack.person_token("dave@example.com", &["admins"])), 0),
+    // (who, token, may read, may change policy); None = refused before any role check (401).
+    type Rights = Option<(bool, bool)>;
+    let callers: Vec<(&str, Option<String>, Rights)> = vec![
+        ("nobody", None, None),
+        ("garbage", Some("x.y.z".into()), None),
+        ("an agent token", Some(agent), None),
+        ("a reviewer group with the agent audience", Some(agent_audience), None),
+        ("a person without groups", Some(stack.person_token("eve@example.com", &[])), Some((false, false))),
+        ("an approver only", Some(stack.person_token("bob@example.com", &["approvers"])), Some((false, false))),
+        ("a reviewer", Some(stack.person_token("alice@example.com", &["reviewers"])), Some((true, false))),
+        ("an auditor", Some(stack.person_token("carol@example.com", &["auditors"])), Some((true, false))),
+        ("an admin", Some(stack.person_token("dave@example.com", &["admins"])), Some((true, true))),
     ];
+    let body = serde_json::json!({});
     for (route, methods) in &routes {
-        assert_eq!(methods, &vec!["get".to_owned()], "extend this test for {route}'s methods");
-        for (who, token, expected) in &callers {
-            let (status, body) = stack.api_as(route, token.as_deref()).await;
-            if *expected == 0 {
-                assert!(status != 401 && status != 403, "{who} may call {route}: {status} {body}");
-            } else {
-                assert_eq!(status, *expected, "{who} on {route}: {body}");
-                let kind = if *expected == 401 { "unauthorized" } else { "forbidden" };
-                assert_eq!(body["error"], kind, "{who} on {route}");
+        for method in methods {
+            let reads = match method.as_str() {
+                "get" => true,
+                "put" | "post" => false,
+                other => panic!("extend this test for {other} {route}"),
+            };
+            for (who, token, rights) in &callers {
+                let (status, response) =
+                    stack.api_send(&method.to_uppercase(), route, token.as_deref(), Some(&body)).await;
+                let allowed = rights.map(|(read, change)| if reads { read } else { change });
+                match allowed {
+                    None => assert_eq!(
+                        (status, response["error"].as_str()),
+                        (401, Some("unauthorized")),
+                        "{who}: {method} {route}"
+                    ),
+                    Some(false) => assert_eq!(
+                        (status, response["error"].as_str()),
+                        (403, Some("forbidden")),
+                        "{who}: {method} {route}"
+                    ),
+                    Some(true) => {
+                        assert!(status != 401 && status != 403, "{who} may {method} {route}: {status} {response}")
+                    }
+                }
             }
         }
     }

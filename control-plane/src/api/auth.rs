@@ -76,6 +76,8 @@ impl RoleConfig {
 pub struct Caller {
     pub issuer: String,
     pub subject: String,
+    /// The caller's identity by their issuer's mapping (recorded as the author of changes).
+    pub identity: tollgate_shared::identity::AgentIdentity,
     pub roles: BTreeSet<Role>,
 }
 
@@ -103,8 +105,8 @@ pub async fn authenticate(
         .ok_or_else(|| ApiError::Unauthorized("the Authorization header must be `Bearer <token>`".into()))?;
     let (verified, identity) =
         state.reviewers.identify(token).await.map_err(|e| ApiError::Unauthorized(e.to_string()))?;
-    let caller =
-        Caller { issuer: verified.issuer, subject: verified.subject, roles: state.roles.roles_of(&identity.groups) };
+    let roles = state.roles.roles_of(&identity.groups);
+    let caller = Caller { issuer: verified.issuer, subject: verified.subject, identity, roles };
     tracing::info!(caller = %caller.subject, issuer = %caller.issuer, roles = ?caller.roles, path = %request.uri().path(), "api access");
     request.extensions_mut().insert(caller);
     Ok(next.run(request).await)
@@ -123,5 +125,7 @@ pub async fn require(roles: &'static [Role], request: Request, next: Next) -> Re
     Ok(next.run(request).await)
 }
 
-/// Read access: sessions, commands, agents, refused attempts.
+/// Read access: sessions, commands, agents, refused attempts, policy.
 pub const READ: &[Role] = &[Role::Reviewer, Role::Auditor];
+/// Changing policy (admin implies every role, so the list names none besides it).
+pub const ADMIN: &[Role] = &[Role::Admin];

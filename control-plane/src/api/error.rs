@@ -15,6 +15,10 @@ pub enum ApiError {
     Forbidden(String),
     #[error("{0}")]
     NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Unavailable(String),
     #[error(transparent)]
     Unexpected(#[from] anyhow::Error),
 }
@@ -28,7 +32,7 @@ impl From<sqlx::Error> for ApiError {
 /// The body of every error response.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Problem {
-    /// Machine-readable kind: bad_request, unauthorized, forbidden, not_found, internal.
+    /// Machine-readable kind: bad_request, unauthorized, forbidden, not_found, conflict, unavailable, internal.
     pub error: String,
     pub message: String,
 }
@@ -40,6 +44,8 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Unexpected(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
         let message = match &self {

@@ -7,7 +7,9 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use sqlx::{PgPool, Postgres, Transaction};
 use std::collections::{BTreeMap, HashSet};
-use tollgate_shared::event::{kind, AuthFailed, Command, CommandResult, Envelope, SessionEnded, SessionStarted};
+use tollgate_shared::event::{
+    kind, AuthFailed, Command, CommandResult, Envelope, PolicyChanged, SessionEnded, SessionStarted,
+};
 use tollgate_shared::identity::AgentIdentity;
 use uuid::Uuid;
 
@@ -39,6 +41,7 @@ enum Payload {
     Result(CommandResult),
     Ended(SessionEnded),
     AuthFailed(AuthFailed),
+    PolicyChanged(Box<PolicyChanged>),
     /// A type this version does not project; the event is still stored.
     Other,
 }
@@ -57,6 +60,7 @@ fn decode(raw: &[u8]) -> Result<Decoded<'_>, String> {
         kind::COMMAND_RESULT => Payload::Result(typed(&envelope)?),
         kind::SESSION_ENDED => Payload::Ended(typed(&envelope)?),
         kind::AUTH_FAILED => Payload::AuthFailed(typed(&envelope)?),
+        kind::POLICY_CHANGED => Payload::PolicyChanged(Box::new(typed(&envelope)?)),
         _ => Payload::Other,
     };
     Ok(Decoded { envelope, seq, raw, body, payload })
@@ -89,11 +93,21 @@ pub async fn write_batch(db: &PgPool, batch: &[Message]) -> sqlx::Result<BatchOu
     let fresh: Vec<&Decoded> = decoded.iter().filter(|d| inserted.contains(&d.envelope.id)).collect();
     outcome.duplicates += (decoded.len() - fresh.len()) as u64;
     outcome.projected = fresh.len() as u64;
-    // A refused attempt has no session, and only a verified one names an agent.
-    let in_sessions: Vec<&Decoded> =
-        fresh.iter().copied().filter(|d| !matches!(d.payload, Payload::AuthFailed(_))).collect();
-    let verified: Vec<&Decoded> =
-        fresh.iter().copied().filter(|d| !matches!(&d.payload, Payload::AuthFailed(a) if !a.verified)).collect();
+    // Refused attempts and policy changes belong to no session; only agents name agents.
+    let in_sessions: Vec<&Decoded> = fresh
+        .iter()
+        .copied()
+        .filter(|d| !matches!(d.payload, Payload::AuthFailed(_) | Payload::PolicyChanged(_)))
+        .collect();
+    let verified: Vec<&Decoded> = fresh
+        .iter()
+        .copied()
+        .filter(|d| match &d.payload {
+            Payload::AuthFailed(a) => a.verified,
+            Payload::PolicyChanged(_) => false,
+            _ => true,
+        })
+        .collect();
     upsert_agents(&mut tx, &verified).await?;
     upsert_sessions(&mut tx, &in_sessions).await?;
     insert_commands(&mut tx, &fresh).await?;
@@ -348,6 +362,22 @@ async fn session_lifecycle(tx: &mut Transaction<'_, Postgres>, e: &Decoded<'_>) 
             .bind(p.verified.then_some(e.envelope.agent.name.as_str()))
             .bind(&p.claimed_issuer)
             .bind(&p.claimed_subject)
+            .execute(&mut **tx)
+            .await?;
+        }
+        Payload::PolicyChanged(p) => {
+            sqlx::query(
+                "INSERT INTO policy_versions (version, event_id, changed_by, changed_by_issuer, changed_at, comment, changes, document)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (version) DO NOTHING",
+            )
+            .bind(i64::try_from(p.version).unwrap_or(i64::MAX))
+            .bind(e.envelope.id)
+            .bind(&e.envelope.agent.subject)
+            .bind(&e.envelope.agent.issuer)
+            .bind(e.envelope.at)
+            .bind(&p.comment)
+            .bind(serde_json::to_value(&p.changes).unwrap_or_default())
+            .bind(serde_json::to_value(&p.document).unwrap_or_default())
             .execute(&mut **tx)
             .await?;
         }

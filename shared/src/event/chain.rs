@@ -52,6 +52,18 @@ impl Chain {
         Chain { session, node, agent, resource, next_seq: 0, prev: String::new() }
     }
 
+    /// Continue a chain whose last event had seq `next_seq - 1` and hash `prev`.
+    pub fn resume(
+        session: Uuid,
+        node: String,
+        agent: AgentIdentity,
+        resource: ResourceRef,
+        next_seq: u64,
+        prev: String,
+    ) -> Self {
+        Chain { session, node, agent, resource, next_seq, prev }
+    }
+
     pub fn session(&self) -> Uuid {
         self.session
     }

@@ -180,3 +180,14 @@ pub struct AuthFailed {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claimed_subject: Option<String>,
 }
+
+/// `policy.changed`: a new policy version, who made it and what changed. These events form one
+/// chain of their own ([`crate::names::policy_chain`]); version N is seq N-1.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PolicyChanged {
+    pub version: u64,
+    pub document: crate::policy::PolicyDocument,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+    pub changes: Vec<crate::policy::PolicyChange>,
+}

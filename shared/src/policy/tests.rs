@@ -72,3 +72,23 @@ fn every_problem_is_reported_at_once() {
                 grants: [{ name: g, who: {}, resources: { names: [b] }, access: admin }]";
     assert_eq!(problems(text, Format::Yaml).len(), 4);
 }
+
+#[test]
+fn diff_names_what_changed_by_item_name() {
+    let before = PolicyDocument::parse(GOOD, Format::Yaml).unwrap();
+    let mut after = before.clone();
+    after.resources[0].guardrails.deny_classes.push("grant".into());
+    after.grants.remove(0);
+    after.grants[0].access = Access::Admin;
+    let changes = diff(&before, &after);
+    let paths: Vec<&str> = changes.iter().map(|c| c.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        ["grants[ci-read]", "grants[deployers].access", "resources[orders-prod].guardrails.deny_classes"]
+    );
+    assert!(changes[0].after.is_none(), "a removed grant has no after");
+    assert_eq!(changes[1].after, Some(serde_json::json!("admin")));
+    let mut reordered = before.clone();
+    reordered.grants.reverse();
+    assert!(diff(&before, &reordered).is_empty(), "reordering named items is not a change");
+}

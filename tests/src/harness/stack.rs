@@ -145,7 +145,16 @@ impl Stack {
     }
 
     pub async fn api_as(&self, path: &str, token: Option<&str>) -> (u16, Value) {
-        let mut request = self.http.get(format!("http://{}{path}", self.control.addr));
+        self.api_send("GET", path, token, None).await
+    }
+
+    /// Any method, with a JSON body when given.
+    pub async fn api_send(&self, method: &str, path: &str, token: Option<&str>, body: Option<&Value>) -> (u16, Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("HTTP method");
+        let mut request = self.http.request(method, format!("http://{}{path}", self.control.addr));
+        if let Some(body) = body {
+            request = request.json(body);
+        }
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }

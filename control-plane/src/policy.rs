@@ -1,0 +1,121 @@
+//! Writing policy versions: the JetStream KV bucket holds the live snapshot (its revision gives
+//! optimistic concurrency), and every version is a `policy.changed` event in the policy chain.
+//!
+//! Order: the KV update is the commit point (it alone can lose a race); the event follows,
+//! retried with the same bytes (JetStream de-duplicates by event id) until JetStream takes it.
+
+use async_nats::jetstream::{self, kv};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+use tollgate_shared::event::{kind, Chain, PolicyChanged, SealedEvent};
+use tollgate_shared::identity::{AgentIdentity, ResourceKind, ResourceRef};
+use tollgate_shared::names;
+use tollgate_shared::policy::{diff, PolicyChange, PolicyDocument};
+
+/// What the KV bucket holds under `current`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub version: u64,
+    pub document: PolicyDocument,
+    pub event_id: uuid::Uuid,
+    /// Hash of the version's `policy.changed` event: the next version links to it.
+    pub event_hash: String,
+    pub changed_by: String,
+    pub changed_at: DateTime<Utc>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("the live policy is version {live}; base your change on it")]
+    Conflict { live: u64 },
+    #[error("policy store unavailable: {0}")]
+    Store(String),
+}
+
+/// The live snapshot and its KV revision (None before the first version).
+pub async fn current(store: &kv::Store) -> Result<Option<(Snapshot, u64)>, ApplyError> {
+    let entry = store.entry(names::POLICY_KEY).await.map_err(|e| ApplyError::Store(e.to_string()))?;
+    match entry {
+        Some(entry) if entry.operation == kv::Operation::Put => {
+            let snapshot: Snapshot = serde_json::from_slice(&entry.value)
+                .map_err(|e| ApplyError::Store(format!("unreadable snapshot: {e}")))?;
+            Ok(Some((snapshot, entry.revision)))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Make `document` the next version, if `base_version` is still the live one.
+pub async fn apply(
+    js: &jetstream::Context,
+    store: &kv::Store,
+    author: &AgentIdentity,
+    base_version: u64,
+    document: PolicyDocument,
+    comment: Option<String>,
+) -> Result<(Snapshot, Vec<PolicyChange>), ApplyError> {
+    let live = current(store).await?;
+    let live_version = live.as_ref().map_or(0, |(s, _)| s.version);
+    if base_version != live_version {
+        return Err(ApplyError::Conflict { live: live_version });
+    }
+    let empty = PolicyDocument::default();
+    let changes = diff(live.as_ref().map_or(&empty, |(s, _)| &s.document), &document);
+    let version = live_version + 1;
+    let prev = live.as_ref().map(|(s, _)| s.event_hash.clone()).unwrap_or_default();
+    let resource = ResourceRef { name: "policy".into(), kind: ResourceKind::Policy };
+    let mut chain = Chain::resume(names::policy_chain(), "control".into(), author.clone(), resource, version - 1, prev);
+    let payload = PolicyChanged { version, document: document.clone(), comment, changes: changes.clone() };
+    let event = chain.seal(kind::POLICY_CHANGED, &payload).map_err(|e| ApplyError::Store(e.to_string()))?;
+    let snapshot = Snapshot {
+        version,
+        document,
+        event_id: event.id,
+        event_hash: event.hash.clone(),
+        changed_by: author.subject.clone(),
+        changed_at: Utc::now(),
+    };
+    let bytes = serde_json::to_vec(&snapshot).map_err(|e| ApplyError::Store(e.to_string()))?;
+    let written = match &live {
+        Some((_, revision)) => {
+            store.update(names::POLICY_KEY, bytes.into(), *revision).await.map(|_| ()).map_err(|e| e.to_string())
+        }
+        None => store.create(names::POLICY_KEY, bytes.into()).await.map(|_| ()).map_err(|e| e.to_string()),
+    };
+    if let Err(e) = written {
+        // Someone else committed first (wrong last sequence / key exists), or the store is away.
+        return match current(store).await? {
+            Some((s, _)) if s.version != live_version => Err(ApplyError::Conflict { live: s.version }),
+            _ => Err(ApplyError::Store(e)),
+        };
+    }
+    // Usually one attempt records the change before we answer; if JetStream is slow, keep
+    // trying in the background with the same bytes.
+    if tokio::time::timeout(Duration::from_secs(2), publish_once(js, &event)).await.map_or(true, |r| r.is_err()) {
+        tokio::spawn(publish_until_stored(js.clone(), event));
+    }
+    Ok((snapshot, changes))
+}
+
+async fn publish_once(js: &jetstream::Context, event: &SealedEvent) -> Result<(), String> {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(names::MSG_ID_HEADER, event.id.to_string().as_str());
+    let ack = js
+        .publish_with_headers(names::subject_for(event.kind), headers, event.bytes.clone())
+        .await
+        .map_err(|e| e.to_string())?;
+    ack.await.map(|_| ()).map_err(|e| e.to_string())
+}
+
+async fn publish_until_stored(js: jetstream::Context, event: SealedEvent) {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match publish_once(&js, &event).await {
+            Ok(()) => return,
+            Err(e) => tracing::warn!(event = %event.id, error = %e, "policy.changed not recorded yet; retrying"),
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(10));
+    }
+}
