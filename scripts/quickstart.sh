@@ -99,10 +99,16 @@ user = "app"
 password = "file:$DATA/secrets/demo.pw"
 TOML
 "$BIN/tollgate-control" serve --config "$DATA/control.toml" >"$DATA/control.log" 2>&1 & echo $! > "$DATA/control.pid"
-"$BIN/tollgate-proxy" --config "$DATA/proxy.toml" >"$DATA/proxy.log" 2>&1 & echo $! > "$DATA/proxy.pid"
-wait_port $API_PORT; wait_port $PROXY_PORT
-
+wait_port $API_PORT
 mint() { "$BIN/tollgate-control" dev-issuer mint --key-file "$DATA/secrets/dev-issuer.key" --issuer "http://127.0.0.1:$ISSUER_PORT" "$@"; }
+mint --sub "admin@example.com" --aud tollgate-api --ttl 3600 --group tollgate-admins > "$DATA/admin.token"
+
+# The policy decides who may connect: without one the proxy refuses every agent.
+"$BIN/tollgate" --api "http://127.0.0.1:$API_PORT" --token-file "$DATA/admin.token" \
+  policy apply -f deploy/quickstart-policy.yaml --comment "quickstart"
+"$BIN/tollgate-proxy" --config "$DATA/proxy.toml" >"$DATA/proxy.log" 2>&1 & echo $! > "$DATA/proxy.pid"
+wait_port $PROXY_PORT
+
 mint --sub "repo:acme/orders:ref:refs/heads/main" --aud tollgate --ttl 3600 \
   --claim repository=acme/orders --claim workflow=deploy --claim run_id=1 > "$DATA/agent.token"
 mint --sub "reviewer@example.com" --aud tollgate-api --ttl 3600 --group tollgate-reviewers > "$DATA/reviewer.token"

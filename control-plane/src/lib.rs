@@ -3,6 +3,7 @@
 //! and a resource, and never holds a resource credential.
 
 pub mod api;
+pub mod cli;
 pub mod config;
 pub mod dev_issuer;
 pub mod policy;

@@ -5,25 +5,13 @@
 //! retried with the same bytes (JetStream de-duplicates by event id) until JetStream takes it.
 
 use async_nats::jetstream::{self, kv};
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use chrono::Utc;
 use std::time::Duration;
 use tollgate_shared::event::{kind, Chain, PolicyChanged, SealedEvent};
 use tollgate_shared::identity::{AgentIdentity, ResourceKind, ResourceRef};
 use tollgate_shared::names;
+pub use tollgate_shared::policy::Snapshot;
 use tollgate_shared::policy::{diff, PolicyChange, PolicyDocument};
-
-/// What the KV bucket holds under `current`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Snapshot {
-    pub version: u64,
-    pub document: PolicyDocument,
-    pub event_id: uuid::Uuid,
-    /// Hash of the version's `policy.changed` event: the next version links to it.
-    pub event_hash: String,
-    pub changed_by: String,
-    pub changed_at: DateTime<Utc>,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {

@@ -20,6 +20,26 @@ pub struct ProxyConfig {
     /// The PostgreSQL resources this proxy can reach, with the credentials it holds for them.
     #[serde(default)]
     pub resources: Vec<PgResource>,
+    #[serde(default)]
+    pub policy: PolicyWatchConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyWatchConfig {
+    /// How long startup waits for the policy before serving (agents are refused until it comes).
+    #[serde(default = "default_policy_wait")]
+    pub wait_at_start_ms: u64,
+}
+
+impl Default for PolicyWatchConfig {
+    fn default() -> Self {
+        PolicyWatchConfig { wait_at_start_ms: default_policy_wait() }
+    }
+}
+
+fn default_policy_wait() -> u64 {
+    5000
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -151,7 +171,7 @@ pub enum UpstreamTlsMode {
 
 impl ProxyConfig {
     /// Top-level keys, the only ones `TOLLGATE_*` variables override.
-    const SECTIONS: &'static [&'static str] = &["node", "nats", "postgres", "agent_issuers", "resources"];
+    const SECTIONS: &'static [&'static str] = &["node", "nats", "postgres", "agent_issuers", "resources", "policy"];
 
     pub fn load(path: Option<&std::path::Path>) -> Result<Self, tollgate_shared::config::ConfigError> {
         let config: ProxyConfig = tollgate_shared::config::load(path, "TOLLGATE_", Self::SECTIONS, std::env::vars())?;

@@ -8,6 +8,7 @@
 pub mod config;
 mod node_key;
 pub mod pg;
+pub mod policy;
 pub mod recorder;
 mod tls;
 
@@ -25,6 +26,7 @@ pub struct Proxy {
     tasks: Vec<JoinHandle<()>>,
     listener: Option<JoinHandle<()>>,
     shutdown: tokio::sync::watch::Sender<bool>,
+    policy: policy::PolicyReceiver,
 }
 
 impl Drop for Proxy {
@@ -54,6 +56,13 @@ impl Proxy {
         let js = async_nats::jetstream::new(nats);
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(keep_stream(js.clone())));
+        let (watcher, mut policy) = policy::spawn_watcher(js.clone());
+        tasks.push(watcher);
+        // Serve once the policy is known, but never wait forever: without one, agents are refused.
+        let wait = Duration::from_millis(config.policy.wait_at_start_ms);
+        if tokio::time::timeout(wait, policy.wait_for(Option::is_some)).await.is_err() {
+            tracing::warn!(?wait, "no policy yet: agents are refused until one arrives");
+        }
 
         let verifier =
             tollgate_shared::jwks::Verifier::new(config.agent_issuers.clone()).await.map_err(anyhow::Error::msg)?;
@@ -61,7 +70,7 @@ impl Proxy {
         let publisher = Arc::new(recorder::Publisher::new(js, Duration::from_millis(config.nats.publish_timeout_ms)));
         let node_key = signer.public_hex();
         let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
-        let ctx = Arc::new(pg::PgContext::new(&config, verifier, publisher, signer, shutdown_rx)?);
+        let ctx = Arc::new(pg::PgContext::new(&config, verifier, publisher, signer, shutdown_rx, policy.clone())?);
 
         let listener = tokio::net::TcpListener::bind(&config.postgres.listen)
             .await
@@ -69,7 +78,12 @@ impl Proxy {
         let postgres_addr = listener.local_addr()?;
         tracing::info!(node = %config.node.name, %postgres_addr, node_key = %node_key, "tollgate-proxy listening");
         let listener = Some(tokio::spawn(pg::serve(listener, ctx)));
-        Ok(Proxy { postgres_addr, node_key, tasks, listener, shutdown })
+        Ok(Proxy { postgres_addr, node_key, tasks, listener, shutdown, policy })
+    }
+
+    /// The policy version this node enforces now (None: it refuses every agent).
+    pub fn policy_version(&self) -> Option<u64> {
+        self.policy.borrow().as_ref().map(|p| p.version)
     }
 
     /// Stop accepting, tell every session the proxy is going away (FATAL 57P01), and wait up

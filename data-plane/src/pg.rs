@@ -42,6 +42,8 @@ pub struct PgContext {
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     /// Statement classifications by text, shared by every session of this node.
     pub classifier: classify::ClassifyCache,
+    /// The policy in force.
+    pub policy: crate::policy::PolicyReceiver,
 }
 
 impl PgContext {
@@ -51,6 +53,7 @@ impl PgContext {
         publisher: Arc<Publisher>,
         signer: Arc<SessionSigner>,
         shutdown: tokio::sync::watch::Receiver<bool>,
+        policy: crate::policy::PolicyReceiver,
     ) -> anyhow::Result<Self> {
         let tls = match &config.postgres.tls {
             Some(files) => Some(crate::tls::acceptor(files)?),
@@ -67,6 +70,7 @@ impl PgContext {
             cancels: cancel::CancelRegistry::default(),
             shutdown,
             classifier: classify::ClassifyCache::new(10_000),
+            policy,
         })
     }
 

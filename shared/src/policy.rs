@@ -5,10 +5,24 @@
 //! Pure data and validation. Distribution and enforcement live in the planes.
 
 mod diff;
+mod evaluate;
 mod model;
 
 pub use diff::{diff, PolicyChange};
+pub use evaluate::Judgement;
 pub use model::*;
+
+/// What the policy KV bucket holds under `current`: the live version, as every proxy loads it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Snapshot {
+    pub version: u64,
+    pub document: PolicyDocument,
+    pub event_id: uuid::Uuid,
+    /// Hash of the version's `policy.changed` event: the next version links to it.
+    pub event_hash: String,
+    pub changed_by: String,
+    pub changed_at: chrono::DateTime<chrono::Utc>,
+}
 
 use std::collections::HashSet;
 

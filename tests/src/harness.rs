@@ -12,7 +12,7 @@ pub use logs::captured_logs;
 pub use nats::NatsServer;
 pub use pgbouncer::PgBouncer;
 pub use postgres::PgServer;
-pub use stack::{start_issuer, Stack, AGENT_AUDIENCE, REVIEWER_AUDIENCE};
+pub use stack::{default_policy, start_issuer, Stack, AGENT_AUDIENCE, REVIEWER_AUDIENCE};
 pub use tap::Tap;
 
 /// A port nobody listens on right now.

@@ -23,24 +23,25 @@ async fn versions_concurrency_history_diff_and_dry_run() {
         async move { stack.api_send("PUT", "/api/v1/policy", Some(&admin), Some(&body)).await }
     };
 
-    let (status, _) = stack.api("/api/v1/policy").await;
-    assert_eq!(status, 404, "no policy before the first version");
-    let (status, first) = put(0, document(&["drop"]), "initial").await;
-    assert_eq!((status, first["version"].as_u64()), (200, Some(1)), "{first}");
+    // The harness set version 1 (the default test policy).
+    let (status, live) = stack.api("/api/v1/policy").await;
+    assert_eq!((status, live["version"].as_u64()), (200, Some(1)), "{live}");
+    let (status, first) = put(1, document(&["drop"]), "initial").await;
+    assert_eq!((status, first["version"].as_u64()), (200, Some(2)), "{first}");
 
     // A change based on a stale version is refused, not merged silently.
-    let (status, conflict) = put(0, document(&["truncate"]), "stale").await;
+    let (status, conflict) = put(1, document(&["truncate"]), "stale").await;
     assert_eq!((status, conflict["error"].as_str()), (409, Some("conflict")), "{conflict}");
-    assert!(conflict["message"].as_str().unwrap_or("").contains("version 1"));
+    assert!(conflict["message"].as_str().unwrap_or("").contains("version 2"));
 
-    let (status, second) = put(1, document(&["drop", "truncate"]), "also truncate").await;
-    assert_eq!((status, second["version"].as_u64()), (200, Some(2)), "{second}");
+    let (status, second) = put(2, document(&["drop", "truncate"]), "also truncate").await;
+    assert_eq!((status, second["version"].as_u64()), (200, Some(3)), "{second}");
     assert_eq!(second["changes"][0]["path"], "resources[demo].guardrails.deny_classes");
 
     // Invalid documents are refused with the path of every problem.
     let mut bad = document(&["dorp"]);
     bad["grants"][0]["resources"]["names"] = json!(["nope"]);
-    let (status, refused) = put(2, bad.clone(), "bad").await;
+    let (status, refused) = put(3, bad.clone(), "bad").await;
     assert_eq!(status, 400);
     let message = refused["message"].as_str().unwrap_or("");
     assert!(
@@ -54,45 +55,170 @@ async fn versions_concurrency_history_diff_and_dry_run() {
     let (_, dry) = stack
         .api_send("POST", "/api/v1/policy/dry-run", Some(&admin), Some(&json!({ "document": document(&[]) })))
         .await;
-    assert_eq!((dry["valid"].as_bool(), dry["live_version"].as_u64()), (Some(true), Some(2)));
+    assert_eq!((dry["valid"].as_bool(), dry["live_version"].as_u64()), (Some(true), Some(3)));
     assert_eq!(dry["changes"][0]["after"], json!([]));
 
     // The live policy, its history (projected from policy.changed events) and diffs.
     let (_, live) = stack.api("/api/v1/policy").await;
-    assert_eq!((live["version"].as_u64(), live["changed_by"].as_str()), (Some(2), Some("dave@example.com")));
-    let versions = eventually(30, "both versions to be projected", || async {
+    assert_eq!((live["version"].as_u64(), live["changed_by"].as_str()), (Some(3), Some("dave@example.com")));
+    let versions = eventually(30, "all versions to be projected", || async {
         let (_, v) = stack.api("/api/v1/policy/versions").await;
-        (v.as_array()?.len() == 2).then_some(v)
+        (v.as_array()?.len() == 3).then_some(v)
     })
     .await;
-    assert_eq!(versions[0]["version"], 2);
+    assert_eq!(versions[0]["version"], 3);
     assert_eq!(versions[0]["comment"], "also truncate");
-    let (_, v1) = stack.api("/api/v1/policy/versions/1").await;
-    assert_eq!(v1["resources"][0]["guardrails"]["deny_classes"], json!(["drop"]));
-    let (_, changes) = stack.api("/api/v1/policy/diff?from=1&to=2").await;
+    let (_, v2) = stack.api("/api/v1/policy/versions/2").await;
+    assert_eq!(v2["resources"][0]["guardrails"]["deny_classes"], json!(["drop"]));
+    let (_, changes) = stack.api("/api/v1/policy/diff?from=2&to=3").await;
     assert_eq!(changes[0]["before"], json!(["drop"]));
     assert_eq!(changes[0]["after"], json!(["drop", "truncate"]));
 
-    // The KV bucket proxies will watch holds version 2; the events form a linked chain.
+    // The KV bucket the proxies watch holds version 3; the events form a linked chain.
     let js = async_nats::jetstream::new(async_nats::connect(stack.nats.url()).await.unwrap());
     let kv = js.get_key_value(tollgate_shared::names::POLICY_BUCKET).await.unwrap();
     let snapshot: Value =
         serde_json::from_slice(&kv.get(tollgate_shared::names::POLICY_KEY).await.unwrap().unwrap()).unwrap();
-    assert_eq!(snapshot["version"], 2);
+    assert_eq!(snapshot["version"], 3);
     let events: Vec<Vec<u8>> = stack
         .stream_messages()
         .await
         .into_iter()
         .filter(|raw| serde_json::from_slice::<Value>(raw).map(|v| v["type"] == "policy.changed").unwrap_or(false))
         .collect();
-    assert_eq!(events.len(), 2);
+    assert_eq!(events.len(), 3);
     let slices: Vec<&[u8]> = events.iter().map(Vec::as_slice).collect();
     let report = tollgate_shared::event::verify_chain(&slices);
     assert!(report.linked, "{report:?}");
-    let first: Value = serde_json::from_slice(&events[0]).unwrap();
-    assert_eq!(first["agent"]["subject"], "dave@example.com");
+    let second: Value = serde_json::from_slice(&events[1]).unwrap();
+    assert_eq!(second["agent"]["subject"], "dave@example.com");
+    let first = second;
     assert_eq!(first["resource"]["kind"], "policy");
     // Policy changes are neither sessions nor agents.
     let (_, agents) = stack.api("/api/v1/agents").await;
     assert!(agents.as_array().unwrap().is_empty(), "{agents}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grants_decide_who_connects_and_read_only_grants_cannot_write() {
+    let stack = Stack::start().await;
+    let policy = json!({
+        "resources": [{ "name": "demo", "kind": "postgres" }],
+        "grants": [
+            { "name": "readers", "who": { "agents": ["reader-*"] }, "resources": { "names": ["demo"] }, "access": "read-only" },
+            { "name": "writers", "who": { "agents": ["writer-*"] }, "resources": { "names": ["demo"] }, "access": "read-write" }
+        ]
+    });
+    let version = stack.put_policy(&policy).await;
+    eventually(10, "the proxy to enforce the new version", || async {
+        (stack.proxy.policy_version() == Some(version)).then_some(())
+    })
+    .await;
+
+    let writer = stack.agent_client(&stack.agent_token("writer-1")).await.expect("writer connects");
+    writer
+        .batch_execute("create table notes (body text); insert into notes values ('hello')")
+        .await
+        .expect("writer writes");
+    let reader = stack.agent_client(&stack.agent_token("reader-1")).await.expect("reader connects");
+    let row = reader.query_one("select body from notes", &[]).await.expect("reader reads");
+    assert_eq!(row.get::<_, String>(0), "hello");
+    let err =
+        reader.batch_execute("insert into notes values ('sneaky')").await.expect_err("a read-only grant cannot write");
+    assert_eq!(err.code().map(|c| c.code()), Some("25006"), "{err}");
+
+    let Err(err) = stack.agent_client(&stack.agent_token("stranger")).await else { panic!("no grant, no session") };
+    let db = err.as_db_error().expect("server error");
+    assert_eq!(db.code().code(), "28000");
+    assert!(db.message().contains("no grant gives agent \"stranger\" access to resource \"demo\""), "{}", db.message());
+
+    // Sessions record the version, grant and access that admitted them.
+    drop((writer, reader));
+    let sessions = stack.ended_sessions(2).await;
+    let mut admitted = Vec::new();
+    for session in &sessions {
+        let (_, events) = stack.api(&format!("/api/v1/sessions/{}/events", session["id"].as_str().unwrap())).await;
+        let started = &events[0]["event"]["payload"];
+        admitted.push((
+            started["grant"].as_str().unwrap_or("").to_owned(),
+            started["access"].as_str().unwrap_or("").to_owned(),
+        ));
+        assert_eq!(started["policy_version"].as_u64(), Some(version));
+    }
+    admitted.sort();
+    assert_eq!(admitted, [("readers".into(), "read-only".into()), ("writers".into(), "read-write".into())]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_reach_the_proxy_it_keeps_its_policy_without_the_control_plane_and_a_fresh_one_refuses() {
+    let mut stack = Stack::start().await;
+    // Revoke everything but one agent: enforced without a restart.
+    let only = json!({
+        "resources": [{ "name": "demo", "kind": "postgres" }],
+        "grants": [{ "name": "only", "who": { "agents": ["chosen"] }, "resources": { "names": ["demo"] }, "access": "read-write" }]
+    });
+    let version = stack.put_policy(&only).await;
+    eventually(10, "the proxy to enforce the new version", || async {
+        (stack.proxy.policy_version() == Some(version)).then_some(())
+    })
+    .await;
+    assert!(stack.agent_client(&stack.agent_token("someone-else")).await.is_err());
+    assert!(stack.agent_client(&stack.agent_token("chosen")).await.is_ok());
+
+    // Control plane gone: the proxy keeps enforcing what it had.
+    let mut down = stack.control_config();
+    down.nats.url = "nats://127.0.0.1:9".into();
+    stack.control = tollgate_control_plane::Control::start(down).await.unwrap();
+    assert!(stack.agent_client(&stack.agent_token("chosen")).await.is_ok());
+    assert!(stack.agent_client(&stack.agent_token("someone-else")).await.is_err());
+
+    // A proxy on a NATS that never had a policy refuses everyone.
+    let empty_nats = tollgate_tests::NatsServer::start().await;
+    let mut config = stack.proxy_config("proxy-without-policy");
+    config.nats.url = empty_nats.url();
+    config.policy.wait_at_start_ms = 300;
+    let fresh = tollgate_data_plane::Proxy::start(config).await.unwrap();
+    assert_eq!(fresh.policy_version(), None);
+    let dsn = format!(
+        "host=127.0.0.1 port={} dbname=demo user=ci password={}",
+        fresh.postgres_addr.port(),
+        stack.agent_token("chosen")
+    );
+    let err = tokio_postgres::connect(&dsn, tokio_postgres::NoTls).await.err().expect("refused without a policy");
+    let db = err.as_db_error().expect("server error");
+    assert_eq!(
+        (db.code().code(), db.message()),
+        ("28000", "tollgate: no policy is loaded on this proxy; agents are refused until one arrives")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_cli_applies_and_diffs_policy_files() {
+    use tollgate_control_plane::cli;
+    let stack = Stack::start().await;
+    let base = format!("http://{}", stack.control.addr);
+    let admin = cli::Api::new(&base, &stack.person_token("dave@example.com", &["admins"]));
+    let file = stack.dir.path().join("policy.yaml");
+    std::fs::write(
+        &file,
+        "resources:\n  - { name: demo, kind: postgres }\ngrants:\n  - { name: ci, who: { agents: [\"*\"] }, resources: { names: [demo] }, access: read-only }\n",
+    )
+    .unwrap();
+    let diff = cli::diff(&admin, &file).await.expect("diff");
+    assert!(diff.contains("against live version 1") && diff.contains("- resources[demo_md5]"), "{diff}");
+    let applied = cli::apply(&admin, &file, Some("tighten")).await.expect("apply");
+    assert!(applied.starts_with("policy version 2 applied (was 1)"), "{applied}");
+    assert!(applied.contains("~ grants") || applied.contains("+ grants[ci]"), "{applied}");
+    let live = cli::get(&admin).await.expect("get");
+    assert!(live.starts_with("# version 2 by dave@example.com") && live.contains("read-only"), "{live}");
+
+    // Bad files are refused locally, with the YAML path; non-admins are refused by the API.
+    std::fs::write(&file, "resources:\n  - { name: demo, kind: postgres, guardrails: { deny_classes: [dorp] } }\n")
+        .unwrap();
+    let err = cli::apply(&admin, &file, None).await.expect_err("invalid file");
+    assert!(err.to_string().contains("resources[0].guardrails.deny_classes[0]: unknown statement class"), "{err}");
+    let reviewer = cli::Api::new(&base, &stack.reviewer_token());
+    std::fs::write(&file, "resources: []\n").unwrap();
+    let err = cli::apply(&reviewer, &file, None).await.expect_err("reviewers cannot change policy");
+    assert!(err.to_string().starts_with("403"), "{err}");
 }

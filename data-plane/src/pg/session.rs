@@ -15,6 +15,7 @@ use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tollgate_shared::event::{kind, AuthFailed, Chain, EndReason, SessionStarted, UpstreamTarget};
 use tollgate_shared::identity::{AgentIdentity, ResourceKind, ResourceRef};
+use tollgate_shared::policy::{Access, Judgement};
 use tollgate_shared::token::TokenError;
 use uuid::Uuid;
 
@@ -275,6 +276,33 @@ async fn open(ctx: &PgContext, peer: SocketAddr, greeted: Greeted) -> Option<Ope
         return None;
     };
 
+    // The policy decides: no policy, no resource in it, or no grant → refused (fail closed).
+    let policy = ctx.policy.borrow().clone();
+    let Some(policy) = policy else {
+        let reason = "no policy is loaded on this proxy; agents are refused until one arrives".to_owned();
+        refuse(&mut writer, sqlstate::INVALID_AUTHORIZATION, &format!("tollgate: {reason}")).await;
+        record_refusal(ctx, &attempt, &reason, sqlstate::INVALID_AUTHORIZATION, Some(agent)).await;
+        return None;
+    };
+    let (access, grant) = match policy.document.judge(&agent, &resource.name, chrono::Utc::now()) {
+        Judgement::Allowed { access, grant, .. } => (access, grant.name.clone()),
+        judgement => {
+            let reason = match judgement {
+                Judgement::UnknownResource => {
+                    format!("resource {:?} is not in the policy (version {})", resource.name, policy.version)
+                }
+                _ => format!(
+                    "no grant gives agent {:?} access to resource {:?} (policy version {})",
+                    agent.name, resource.name, policy.version
+                ),
+            };
+            tracing::info!(%peer, agent = %agent.name, resource = %resource.name, %reason, "agent refused by policy");
+            refuse(&mut writer, sqlstate::INVALID_AUTHORIZATION, &format!("tollgate: {reason}")).await;
+            record_refusal(ctx, &attempt, &reason, sqlstate::INVALID_AUTHORIZATION, Some(agent)).await;
+            return None;
+        }
+    };
+
     let session = Uuid::now_v7();
     let chain = Chain::new(
         session,
@@ -295,6 +323,9 @@ async fn open(ctx: &PgContext, peer: SocketAddr, greeted: Greeted) -> Option<Ope
             user: resource.user.clone(),
         },
         node_key: ctx.signer.public_hex(),
+        policy_version: Some(policy.version),
+        grant: Some(grant),
+        access: Some(access),
     };
     // Nothing happens upstream before the session is on record.
     let recorded = match recorder.seal(kind::SESSION_STARTED, &started) {
@@ -313,8 +344,12 @@ async fn open(ctx: &PgContext, peer: SocketAddr, greeted: Greeted) -> Option<Ope
     }
     tracing::info!(%session, %peer, resource = %resource.name, agent = %verified.subject, "session started");
 
-    let relayed: Vec<(String, String)> =
+    let mut relayed: Vec<(String, String)> =
         params.iter().filter(|(k, _)| RELAYED_PARAMS.contains(&k.as_str())).cloned().collect();
+    if access == Access::ReadOnly {
+        // The upstream itself refuses writes for a read-only grant, whatever the statement.
+        relayed.push(("options".into(), "-c default_transaction_read_only=on".into()));
+    }
     let login = upstream::connect(&resource, &relayed, ctx.listener.max_message_bytes);
     let login = tokio::time::timeout(Duration::from_millis(ctx.listener.handshake_timeout_ms), login).await;
     let login = login.unwrap_or_else(|_| Err(upstream::UpstreamError::Protocol("login timed out".into())));

@@ -20,6 +20,13 @@ pub struct SessionStarted {
     pub upstream: UpstreamTarget,
     /// Public half of the node key that signs `session.ended`, hex.
     pub node_key: String,
+    /// The policy version that admitted the session, the grant that did, and its access.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_version: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<crate::policy::Access>,
 }
 
 /// The upstream a session is relayed to, as recorded (never with a credential).

@@ -22,6 +22,9 @@ fn sealed_session(signer: &SessionSigner) -> Vec<SealedEvent> {
         application_name: None,
         upstream: UpstreamTarget { host: "db".into(), port: 5432, database: "orders".into(), user: "app".into() },
         node_key: signer.public_hex(),
+        policy_version: Some(1),
+        grant: Some("ci".into()),
+        access: Some(crate::policy::Access::ReadOnly),
     };
     let command = Command {
         protocol: Protocol::Simple,

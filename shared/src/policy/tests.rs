@@ -92,3 +92,36 @@ fn diff_names_what_changed_by_item_name() {
     reordered.grants.reverse();
     assert!(diff(&before, &reordered).is_empty(), "reordering named items is not a change");
 }
+
+fn agent(name: &str, groups: &[&str], repository: &str) -> crate::identity::AgentIdentity {
+    crate::identity::AgentIdentity {
+        issuer: "https://issuer.test".into(),
+        subject: "sub".into(),
+        name: name.into(),
+        groups: groups.iter().map(|g| g.to_string()).collect(),
+        attributes: [("repository".to_string(), serde_json::json!(repository))].into(),
+    }
+}
+
+#[test]
+fn grants_are_judged_by_who_resource_and_expiry() {
+    let doc = PolicyDocument::parse(GOOD, Format::Yaml).unwrap();
+    let now = chrono::Utc::now();
+    let reader = agent("acme/orders/ci@main", &["ci"], "acme/orders");
+    assert!(matches!(doc.judge(&reader, "orders-prod", now), Judgement::Allowed { access: Access::ReadOnly, .. }));
+    let outsider = agent("evil/x@main", &["ci"], "evil/x");
+    assert_eq!(doc.judge(&outsider, "orders-prod", now), Judgement::NoGrant);
+    let deployer = agent("acme/orders/deploy@refs/heads/main", &["ci"], "acme/orders");
+    match doc.judge(&deployer, "orders-prod", now) {
+        Judgement::Allowed { access, grant, .. } => {
+            assert_eq!((access, grant.name.as_str()), (Access::ReadWrite, "deployers"))
+        }
+        other => panic!("{other:?}"),
+    }
+    let later: chrono::DateTime<chrono::Utc> = "2027-06-01T00:00:00Z".parse().unwrap();
+    assert!(
+        matches!(doc.judge(&deployer, "orders-prod", later), Judgement::Allowed { access: Access::ReadOnly, .. }),
+        "the expired grant no longer counts"
+    );
+    assert_eq!(doc.judge(&reader, "payroll", now), Judgement::UnknownResource);
+}

@@ -49,11 +49,21 @@ impl Stack {
         let dir = tempfile::tempdir().expect("stack dir");
         std::fs::write(dir.path().join("upstream.pw"), format!("{upstream_password}\n")).expect("password file");
 
+        // The control plane first, so the proxy finds a policy when it starts.
+        let control = Control::start(control_config(&pg, &nats, &issuer)).await.expect("control plane starts");
+        put_policy(&reqwest::Client::new(), control.addr, &issuer, 0, &default_policy()).await;
         let proxy = Proxy::start(proxy_config(&pg, &nats, &issuer, &dir.path().join("upstream.pw"), "proxy-a"))
             .await
             .expect("proxy starts");
-        let control = Control::start(control_config(&pg, &nats, &issuer)).await.expect("control plane starts");
+        assert_eq!(proxy.policy_version(), Some(1), "the proxy loaded the policy at start");
         Stack { pg, nats, issuer, proxy, control, upstream_password, dir, issuer_task, http: reqwest::Client::new() }
+    }
+
+    /// Make `document` the next policy version (as an admin); returns the new version.
+    pub async fn put_policy(&self, document: &Value) -> u64 {
+        let (_, live) = self.api("/api/v1/policy").await;
+        let base = live["version"].as_u64().unwrap_or(0);
+        put_policy(&self.http, self.control.addr, &self.issuer, base, document).await
     }
 
     /// Configuration for another proxy node on the same NATS, issuer and upstream.
@@ -189,6 +199,42 @@ impl Stack {
         }
         out
     }
+}
+
+/// The policy every test starts with: the test resources, and every agent may do anything.
+pub fn default_policy() -> Value {
+    let resources: Vec<Value> = ["demo", "demo_md5", "demo_clear"]
+        .iter()
+        .map(|name| serde_json::json!({ "name": name, "kind": "postgres", "labels": { "env": "test" } }))
+        .collect();
+    serde_json::json!({
+        "resources": resources,
+        "grants": [{ "name": "everyone", "who": { "agents": ["*"] }, "resources": { "labels": { "env": "test" } }, "access": "admin" }]
+    })
+}
+
+async fn put_policy(
+    http: &reqwest::Client,
+    api: std::net::SocketAddr,
+    issuer: &DevIssuer,
+    base: u64,
+    document: &Value,
+) -> u64 {
+    let mut extra = serde_json::Map::new();
+    extra.insert("groups".into(), serde_json::json!(["admins"]));
+    let admin = issuer.mint("policy-admin@example.com", REVIEWER_AUDIENCE, 600, &extra).expect("mint admin token");
+    let body = serde_json::json!({ "base_version": base, "document": document, "comment": "test setup" });
+    let response = http
+        .put(format!("http://{api}/api/v1/policy"))
+        .bearer_auth(admin)
+        .json(&body)
+        .send()
+        .await
+        .expect("policy API");
+    let status = response.status();
+    let answer: Value = response.json().await.unwrap_or(Value::Null);
+    assert!(status.is_success(), "policy refused: {status} {answer}");
+    answer["version"].as_u64().expect("new version")
 }
 
 /// A test OIDC issuer (discovery + JWKS) on a free port; abort the task to stop it.

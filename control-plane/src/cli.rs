@@ -1,0 +1,109 @@
+//! The admin CLI's work (`tollgate policy apply|diff|get`), as functions the binary and the
+//! tests share. A document is checked locally first, so YAML errors name the YAML path.
+
+use serde_json::Value;
+use std::path::Path;
+use tollgate_shared::policy::{Format, PolicyDocument};
+
+/// Talks to a control plane's API with a bearer token.
+pub struct Api {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("{0}")]
+    Input(String),
+    #[error("{status}: {message}")]
+    Api { status: u16, message: String },
+    #[error("cannot reach the API: {0}")]
+    Http(#[from] reqwest::Error),
+}
+
+impl Api {
+    pub fn new(base: &str, token: &str) -> Self {
+        Api {
+            base: base.trim_end_matches('/').to_owned(),
+            token: token.trim().to_owned(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    async fn send(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> Result<Value, CliError> {
+        let mut request = self.http.request(method, format!("{}{path}", self.base)).bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await?;
+        let status = response.status().as_u16();
+        let answer: Value = response.json().await.unwrap_or(Value::Null);
+        if !(200..300).contains(&status) {
+            let message = answer["message"].as_str().unwrap_or("request failed").to_owned();
+            return Err(CliError::Api { status, message });
+        }
+        Ok(answer)
+    }
+}
+
+/// Read and check a policy file (YAML, or JSON when it ends in `.json`).
+pub fn read_document(path: &Path) -> Result<PolicyDocument, CliError> {
+    let text = std::fs::read_to_string(path).map_err(|e| CliError::Input(format!("{}: {e}", path.display())))?;
+    let format = if path.extension().is_some_and(|e| e == "json") { Format::Json } else { Format::Yaml };
+    PolicyDocument::parse(&text, format).map_err(|e| CliError::Input(format!("{}: {e}", path.display())))
+}
+
+fn describe(changes: &Value) -> String {
+    let list = changes.as_array().cloned().unwrap_or_default();
+    if list.is_empty() {
+        return "  (no changes)\n".into();
+    }
+    list.iter()
+        .map(|c| {
+            let sign = match (c.get("before").is_some(), c.get("after").is_some()) {
+                (false, true) => "+",
+                (true, false) => "-",
+                _ => "~",
+            };
+            format!("  {sign} {}\n", c["path"].as_str().unwrap_or("?"))
+        })
+        .collect()
+}
+
+async fn live_version(api: &Api) -> Result<u64, CliError> {
+    match api.send(reqwest::Method::GET, "/api/v1/policy", None).await {
+        Ok(live) => Ok(live["version"].as_u64().unwrap_or(0)),
+        Err(CliError::Api { status: 404, .. }) => Ok(0),
+        Err(e) => Err(e),
+    }
+}
+
+/// Make the file the next policy version; returns what changed, for people.
+pub async fn apply(api: &Api, path: &Path, comment: Option<&str>) -> Result<String, CliError> {
+    let document = read_document(path)?;
+    let base = live_version(api).await?;
+    let body = serde_json::json!({ "base_version": base, "document": document, "comment": comment });
+    let answer = api.send(reqwest::Method::PUT, "/api/v1/policy", Some(&body)).await?;
+    Ok(format!("policy version {} applied (was {base}):\n{}", answer["version"], describe(&answer["changes"])))
+}
+
+/// What applying the file would change, without applying it.
+pub async fn diff(api: &Api, path: &Path) -> Result<String, CliError> {
+    let document = read_document(path)?;
+    let body = serde_json::json!({ "document": document });
+    let answer = api.send(reqwest::Method::POST, "/api/v1/policy/dry-run", Some(&body)).await?;
+    Ok(format!("against live version {}:\n{}", answer["live_version"], describe(&answer["changes"])))
+}
+
+/// The live policy as YAML.
+pub async fn get(api: &Api) -> Result<String, CliError> {
+    let live = api.send(reqwest::Method::GET, "/api/v1/policy", None).await?;
+    let yaml = serde_norway::to_string(&live["document"]).map_err(|e| CliError::Input(e.to_string()))?;
+    Ok(format!(
+        "# version {} by {} at {}\n{yaml}",
+        live["version"],
+        live["changed_by"].as_str().unwrap_or("?"),
+        live["changed_at"].as_str().unwrap_or("?")
+    ))
+}

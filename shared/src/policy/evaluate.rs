@@ -1,0 +1,74 @@
+//! Judging an agent against a policy: which grant (if any) lets it reach a resource, and how.
+
+use super::{Access, Grant, PolicyDocument, ResourcePolicy};
+use crate::identity::mapping::{claim, glob_match};
+use crate::identity::AgentIdentity;
+use chrono::{DateTime, Utc};
+
+/// The outcome of judging a connection.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Judgement<'a> {
+    Allowed {
+        access: Access,
+        grant: &'a Grant,
+        resource: &'a ResourcePolicy,
+    },
+    /// The policy does not list the resource at all.
+    UnknownResource,
+    /// No live grant matches the agent and the resource.
+    NoGrant,
+}
+
+impl Grant {
+    /// Does this grant's `who` describe the agent?
+    pub fn covers(&self, agent: &AgentIdentity) -> bool {
+        let who = &self.who;
+        if who.is_empty() {
+            return false;
+        }
+        if who.issuer.as_ref().is_some_and(|issuer| *issuer != agent.issuer) {
+            return false;
+        }
+        if !who.groups.is_empty() && !who.groups.iter().any(|g| agent.groups.contains(g)) {
+            return false;
+        }
+        if !who.agents.is_empty() && !who.agents.iter().any(|pattern| glob_match(pattern, &agent.name)) {
+            return false;
+        }
+        let attributes: serde_json::Map<String, serde_json::Value> =
+            agent.attributes.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        who.claims.iter().all(|(path, pattern)| match claim(&attributes, path) {
+            Some(serde_json::Value::String(value)) => glob_match(pattern, value),
+            Some(other) => glob_match(pattern, &other.to_string()),
+            None => false,
+        })
+    }
+
+    fn selects(&self, resource: &ResourcePolicy) -> bool {
+        let by_name = self.resources.names.contains(&resource.name);
+        let by_labels = !self.resources.labels.is_empty()
+            && self
+                .resources
+                .labels
+                .iter()
+                .all(|(k, v)| resource.labels.get(k).is_some_and(|have| glob_match(v, have)));
+        by_name || by_labels
+    }
+}
+
+impl PolicyDocument {
+    pub fn resource(&self, name: &str) -> Option<&ResourcePolicy> {
+        self.resources.iter().find(|r| r.name == name)
+    }
+
+    /// The widest access any unexpired grant gives `agent` on `resource` at `now`.
+    pub fn judge(&self, agent: &AgentIdentity, resource: &str, now: DateTime<Utc>) -> Judgement<'_> {
+        let Some(resource) = self.resource(resource) else { return Judgement::UnknownResource };
+        self.grants
+            .iter()
+            .filter(|g| g.expires.is_none_or(|at| at > now))
+            .filter(|g| g.selects(resource) && g.covers(agent))
+            .max_by_key(|g| g.access)
+            .map_or(Judgement::NoGrant, |grant| Judgement::Allowed { access: grant.access, grant, resource })
+    }
+}
