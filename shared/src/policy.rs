@@ -9,7 +9,7 @@ mod evaluate;
 mod model;
 
 pub use diff::{diff, PolicyChange};
-pub use evaluate::Judgement;
+pub use evaluate::{Denial, Judgement};
 pub use model::*;
 
 /// What the policy KV bucket holds under `current`: the live version, as every proxy loads it.

@@ -24,7 +24,7 @@ async fn statements_are_refused_while_jetstream_is_down_and_sessions_resume_afte
     };
     assert_eq!(refused.as_db_error().map(|e| e.code().code().to_owned()), Some("58000".to_owned()));
 
-    let log = stack.pg.server_log();
+    let log = stack.pg.database_log("demo");
     assert!(log.contains("before-outage"));
     assert!(!log.contains("marker-during-outage"), "a refused statement ran upstream");
 

@@ -214,6 +214,10 @@ pub struct CommandView {
     /// Why the statement did not parse, when it did not.
     pub parse_error: Option<String>,
     pub decision: String,
+    /// The rule behind a denial.
+    pub rule: Option<String>,
+    /// The policy version that judged the command.
+    pub policy_version: Option<i64>,
     /// Absent until the result is recorded.
     pub outcome: Option<String>,
     pub tags: Option<Vec<String>>,
@@ -233,7 +237,7 @@ pub async fn session_commands(
     let id = session_id(id)?;
     load_session(&state, id).await?;
     let rows = sqlx::query_as::<_, CommandView>(
-        "SELECT event_id, seq, at, protocol, statement, params, prepared, classification, parse_error, decision, outcome, tags, rows,
+        "SELECT event_id, seq, at, protocol, statement, params, prepared, classification, parse_error, decision, rule, policy_version, outcome, tags, rows,
                 duration_us, error_code, error_message
          FROM command_log WHERE session_id = $1 ORDER BY seq",
     )

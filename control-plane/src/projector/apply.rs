@@ -253,9 +253,9 @@ async fn insert_commands(tx: &mut Transaction<'_, Postgres>, events: &[&Decoded<
     }
     sqlx::query(
         "INSERT INTO commands (event_id, session_id, seq, at, agent_id, resource, protocol, statement, params, prepared, decision,
-                               classification, parse_error)
+                               classification, parse_error, rule, policy_version)
          SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::int8[], $4::timestamptz[], $5::uuid[], $6::text[], $7::text[],
-                              $8::text[], $9::jsonb[], $10::text[], $11::text[], $12::jsonb[], $13::text[])",
+                              $8::text[], $9::jsonb[], $10::text[], $11::text[], $12::jsonb[], $13::text[], $14::text[], $15::int8[])",
     )
     .bind(commands.iter().map(|(e, _)| e.envelope.id).collect::<Vec<_>>())
     .bind(commands.iter().map(|(e, _)| e.envelope.session).collect::<Vec<_>>())
@@ -275,6 +275,8 @@ async fn insert_commands(tx: &mut Transaction<'_, Postgres>, events: &[&Decoded<
             .collect::<Vec<_>>(),
     )
     .bind(commands.iter().map(|(_, c)| c.parse_error.as_deref()).collect::<Vec<_>>())
+    .bind(commands.iter().map(|(_, c)| c.rule.as_deref()).collect::<Vec<_>>())
+    .bind(commands.iter().map(|(_, c)| c.policy_version.and_then(|v| i64::try_from(v).ok())).collect::<Vec<_>>())
     .execute(&mut **tx)
     .await?;
     Ok(())

@@ -159,6 +159,17 @@ fn classify_node(node: &str, class: &str, body: &Value, c: &mut Classification) 
                 .to_owned(),
             );
         }
+        "VariableSetStmt" => {
+            let name = body.get("name").and_then(Value::as_str).unwrap_or_default().to_ascii_lowercase();
+            if name.contains("read_only") || sets_read_write(body) {
+                c.escapes_read_only = true;
+            }
+            c.classes.insert(class.to_owned());
+        }
+        "TransactionStmt" if sets_read_write(body) => {
+            c.escapes_read_only = true;
+            c.classes.insert(class.to_owned());
+        }
         // `VALUES (...)` is a SelectStmt too (inside every INSERT ... VALUES): not a read of data.
         "SelectStmt" if body.get("values_lists").and_then(Value::as_array).is_some_and(|v| !v.is_empty()) => {}
         "SelectStmt" if present(body, "into_clause").is_some() => {
@@ -169,6 +180,16 @@ fn classify_node(node: &str, class: &str, body: &Value, c: &mut Classification) 
             c.classes.insert(class.to_owned());
         }
     }
+}
+
+/// `READ WRITE` in BEGIN / START TRANSACTION / SET [SESSION CHARACTERISTICS AS] TRANSACTION:
+/// a `transaction_read_only` option whose value is 0.
+fn sets_read_write(body: &Value) -> bool {
+    let options = body.get("options").or_else(|| body.get("args")).and_then(Value::as_array);
+    options.into_iter().flatten().filter_map(|o| o.get("node")?.get("DefElem")).any(|d| {
+        d.get("defname").and_then(Value::as_str) == Some("transaction_read_only")
+            && d.pointer("/arg/node/AConst/val/Ival/ival").and_then(Value::as_i64).unwrap_or(0) == 0
+    })
 }
 
 /// A field that is there and not null.

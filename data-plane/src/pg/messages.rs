@@ -156,12 +156,14 @@ pub fn error_fields(body: &[u8]) -> Result<(String, String), Malformed> {
 /// How bad an error the proxy reports is.
 #[derive(Debug, Clone, Copy)]
 pub enum Severity {
+    Error,
     Fatal,
 }
 
 /// An ErrorResponse written by the proxy itself.
 pub fn error_response(severity: Severity, code: &str, message: &str) -> Bytes {
     let severity = match severity {
+        Severity::Error => "ERROR",
         Severity::Fatal => "FATAL",
     };
     let mut body = BytesMut::new();
@@ -171,6 +173,26 @@ pub fn error_response(severity: Severity, code: &str, message: &str) -> Bytes {
     }
     body.put_u8(0);
     framed(b'E', &body)
+}
+
+/// A statement the upstream refuses to parse, sent in place of a denied one: the upstream
+/// answers with an error (aborting a transaction block, as a real error would) and never sees
+/// the denied text. Simple protocol: a Query; extended protocol: a Parse of the unnamed
+/// statement, after which the upstream skips to the agent's Sync.
+const DENIED_TEXT: &str = "tollgate: statement denied";
+
+pub fn denied_query() -> Bytes {
+    let mut body = BytesMut::new();
+    put_cstr(&mut body, DENIED_TEXT);
+    framed(b'Q', &body)
+}
+
+pub fn denied_parse() -> Bytes {
+    let mut body = BytesMut::new();
+    put_cstr(&mut body, "");
+    put_cstr(&mut body, DENIED_TEXT);
+    body.put_i16(0);
+    framed(b'P', &body)
 }
 
 /// AuthenticationCleartextPassword: ask the agent for its token.

@@ -9,14 +9,18 @@ mod tracker;
 use super::classify::ClassifyCache;
 use super::frame::{Frame, FrameReader};
 use super::messages::{self, Severity};
-use super::session::{AgentConn, ADMIN_SHUTDOWN, FEATURE_NOT_SUPPORTED, PROTOCOL_VIOLATION, SYSTEM_ERROR};
+use super::session::{
+    AgentConn, ADMIN_SHUTDOWN, FEATURE_NOT_SUPPORTED, INSUFFICIENT_PRIVILEGE, PROTOCOL_VIOLATION, SYSTEM_ERROR,
+};
 use super::upstream::Upstream;
+use crate::policy::PolicyReceiver;
 use crate::recorder::SessionRecorder;
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
 use tollgate_shared::event::{kind, Command, Decision, EndReason, Protocol};
+use tollgate_shared::policy::{Access, Denial};
 use tracker::{Expect, Pending, Tracker};
 
 /// How a relay ended.
@@ -50,14 +54,14 @@ impl Stop {
 
 pub async fn run(
     recorder: &SessionRecorder,
-    classifier: &ClassifyCache,
+    guard: &Guard<'_>,
     agent: &mut AgentConn,
     upstream: &mut Upstream,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> RelayOutcome {
     let tracker = Mutex::new(Tracker::default());
     let stop = {
-        let to_upstream = agent_to_upstream(recorder, classifier, &tracker, &mut agent.reader, &mut upstream.writer);
+        let to_upstream = agent_to_upstream(recorder, guard, &tracker, &mut agent.reader, &mut upstream.writer);
         let to_agent = upstream_to_agent(recorder, &tracker, &mut upstream.reader, &mut agent.writer);
         tokio::select! {
             stop = to_upstream => stop,
@@ -85,26 +89,59 @@ pub async fn run(
     RelayOutcome { reason: stop.reason, detail: stop.detail, commands }
 }
 
-/// The `command` event payload for a statement, classified (from the cache when seen before).
-fn command(
-    classifier: &ClassifyCache,
-    protocol: Protocol,
-    statement: &str,
-    params: Option<Vec<Option<String>>>,
-    prepared: Option<String>,
-) -> Command {
-    let (classification, parse_error) = match classifier.classify(statement).as_ref() {
-        Ok(c) => (Some(c.clone()), None),
-        Err(e) => (None, Some(e.0.clone())),
-    };
-    Command {
-        protocol,
-        statement: statement.to_owned(),
-        params,
-        prepared,
-        classification,
-        parse_error,
-        decision: Decision::Allow,
+/// What judges each statement: its classification (cached by text) against the live policy's
+/// guardrails for this resource and the session's grant.
+pub struct Guard<'a> {
+    pub classifier: &'a ClassifyCache,
+    pub policy: &'a PolicyReceiver,
+    pub resource: &'a str,
+    pub access: Access,
+}
+
+impl Guard<'_> {
+    /// The `command` event for a statement, and the ErrorResponse for the agent when it is denied.
+    fn judge(
+        &self,
+        protocol: Protocol,
+        statement: &str,
+        params: Option<Vec<Option<String>>>,
+        prepared: Option<String>,
+    ) -> (Command, Option<Bytes>) {
+        let classified = self.classifier.classify(statement);
+        let policy = self.policy.borrow().clone();
+        let denial = match (classified.as_ref(), &policy) {
+            // Refuse what cannot be parsed: nobody can say what it would do.
+            (Err(e), _) => Some(Denial { rule: "unparsable".into(), reason: e.to_string() }),
+            (Ok(_), None) => Some(Denial { rule: "no_policy".into(), reason: "no policy is loaded".into() }),
+            (Ok(c), Some(policy)) => match policy.document.resource(self.resource) {
+                Some(resource) => resource.deny(self.access, c),
+                None => Some(Denial {
+                    rule: "resource_not_in_policy".into(),
+                    reason: "the resource left the policy".into(),
+                }),
+            },
+        };
+        let (classification, parse_error) = match classified.as_ref() {
+            Ok(c) => (Some(c.clone()), None),
+            Err(e) => (None, Some(e.0.clone())),
+        };
+        let refusal = denial.as_ref().map(|d| {
+            let message =
+                format!("tollgate: statement denied by rule {} on resource {}: {}", d.rule, self.resource, d.reason);
+            messages::error_response(Severity::Error, INSUFFICIENT_PRIVILEGE, &message)
+        });
+        let command = Command {
+            protocol,
+            statement: statement.to_owned(),
+            params,
+            prepared,
+            classification,
+            parse_error,
+            decision: if denial.is_some() { Decision::Deny } else { Decision::Allow },
+            rule: denial.map(|d| d.rule),
+            policy_version: policy.map(|p| p.version),
+        };
+        (command, refusal)
     }
 }
 
@@ -117,7 +154,7 @@ struct Portal {
 
 async fn agent_to_upstream<R, W>(
     recorder: &SessionRecorder,
-    classifier: &ClassifyCache,
+    guard: &Guard<'_>,
     tracker: &Mutex<Tracker>,
     reader: &mut FrameReader<R>,
     writer: &mut W,
@@ -132,6 +169,7 @@ where
     let mut frames: Vec<Frame> = Vec::new();
     let mut events = Vec::new();
     let mut expected: Vec<Expect> = Vec::new();
+    let mut outgoing: Vec<Bytes> = Vec::new();
     loop {
         frames.clear();
         events.clear();
@@ -147,15 +185,21 @@ where
             let malformed = |e: messages::Malformed| {
                 Stop::refuse(EndReason::ProtocolViolation, PROTOCOL_VIOLATION, format!("tollgate: {e}"))
             };
+            if !matches!(frame.tag(), b'Q' | b'E') {
+                outgoing.push(frame.bytes.clone());
+            }
             let command = match frame.tag() {
                 b'Q' => {
                     let sql = match messages::query_message(body) {
                         Ok(s) => s,
                         Err(e) => return malformed(e),
                     };
-                    expected.push(Expect::Exec(Pending::new(Protocol::Simple)));
+                    let (command, refusal) = guard.judge(Protocol::Simple, sql, None, None);
+                    // A denied query is replaced by one the upstream refuses to parse.
+                    outgoing.push(if refusal.is_some() { messages::denied_query() } else { frame.bytes.clone() });
+                    expected.push(Expect::Exec(Pending::new(Protocol::Simple).replacing_error_with(refusal)));
                     expected.push(Expect::Sync);
-                    Some(command(classifier, Protocol::Simple, sql, None, None))
+                    Some(command)
                 }
                 b'P' => {
                     let (name, sql) = match messages::parse_message(body) {
@@ -183,13 +227,17 @@ where
                         Ok(p) => p,
                         Err(e) => return malformed(e),
                     };
-                    expected.push(Expect::Exec(Pending::new(Protocol::Extended)));
                     // An unknown portal still gets a record: the upstream will answer with the error.
                     let info = portals.get(portal);
                     let statement = info.and_then(|p| p.statement.as_deref()).unwrap_or("");
                     let params = info.map(|p| p.params.clone());
                     let prepared = info.map(|p| p.prepared.clone()).filter(|n| !n.is_empty());
-                    Some(command(classifier, Protocol::Extended, statement, params, prepared))
+                    let (command, refusal) = guard.judge(Protocol::Extended, statement, params, prepared);
+                    // A denied Execute is replaced by a Parse the upstream refuses: it answers with
+                    // an error and skips to the agent's Sync, as it would for a real failure.
+                    outgoing.push(if refusal.is_some() { messages::denied_parse() } else { frame.bytes.clone() });
+                    expected.push(Expect::Exec(Pending::new(Protocol::Extended).replacing_error_with(refusal)));
+                    Some(command)
                 }
                 b'C' => {
                     match messages::close_message(body) {
@@ -253,8 +301,8 @@ where
             }
         }
         tracker.lock().unwrap_or_else(|p| p.into_inner()).expect(expected.drain(..));
-        for frame in &frames {
-            if let Err(e) = writer.write_all(&frame.bytes).await {
+        for bytes in outgoing.drain(..) {
+            if let Err(e) = writer.write_all(&bytes).await {
                 return Stop::io(EndReason::UpstreamClosed, e);
             }
         }
@@ -280,8 +328,10 @@ where
     let mut writer = BufWriter::with_capacity(64 * 1024, writer);
     let mut frames: Vec<Frame> = Vec::new();
     let mut finished = Vec::new();
+    let mut replaced: Vec<(usize, Bytes)> = Vec::new();
     loop {
         frames.clear();
+        replaced.clear();
         match reader.read_frames(&mut frames).await {
             Ok(true) => {}
             Ok(false) => return Stop::closed(EndReason::UpstreamClosed),
@@ -289,18 +339,27 @@ where
         }
         {
             let mut t = tracker.lock().unwrap_or_else(|p| p.into_inner());
-            for frame in &frames {
-                if let Err(e) = t.on_backend(frame, &mut finished) {
-                    return Stop::refuse(
-                        EndReason::ProtocolViolation,
-                        PROTOCOL_VIOLATION,
-                        format!("tollgate: upstream sent a {e}"),
-                    );
+            for (i, frame) in frames.iter().enumerate() {
+                match t.on_backend(frame, &mut finished) {
+                    Ok(Some(substitute)) => replaced.push((i, substitute)),
+                    Ok(None) => {}
+                    Err(e) => {
+                        return Stop::refuse(
+                            EndReason::ProtocolViolation,
+                            PROTOCOL_VIOLATION,
+                            format!("tollgate: upstream sent a {e}"),
+                        );
+                    }
                 }
             }
         }
-        for frame in &frames {
-            if let Err(e) = writer.write_all(&frame.bytes).await {
+        // The upstream's answer to a denied statement's stand-in is replaced by the denial.
+        for (i, frame) in frames.iter().enumerate() {
+            let bytes = match replaced.iter().find(|(at, _)| *at == i) {
+                Some((_, substitute)) => substitute,
+                None => &frame.bytes,
+            };
+            if let Err(e) = writer.write_all(bytes).await {
                 return Stop::io(EndReason::ClientClosed, e);
             }
         }

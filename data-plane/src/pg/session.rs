@@ -41,8 +41,11 @@ mod sqlstate {
     pub const SYSTEM_ERROR: &str = "58000";
     pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
     pub const ADMIN_SHUTDOWN: &str = "57P01";
+    pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
 }
-pub(super) use sqlstate::{ADMIN_SHUTDOWN, FEATURE_NOT_SUPPORTED, PROTOCOL_VIOLATION, SYSTEM_ERROR};
+pub(super) use sqlstate::{
+    ADMIN_SHUTDOWN, FEATURE_NOT_SUPPORTED, INSUFFICIENT_PRIVILEGE, PROTOCOL_VIOLATION, SYSTEM_ERROR,
+};
 
 pub struct AgentConn {
     pub reader: FrameReader<ReadHalf<Box<dyn Io>>>,
@@ -54,6 +57,8 @@ struct Opened {
     upstream: Upstream,
     recorder: SessionRecorder,
     cancel_key: Option<AgentKey>,
+    resource: String,
+    access: Access,
 }
 
 pub async fn run(ctx: Arc<PgContext>, tcp: TcpStream, peer: SocketAddr) {
@@ -71,8 +76,9 @@ pub async fn run(ctx: Arc<PgContext>, tcp: TcpStream, peer: SocketAddr) {
         }
     };
     let Some(opened) = open(&ctx, peer, greeted).await else { return };
-    let Opened { mut agent, mut upstream, recorder, cancel_key } = opened;
-    let outcome = relay::run(&recorder, &ctx.classifier, &mut agent, &mut upstream, ctx.shutdown.clone()).await;
+    let Opened { mut agent, mut upstream, recorder, cancel_key, resource, access } = opened;
+    let guard = relay::Guard { classifier: &ctx.classifier, policy: &ctx.policy, resource: &resource, access };
+    let outcome = relay::run(&recorder, &guard, &mut agent, &mut upstream, ctx.shutdown.clone()).await;
     if let Some(key) = cancel_key {
         ctx.cancels.remove(key);
     }
@@ -390,5 +396,12 @@ async fn open(ctx: &PgContext, peer: SocketAddr, greeted: Greeted) -> Option<Ope
     }
     let (read, buffered) = reader.into_parts();
     let reader = FrameReader::with_buffer(read, buffered, ctx.listener.max_message_bytes);
-    Some(Opened { agent: AgentConn { reader, writer }, upstream, recorder, cancel_key })
+    Some(Opened {
+        agent: AgentConn { reader, writer },
+        upstream,
+        recorder,
+        cancel_key,
+        resource: resource.name.clone(),
+        access,
+    })
 }

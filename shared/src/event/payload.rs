@@ -75,6 +75,10 @@ pub struct Classification {
     pub unbounded_write: bool,
     /// Something other than reading (conservative: unknown statements count as writes).
     pub writes: bool,
+    /// Turns a read-only transaction or session read-write (`SET default_transaction_read_only`,
+    /// `BEGIN READ WRITE`, `SET SESSION CHARACTERISTICS ...`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub escapes_read_only: bool,
 }
 
 /// `command`: one statement (or request, or exec) an agent sent, recorded before it runs.
@@ -94,6 +98,12 @@ pub struct Command {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parse_error: Option<String>,
     pub decision: Decision,
+    /// The rule behind a `deny` (e.g. `deny_classes:drop`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// The policy version that judged the command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_version: Option<u64>,
 }
 
 /// How a command ended.

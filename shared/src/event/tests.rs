@@ -34,6 +34,8 @@ fn sealed_session(signer: &SessionSigner) -> Vec<SealedEvent> {
         classification: None,
         parse_error: None,
         decision: Decision::Allow,
+        rule: None,
+        policy_version: Some(1),
     };
     let a = chain.seal(kind::SESSION_STARTED, &started).unwrap();
     let b = chain.seal(kind::COMMAND, &command).unwrap();

@@ -72,3 +72,42 @@ impl PolicyDocument {
             .map_or(Judgement::NoGrant, |grant| Judgement::Allowed { access: grant.access, grant, resource })
     }
 }
+
+/// Why a statement must not run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denial {
+    /// The rule, as recorded: `deny_classes:drop`, `deny_functions:pg_read_file`, `read_only_grant`...
+    pub rule: String,
+    pub reason: String,
+}
+
+fn named_in(list: &[String], names: &std::collections::BTreeSet<String>) -> Option<String> {
+    list.iter().find(|n| names.contains(&n.to_lowercase())).cloned()
+}
+
+impl ResourcePolicy {
+    /// Judge one classified statement under this resource's guardrails and the session's access.
+    pub fn deny(&self, access: Access, c: &crate::event::Classification) -> Option<Denial> {
+        let g = &self.guardrails;
+        let deny = |rule: String, reason: String| Some(Denial { rule, reason });
+        if let Some(class) = g.deny_classes.iter().find(|class| c.classes.contains(*class)) {
+            return deny(
+                format!("deny_classes:{class}"),
+                format!("{class} statements are not allowed on {}", self.name),
+            );
+        }
+        if g.deny_unbounded_writes && c.unbounded_write {
+            return deny("deny_unbounded_writes".into(), "DELETE or UPDATE without WHERE".into());
+        }
+        if let Some(function) = named_in(&g.deny_functions, &c.functions) {
+            return deny(format!("deny_functions:{function}"), format!("function {function} is not allowed"));
+        }
+        if let Some(relation) = named_in(&g.deny_relations, &c.relations) {
+            return deny(format!("deny_relations:{relation}"), format!("relation {relation} is off limits"));
+        }
+        if access == Access::ReadOnly && (c.writes || c.escapes_read_only) {
+            return deny("read_only_grant".into(), "the agent's grant is read-only".into());
+        }
+        None
+    }
+}

@@ -90,7 +90,7 @@ impl PgServer {
         run(initdb, "initdb");
         let port = super::free_port();
         let options = format!(
-            "-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c log_statement=all -c log_connections=on -c fsync=off -c max_connections=200",
+            "-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c log_statement=all -c log_connections=on -c fsync=off -c max_connections=200 -c log_line_prefix='%m [%p] db=%d '",
             dir.path().display()
         );
         let mut start = as_server_user(&bin.join("pg_ctl"));
@@ -123,6 +123,12 @@ impl PgServer {
     /// The server's log: every statement it ran and every connection it accepted.
     pub fn server_log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// The log lines of sessions on `database` only (not the control plane's projections).
+    pub fn database_log(&self, database: &str) -> String {
+        let tag = format!(" db={database} ");
+        self.server_log().lines().filter(|l| l.contains(&tag)).collect::<Vec<_>>().join("\n")
     }
 
     /// Replace pg_hba.conf and reload.

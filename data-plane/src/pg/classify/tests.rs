@@ -109,3 +109,20 @@ fn every_class_the_classifier_emits_is_one_policies_may_name() {
         assert!(vocabulary.contains(&class), "{class} is missing from STATEMENT_CLASSES");
     }
 }
+
+#[test]
+fn ways_out_of_read_only_are_flagged() {
+    for sql in [
+        "set default_transaction_read_only = off",
+        "SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE",
+        "begin read write",
+        "start transaction read write",
+        "set transaction read write",
+        "reset default_transaction_read_only",
+    ] {
+        assert!(classify(sql).unwrap().escapes_read_only, "{sql}");
+    }
+    for sql in ["set statement_timeout = 5", "begin", "commit", "begin read only", "set transaction read only"] {
+        assert!(!classify(sql).unwrap().escapes_read_only, "{sql}");
+    }
+}

@@ -7,6 +7,7 @@
 
 use super::super::frame::Frame;
 use super::super::messages::{self, Malformed};
+use bytes::Bytes;
 use std::collections::VecDeque;
 use std::time::Instant;
 use tollgate_shared::event::{CommandResult, ErrorInfo, Outcome, Protocol};
@@ -27,6 +28,9 @@ pub struct Pending {
     tags: Vec<String>,
     data_rows: u64,
     error: Option<ErrorInfo>,
+    /// For a denied command: the ErrorResponse the agent gets instead of the upstream's answer
+    /// to the stand-in statement.
+    replacement: Option<Bytes>,
 }
 
 impl Pending {
@@ -39,7 +43,13 @@ impl Pending {
             tags: Vec::new(),
             data_rows: 0,
             error: None,
+            replacement: None,
         }
+    }
+
+    pub fn replacing_error_with(mut self, replacement: Option<Bytes>) -> Self {
+        self.replacement = replacement;
+        self
     }
 
     pub fn bind(&mut self, id: Uuid, seq: u64) {
@@ -114,8 +124,10 @@ impl Tracker {
         self.front_exec().is_some_and(|p| p.protocol == Protocol::Extended)
     }
 
-    /// Account for one upstream message; completed commands are appended to `done`.
-    pub fn on_backend(&mut self, frame: &Frame, done: &mut Vec<CommandResult>) -> Result<(), Malformed> {
+    /// Account for one upstream message; completed commands are appended to `done`. Returns the
+    /// frame to send the agent instead, when this one answers a denied command's stand-in.
+    pub fn on_backend(&mut self, frame: &Frame, done: &mut Vec<CommandResult>) -> Result<Option<Bytes>, Malformed> {
+        let mut substitute = None;
         match frame.tag() {
             b'D' => {
                 if let Some(p) = self.front_exec() {
@@ -137,9 +149,13 @@ impl Tracker {
                 done.extend(self.pop_front_exec().map(|p| p.finish(Outcome::Suspended)))
             }
             b'E' => {
-                let (code, message) = messages::error_fields(frame.body())?;
+                let (mut code, mut message) = messages::error_fields(frame.body())?;
                 let extended = self.front_is_extended();
                 if let Some(p) = self.front_exec() {
+                    if let Some(replacement) = p.replacement.take() {
+                        (code, message) = messages::error_fields(&replacement[5..])?;
+                        substitute = Some(replacement);
+                    }
                     p.error.get_or_insert(ErrorInfo { code, message });
                 }
                 if extended {
@@ -150,7 +166,7 @@ impl Tracker {
             b'Z' => self.ready_for_query(done),
             _ => {}
         }
-        Ok(())
+        Ok(substitute)
     }
 
     /// The server ignores Syncs that reach it during COPY FROM STDIN: forget the ones already
