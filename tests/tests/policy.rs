@@ -223,3 +223,43 @@ async fn the_admin_cli_applies_and_diffs_policy_files() {
     let err = cli::apply(&reviewer, &file, None).await.expect_err("reviewers cannot change policy");
     assert!(err.to_string().starts_with("403"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_is_enforced_by_every_proxy_on_the_bus() {
+    let stack = Stack::start().await;
+    let b = tollgate_data_plane::Proxy::start(stack.proxy_config("proxy-b")).await.expect("proxy b");
+    let c = tollgate_data_plane::Proxy::start(stack.proxy_config("proxy-c")).await.expect("proxy c");
+    let proxies = [&stack.proxy, &b, &c];
+    let mut doc = json!({
+        "resources": [{ "name": "demo", "kind": "postgres", "guardrails": { "deny_classes": ["truncate"] } }],
+        "grants": [{ "name": "everyone", "who": { "agents": ["*"] }, "resources": { "names": ["demo"] }, "access": "admin" }]
+    });
+    let version = stack.put_policy(&doc).await;
+    eventually(10, "all three proxies to load it", || async {
+        proxies.iter().all(|p| p.policy_version() == Some(version)).then_some(())
+    })
+    .await;
+    let token = stack.agent_token("bot-fleet");
+    for proxy in proxies {
+        let dsn = format!("host=127.0.0.1 port={} dbname=demo user=ci password={token}", proxy.postgres_addr.port());
+        let (client, connection) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls).await.expect("connect");
+        tokio::spawn(connection);
+        client.simple_query("create table if not exists t (x int)").await.expect("create");
+        let err = client.simple_query("truncate t").await.expect_err("truncate denied everywhere");
+        assert_eq!(err.code().map(|c| c.code()), Some("42501"));
+        // Lift the rule: the very same session is judged by the new version.
+        doc["resources"][0]["guardrails"]["deny_classes"] = json!([]);
+        let lifted = stack.put_policy(&doc).await;
+        eventually(10, "the proxy to load the lifted policy", || async {
+            (proxy.policy_version() == Some(lifted)).then_some(())
+        })
+        .await;
+        client.simple_query("truncate t").await.expect("allowed after the change");
+        doc["resources"][0]["guardrails"]["deny_classes"] = json!(["truncate"]);
+        let again = stack.put_policy(&doc).await;
+        eventually(10, "the proxies to load it", || async {
+            proxies.iter().all(|p| p.policy_version() == Some(again)).then_some(())
+        })
+        .await;
+    }
+}
