@@ -241,10 +241,14 @@ where
                 }
                 b'C' => {
                     match messages::close_message(body) {
-                        Ok((b'S', name)) => statements.remove(name),
-                        Ok((_, name)) => portals.remove(name).map(|_| Arc::from("")),
+                        Ok((b'S', name)) => {
+                            statements.remove(name);
+                        }
+                        Ok((_, name)) => {
+                            portals.remove(name);
+                        }
                         Err(e) => return malformed(e),
-                    };
+                    }
                     None
                 }
                 b'S' => {
