@@ -192,8 +192,15 @@ async fn cancel_request_reaches_the_upstream_query() {
     let cancel = client.cancel_token();
     let started = std::time::Instant::now();
     let long = tokio::spawn(async move { client.simple_query("select pg_sleep(60)").await });
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    cancel.cancel_query(tokio_postgres::NoTls).await.expect("cancel sent through the proxy");
+    // Cancel until it takes: a cancel that arrives before the query runs is a no-op.
+    for _ in 0..30 {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        cancel.cancel_query(tokio_postgres::NoTls).await.expect("cancel sent through the proxy");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        if long.is_finished() {
+            break;
+        }
+    }
     let err = long.await.expect("join").expect_err("the query was cancelled");
     assert_eq!(err.code().map(|c| c.code()), Some("57014"), "{err}");
     assert!(started.elapsed() < std::time::Duration::from_secs(20));
