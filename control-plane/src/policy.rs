@@ -87,12 +87,7 @@ pub async fn apply(
 }
 
 async fn publish_once(js: &jetstream::Context, event: &SealedEvent) -> Result<(), String> {
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert(names::MSG_ID_HEADER, event.id.to_string().as_str());
-    let ack = js
-        .publish_with_headers(names::subject_for(event.kind), headers, event.bytes.clone())
-        .await
-        .map_err(|e| e.to_string())?;
+    let ack = tollgate_shared::stream::publish_event(js, event).await?;
     ack.await.map(|_| ()).map_err(|e| e.to_string())
 }
 

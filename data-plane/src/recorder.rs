@@ -10,7 +10,6 @@ use futures_util::future::join_all;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tollgate_shared::event::{Chain, SealedEvent, SessionSigner};
-use tollgate_shared::names;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
@@ -33,12 +32,7 @@ impl Publisher {
     }
 
     async fn send(&self, event: &SealedEvent) -> Result<jetstream::context::PublishAckFuture, RecordError> {
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert(names::MSG_ID_HEADER, event.id.to_string().as_str());
-        self.js
-            .publish_with_headers(names::subject_for(event.kind), headers, event.bytes.clone())
-            .await
-            .map_err(|e| RecordError::Unacknowledged(e.to_string()))
+        tollgate_shared::stream::publish_event(&self.js, event).await.map_err(RecordError::Unacknowledged)
     }
 
     /// Publish every event and wait until JetStream has stored all of them (they travel

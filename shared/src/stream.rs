@@ -33,3 +33,16 @@ pub async fn ensure_policy_bucket(js: &jetstream::Context) -> Result<jetstream::
     .await
     .map_err(|e| format!("cannot create or open KV bucket {}: {e}", names::POLICY_BUCKET))
 }
+
+/// Publish a sealed event on its subject with its id as `Nats-Msg-Id`, so JetStream
+/// de-duplicates retries. Returns the acknowledgement to await.
+pub async fn publish_event(
+    js: &jetstream::Context,
+    event: &crate::event::SealedEvent,
+) -> Result<jetstream::context::PublishAckFuture, String> {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(names::MSG_ID_HEADER, event.id.to_string().as_str());
+    js.publish_with_headers(names::subject_for(event.kind), headers, event.bytes.clone())
+        .await
+        .map_err(|e| e.to_string())
+}

@@ -49,7 +49,7 @@ pub struct Chain {
 
 impl Chain {
     pub fn new(session: Uuid, node: String, agent: AgentIdentity, resource: ResourceRef) -> Self {
-        Chain { session, node, agent, resource, next_seq: 0, prev: String::new() }
+        Self::resume(session, node, agent, resource, 0, String::new())
     }
 
     /// Continue a chain whose last event had seq `next_seq - 1` and hash `prev`.
