@@ -63,6 +63,7 @@ pub async fn apply(
         event_hash: event.hash.clone(),
         changed_by: author.subject.clone(),
         changed_at: Utc::now(),
+        maskers: Default::default(),
     };
     let bytes = serde_json::to_vec(&snapshot).map_err(|e| ApplyError::Store(e.to_string()))?;
     let written = match &live {

@@ -9,6 +9,7 @@
 pub mod cancel;
 pub mod classify;
 mod frame;
+mod mask;
 mod messages;
 mod relay;
 mod session;

@@ -8,6 +8,7 @@
 pub mod config;
 pub mod event;
 pub mod identity;
+pub mod mask;
 pub mod names;
 pub mod policy;
 pub mod token;

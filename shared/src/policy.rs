@@ -22,9 +22,39 @@ pub struct Snapshot {
     pub event_hash: String,
     pub changed_by: String,
     pub changed_at: chrono::DateTime<chrono::Utc>,
+    /// Each resource's compiled masking, built on first use.
+    #[serde(skip)]
+    pub maskers: MaskerCache,
 }
 
-use std::collections::HashSet;
+impl Snapshot {
+    /// The masking for a resource; the strictest masking (every detector) when the resource
+    /// is not in the policy or its masking does not compile here (fail closed).
+    pub fn masker(&self, resource: &str) -> Arc<Masker> {
+        let compiled = self.maskers.0.get_or_init(|| {
+            self.document
+                .resources
+                .iter()
+                .map(|r| (r.name.clone(), Masker::new(&r.masking).map(Arc::new).unwrap_or_else(|_| Masker::strict())))
+                .collect()
+        });
+        compiled.get(resource).cloned().unwrap_or_else(Masker::strict)
+    }
+}
+
+/// Compiled maskers of a snapshot (not serialized: derived from the document).
+#[derive(Default, Clone)]
+pub struct MaskerCache(std::sync::OnceLock<HashMap<String, Arc<Masker>>>);
+
+impl std::fmt::Debug for MaskerCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MaskerCache")
+    }
+}
+
+use crate::mask::Masker;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 /// The statement classes the data plane's classifier produces; guardrails and approval rules
 /// may name only these.
@@ -143,9 +173,9 @@ impl PolicyDocument {
                     problem(format!("{at}.approver_groups"), "name at least one group that may approve".into());
                 }
             }
-            for (j, detector) in r.masking.custom.iter().enumerate() {
-                if let Err(e) = regex::Regex::new(&detector.pattern) {
-                    problem(format!("{at}.masking.custom[{j}].pattern"), format!("invalid regular expression: {e}"));
+            if let Err(found) = crate::mask::Masker::new(&r.masking) {
+                for p in found {
+                    problem(format!("{at}.masking.{}", p.field), p.message);
                 }
             }
         }

@@ -8,6 +8,8 @@ use std::fmt;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Malformed(pub &'static str);
 
+impl std::error::Error for Malformed {}
+
 impl fmt::Display for Malformed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "malformed {} message", self.0)
@@ -52,6 +54,24 @@ impl<'a> Cursor<'a> {
         Ok(i32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
     }
 
+    /// An Int16 count followed by that many Int16s.
+    pub fn i16_list(&mut self) -> Result<Vec<i16>, Malformed> {
+        let n = usize::try_from(self.i16()?).map_err(|_| self.err())?;
+        (0..n).map(|_| self.i16()).collect()
+    }
+
+    /// A NUL-terminated string as raw bytes (names need not be UTF-8 in every client encoding).
+    pub fn cbytes(&mut self) -> Result<&'a [u8], Malformed> {
+        let end = self.rest.iter().position(|b| *b == 0).ok_or(self.err())?;
+        let (s, rest) = self.rest.split_at(end);
+        self.rest = &rest[1..];
+        Ok(s)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rest.is_empty()
+    }
+
     pub fn take(&mut self, n: usize) -> Result<&'a [u8], Malformed> {
         if self.rest.len() < n {
             return Err(self.err());
@@ -68,16 +88,20 @@ pub fn parse_message(body: &[u8]) -> Result<(&str, &str), Malformed> {
     Ok((c.cstr()?, c.cstr()?))
 }
 
-/// `Bind`: portal name, statement name, parameters rendered as text for the record.
-pub fn bind_message(body: &[u8]) -> Result<(&str, &str, Vec<Option<String>>), Malformed> {
+/// A `Bind`, with its parameters rendered as text for the record.
+pub struct Bind<'a> {
+    pub portal: &'a str,
+    pub statement: &'a str,
+    pub params: Vec<Option<String>>,
+    /// Result column format codes: none (all text), one (for all) or one per column.
+    pub result_formats: Vec<i16>,
+}
+
+pub fn bind_message(body: &[u8]) -> Result<Bind<'_>, Malformed> {
     let mut c = Cursor::new(body, "Bind");
     let portal = c.cstr()?;
     let statement = c.cstr()?;
-    let n_formats = usize::try_from(c.i16()?).map_err(|_| Malformed("Bind"))?;
-    let mut formats = Vec::with_capacity(n_formats);
-    for _ in 0..n_formats {
-        formats.push(c.i16()?);
-    }
+    let formats = c.i16_list()?;
     let n_params = usize::try_from(c.i16()?).map_err(|_| Malformed("Bind"))?;
     let mut params = Vec::with_capacity(n_params);
     for i in 0..n_params {
@@ -95,7 +119,8 @@ pub fn bind_message(body: &[u8]) -> Result<(&str, &str, Vec<Option<String>>), Ma
         };
         params.push(Some(render_param(value, format)));
     }
-    Ok((portal, statement, params))
+    let result_formats = c.i16_list()?;
+    Ok(Bind { portal, statement, params, result_formats })
 }
 
 fn render_param(value: &[u8], format: i16) -> String {
@@ -113,6 +138,12 @@ pub fn execute_message(body: &[u8]) -> Result<&str, Malformed> {
 /// `Close`: `S` or `P`, and the name.
 pub fn close_message(body: &[u8]) -> Result<(u8, &str), Malformed> {
     let mut c = Cursor::new(body, "Close");
+    Ok((c.u8()?, c.cstr()?))
+}
+
+/// `Describe`: `S` or `P`, and the name.
+pub fn describe_message(body: &[u8]) -> Result<(u8, &str), Malformed> {
+    let mut c = Cursor::new(body, "Describe");
     Ok((c.u8()?, c.cstr()?))
 }
 
@@ -217,7 +248,7 @@ fn put_cstr(buf: &mut BytesMut, s: &str) {
     buf.put_u8(0);
 }
 
-fn framed(tag: u8, body: &[u8]) -> Bytes {
+pub fn framed(tag: u8, body: &[u8]) -> Bytes {
     let mut out = BytesMut::with_capacity(body.len() + 5);
     out.put_u8(tag);
     out.put_i32(body.len() as i32 + 4);

@@ -20,6 +20,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
 use tollgate_shared::event::{kind, Command, Decision, EndReason, Protocol};
+use tollgate_shared::mask::{Masker, Tally};
 use tollgate_shared::policy::{Access, Denial};
 use tracker::{Expect, Pending, Tracker};
 
@@ -62,7 +63,7 @@ pub async fn run(
     let tracker = Mutex::new(Tracker::default());
     let stop = {
         let to_upstream = agent_to_upstream(recorder, guard, &tracker, &mut agent.reader, &mut upstream.writer);
-        let to_agent = upstream_to_agent(recorder, &tracker, &mut upstream.reader, &mut agent.writer);
+        let to_agent = upstream_to_agent(recorder, guard, &tracker, &mut upstream.reader, &mut agent.writer);
         tokio::select! {
             stop = to_upstream => stop,
             stop = to_agent => stop,
@@ -99,6 +100,14 @@ pub struct Guard<'a> {
 }
 
 impl Guard<'_> {
+    /// The live masking for this resource (every detector when no policy is loaded).
+    fn masker(&self) -> Arc<Masker> {
+        match self.policy.borrow().as_ref() {
+            Some(snapshot) => snapshot.masker(self.resource),
+            None => Masker::strict(),
+        }
+    }
+
     /// The `command` event for a statement, and the ErrorResponse for the agent when it is denied.
     fn judge(
         &self,
@@ -125,6 +134,17 @@ impl Guard<'_> {
             Ok(c) => (Some(c.clone()), None),
             Err(e) => (None, Some(e.0.clone())),
         };
+        // The record holds the statement masked; the upstream gets it as the agent sent it.
+        let masker = match &policy {
+            Some(snapshot) => snapshot.masker(self.resource),
+            None => Masker::strict(),
+        };
+        let mut tally = Tally::default();
+        let statement = masker.mask_str(statement, None, &mut tally).into_owned();
+        let params = params.map(|params| {
+            params.into_iter().map(|p| p.map(|p| masker.mask_str(&p, None, &mut tally).into_owned())).collect()
+        });
+        let parse_error = parse_error.map(|e| masker.mask_str(&e, None, &mut tally).into_owned());
         let refusal = denial.as_ref().map(|d| {
             let message =
                 format!("tollgate: statement denied by rule {} on resource {}: {}", d.rule, self.resource, d.reason);
@@ -132,7 +152,7 @@ impl Guard<'_> {
         });
         let command = Command {
             protocol,
-            statement: statement.to_owned(),
+            statement,
             params,
             prepared,
             classification,
@@ -140,6 +160,7 @@ impl Guard<'_> {
             decision: if denial.is_some() { Decision::Deny } else { Decision::Allow },
             rule: denial.map(|d| d.rule),
             policy_version: policy.map(|p| p.version),
+            masked: tally.into_counts(),
         };
         (command, refusal)
     }
@@ -150,6 +171,7 @@ struct Portal {
     statement: Option<Arc<str>>,
     prepared: String,
     params: Vec<Option<String>>,
+    result_formats: Vec<i16>,
 }
 
 async fn agent_to_upstream<R, W>(
@@ -197,7 +219,7 @@ where
                     let (command, refusal) = guard.judge(Protocol::Simple, sql, None, None);
                     // A denied query is replaced by one the upstream refuses to parse.
                     outgoing.push(if refusal.is_some() { messages::denied_query() } else { frame.bytes.clone() });
-                    expected.push(Expect::Exec(Pending::new(Protocol::Simple).replacing_error_with(refusal)));
+                    expected.push(Expect::Exec(Box::new(Pending::simple().replacing_error_with(refusal))));
                     expected.push(Expect::Sync);
                     Some(command)
                 }
@@ -210,16 +232,17 @@ where
                     None
                 }
                 b'B' => {
-                    let (portal, statement, params) = match messages::bind_message(body) {
+                    let bind = match messages::bind_message(body) {
                         Ok(b) => b,
                         Err(e) => return malformed(e),
                     };
                     let info = Portal {
-                        statement: statements.get(statement).cloned(),
-                        prepared: statement.to_owned(),
-                        params,
+                        statement: statements.get(bind.statement).cloned(),
+                        prepared: bind.statement.to_owned(),
+                        params: bind.params,
+                        result_formats: bind.result_formats,
                     };
-                    portals.insert(portal.to_owned(), info);
+                    portals.insert(bind.portal.to_owned(), info);
                     None
                 }
                 b'E' => {
@@ -232,11 +255,15 @@ where
                     let statement = info.and_then(|p| p.statement.as_deref()).unwrap_or("");
                     let params = info.map(|p| p.params.clone());
                     let prepared = info.map(|p| p.prepared.clone()).filter(|n| !n.is_empty());
+                    let pending = Pending::extended(
+                        info.and_then(|p| p.statement.clone()),
+                        info.map(|p| p.result_formats.clone()).unwrap_or_default(),
+                    );
                     let (command, refusal) = guard.judge(Protocol::Extended, statement, params, prepared);
                     // A denied Execute is replaced by a Parse the upstream refuses: it answers with
                     // an error and skips to the agent's Sync, as it would for a real failure.
                     outgoing.push(if refusal.is_some() { messages::denied_parse() } else { frame.bytes.clone() });
-                    expected.push(Expect::Exec(Pending::new(Protocol::Extended).replacing_error_with(refusal)));
+                    expected.push(Expect::Exec(Box::new(pending.replacing_error_with(refusal))));
                     Some(command)
                 }
                 b'C' => {
@@ -263,7 +290,17 @@ where
                     terminate = true;
                     None
                 }
-                b'D' | b'H' | b'd' => None,
+                b'D' => {
+                    // Its answer (RowDescription or NoData) tells what a later Execute returns.
+                    let described = match messages::describe_message(body) {
+                        Ok((b'S', name)) => statements.get(name).cloned(),
+                        Ok((_, name)) => portals.get(name).and_then(|p| p.statement.clone()),
+                        Err(e) => return malformed(e),
+                    };
+                    expected.push(Expect::Describe(described));
+                    None
+                }
+                b'H' | b'd' => None,
                 b'F' => {
                     return Stop::refuse(
                         EndReason::ProtocolViolation,
@@ -321,6 +358,7 @@ where
 
 async fn upstream_to_agent<R, W>(
     recorder: &SessionRecorder,
+    guard: &Guard<'_>,
     tracker: &Mutex<Tracker>,
     reader: &mut FrameReader<R>,
     writer: &mut W,
@@ -342,22 +380,24 @@ where
             Err(e) => return Stop::io(EndReason::UpstreamClosed, e),
         }
         {
+            // Masking follows the live policy, batch by batch.
+            let masker = guard.masker();
             let mut t = tracker.lock().unwrap_or_else(|p| p.into_inner());
             for (i, frame) in frames.iter().enumerate() {
-                match t.on_backend(frame, &mut finished) {
+                match t.on_backend(frame, &masker, &mut finished) {
                     Ok(Some(substitute)) => replaced.push((i, substitute)),
                     Ok(None) => {}
                     Err(e) => {
                         return Stop::refuse(
                             EndReason::ProtocolViolation,
                             PROTOCOL_VIOLATION,
-                            format!("tollgate: upstream sent a {e}"),
+                            format!("tollgate: {e}"),
                         );
                     }
                 }
             }
         }
-        // The upstream's answer to a denied statement's stand-in is replaced by the denial.
+        // Masked messages, and the denial in place of the upstream's answer to a stand-in.
         for (i, frame) in frames.iter().enumerate() {
             let bytes = match replaced.iter().find(|(at, _)| *at == i) {
                 Some((_, substitute)) => substitute,

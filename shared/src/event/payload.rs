@@ -104,6 +104,20 @@ pub struct Command {
     /// The policy version that judged the command.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy_version: Option<u64>,
+    /// What masking replaced in `statement`, `params` and `parse_error` (they are recorded
+    /// masked; the upstream receives the statement as the agent sent it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub masked: Vec<MaskCount>,
+}
+
+/// How many values one detector (or a column rule: detector `column`) masked, in one column
+/// when the values came from a result column. Never the values themselves.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MaskCount {
+    pub detector: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub column: Option<String>,
+    pub count: u64,
 }
 
 /// How a command ended.
@@ -144,6 +158,16 @@ pub struct CommandResult {
     pub duration_us: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorInfo>,
+    /// What masking replaced in what the upstream sent back (rows, COPY data, errors, notices).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub masked: Vec<MaskCount>,
+    /// Binary-format values that held a finding: they cannot carry a marker, so they became NULL.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub nulled: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Why a session ended.

@@ -1,6 +1,6 @@
 //! Judging an agent against a policy: which grant (if any) lets it reach a resource, and how.
 
-use super::{Access, Grant, PolicyDocument, ResourcePolicy};
+use super::{Access, Grant, MaskTarget, PolicyDocument, ResourcePolicy};
 use crate::identity::mapping::{claim, glob_match};
 use crate::identity::AgentIdentity;
 use chrono::{DateTime, Utc};
@@ -104,6 +104,15 @@ impl ResourcePolicy {
         }
         if let Some(relation) = named_in(&g.deny_relations, &c.relations) {
             return deny(format!("deny_relations:{relation}"), format!("relation {relation} is off limits"));
+        }
+        // COPY output carries no column names, so column rules could not be applied to it.
+        let column_masking = !self.masking.columns.is_empty() && self.masking.apply_to == MaskTarget::AgentAndRecords;
+        if column_masking && c.classes.iter().any(|class| class == "copy_to") {
+            return deny(
+                "masking:copy_to".into(),
+                "COPY TO is refused where column masking rules apply (COPY output has no column names); use SELECT"
+                    .into(),
+            );
         }
         if access == Access::ReadOnly && (c.writes || c.escapes_read_only) {
             return deny("read_only_grant".into(), "the agent's grant is read-only".into());

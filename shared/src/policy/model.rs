@@ -82,31 +82,75 @@ fn fifteen_minutes() -> u64 {
     900
 }
 
-/// What is masked, and where.
+/// What is masked, and where (see `crate::mask`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Masking {
-    /// Content detectors to run (all built-in ones when absent).
+    /// Content detectors to run (every built-in one when absent; none when empty).
     #[serde(default)]
     pub detectors: Option<Vec<String>>,
-    /// Columns masked by name pattern (glob), whatever their content.
+    /// Detectors whose matches keep their last four characters (`****1234`).
     #[serde(default)]
-    pub columns: Vec<String>,
+    pub partial: Vec<String>,
+    /// Columns masked whatever their content, by result column name (glob, case-insensitive)
+    /// and optionally type.
+    #[serde(default)]
+    pub columns: Vec<ColumnRule>,
     /// Extra detectors.
     #[serde(default)]
     pub custom: Vec<CustomDetector>,
-    /// Values never masked.
+    /// Values never masked (exact match of what a detector found).
     #[serde(default)]
     pub allow_values: Vec<String>,
     #[serde(default)]
     pub apply_to: MaskTarget,
 }
 
+/// A column rule: a bare name glob (`"*password*"`), or a name glob with a type
+/// (`{ name: "*", type: "bytea" }`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ColumnRule {
+    Name(String),
+    Typed(TypedColumnRule),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TypedColumnRule {
+    #[serde(default = "any_name")]
+    pub name: String,
+    /// A PostgreSQL type name (`text`, `jsonb`, `bytea`...); any type when absent.
+    #[serde(default, rename = "type")]
+    pub type_name: Option<String>,
+}
+
+fn any_name() -> String {
+    "*".into()
+}
+
+impl ColumnRule {
+    pub fn name(&self) -> &str {
+        match self {
+            ColumnRule::Name(name) => name,
+            ColumnRule::Typed(rule) => &rule.name,
+        }
+    }
+
+    pub fn type_name(&self) -> Option<&str> {
+        match self {
+            ColumnRule::Name(_) => None,
+            ColumnRule::Typed(rule) => rule.type_name.as_deref(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CustomDetector {
     pub name: String,
-    /// A regular expression (Rust `regex` syntax).
+    /// A regular expression (Rust `regex` syntax); the whole match is masked, or the group
+    /// named `v` when the pattern has one.
     pub pattern: String,
 }
 

@@ -30,15 +30,16 @@ fn bind_renders_text_null_and_binary_parameters() {
     body.extend_from_slice(&2i32.to_be_bytes());
     body.extend_from_slice(&[0xde, 0xad]);
     body.extend_from_slice(&0i16.to_be_bytes());
-    let (portal, statement, params) = bind_message(&body).unwrap();
-    assert_eq!((portal, statement), ("p1", "s1"));
-    assert_eq!(params, vec![Some("42".into()), None, Some("\\xdead".into())]);
+    let bind = bind_message(&body).unwrap();
+    assert_eq!((bind.portal, bind.statement), ("p1", "s1"));
+    assert_eq!(bind.params, vec![Some("42".into()), None, Some("\\xdead".into())]);
+    assert!(bind.result_formats.is_empty());
 }
 
 #[test]
 fn truncated_bind_is_malformed() {
     let body = b"p\0s\0\0\x01\0\0\0\x01\0\0\0\x09ab";
-    assert_eq!(bind_message(body).unwrap_err(), Malformed("Bind"));
+    assert_eq!(bind_message(body).err(), Some(Malformed("Bind")));
 }
 
 #[test]

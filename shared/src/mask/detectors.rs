@@ -1,0 +1,98 @@
+//! The built-in content detectors: a pattern that finds candidates cheaply, and a check that
+//! keeps false positives low (Luhn for cards, mod-97 for IBANs, entropy for opaque tokens...).
+//!
+//! Every pattern is ASCII-only (`(?-u)`) so the combined prefilter runs as one byte DFA.
+
+use super::checks::Check;
+
+pub struct Builtin {
+    pub name: &'static str,
+    pub pattern: &'static str,
+    pub check: Check,
+}
+
+/// In the order they are tried; several entries may share a name.
+pub const BUILTINS: &[Builtin] = &[
+    Builtin {
+        name: "email",
+        pattern: r"(?-u)(?i)[a-z0-9._%+-]{1,64}@[a-z0-9-]{1,63}(?:\.[a-z0-9-]{1,63})*\.[a-z]{2,24}",
+        check: Check::Any,
+    },
+    Builtin {
+        // 13 to 19 digits, single spaces or dashes between them, not inside a longer number.
+        name: "card",
+        pattern: r"(?-u)(?:^|[^0-9])(?P<v>[0-9](?:[ -]?[0-9]){12,18})",
+        check: Check::Luhn,
+    },
+    Builtin { name: "iban", pattern: r"(?-u)(?i)[a-z]{2}[0-9]{2}(?:[ ]?[a-z0-9]){11,30}", check: Check::Iban },
+    Builtin { name: "ssn", pattern: r"(?-u)[0-9]{3}[- ][0-9]{2}[- ][0-9]{4}", check: Check::Ssn },
+    Builtin {
+        // International (+CC ...) or North American ((415) 555-0100, 415-555-0100) numbers.
+        name: "phone",
+        pattern: r"(?-u)\+[0-9]{1,3}(?:[ .-]?\(?[0-9]{1,5}\)?){2,6}|(?:^|[^0-9])(?P<v>\(?[0-9]{3}\)?[ .-][0-9]{3}[ .-][0-9]{4})",
+        check: Check::Phone,
+    },
+    Builtin { name: "jwt", pattern: r"(?-u)(?i)eyj[a-z0-9_-]{6,}\.eyj[a-z0-9_-]{6,}\.[a-z0-9_-]*", check: Check::Any },
+    Builtin {
+        name: "aws_key",
+        pattern: r"(?-u)(?i)(?:a3t[a-z0-9]|akia|asia|abia|acca)[a-z0-9]{16}",
+        check: Check::Any,
+    },
+    Builtin { name: "gcp_key", pattern: r"(?-u)(?i)aiza[a-z0-9_-]{35}|ya29\.[a-z0-9_-]{20,}", check: Check::Any },
+    Builtin {
+        name: "github_token",
+        pattern: r"(?-u)(?i)(?:ghp|gho|ghu|ghs|ghr)_[a-z0-9]{36}|github_pat_[a-z0-9_]{22,}",
+        check: Check::Any,
+    },
+    Builtin {
+        name: "slack_token",
+        pattern: r"(?-u)(?i)xox[abposr]-[a-z0-9-]{10,}|xapp-[a-z0-9-]{10,}|hooks\.slack\.com/services/[a-z0-9/_]{16,}",
+        check: Check::Any,
+    },
+    Builtin {
+        name: "stripe_key",
+        pattern: r"(?-u)(?i)(?:sk|rk)_(?:live|test)_[a-z0-9]{16,}|whsec_[a-z0-9]{16,}",
+        check: Check::Any,
+    },
+    Builtin {
+        // From BEGIN to END, or to the end of the value when a fragment lost its END line.
+        name: "private_key",
+        pattern: r"(?-u)(?is)-----begin[ a-z0-9]*private key(?:-----)?.*?(?:-----end[ a-z0-9]*private key-----|\z)",
+        check: Check::Any,
+    },
+    Builtin {
+        // password=..., "api_key": "...", token: ... (the value only).
+        name: "password",
+        pattern: r#"(?-u)(?i)(?:password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key|secret[_-]?key|client[_-]?secret|private[_-]?key|credentials?)["']?[ \t]*(?:=|:|=>)[ \t]*["']?(?P<v>[^\s"'&;,{}()\[\]]{3,})"#,
+        check: Check::Any,
+    },
+    Builtin {
+        // SQL: PASSWORD 'secret' (CREATE/ALTER ROLE), as recorded statement text shows it.
+        name: "password",
+        pattern: r"(?-u)(?i)password[ \t\r\n]+'(?P<v>(?:[^']|'')+)'",
+        check: Check::Any,
+    },
+    Builtin {
+        name: "connection_string",
+        pattern: r"(?-u)(?i)[a-z][a-z0-9+.-]{1,20}://[^\s:/@]+:(?P<v>[^\s@/]+)@",
+        check: Check::Any,
+    },
+    Builtin { name: "high_entropy", pattern: r"(?-u)[A-Za-z0-9+/_=-]{24,}", check: Check::Entropy },
+    Builtin {
+        // base64 or hex text that decodes to something another detector finds.
+        name: "encoded",
+        pattern: r"(?-u)[A-Za-z0-9+/\r\n]{12,}={0,2}|(?:\\x)?[0-9A-Fa-f]{16,}",
+        check: Check::Encoded,
+    },
+];
+
+/// Every built-in detector name, each once.
+pub fn names() -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = Vec::new();
+    for builtin in BUILTINS {
+        if !names.contains(&builtin.name) {
+            names.push(builtin.name);
+        }
+    }
+    names
+}
