@@ -255,8 +255,7 @@ impl Masker {
             if detector.check == Check::Encoded && !outer {
                 continue;
             }
-            let mut consider = |range: Range<usize>| {
-                let Some(range) = detector.check.accept(text, range) else { return };
+            let mut accepted = |range: Range<usize>| {
                 if range.is_empty() || self.allow.contains(&text[range.clone()]) {
                     return;
                 }
@@ -270,6 +269,7 @@ impl Masker {
                 }
                 out.push(Span { range, detector: index });
             };
+            let mut consider = |range: Range<usize>| detector.check.accept(text, range, &mut accepted);
             match detector.group {
                 None => detector.regex.find_iter(text).for_each(|m| consider(m.range())),
                 Some(group) => detector

@@ -1,6 +1,7 @@
 //! Servers for tests, each started fresh on free loopback ports so a test can kill and restart
 //! it to inject a fault.
 
+mod leaks;
 mod logs;
 mod nats;
 mod pgbouncer;
@@ -8,6 +9,7 @@ pub(crate) mod postgres;
 mod stack;
 mod tap;
 
+pub use leaks::leaked;
 pub use logs::captured_logs;
 pub use nats::NatsServer;
 pub use pgbouncer::PgBouncer;

@@ -17,16 +17,18 @@ pub enum Check {
 }
 
 impl Check {
-    /// The span to mask, or `None` when the candidate is not what it looks like.
-    pub fn accept(self, text: &[u8], span: Range<usize>) -> Option<Range<usize>> {
+    /// Report the spans to mask within a candidate (none when it is not what it looks like).
+    pub fn accept(self, text: &[u8], span: Range<usize>, found: &mut dyn FnMut(Range<usize>)) {
         let candidate = &text[span.clone()];
         let ok = match self {
             Check::Any | Check::Encoded => true,
-            Check::Luhn => {
-                // Not the head of a longer number.
-                text.get(span.end).is_none_or(|b| !b.is_ascii_digit()) && luhn(candidate)
+            Check::Luhn => return cards(text, span, found),
+            Check::Iban => {
+                if let Some(len) = iban(candidate) {
+                    found(span.start..span.start + len);
+                }
+                return;
             }
-            Check::Iban => return iban(candidate).map(|len| span.start..span.start + len),
             Check::Ssn => ssn(candidate),
             Check::Phone => {
                 let digits = candidate.iter().filter(|b| b.is_ascii_digit()).count();
@@ -35,7 +37,45 @@ impl Check {
             }
             Check::Entropy => opaque_token(candidate),
         };
-        ok.then_some(span)
+        if ok {
+            found(span);
+        }
+    }
+}
+
+/// Card numbers within a run of digit groups (`219-09-9999 4111111111111111` is one run): the
+/// longest sequences of whole groups that hold 13 to 19 digits and pass Luhn.
+fn cards(text: &[u8], run: Range<usize>, found: &mut dyn FnMut(Range<usize>)) {
+    let mut groups: Vec<Range<usize>> = Vec::new();
+    let mut start = run.start;
+    for i in run.clone() {
+        if !text[i].is_ascii_digit() {
+            groups.push(start..i);
+            start = i + 1;
+        }
+    }
+    groups.push(start..run.end);
+    let mut first = 0;
+    while first < groups.len() {
+        let mut best = None;
+        let mut digits = 0;
+        for last in first..groups.len() {
+            digits += groups[last].len();
+            if digits > 19 {
+                break;
+            }
+            let span = groups[first].start..groups[last].end;
+            if digits >= 13 && luhn(&text[span.clone()]) {
+                best = Some((last, span));
+            }
+        }
+        match best {
+            Some((last, span)) => {
+                found(span);
+                first = last + 1;
+            }
+            None => first += 1,
+        }
     }
 }
 

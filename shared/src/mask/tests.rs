@@ -218,3 +218,15 @@ fn tally_is_bounded() {
     assert!(counts.len() <= MAX_ENTRIES + 1);
     assert_eq!(counts.iter().map(|c| c.count).sum::<u64>(), 200);
 }
+
+#[test]
+fn cards_are_found_inside_runs_of_digit_groups() {
+    let masker = all();
+    assert_eq!(masked(&masker, "219-09-9999 4111111111111111"), "[masked:ssn] [masked:card]");
+    assert_eq!(
+        masked(&masker, "4111 1111 1111 1111 5500 0000 0000 0004"),
+        "[masked:card] [masked:card]",
+        "two cards in one run"
+    );
+    assert_eq!(masked(&masker, "41111111111111110"), "41111111111111110", "part of a longer number");
+}
