@@ -9,7 +9,7 @@
 pub mod cancel;
 pub mod classify;
 mod frame;
-mod mask;
+pub mod mask;
 mod messages;
 mod relay;
 mod session;

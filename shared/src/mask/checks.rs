@@ -104,22 +104,109 @@ pub fn luhn(candidate: &[u8]) -> bool {
     sum.is_multiple_of(10)
 }
 
-/// The length (in bytes of `candidate`) of the longest prefix that is a valid IBAN.
+/// The length (in bytes of `candidate`) of the IBAN it starts with: as long as its country's
+/// IBANs are, spaces aside, and passing mod-97.
 pub fn iban(candidate: &[u8]) -> Option<usize> {
-    // Try the longest prefix first: a greedy candidate may have run into the next word.
-    let ends: Vec<usize> = (1..=candidate.len()).filter(|&end| candidate[end - 1] != b' ').collect();
-    for &end in ends.iter().rev() {
-        let compact: Vec<u8> =
-            candidate[..end].iter().filter(|b| **b != b' ').map(|b| b.to_ascii_uppercase()).collect();
-        if compact.len() < 15 {
-            break;
+    let country = [candidate.first()?.to_ascii_uppercase(), candidate.get(1)?.to_ascii_uppercase()];
+    let want = IBAN_LENGTHS.iter().find(|(code, _)| code.as_bytes() == country)?.1;
+    let mut compact = [0u8; 34];
+    let mut n = 0;
+    for (i, &b) in candidate.iter().enumerate() {
+        if b == b' ' {
+            continue;
         }
-        if compact.len() <= 34 && mod97(&compact) == Some(1) {
-            return Some(end);
+        compact[n] = b.to_ascii_uppercase();
+        n += 1;
+        if n == want {
+            // Not the head of a longer token.
+            let next = candidate.get(i + 1).copied();
+            let whole = next.is_none_or(|b| !b.is_ascii_alphanumeric());
+            return (whole && mod97(&compact[..n]) == Some(1)).then_some(i + 1);
         }
     }
     None
 }
+
+/// IBAN length by country (ISO 13616 registry).
+const IBAN_LENGTHS: &[(&str, usize)] = &[
+    ("AD", 24),
+    ("AE", 23),
+    ("AL", 28),
+    ("AT", 20),
+    ("AZ", 28),
+    ("BA", 20),
+    ("BE", 16),
+    ("BG", 22),
+    ("BH", 22),
+    ("BR", 29),
+    ("BY", 28),
+    ("CH", 21),
+    ("CR", 22),
+    ("CY", 28),
+    ("CZ", 24),
+    ("DE", 22),
+    ("DK", 18),
+    ("DO", 28),
+    ("EE", 20),
+    ("EG", 29),
+    ("ES", 24),
+    ("FI", 18),
+    ("FO", 18),
+    ("FR", 27),
+    ("GB", 22),
+    ("GE", 22),
+    ("GI", 23),
+    ("GL", 18),
+    ("GR", 27),
+    ("GT", 28),
+    ("HR", 21),
+    ("HU", 28),
+    ("IE", 22),
+    ("IL", 23),
+    ("IQ", 23),
+    ("IS", 26),
+    ("IT", 27),
+    ("JO", 30),
+    ("KW", 30),
+    ("KZ", 20),
+    ("LB", 28),
+    ("LC", 32),
+    ("LI", 21),
+    ("LT", 20),
+    ("LU", 20),
+    ("LV", 21),
+    ("MC", 27),
+    ("MD", 24),
+    ("ME", 22),
+    ("MK", 19),
+    ("MR", 27),
+    ("MT", 31),
+    ("MU", 30),
+    ("NL", 18),
+    ("NO", 15),
+    ("PK", 24),
+    ("PL", 28),
+    ("PS", 29),
+    ("PT", 25),
+    ("QA", 29),
+    ("RO", 24),
+    ("RS", 22),
+    ("SA", 24),
+    ("SC", 31),
+    ("SE", 24),
+    ("SI", 19),
+    ("SK", 24),
+    ("SM", 27),
+    ("ST", 25),
+    ("SV", 28),
+    ("TL", 23),
+    ("TN", 24),
+    ("TR", 26),
+    ("UA", 29),
+    ("VA", 22),
+    ("VG", 24),
+    ("XK", 20),
+];
 
 /// ISO 13616: move the first four characters to the end, letters to numbers, mod 97.
 fn mod97(iban: &[u8]) -> Option<u32> {

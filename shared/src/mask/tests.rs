@@ -131,6 +131,8 @@ fn checks_validate() {
     assert!(!checks::luhn(b"0000000000000000"), "all one digit is a placeholder, not a card");
     assert_eq!(checks::iban(b"DE89370400440532013000"), Some(22));
     assert_eq!(checks::iban(b"DE89370400440532013000 AB"), Some(22));
+    assert_eq!(checks::iban(b"DE89 3704 0044 0532 0130 00"), Some(27));
+    assert_eq!(checks::iban(b"DE893704004405320130001"), None, "longer than a German IBAN");
     assert_eq!(checks::iban(b"DE89370400440532013001"), None);
     assert!(checks::ssn(b"123-45-6789"));
     assert!(!checks::ssn(b"900-45-6789"));
@@ -229,4 +231,50 @@ fn cards_are_found_inside_runs_of_digit_groups() {
         "two cards in one run"
     );
     assert_eq!(masked(&masker, "41111111111111110"), "41111111111111110", "part of a longer number");
+}
+
+#[test]
+#[ignore]
+fn profile_detectors() {
+    let sample: Vec<String> = (0..2000)
+        .map(|i| format!("user{i}@example.com 2026-01-0{} 12:00:00+00 e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855 customer asked to deliver after 5pm {}", i % 9, i * 7919))
+        .collect();
+    for b in detectors::BUILTINS {
+        let re = Regex::new(b.pattern).unwrap();
+        let t = std::time::Instant::now();
+        let mut n = 0;
+        for s in &sample {
+            n += re.find_iter(s.as_bytes()).count();
+        }
+        println!(
+            "{:20} {:>8.1} µs/value  ({n} matches)",
+            b.name,
+            t.elapsed().as_secs_f64() * 1e6 / sample.len() as f64
+        );
+    }
+    let masker = all();
+    for v in [
+        "0198d0a2-7c3e-7b51-9a64-3f1e2d4c5b6a",
+        "2026-03-17 13:42:05.123456+00",
+        "Chloé Dubois",
+        "user42@example.com",
+        "1234.56",
+        "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+        "customer asked to deliver after 5pm card 4111 1111 1111 1111",
+        "address verified by phone contact: +44 20 7946 0958",
+        "gift wrap requested, no invoice in the box password=Winter2026!",
+        "shipped",
+        "123456",
+    ] {
+        let t = std::time::Instant::now();
+        for _ in 0..2000 {
+            let _ = masker.mask(v.as_bytes(), None, &mut Tally::default());
+        }
+        println!("{v:60} {:>8.2} µs", t.elapsed().as_secs_f64() * 1e6 / 2000.0);
+    }
+    let t = std::time::Instant::now();
+    for s in &sample {
+        let _ = masker.mask(s.as_bytes(), None, &mut Tally::default());
+    }
+    println!("mask {:>8.1} µs/value", t.elapsed().as_secs_f64() * 1e6 / sample.len() as f64);
 }
