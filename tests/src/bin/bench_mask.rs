@@ -146,7 +146,8 @@ async fn main() {
     if std::env::var("DETECTORS").is_ok() {
         println!("| detector alone | MB/s | rows/s |\n|---|---|---|");
         for name in tollgate_shared::mask::builtin_names() {
-            let one = Masker::new(&Masking { detectors: Some(vec![name.into()]), ..Default::default() }).expect("detector");
+            let one =
+                Masker::new(&Masking { detectors: Some(vec![name.into()]), ..Default::default() }).expect("detector");
             let (mbs, rps, _) = engine(&one, &rows, &columns);
             println!("| {name} | {mbs:.0} | {rps:.0} |");
         }
