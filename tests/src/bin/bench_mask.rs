@@ -6,8 +6,10 @@
 //! 2. pgbench reading such rows (`SELECT * FROM people WHERE id = :id`) directly, through
 //!    pgbouncer, and through Tollgate with masking off and on.
 //!
-//!     cargo run --release -p tollgate-tests --bin bench_mask [-- SECONDS]
-//!     DETECTORS=1 cargo run --release -p tollgate-tests --bin bench_mask   # engine, per detector
+//! ```sh
+//! cargo run --release -p tollgate-tests --bin bench_mask [-- SECONDS]
+//! DETECTORS=1 cargo run --release -p tollgate-tests --bin bench_mask   # engine, per detector
+//! ```
 
 use bytes::{BufMut, BytesMut};
 use serde_json::json;
@@ -47,7 +49,7 @@ impl Rows {
             2 => note.push_str(" password=Winter2026!"),
             _ => {}
         }
-        let email = if r % 3 == 0 { format!("user{id}@example.com") } else { String::new() };
+        let email = if r.is_multiple_of(3) { format!("user{id}@example.com") } else { String::new() };
         vec![
             id.to_string(),
             format!("{:08x}-{:04x}-7{:03x}-8{:03x}-{:012x}", r as u32, r >> 48, r & 0xfff, (r >> 12) & 0xfff, r >> 16),
