@@ -2,6 +2,7 @@
 //! route requires a bearer token and a role (tower layers, not checks in each handler).
 
 mod agents;
+pub mod approvals;
 mod auth;
 mod auth_failures;
 mod error;
@@ -43,6 +44,10 @@ pub struct AppState {
         sessions::verify_session,
         agents::list_agents,
         auth_failures::list_auth_failures,
+        approvals::list_approvals,
+        approvals::get_approval,
+        approvals::approve,
+        approvals::deny,
         policy::get_policy,
         policy::put_policy,
         policy::dry_run,
@@ -53,7 +58,7 @@ pub struct AppState {
         health::readyz,
     ),
     modifiers(&BearerAuth),
-    tags((name = "sessions"), (name = "agents"), (name = "policy"), (name = "health"))
+    tags((name = "sessions"), (name = "agents"), (name = "approvals"), (name = "policy"), (name = "health"))
 )]
 pub struct ApiDoc;
 
@@ -90,11 +95,23 @@ pub fn router(state: AppState) -> Router {
         .route("/policy/versions/{version}", get(policy::get_version))
         .route("/policy/diff", get(policy::diff_versions))
         .route_layer(axum::middleware::from_fn(|r, n| auth::require(auth::READ, r, n)));
+    let approvals = Router::new()
+        .route("/approvals", get(approvals::list_approvals))
+        .route("/approvals/{id}", get(approvals::get_approval))
+        .route_layer(axum::middleware::from_fn(|r, n| auth::require(auth::READ_APPROVALS, r, n)));
+    let decide = Router::new()
+        .route("/approvals/{id}/approve", axum::routing::post(approvals::approve))
+        .route("/approvals/{id}/deny", axum::routing::post(approvals::deny))
+        .route_layer(axum::middleware::from_fn(|r, n| auth::require(auth::APPROVE, r, n)));
     let admin = Router::new()
         .route("/policy", axum::routing::put(policy::put_policy))
         .route("/policy/dry-run", axum::routing::post(policy::dry_run))
         .route_layer(axum::middleware::from_fn(|r, n| auth::require(auth::ADMIN, r, n)));
-    let api = api.merge(admin).route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate));
+    let api = api
+        .merge(admin)
+        .merge(approvals)
+        .merge(decide)
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate));
     Router::new()
         .nest("/api/v1", api)
         .route("/healthz", get(health::healthz))

@@ -22,6 +22,18 @@ pub struct ProxyConfig {
     pub resources: Vec<PgResource>,
     #[serde(default)]
     pub policy: PolicyWatchConfig,
+    #[serde(default)]
+    pub approvals: ApprovalsConfig,
+}
+
+/// How held commands are announced to the agent.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalsConfig {
+    /// Base URL where people approve (the notice says `<url>/<approval id>`); without it the
+    /// notice names the API route.
+    #[serde(default)]
+    pub url: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -171,7 +183,8 @@ pub enum UpstreamTlsMode {
 
 impl ProxyConfig {
     /// Top-level keys, the only ones `TOLLGATE_*` variables override.
-    const SECTIONS: &'static [&'static str] = &["node", "nats", "postgres", "agent_issuers", "resources", "policy"];
+    const SECTIONS: &'static [&'static str] =
+        &["node", "nats", "postgres", "agent_issuers", "resources", "policy", "approvals"];
 
     pub fn load(path: Option<&std::path::Path>) -> Result<Self, tollgate_shared::config::ConfigError> {
         let config: ProxyConfig = tollgate_shared::config::load(path, "TOLLGATE_", Self::SECTIONS, std::env::vars())?;

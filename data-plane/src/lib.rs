@@ -5,6 +5,7 @@
 //! Invariant: this crate never depends on sqlx or axum; it knows the control plane only through
 //! events.
 
+pub mod approvals;
 pub mod config;
 mod node_key;
 pub mod pg;
@@ -53,8 +54,9 @@ impl Proxy {
             .connect(&config.nats.url)
             .await
             .with_context(|| format!("NATS at {}", config.nats.url))?;
+        let (approvals, approvals_task) = approvals::ApprovalHub::start(nats.clone()).await?;
         let js = async_nats::jetstream::new(nats);
-        let mut tasks = Vec::new();
+        let mut tasks = vec![approvals_task];
         tasks.push(tokio::spawn(keep_stream(js.clone())));
         let (watcher, mut policy) = policy::spawn_watcher(js.clone());
         tasks.push(watcher);
@@ -70,7 +72,8 @@ impl Proxy {
         let publisher = Arc::new(recorder::Publisher::new(js, Duration::from_millis(config.nats.publish_timeout_ms)));
         let node_key = signer.public_hex();
         let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
-        let ctx = Arc::new(pg::PgContext::new(&config, verifier, publisher, signer, shutdown_rx, policy.clone())?);
+        let ctx =
+            Arc::new(pg::PgContext::new(&config, verifier, publisher, signer, shutdown_rx, policy.clone(), approvals)?);
 
         let listener = tokio::net::TcpListener::bind(&config.postgres.listen)
             .await

@@ -45,6 +45,10 @@ pub struct PgContext {
     pub classifier: classify::ClassifyCache,
     /// The policy in force.
     pub policy: crate::policy::PolicyReceiver,
+    /// Decisions on held commands.
+    pub approvals: Arc<crate::approvals::ApprovalHub>,
+    /// Where people approve, for the notice a held agent gets (`<url>/<approval id>`).
+    pub approval_url: Option<String>,
 }
 
 impl PgContext {
@@ -55,6 +59,7 @@ impl PgContext {
         signer: Arc<SessionSigner>,
         shutdown: tokio::sync::watch::Receiver<bool>,
         policy: crate::policy::PolicyReceiver,
+        approvals: Arc<crate::approvals::ApprovalHub>,
     ) -> anyhow::Result<Self> {
         let tls = match &config.postgres.tls {
             Some(files) => Some(crate::tls::acceptor(files)?),
@@ -72,6 +77,8 @@ impl PgContext {
             shutdown,
             classifier: classify::ClassifyCache::new(10_000),
             policy,
+            approvals,
+            approval_url: config.approvals.url.clone(),
         })
     }
 

@@ -27,6 +27,9 @@ pub mod kind {
     pub const COMMAND_RESULT: &str = "command.result";
     pub const AUTH_FAILED: &str = "auth.failed";
     pub const POLICY_CHANGED: &str = "policy.changed";
+    pub const APPROVAL_REQUESTED: &str = "approval.requested";
+    pub const APPROVAL_DECIDED: &str = "approval.decided";
+    pub const APPROVAL_EXPIRED: &str = "approval.expired";
 }
 
 /// One fact, as published on JetStream. `P` is the payload; readers that do not care about the

@@ -9,7 +9,7 @@ mod evaluate;
 mod model;
 
 pub use diff::{diff, PolicyChange};
-pub use evaluate::{Denial, Judgement};
+pub use evaluate::{Denial, Judgement, UNBOUNDED_WRITE};
 pub use model::*;
 
 /// What the policy KV bucket holds under `current`: the live version, as every proxy loads it.
@@ -158,8 +158,11 @@ impl PolicyDocument {
             }
             for (j, rule) in r.approvals.iter().enumerate() {
                 let at = format!("{at}.approvals[{j}]");
+                if rule.hold_classes.is_empty() {
+                    problem(format!("{at}.hold_classes"), "name the statement classes to hold".into());
+                }
                 for (k, class) in rule.hold_classes.iter().enumerate() {
-                    if !STATEMENT_CLASSES.contains(&class.as_str()) {
+                    if !STATEMENT_CLASSES.contains(&class.as_str()) && class != evaluate::UNBOUNDED_WRITE {
                         problem(format!("{at}.hold_classes[{k}]"), format!("unknown statement class {class:?}"));
                     }
                 }

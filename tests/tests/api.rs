@@ -85,18 +85,27 @@ async fn every_api_route_checks_the_token_and_the_role() {
     let mut groups = serde_json::Map::new();
     groups.insert("groups".into(), serde_json::json!(["reviewers"]));
     let agent_audience = stack.issuer.mint("alice@example.com", AGENT_AUDIENCE, 600, &groups).unwrap();
-    // (who, token, may read, may change policy); None = refused before any role check (401).
-    type Rights = Option<(bool, bool)>;
+    // (who, token, may read, may change policy, may read approvals, may decide them);
+    // None = refused before any role check (401).
+    type Rights = Option<(bool, bool, bool, bool)>;
     let callers: Vec<(&str, Option<String>, Rights)> = vec![
         ("nobody", None, None),
         ("garbage", Some("x.y.z".into()), None),
         ("an agent token", Some(agent), None),
         ("a reviewer group with the agent audience", Some(agent_audience), None),
-        ("a person without groups", Some(stack.person_token("eve@example.com", &[])), Some((false, false))),
-        ("an approver only", Some(stack.person_token("bob@example.com", &["approvers"])), Some((false, false))),
-        ("a reviewer", Some(stack.person_token("alice@example.com", &["reviewers"])), Some((true, false))),
-        ("an auditor", Some(stack.person_token("carol@example.com", &["auditors"])), Some((true, false))),
-        ("an admin", Some(stack.person_token("dave@example.com", &["admins"])), Some((true, true))),
+        (
+            "a person without groups",
+            Some(stack.person_token("eve@example.com", &[])),
+            Some((false, false, false, false)),
+        ),
+        (
+            "an approver only",
+            Some(stack.person_token("bob@example.com", &["approvers"])),
+            Some((false, false, true, true)),
+        ),
+        ("a reviewer", Some(stack.person_token("alice@example.com", &["reviewers"])), Some((true, false, true, false))),
+        ("an auditor", Some(stack.person_token("carol@example.com", &["auditors"])), Some((true, false, true, false))),
+        ("an admin", Some(stack.person_token("dave@example.com", &["admins"])), Some((true, true, true, true))),
     ];
     let body = serde_json::json!({});
     for (route, methods) in &routes {
@@ -109,7 +118,13 @@ async fn every_api_route_checks_the_token_and_the_role() {
             for (who, token, rights) in &callers {
                 let (status, response) =
                     stack.api_send(&method.to_uppercase(), route, token.as_deref(), Some(&body)).await;
-                let allowed = rights.map(|(read, change)| if reads { read } else { change });
+                let approvals = route.starts_with("/api/v1/approvals");
+                let allowed = rights.map(|(read, change, read_approvals, decide)| match (approvals, reads) {
+                    (false, true) => read,
+                    (false, false) => change,
+                    (true, true) => read_approvals,
+                    (true, false) => decide,
+                });
                 match allowed {
                     None => assert_eq!(
                         (status, response["error"].as_str()),

@@ -127,5 +127,9 @@ pub async fn require(roles: &'static [Role], request: Request, next: Next) -> Re
 
 /// Read access: sessions, commands, agents, refused attempts, policy.
 pub const READ: &[Role] = &[Role::Reviewer, Role::Auditor];
+/// Reading approval requests: reviewers, auditors and the people who decide them.
+pub const READ_APPROVALS: &[Role] = &[Role::Reviewer, Role::Auditor, Role::Approver];
+/// Deciding approval requests.
+pub const APPROVE: &[Role] = &[Role::Approver];
 /// Changing policy (admin implies every role, so the list names none besides it).
 pub const ADMIN: &[Role] = &[Role::Admin];

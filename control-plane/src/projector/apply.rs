@@ -8,7 +8,8 @@ use serde::Deserialize;
 use sqlx::{PgPool, Postgres, Transaction};
 use std::collections::{BTreeMap, HashSet};
 use tollgate_shared::event::{
-    kind, AuthFailed, Command, CommandResult, Envelope, PolicyChanged, SessionEnded, SessionStarted,
+    kind, ApprovalDecided, ApprovalExpired, ApprovalRequested, AuthFailed, Command, CommandResult, Envelope,
+    PolicyChanged, SessionEnded, SessionStarted,
 };
 use tollgate_shared::identity::AgentIdentity;
 use uuid::Uuid;
@@ -42,6 +43,9 @@ enum Payload {
     Ended(SessionEnded),
     AuthFailed(AuthFailed),
     PolicyChanged(Box<PolicyChanged>),
+    ApprovalRequested(Box<ApprovalRequested>),
+    ApprovalDecided(ApprovalDecided),
+    ApprovalExpired(ApprovalExpired),
     /// A type this version does not project; the event is still stored.
     Other,
 }
@@ -61,6 +65,9 @@ fn decode(raw: &[u8]) -> Result<Decoded<'_>, String> {
         kind::SESSION_ENDED => Payload::Ended(typed(&envelope)?),
         kind::AUTH_FAILED => Payload::AuthFailed(typed(&envelope)?),
         kind::POLICY_CHANGED => Payload::PolicyChanged(Box::new(typed(&envelope)?)),
+        kind::APPROVAL_REQUESTED => Payload::ApprovalRequested(Box::new(typed(&envelope)?)),
+        kind::APPROVAL_DECIDED => Payload::ApprovalDecided(typed(&envelope)?),
+        kind::APPROVAL_EXPIRED => Payload::ApprovalExpired(typed(&envelope)?),
         _ => Payload::Other,
     };
     Ok(Decoded { envelope, seq, raw, body, payload })
@@ -93,18 +100,21 @@ pub async fn write_batch(db: &PgPool, batch: &[Message]) -> sqlx::Result<BatchOu
     let fresh: Vec<&Decoded> = decoded.iter().filter(|d| inserted.contains(&d.envelope.id)).collect();
     outcome.duplicates += (decoded.len() - fresh.len()) as u64;
     outcome.projected = fresh.len() as u64;
-    // Refused attempts and policy changes belong to no session; only agents name agents.
+    // Refused attempts, policy changes and people's decisions belong to no session; only
+    // agents name agents.
     let in_sessions: Vec<&Decoded> = fresh
         .iter()
         .copied()
-        .filter(|d| !matches!(d.payload, Payload::AuthFailed(_) | Payload::PolicyChanged(_)))
+        .filter(|d| {
+            !matches!(d.payload, Payload::AuthFailed(_) | Payload::PolicyChanged(_) | Payload::ApprovalDecided(_))
+        })
         .collect();
     let verified: Vec<&Decoded> = fresh
         .iter()
         .copied()
         .filter(|d| match &d.payload {
             Payload::AuthFailed(a) => a.verified,
-            Payload::PolicyChanged(_) => false,
+            Payload::PolicyChanged(_) | Payload::ApprovalDecided(_) => false,
             _ => true,
         })
         .collect();
@@ -380,6 +390,77 @@ async fn session_lifecycle(tx: &mut Transaction<'_, Postgres>, e: &Decoded<'_>) 
             .bind(&p.comment)
             .bind(serde_json::to_value(&p.changes).unwrap_or_default())
             .bind(serde_json::to_value(&p.document).unwrap_or_default())
+            .execute(&mut **tx)
+            .await?;
+        }
+        Payload::ApprovalRequested(p) => {
+            sqlx::query(
+                "INSERT INTO approvals (id, event_id, session_id, command_id, agent_id, agent, resource, node, rule, statement,
+                    classes, relations, approver_groups, quorum, requested_at, expires_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(p.approval_id)
+            .bind(e.envelope.id)
+            .bind(e.envelope.session)
+            .bind(p.command_id)
+            .bind(agent_id(&e.envelope.agent))
+            .bind(serde_json::to_value(&e.envelope.agent).unwrap_or_default())
+            .bind(&e.envelope.resource.name)
+            .bind(&e.envelope.node)
+            .bind(&p.rule)
+            .bind(&p.statement)
+            .bind(&p.classes)
+            .bind(&p.relations)
+            .bind(&p.approver_groups)
+            .bind(i32::try_from(p.quorum).unwrap_or(i32::MAX))
+            .bind(e.envelope.at)
+            .bind(p.expires_at)
+            .execute(&mut **tx)
+            .await?;
+        }
+        Payload::ApprovalDecided(p) => {
+            let by = &e.envelope.agent;
+            sqlx::query(
+                "INSERT INTO approval_decisions (event_id, approval_id, at, verdict, channel, reason, approver_issuer,
+                    approver_subject, approver_name, approver_groups)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            )
+            .bind(e.envelope.id)
+            .bind(p.approval_id)
+            .bind(e.envelope.at)
+            .bind(enum_text(&p.verdict))
+            .bind(enum_text(&p.channel))
+            .bind(&p.reason)
+            .bind(&by.issuer)
+            .bind(&by.subject)
+            .bind(&by.name)
+            .bind(&by.groups)
+            .execute(&mut **tx)
+            .await?;
+            // A denial decides at once; approvals once a quorum of distinct people agrees.
+            sqlx::query(
+                "WITH votes AS (
+                    SELECT count(DISTINCT (approver_issuer, approver_subject)) AS n FROM approval_decisions
+                    WHERE approval_id = $1 AND verdict = 'approve'),
+                 next AS (
+                    SELECT CASE WHEN $3 = 'deny' THEN 'denied' WHEN votes.n >= a.quorum THEN 'approved' ELSE 'pending' END AS status
+                    FROM approvals a, votes WHERE a.id = $1)
+                 UPDATE approvals a SET status = next.status, decided_at = CASE WHEN next.status <> 'pending' THEN $2 END
+                 FROM next WHERE a.id = $1 AND a.status = 'pending'",
+            )
+            .bind(p.approval_id)
+            .bind(e.envelope.at)
+            .bind(enum_text(&p.verdict))
+            .execute(&mut **tx)
+            .await?;
+        }
+        Payload::ApprovalExpired(p) => {
+            sqlx::query(
+                "UPDATE approvals SET status = 'expired', expiry_reason = $2, decided_at = $3 WHERE id = $1 AND status = 'pending'",
+            )
+            .bind(p.approval_id)
+            .bind(enum_text(&p.reason))
+            .bind(e.envelope.at)
             .execute(&mut **tx)
             .await?;
         }

@@ -206,6 +206,17 @@ pub fn error_response(severity: Severity, code: &str, message: &str) -> Bytes {
     framed(b'E', &body)
 }
 
+/// A NoticeResponse written by the proxy itself.
+pub fn notice_response(message: &str) -> Bytes {
+    let mut body = BytesMut::new();
+    for (field, value) in [(b'S', "NOTICE"), (b'V', "NOTICE"), (b'C', "00000"), (b'M', message)] {
+        body.put_u8(field);
+        put_cstr(&mut body, value);
+    }
+    body.put_u8(0);
+    framed(b'N', &body)
+}
+
 /// A statement the upstream refuses to parse, sent in place of a denied one: the upstream
 /// answers with an error (aborting a transaction block, as a real error would) and never sees
 /// the denied text. Simple protocol: a Query; extended protocol: a Parse of the unnamed

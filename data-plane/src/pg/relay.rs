@@ -4,6 +4,7 @@
 //! Both directions run concurrently (so neither side can deadlock the other by filling a socket
 //! buffer) and share only the [`Tracker`], the queue of responses the upstream still owes.
 
+mod hold;
 mod tracker;
 
 use super::classify::ClassifyCache;
@@ -13,13 +14,17 @@ use super::session::{
     AgentConn, ADMIN_SHUTDOWN, FEATURE_NOT_SUPPORTED, INSUFFICIENT_PRIVILEGE, PROTOCOL_VIOLATION, SYSTEM_ERROR,
 };
 use super::upstream::Upstream;
+use crate::approvals::ApprovalHub;
 use crate::policy::PolicyReceiver;
 use crate::recorder::SessionRecorder;
 use bytes::Bytes;
+use hold::{Hold, Release};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
-use tollgate_shared::event::{kind, Command, Decision, EndReason, Protocol};
+use tollgate_shared::event::{
+    kind, ApprovalExpired, Command, Decision, EndReason, ExpiryReason, Protocol, SealedEvent,
+};
 use tollgate_shared::mask::{Masker, Tally};
 use tollgate_shared::policy::{Access, Denial};
 use tracker::{Expect, Pending, Tracker};
@@ -61,9 +66,11 @@ pub async fn run(
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> RelayOutcome {
     let tracker = Mutex::new(Tracker::default());
+    // Messages the proxy itself sends the agent mid-session (a held statement's notice).
+    let (inject, injected) = tokio::sync::mpsc::channel(4);
     let stop = {
-        let to_upstream = agent_to_upstream(recorder, guard, &tracker, &mut agent.reader, &mut upstream.writer);
-        let to_agent = upstream_to_agent(recorder, guard, &tracker, &mut upstream.reader, &mut agent.writer);
+        let to_upstream = agent_to_upstream(recorder, guard, &tracker, &mut agent.reader, &mut upstream.writer, inject);
+        let to_agent = upstream_to_agent(recorder, guard, &tracker, &mut upstream.reader, &mut agent.writer, injected);
         tokio::select! {
             stop = to_upstream => stop,
             stop = to_agent => stop,
@@ -91,12 +98,25 @@ pub async fn run(
 }
 
 /// What judges each statement: its classification (cached by text) against the live policy's
-/// guardrails for this resource and the session's grant.
+/// guardrails and approval rules for this resource and the session's grant.
 pub struct Guard<'a> {
     pub classifier: &'a ClassifyCache,
     pub policy: &'a PolicyReceiver,
     pub resource: &'a str,
     pub access: Access,
+    /// The agent's groups (approval rules may hold only some agents).
+    pub agent_groups: &'a [String],
+    pub approvals: &'a Arc<ApprovalHub>,
+    pub approval_url: Option<&'a str>,
+}
+
+/// A statement judged: its record, and what happens to it.
+struct Judged {
+    command: Command,
+    /// Denied: the ErrorResponse the agent gets.
+    refusal: Option<Bytes>,
+    /// Held until people approve it.
+    hold: Option<Hold>,
 }
 
 impl Guard<'_> {
@@ -108,27 +128,28 @@ impl Guard<'_> {
         }
     }
 
-    /// The `command` event for a statement, and the ErrorResponse for the agent when it is denied.
     fn judge(
         &self,
         protocol: Protocol,
         statement: &str,
         params: Option<Vec<Option<String>>>,
         prepared: Option<String>,
-    ) -> (Command, Option<Bytes>) {
+    ) -> Judged {
         let classified = self.classifier.classify(statement);
         let policy = self.policy.borrow().clone();
-        let denial = match (classified.as_ref(), &policy) {
+        let resource = policy.as_ref().and_then(|p| p.document.resource(self.resource));
+        let denial = match (classified.as_ref(), &policy, resource) {
             // Refuse what cannot be parsed: nobody can say what it would do.
-            (Err(e), _) => Some(Denial { rule: "unparsable".into(), reason: e.to_string() }),
-            (Ok(_), None) => Some(Denial { rule: "no_policy".into(), reason: "no policy is loaded".into() }),
-            (Ok(c), Some(policy)) => match policy.document.resource(self.resource) {
-                Some(resource) => resource.deny(self.access, c),
-                None => Some(Denial {
-                    rule: "resource_not_in_policy".into(),
-                    reason: "the resource left the policy".into(),
-                }),
-            },
+            (Err(e), _, _) => Some(Denial { rule: "unparsable".into(), reason: e.to_string() }),
+            (Ok(_), None, _) => Some(Denial { rule: "no_policy".into(), reason: "no policy is loaded".into() }),
+            (Ok(_), Some(_), None) => {
+                Some(Denial { rule: "resource_not_in_policy".into(), reason: "the resource left the policy".into() })
+            }
+            (Ok(c), Some(_), Some(resource)) => resource.deny(self.access, c),
+        };
+        let hold = match (&denial, classified.as_ref(), resource) {
+            (None, Ok(c), Some(resource)) => resource.hold(self.agent_groups, c).map(Hold::new),
+            _ => None,
         };
         let (classification, parse_error) = match classified.as_ref() {
             Ok(c) => (Some(c.clone()), None),
@@ -150,6 +171,11 @@ impl Guard<'_> {
                 format!("tollgate: statement denied by rule {} on resource {}: {}", d.rule, self.resource, d.reason);
             messages::error_response(Severity::Error, INSUFFICIENT_PRIVILEGE, &message)
         });
+        let (decision, rule) = match (&denial, &hold) {
+            (Some(d), _) => (Decision::Deny, Some(d.rule.clone())),
+            (None, Some(h)) => (Decision::Hold, Some(format!("approval:{}", h.rule.name))),
+            (None, None) => (Decision::Allow, None),
+        };
         let command = Command {
             protocol,
             statement,
@@ -157,12 +183,13 @@ impl Guard<'_> {
             prepared,
             classification,
             parse_error,
-            decision: if denial.is_some() { Decision::Deny } else { Decision::Allow },
-            rule: denial.map(|d| d.rule),
+            decision,
+            rule,
             policy_version: policy.map(|p| p.version),
+            approval_id: hold.as_ref().map(|h| h.approval_id),
             masked: tally.into_counts(),
         };
-        (command, refusal)
+        Judged { command, refusal, hold }
     }
 }
 
@@ -174,12 +201,145 @@ struct Portal {
     result_formats: Vec<i16>,
 }
 
+/// What one pass of the agent-to-upstream loop has gathered and not yet sent.
+#[derive(Default)]
+struct Outbox {
+    events: Vec<SealedEvent>,
+    expected: Vec<Expect>,
+    frames: Vec<Bytes>,
+}
+
+impl Outbox {
+    /// Record, then forward: the command events are made durable first (the rule that matters
+    /// most: no command reaches the upstream before its event is stored), then the tracker
+    /// learns what the upstream will owe, then the frames go.
+    async fn flush<W: AsyncWrite + Unpin>(
+        &mut self,
+        recorder: &SessionRecorder,
+        tracker: &Mutex<Tracker>,
+        writer: &mut BufWriter<W>,
+    ) -> Result<(), Stop> {
+        if !self.events.is_empty() {
+            if let Err(e) = recorder.publisher().durable(&self.events).await {
+                tracing::warn!(session = %recorder.session(), error = %e, "command not recorded; closing the session without running it");
+                return Err(Stop::refuse(
+                    EndReason::RecordingFailed,
+                    SYSTEM_ERROR,
+                    "tollgate: statement refused: it could not be recorded (audit stream unavailable); nothing was executed".into(),
+                ));
+            }
+            self.events.clear();
+        }
+        tracker.lock().unwrap_or_else(|p| p.into_inner()).expect(self.expected.drain(..));
+        for bytes in self.frames.drain(..) {
+            if let Err(e) = writer.write_all(&bytes).await {
+                return Err(Stop::io(EndReason::UpstreamClosed, e));
+            }
+        }
+        writer.flush().await.map_err(|e| Stop::io(EndReason::UpstreamClosed, e))
+    }
+
+    /// Seal a command and bind it to the `Exec` just queued for it.
+    fn record(&mut self, recorder: &SessionRecorder, command: &Command) -> Result<(), Stop> {
+        let event = self.seal(recorder, kind::COMMAND, command)?;
+        if let Some(Expect::Exec(pending)) = self.expected.iter_mut().rev().find(|e| matches!(e, Expect::Exec(_))) {
+            pending.bind(event.id, event.seq);
+        }
+        Ok(())
+    }
+
+    /// Seal an event to publish with this pass.
+    fn seal<P: serde::Serialize>(
+        &mut self,
+        recorder: &SessionRecorder,
+        kind: &'static str,
+        payload: &P,
+    ) -> Result<SealedEvent, Stop> {
+        let event = recorder
+            .seal(kind, payload)
+            .map_err(|e| Stop::refuse(EndReason::RecordingFailed, SYSTEM_ERROR, format!("tollgate: {e}")))?;
+        self.events.push(event.clone());
+        Ok(event)
+    }
+}
+
+/// The agent's side of a held statement: what goes upstream once the hold ends.
+struct Held<'a> {
+    frame: &'a Bytes,
+    stand_in: Bytes,
+    protocol: Protocol,
+    pending: Pending,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn hold_then_forward<R, W>(
+    recorder: &SessionRecorder,
+    guard: &Guard<'_>,
+    tracker: &Mutex<Tracker>,
+    reader: &mut FrameReader<R>,
+    writer: &mut BufWriter<W>,
+    inject: &tokio::sync::mpsc::Sender<Bytes>,
+    later: &mut Vec<Frame>,
+    outbox: &mut Outbox,
+    held: Held<'_>,
+    judged: Judged,
+) -> Result<(), Stop>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let Judged { command, hold, .. } = judged;
+    let Some(hold) = hold else { return Ok(()) };
+    // Listen before asking, so no decision can slip by; record and forward what came before.
+    let mut waiter = guard.approvals.wait(hold.approval_id);
+    // The held command's own Exec is queued only once the hold ends: bind it then.
+    let event = outbox.seal(recorder, kind::COMMAND, &command)?;
+    outbox.seal(recorder, kind::APPROVAL_REQUESTED, &hold.request(&command, event.id))?;
+    outbox.flush(recorder, tracker, writer).await?;
+    let _ = inject.send(hold.notice(guard.approval_url)).await;
+    tracing::info!(session = %recorder.session(), approval = %hold.approval_id, rule = %hold.rule.name, "statement held for approval");
+
+    let mut pending = held.pending;
+    pending.bind(event.id, event.seq);
+    let release = hold::await_release(&hold, &mut waiter, reader, later).await;
+    let (frame, pending) = match release {
+        Release::Run { approvers } => {
+            tracing::info!(session = %recorder.session(), approval = %hold.approval_id, approvers = approvers.len(), "approved; running");
+            (held.frame.clone(), pending)
+        }
+        Release::Refuse { error, expired } => {
+            if let Some(reason) = expired {
+                expire(recorder, hold.approval_id, reason).await;
+            }
+            (held.stand_in, pending.replacing_error_with(Some(error)))
+        }
+        Release::AgentGone => {
+            expire(recorder, hold.approval_id, ExpiryReason::SessionEnded).await;
+            return Err(Stop::closed(EndReason::ClientClosed));
+        }
+    };
+    outbox.frames.push(frame);
+    outbox.expected.push(Expect::Exec(Box::new(pending)));
+    if held.protocol == Protocol::Simple {
+        outbox.expected.push(Expect::Sync);
+    }
+    Ok(())
+}
+
+async fn expire(recorder: &SessionRecorder, approval_id: uuid::Uuid, reason: ExpiryReason) {
+    match recorder.seal(kind::APPROVAL_EXPIRED, &ApprovalExpired { approval_id, reason }) {
+        Ok(event) => recorder.publisher().background(event).await,
+        Err(e) => tracing::error!(error = %e, "cannot seal approval.expired"),
+    }
+}
+
 async fn agent_to_upstream<R, W>(
     recorder: &SessionRecorder,
     guard: &Guard<'_>,
     tracker: &Mutex<Tracker>,
     reader: &mut FrameReader<R>,
     writer: &mut W,
+    inject: tokio::sync::mpsc::Sender<Bytes>,
 ) -> Stop
 where
     R: AsyncRead + Unpin,
@@ -189,17 +349,19 @@ where
     let mut statements: HashMap<String, Arc<str>> = HashMap::new();
     let mut portals: HashMap<String, Portal> = HashMap::new();
     let mut frames: Vec<Frame> = Vec::new();
-    let mut events = Vec::new();
-    let mut expected: Vec<Expect> = Vec::new();
-    let mut outgoing: Vec<Bytes> = Vec::new();
+    // Frames that arrived while a statement was held, to handle before reading more.
+    let mut later: Vec<Frame> = Vec::new();
+    let mut outbox = Outbox::default();
     loop {
         frames.clear();
-        events.clear();
-        expected.clear();
-        match reader.read_frames(&mut frames).await {
-            Ok(true) => {}
-            Ok(false) => return Stop::closed(EndReason::ClientClosed),
-            Err(e) => return Stop::io(EndReason::ClientClosed, e),
+        if later.is_empty() {
+            match reader.read_frames(&mut frames).await {
+                Ok(true) => {}
+                Ok(false) => return Stop::closed(EndReason::ClientClosed),
+                Err(e) => return Stop::io(EndReason::ClientClosed, e),
+            }
+        } else {
+            std::mem::swap(&mut frames, &mut later);
         }
         let mut terminate = false;
         for frame in &frames {
@@ -208,20 +370,49 @@ where
                 Stop::refuse(EndReason::ProtocolViolation, PROTOCOL_VIOLATION, format!("tollgate: {e}"))
             };
             if !matches!(frame.tag(), b'Q' | b'E') {
-                outgoing.push(frame.bytes.clone());
+                outbox.frames.push(frame.bytes.clone());
             }
-            let command = match frame.tag() {
+            let judged = match frame.tag() {
                 b'Q' => {
                     let sql = match messages::query_message(body) {
                         Ok(s) => s,
                         Err(e) => return malformed(e),
                     };
-                    let (command, refusal) = guard.judge(Protocol::Simple, sql, None, None);
+                    let judged = guard.judge(Protocol::Simple, sql, None, None);
+                    if judged.hold.is_some() {
+                        let held = Held {
+                            frame: &frame.bytes,
+                            stand_in: messages::denied_query(),
+                            protocol: Protocol::Simple,
+                            pending: Pending::simple(),
+                        };
+                        let step = hold_then_forward(
+                            recorder,
+                            guard,
+                            tracker,
+                            reader,
+                            &mut writer,
+                            &inject,
+                            &mut later,
+                            &mut outbox,
+                            held,
+                            judged,
+                        );
+                        if let Err(stop) = step.await {
+                            return stop;
+                        }
+                        continue;
+                    }
                     // A denied query is replaced by one the upstream refuses to parse.
-                    outgoing.push(if refusal.is_some() { messages::denied_query() } else { frame.bytes.clone() });
-                    expected.push(Expect::Exec(Box::new(Pending::simple().replacing_error_with(refusal))));
-                    expected.push(Expect::Sync);
-                    Some(command)
+                    outbox.frames.push(if judged.refusal.is_some() {
+                        messages::denied_query()
+                    } else {
+                        frame.bytes.clone()
+                    });
+                    let pending = Pending::simple().replacing_error_with(judged.refusal.clone());
+                    outbox.expected.push(Expect::Exec(Box::new(pending)));
+                    outbox.expected.push(Expect::Sync);
+                    Some(judged)
                 }
                 b'P' => {
                     let (name, sql) = match messages::parse_message(body) {
@@ -255,16 +446,42 @@ where
                     let statement = info.and_then(|p| p.statement.as_deref()).unwrap_or("");
                     let params = info.map(|p| p.params.clone());
                     let prepared = info.map(|p| p.prepared.clone()).filter(|n| !n.is_empty());
-                    let pending = Pending::extended(
-                        info.and_then(|p| p.statement.clone()),
-                        info.map(|p| p.result_formats.clone()).unwrap_or_default(),
-                    );
-                    let (command, refusal) = guard.judge(Protocol::Extended, statement, params, prepared);
+                    let formats = info.map(|p| p.result_formats.clone()).unwrap_or_default();
+                    let pending = Pending::extended(info.and_then(|p| p.statement.clone()), formats);
+                    let judged = guard.judge(Protocol::Extended, statement, params, prepared);
+                    if judged.hold.is_some() {
+                        let held = Held {
+                            frame: &frame.bytes,
+                            stand_in: messages::denied_parse(),
+                            protocol: Protocol::Extended,
+                            pending,
+                        };
+                        let step = hold_then_forward(
+                            recorder,
+                            guard,
+                            tracker,
+                            reader,
+                            &mut writer,
+                            &inject,
+                            &mut later,
+                            &mut outbox,
+                            held,
+                            judged,
+                        );
+                        if let Err(stop) = step.await {
+                            return stop;
+                        }
+                        continue;
+                    }
                     // A denied Execute is replaced by a Parse the upstream refuses: it answers with
                     // an error and skips to the agent's Sync, as it would for a real failure.
-                    outgoing.push(if refusal.is_some() { messages::denied_parse() } else { frame.bytes.clone() });
-                    expected.push(Expect::Exec(Box::new(pending.replacing_error_with(refusal))));
-                    Some(command)
+                    outbox.frames.push(if judged.refusal.is_some() {
+                        messages::denied_parse()
+                    } else {
+                        frame.bytes.clone()
+                    });
+                    outbox.expected.push(Expect::Exec(Box::new(pending.replacing_error_with(judged.refusal.clone()))));
+                    Some(judged)
                 }
                 b'C' => {
                     match messages::close_message(body) {
@@ -278,18 +495,6 @@ where
                     }
                     None
                 }
-                b'S' => {
-                    expected.push(Expect::Sync);
-                    None
-                }
-                b'c' | b'f' => {
-                    expected.push(Expect::CopyEnd);
-                    None
-                }
-                b'X' => {
-                    terminate = true;
-                    None
-                }
                 b'D' => {
                     // Its answer (RowDescription or NoData) tells what a later Execute returns.
                     let described = match messages::describe_message(body) {
@@ -297,7 +502,19 @@ where
                         Ok((_, name)) => portals.get(name).and_then(|p| p.statement.clone()),
                         Err(e) => return malformed(e),
                     };
-                    expected.push(Expect::Describe(described));
+                    outbox.expected.push(Expect::Describe(described));
+                    None
+                }
+                b'S' => {
+                    outbox.expected.push(Expect::Sync);
+                    None
+                }
+                b'c' | b'f' => {
+                    outbox.expected.push(Expect::CopyEnd);
+                    None
+                }
+                b'X' => {
+                    terminate = true;
                     None
                 }
                 b'H' | b'd' => None,
@@ -316,39 +533,14 @@ where
                     )
                 }
             };
-            if let Some(command) = command {
-                match recorder.seal(kind::COMMAND, &command) {
-                    Ok(event) => {
-                        if let Some(Expect::Exec(pending)) =
-                            expected.iter_mut().rev().find(|e| matches!(e, Expect::Exec(_)))
-                        {
-                            pending.bind(event.id, event.seq);
-                        }
-                        events.push(event);
-                    }
-                    Err(e) => return Stop::refuse(EndReason::RecordingFailed, SYSTEM_ERROR, format!("tollgate: {e}")),
+            if let Some(judged) = judged {
+                if let Err(stop) = outbox.record(recorder, &judged.command) {
+                    return stop;
                 }
             }
         }
-        // The rule that matters most: no command reaches the upstream before its event is durable.
-        if !events.is_empty() {
-            if let Err(e) = recorder.publisher().durable(&events).await {
-                tracing::warn!(session = %recorder.session(), error = %e, "command not recorded; closing the session without running it");
-                return Stop::refuse(
-                    EndReason::RecordingFailed,
-                    SYSTEM_ERROR,
-                    "tollgate: statement refused: it could not be recorded (audit stream unavailable); nothing was executed".into(),
-                );
-            }
-        }
-        tracker.lock().unwrap_or_else(|p| p.into_inner()).expect(expected.drain(..));
-        for bytes in outgoing.drain(..) {
-            if let Err(e) = writer.write_all(&bytes).await {
-                return Stop::io(EndReason::UpstreamClosed, e);
-            }
-        }
-        if let Err(e) = writer.flush().await {
-            return Stop::io(EndReason::UpstreamClosed, e);
+        if let Err(stop) = outbox.flush(recorder, tracker, &mut writer).await {
+            return stop;
         }
         if terminate {
             return Stop::closed(EndReason::ClientClosed);
@@ -362,6 +554,7 @@ async fn upstream_to_agent<R, W>(
     tracker: &Mutex<Tracker>,
     reader: &mut FrameReader<R>,
     writer: &mut W,
+    mut injected: tokio::sync::mpsc::Receiver<Bytes>,
 ) -> Stop
 where
     R: AsyncRead + Unpin,
@@ -374,10 +567,22 @@ where
     loop {
         frames.clear();
         replaced.clear();
-        match reader.read_frames(&mut frames).await {
-            Ok(true) => {}
-            Ok(false) => return Stop::closed(EndReason::UpstreamClosed),
-            Err(e) => return Stop::io(EndReason::UpstreamClosed, e),
+        // The read is cancel-safe (the buffer lives in the reader), so a notice can cut in.
+        tokio::select! {
+            Some(notice) = injected.recv() => {
+                if let Err(e) = writer.write_all(&notice).await {
+                    return Stop::io(EndReason::ClientClosed, e);
+                }
+                if let Err(e) = writer.flush().await {
+                    return Stop::io(EndReason::ClientClosed, e);
+                }
+                continue;
+            }
+            read = reader.read_frames(&mut frames) => match read {
+                Ok(true) => {}
+                Ok(false) => return Stop::closed(EndReason::UpstreamClosed),
+                Err(e) => return Stop::io(EndReason::UpstreamClosed, e),
+            },
         }
         {
             // Masking follows the live policy, batch by batch.

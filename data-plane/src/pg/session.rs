@@ -59,6 +59,7 @@ struct Opened {
     cancel_key: Option<AgentKey>,
     resource: String,
     access: Access,
+    groups: Vec<String>,
 }
 
 pub async fn run(ctx: Arc<PgContext>, tcp: TcpStream, peer: SocketAddr) {
@@ -76,8 +77,16 @@ pub async fn run(ctx: Arc<PgContext>, tcp: TcpStream, peer: SocketAddr) {
         }
     };
     let Some(opened) = open(&ctx, peer, greeted).await else { return };
-    let Opened { mut agent, mut upstream, recorder, cancel_key, resource, access } = opened;
-    let guard = relay::Guard { classifier: &ctx.classifier, policy: &ctx.policy, resource: &resource, access };
+    let Opened { mut agent, mut upstream, recorder, cancel_key, resource, access, groups } = opened;
+    let guard = relay::Guard {
+        classifier: &ctx.classifier,
+        policy: &ctx.policy,
+        resource: &resource,
+        access,
+        agent_groups: &groups,
+        approvals: &ctx.approvals,
+        approval_url: ctx.approval_url.as_deref(),
+    };
     let outcome = relay::run(&recorder, &guard, &mut agent, &mut upstream, ctx.shutdown.clone()).await;
     if let Some(key) = cancel_key {
         ctx.cancels.remove(key);
@@ -310,6 +319,7 @@ async fn open(ctx: &PgContext, peer: SocketAddr, greeted: Greeted) -> Option<Ope
     };
 
     let session = Uuid::now_v7();
+    let groups = agent.groups.clone();
     let chain = Chain::new(
         session,
         ctx.node.clone(),
@@ -403,5 +413,6 @@ async fn open(ctx: &PgContext, peer: SocketAddr, greeted: Greeted) -> Option<Ope
         cancel_key,
         resource: resource.name.clone(),
         access,
+        groups,
     })
 }

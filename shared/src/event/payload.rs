@@ -104,6 +104,9 @@ pub struct Command {
     /// The policy version that judged the command.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy_version: Option<u64>,
+    /// For a held command: the approval request that holds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_id: Option<Uuid>,
     /// What masking replaced in `statement`, `params` and `parse_error` (they are recorded
     /// masked; the upstream receives the statement as the agent sent it).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -231,4 +234,69 @@ pub struct PolicyChanged {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub comment: Option<String>,
     pub changes: Vec<crate::policy::PolicyChange>,
+}
+
+/// `approval.requested`: a command is held until enough people approve it. Published by the
+/// proxy holding it, in the session's chain, right after the held `command` event.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ApprovalRequested {
+    pub approval_id: Uuid,
+    pub command_id: Uuid,
+    /// The approval rule that held it.
+    pub rule: String,
+    /// The statement, masked, as the `command` event recorded it.
+    pub statement: String,
+    pub classes: Vec<String>,
+    pub relations: Vec<String>,
+    /// Groups whose members may decide; approvals needed.
+    pub approver_groups: Vec<String>,
+    pub quorum: u32,
+    #[serde(with = "crate::event::time::rfc3339_nanos")]
+    pub expires_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// What a person decided.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Approve,
+    Deny,
+}
+
+/// Where a decision came from.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Channel {
+    Rest,
+    Slack,
+    Webhook,
+}
+
+/// `approval.decided`: one person's decision on a request (quorum may need several). Published
+/// by the control plane; the envelope's `agent` is the person, `resource` the request's. Each
+/// decision is its own one-event chain.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ApprovalDecided {
+    pub approval_id: Uuid,
+    pub verdict: Verdict,
+    pub channel: Channel,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Why a held command will not run although nobody denied it.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ExpiryReason {
+    /// Nobody decided in time.
+    Timeout,
+    /// The agent left, or the proxy shut down, while the command was held.
+    SessionEnded,
+}
+
+/// `approval.expired`: the holding proxy gave up on a request; the command was refused.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ApprovalExpired {
+    pub approval_id: Uuid,
+    pub reason: ExpiryReason,
 }

@@ -36,6 +36,7 @@ fn sealed_session(signer: &SessionSigner) -> Vec<SealedEvent> {
         decision: Decision::Allow,
         rule: None,
         policy_version: Some(1),
+        approval_id: None,
         masked: Vec::new(),
     };
     let a = chain.seal(kind::SESSION_STARTED, &started).unwrap();

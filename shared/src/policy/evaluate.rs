@@ -1,6 +1,6 @@
 //! Judging an agent against a policy: which grant (if any) lets it reach a resource, and how.
 
-use super::{Access, Grant, MaskTarget, PolicyDocument, ResourcePolicy};
+use super::{Access, ApprovalRule, Grant, MaskTarget, PolicyDocument, ResourcePolicy};
 use crate::identity::mapping::{claim, glob_match};
 use crate::identity::AgentIdentity;
 use chrono::{DateTime, Utc};
@@ -85,7 +85,21 @@ fn named_in(list: &[String], names: &std::collections::BTreeSet<String>) -> Opti
     list.iter().find(|n| names.contains(&n.to_lowercase())).cloned()
 }
 
+/// A pseudo-class approval rules may hold: DELETE or UPDATE without WHERE, anywhere.
+pub const UNBOUNDED_WRITE: &str = "unbounded_write";
+
 impl ResourcePolicy {
+    /// The first approval rule that holds this statement for an agent in these groups.
+    pub fn hold(&self, agent_groups: &[String], c: &crate::event::Classification) -> Option<&ApprovalRule> {
+        self.approvals.iter().find(|rule| {
+            let class =
+                rule.hold_classes.iter().any(|h| c.classes.contains(h) || (h == UNBOUNDED_WRITE && c.unbounded_write));
+            let relation = rule.relations.is_empty() || named_in(&rule.relations, &c.relations).is_some();
+            let agent = rule.agent_groups.is_empty() || rule.agent_groups.iter().any(|g| agent_groups.contains(g));
+            class && relation && agent
+        })
+    }
+
     /// Judge one classified statement under this resource's guardrails and the session's access.
     pub fn deny(&self, access: Access, c: &crate::event::Classification) -> Option<Denial> {
         let g = &self.guardrails;

@@ -115,6 +115,34 @@ impl Stack {
         Ok(client)
     }
 
+    /// Start psql through the proxy without waiting for it (for statements that are held).
+    pub fn psql_spawn(&self, token: &str, port: Option<u16>, args: &[&str]) -> std::process::Child {
+        let port = port.unwrap_or(self.proxy.postgres_addr.port());
+        Command::new(self.pg.bin("psql"))
+            .args([
+                "-X",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-U",
+                "ci-bot",
+                "-d",
+                "demo",
+            ])
+            .args(args)
+            .env("PGPASSWORD", token)
+            .env("PGSSLMODE", "disable")
+            .env("PGCONNECT_TIMEOUT", "10")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("psql runs")
+    }
+
     /// Run the real psql through the proxy (or through `port` when given, e.g. a tap).
     pub fn psql(&self, token: &str, port: Option<u16>, args: &[&str], stdin: Option<&str>) -> Output {
         let port = port.unwrap_or(self.proxy.postgres_addr.port());

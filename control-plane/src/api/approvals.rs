@@ -1,0 +1,238 @@
+//! Approval requests for held commands, and deciding them. A decision is checked here (role,
+//! approver groups, not one's own request, not twice, not after the fact) and then published as
+//! an `approval.decided` event, which the holding proxy is waiting for.
+
+use super::auth::Caller;
+use super::{ApiError, AppState};
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Extension, Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tollgate_shared::event::{kind, ApprovalDecided, Chain, Channel, Verdict};
+use tollgate_shared::identity::{AgentIdentity, ResourceKind, ResourceRef};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
+pub struct ApprovalView {
+    pub id: Uuid,
+    /// pending | approved | denied | expired (a pending request past `expires_at` is expired:
+    /// its proxy refuses the command).
+    pub status: String,
+    pub session_id: Uuid,
+    pub command_id: Uuid,
+    /// The agent whose command is held.
+    #[schema(value_type = Object)]
+    pub agent: serde_json::Value,
+    pub resource: String,
+    pub node: String,
+    pub rule: String,
+    /// The statement, masked.
+    pub statement: String,
+    pub classes: Vec<String>,
+    pub relations: Vec<String>,
+    pub approver_groups: Vec<String>,
+    pub quorum: i32,
+    pub requested_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub decided_at: Option<DateTime<Utc>>,
+    pub expiry_reason: Option<String>,
+    #[sqlx(skip)]
+    pub decisions: Vec<DecisionView>,
+}
+
+#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
+pub struct DecisionView {
+    pub event_id: Uuid,
+    pub at: DateTime<Utc>,
+    /// approve | deny
+    pub verdict: String,
+    /// rest | slack | webhook
+    pub channel: String,
+    pub reason: Option<String>,
+    pub approver_issuer: String,
+    pub approver_subject: String,
+    pub approver_name: String,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ApprovalQuery {
+    /// pending | approved | denied | expired
+    pub status: Option<String>,
+    /// At most this many, 1 to 500 (default 100).
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionRequest {
+    /// Why (kept with the decision; at most 1000 characters).
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DecisionAccepted {
+    pub approval_id: Uuid,
+    pub verdict: String,
+    /// The `approval.decided` event the holding proxy acts on.
+    pub event_id: Uuid,
+}
+
+const STATUSES: &[&str] = &["pending", "approved", "denied", "expired"];
+
+const SELECT: &str =
+    "SELECT id, CASE WHEN status = 'pending' AND expires_at <= now() THEN 'expired' ELSE status END AS status,
+    session_id, command_id, agent, resource, node, rule, statement, classes, relations, approver_groups, quorum,
+    requested_at, expires_at, decided_at, expiry_reason FROM approvals";
+
+/// Approval requests, newest first.
+#[utoipa::path(get, path = "/api/v1/approvals", tag = "approvals", params(ApprovalQuery),
+    responses((status = 200, body = [ApprovalView]), (status = 400, body = super::error::Problem), (status = 401, body = super::error::Problem), (status = 403, body = super::error::Problem)),
+    security(("bearer" = [])))]
+pub async fn list_approvals(
+    State(state): State<AppState>,
+    query: Result<Query<ApprovalQuery>, QueryRejection>,
+) -> Result<Json<Vec<ApprovalView>>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::BadRequest("limit must be between 1 and 500".into()));
+    }
+    if let Some(status) = q.status.as_deref() {
+        if !STATUSES.contains(&status) {
+            return Err(ApiError::BadRequest(format!("status must be one of {}", STATUSES.join(", "))));
+        }
+    }
+    let sql = format!(
+        "SELECT * FROM ({SELECT}) a WHERE ($1::text IS NULL OR status = $1) ORDER BY requested_at DESC LIMIT $2"
+    );
+    let mut rows: Vec<ApprovalView> =
+        sqlx::query_as(&sql).bind(q.status).bind(i64::from(limit)).fetch_all(&state.db).await?;
+    for row in &mut rows {
+        row.decisions = decisions(&state, row.id).await?;
+    }
+    Ok(Json(rows))
+}
+
+/// One approval request with its decisions.
+#[utoipa::path(get, path = "/api/v1/approvals/{id}", tag = "approvals", params(("id" = Uuid, Path)),
+    responses((status = 200, body = ApprovalView), (status = 404, body = super::error::Problem), (status = 401, body = super::error::Problem), (status = 403, body = super::error::Problem)),
+    security(("bearer" = [])))]
+pub async fn get_approval(State(state): State<AppState>, Path(id): Path<Uuid>) -> Result<Json<ApprovalView>, ApiError> {
+    Ok(Json(load(&state, id).await?))
+}
+
+/// Approve a held command (approver role, in one of the request's approver groups).
+#[utoipa::path(post, path = "/api/v1/approvals/{id}/approve", tag = "approvals", params(("id" = Uuid, Path)), request_body = DecisionRequest,
+    responses((status = 202, body = DecisionAccepted), (status = 400, body = super::error::Problem), (status = 403, body = super::error::Problem),
+        (status = 404, body = super::error::Problem), (status = 409, body = super::error::Problem), (status = 401, body = super::error::Problem)),
+    security(("bearer" = [])))]
+pub async fn approve(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<Uuid>,
+    body: Result<Json<DecisionRequest>, JsonRejection>,
+) -> Result<(StatusCode, Json<DecisionAccepted>), ApiError> {
+    let Json(body) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let accepted = decide(&state, &caller.identity, id, Verdict::Approve, Channel::Rest, body.reason).await?;
+    Ok((StatusCode::ACCEPTED, Json(accepted)))
+}
+
+/// Deny a held command: it never runs (approver role, in one of the request's approver groups).
+#[utoipa::path(post, path = "/api/v1/approvals/{id}/deny", tag = "approvals", params(("id" = Uuid, Path)), request_body = DecisionRequest,
+    responses((status = 202, body = DecisionAccepted), (status = 400, body = super::error::Problem), (status = 403, body = super::error::Problem),
+        (status = 404, body = super::error::Problem), (status = 409, body = super::error::Problem), (status = 401, body = super::error::Problem)),
+    security(("bearer" = [])))]
+pub async fn deny(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<Uuid>,
+    body: Result<Json<DecisionRequest>, JsonRejection>,
+) -> Result<(StatusCode, Json<DecisionAccepted>), ApiError> {
+    let Json(body) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let accepted = decide(&state, &caller.identity, id, Verdict::Deny, Channel::Rest, body.reason).await?;
+    Ok((StatusCode::ACCEPTED, Json(accepted)))
+}
+
+async fn load(state: &AppState, id: Uuid) -> Result<ApprovalView, ApiError> {
+    let mut row: ApprovalView = sqlx::query_as(&format!("{SELECT} WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(&state.db)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no approval request {id}")))?;
+    row.decisions = decisions(state, id).await?;
+    Ok(row)
+}
+
+async fn decisions(state: &AppState, id: Uuid) -> Result<Vec<DecisionView>, ApiError> {
+    Ok(sqlx::query_as(
+        "SELECT event_id, at, verdict, channel, reason, approver_issuer, approver_subject, approver_name
+         FROM approval_decisions WHERE approval_id = $1 ORDER BY at",
+    )
+    .bind(id)
+    .fetch_all(&state.db)
+    .await?)
+}
+
+/// Agent attributes that name the person who started the run (GitHub, GitLab).
+const STARTED_BY: &[&str] = &["actor", "triggering_actor", "user_login", "user_email"];
+
+/// Check that `person` may decide request `id` now, then publish the decision. Every channel
+/// (REST, Slack, webhooks) decides through here.
+pub async fn decide(
+    state: &AppState,
+    person: &AgentIdentity,
+    id: Uuid,
+    verdict: Verdict,
+    channel: Channel,
+    reason: Option<String>,
+) -> Result<DecisionAccepted, ApiError> {
+    let reason = reason.map(|r| r.chars().filter(|c| !c.is_control()).collect::<String>()).filter(|r| !r.is_empty());
+    if reason.as_ref().is_some_and(|r| r.chars().count() > 1000) {
+        return Err(ApiError::BadRequest("reason: at most 1000 characters".into()));
+    }
+    let request = load(state, id).await?;
+    if request.status != "pending" {
+        return Err(ApiError::Conflict(format!("approval {id} is already {}", request.status)));
+    }
+    if !request.approver_groups.iter().any(|g| person.groups.contains(g)) {
+        return Err(ApiError::Forbidden(format!(
+            "only members of {} may decide approval {id}",
+            request.approver_groups.join(", ")
+        )));
+    }
+    let agent: AgentIdentity = serde_json::from_value(request.agent.clone())
+        .map_err(|e| ApiError::Unexpected(anyhow::anyhow!("stored agent unreadable: {e}")))?;
+    let own = [&agent.subject, &agent.name]
+        .into_iter()
+        .cloned()
+        .chain(STARTED_BY.iter().filter_map(|k| agent.attributes.get(*k)).filter_map(|v| v.as_str().map(str::to_owned)))
+        .any(|who| who == person.subject || who == person.name);
+    if own {
+        return Err(ApiError::Forbidden(format!(
+            "nobody approves their own request: approval {id} is for a run of {}",
+            person.name
+        )));
+    }
+    if request.decisions.iter().any(|d| d.approver_issuer == person.issuer && d.approver_subject == person.subject) {
+        return Err(ApiError::Conflict(format!("{} has already decided approval {id}", person.name)));
+    }
+    let resource = ResourceRef { name: request.resource.clone(), kind: ResourceKind::Postgres };
+    let mut chain = Chain::new(Uuid::now_v7(), "control".into(), person.clone(), resource);
+    let payload = ApprovalDecided { approval_id: id, verdict, channel, reason };
+    let event = chain.seal(kind::APPROVAL_DECIDED, &payload).map_err(|e| ApiError::Unexpected(e.into()))?;
+    let ack = tollgate_shared::stream::publish_event(&state.js, &event)
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("the decision could not be recorded: {e}")))?;
+    ack.await.map_err(|e| ApiError::Unavailable(format!("the decision could not be recorded: {e}")))?;
+    tracing::info!(approval = %id, by = %person.name, ?verdict, ?channel, "approval decided");
+    let verdict = match verdict {
+        Verdict::Approve => "approve",
+        Verdict::Deny => "deny",
+    };
+    Ok(DecisionAccepted { approval_id: id, verdict: verdict.into(), event_id: event.id })
+}

@@ -1,0 +1,215 @@
+//! Just-in-time approval on the PostgreSQL path: a held statement waits (the agent is told why
+//! with a NoticeResponse), runs only once a quorum approves over REST, and never reaches the
+//! upstream when denied, expired, or when its proxy dies while holding it. The upstream's own
+//! statement log is the proof.
+
+use serde_json::{json, Value};
+use std::process::{Child, Output};
+use std::time::Duration;
+use tollgate_tests::{eventually, Stack};
+
+fn policy() -> Value {
+    json!({
+        "resources": [{ "name": "demo", "kind": "postgres", "approvals": [
+            { "name": "destructive", "hold_classes": ["drop", "unbounded_write"], "approver_groups": ["dba"], "timeout_secs": 60 },
+            { "name": "schema", "hold_classes": ["alter"], "approver_groups": ["dba"], "quorum": 2, "timeout_secs": 60 },
+            { "name": "quick", "hold_classes": ["truncate"], "approver_groups": ["dba"], "timeout_secs": 2 }
+        ]}],
+        "grants": [{ "name": "everyone", "who": { "agents": ["*"] }, "resources": { "names": ["demo"] }, "access": "admin" }]
+    })
+}
+
+async fn stack() -> Stack {
+    let stack = Stack::start().await;
+    stack.pg.admin_sql(
+        "demo",
+        "CREATE TABLE victims (id int); CREATE TABLE keepme (id int); CREATE TABLE staged (id int); \
+         INSERT INTO staged VALUES (1), (2); \
+         ALTER TABLE victims OWNER TO app; ALTER TABLE keepme OWNER TO app; ALTER TABLE staged OWNER TO app",
+    );
+    let version = stack.put_policy(&policy()).await;
+    eventually(10, "the proxy to load the approval rules", || async {
+        (stack.proxy.policy_version() == Some(version)).then_some(())
+    })
+    .await;
+    stack
+}
+
+/// The one pending request, once projected.
+async fn pending(stack: &Stack) -> Value {
+    eventually(20, "a pending approval request", || async {
+        let (status, list) = stack.api("/api/v1/approvals?status=pending").await;
+        let items = list.as_array()?.clone();
+        (status == 200 && items.len() == 1).then(|| items[0].clone())
+    })
+    .await
+}
+
+async fn decide(stack: &Stack, id: &str, verdict: &str, who: &str, groups: &[&str]) -> (u16, Value) {
+    let token = stack.person_token(who, groups);
+    let body = json!({ "reason": format!("{who} says {verdict}") });
+    stack.api_send("POST", &format!("/api/v1/approvals/{id}/{verdict}"), Some(&token), Some(&body)).await
+}
+
+async fn finish(child: Child) -> Output {
+    tokio::task::spawn_blocking(move || child.wait_with_output().expect("psql output")).await.expect("join")
+}
+
+fn ran(stack: &Stack, statement: &str) -> bool {
+    stack.pg.database_log("demo").contains(statement)
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_drop_runs_once_approved_over_rest() {
+    let stack = stack().await;
+    let child = stack.psql_spawn(&stack.agent_token("deploy-bot"), None, &["-c", "DROP TABLE victims"]);
+    let request = pending(&stack).await;
+    let id = request["id"].as_str().unwrap().to_owned();
+    assert_eq!(request["statement"], "DROP TABLE victims");
+    assert_eq!(request["rule"], "destructive");
+    assert_eq!(request["agent"]["name"], "deploy-bot");
+    assert_eq!(request["classes"], json!(["drop"]));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!ran(&stack, "DROP TABLE victims"), "held: not at the upstream yet");
+
+    let (status, accepted) = decide(&stack, &id, "approve", "alice@example.com", &["approvers", "dba"]).await;
+    assert_eq!(status, 202, "{accepted}");
+    let out = finish(child).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains(&format!("waiting for approval {id}")), "the agent was told: {}", stderr(&out));
+    assert!(ran(&stack, "DROP TABLE victims"));
+    assert_eq!(stack.pg.admin_sql("demo", "SELECT count(*) FROM pg_tables WHERE tablename = 'victims'").trim(), "0");
+
+    // The record: the command was held, requested, decided by alice, and then it ran.
+    let decided = eventually(20, "the decision to be projected", || async {
+        let (_, a) = stack.api(&format!("/api/v1/approvals/{id}")).await;
+        (a["status"] == "approved").then_some(a)
+    })
+    .await;
+    assert_eq!(decided["decisions"][0]["approver_name"], "alice@example.com");
+    assert_eq!(decided["decisions"][0]["channel"], "rest");
+    let session = decided["session_id"].as_str().unwrap();
+    let events = eventually(20, "the session's events", || async {
+        let (_, page) = stack.api(&format!("/api/v1/sessions/{session}/events")).await;
+        let events = page.as_array()?.clone();
+        events.iter().any(|e| e["type"] == "session.ended").then_some(events)
+    })
+    .await;
+    let types: Vec<&str> = events.iter().filter_map(|e| e["type"].as_str()).collect();
+    assert_eq!(types, ["session.started", "command", "approval.requested", "command.result", "session.ended"]);
+    assert_eq!(events[1]["event"]["payload"]["decision"], "hold");
+    assert_eq!(events[1]["event"]["payload"]["approval_id"], id.as_str());
+    assert_eq!(events[3]["event"]["payload"]["outcome"], "ok");
+    let (_, verified) = stack.api(&format!("/api/v1/sessions/{session}/verify")).await;
+    assert_eq!((verified["complete"].as_bool(), verified["linked"].as_bool()), (Some(true), Some(true)), "{verified}");
+    assert_eq!(verified["problems"], json!([]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denied_and_expired_statements_never_reach_the_upstream() {
+    let stack = stack().await;
+    let token = stack.agent_token("cleanup-bot");
+    let child = stack.psql_spawn(&token, None, &["-c", "DELETE FROM staged"]);
+    let id = pending(&stack).await["id"].as_str().unwrap().to_owned();
+    let (status, _) = decide(&stack, &id, "deny", "bob@example.com", &["approvers", "dba"]).await;
+    assert_eq!(status, 202);
+    let out = finish(child).await;
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("denied by bob@example.com"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("bob@example.com says deny"), "the reason reaches the agent: {}", stderr(&out));
+    assert!(!ran(&stack, "DELETE FROM staged"));
+    assert_eq!(stack.pg.admin_sql("demo", "SELECT count(*) FROM staged").trim(), "2");
+
+    // Nobody decides within the rule's two seconds.
+    let out = stack.psql(&token, None, &["-c", "TRUNCATE staged"], None);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("not approved in time"), "{}", stderr(&out));
+    assert!(!ran(&stack, "TRUNCATE staged"));
+    let expired = eventually(20, "the expiry to be projected", || async {
+        // Past its deadline it reads as expired at once; the proxy's event then says why.
+        let (_, list) = stack.api("/api/v1/approvals?status=expired").await;
+        list.as_array()?.first().filter(|a| !a["expiry_reason"].is_null()).cloned()
+    })
+    .await;
+    assert_eq!(expired["expiry_reason"], "timeout");
+    // Deciding after the fact is refused.
+    let (status, problem) =
+        decide(&stack, expired["id"].as_str().unwrap(), "approve", "bob@example.com", &["approvers", "dba"]).await;
+    assert_eq!(status, 409, "{problem}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quorum_of_two_and_who_may_decide() {
+    let stack = stack().await;
+    let child = stack.psql_spawn(
+        &stack.agent_token("carol@example.com"),
+        None,
+        &["-c", "ALTER TABLE keepme ADD COLUMN note text"],
+    );
+    let id = pending(&stack).await["id"].as_str().unwrap().to_owned();
+    let path = format!("/api/v1/approvals/{id}/approve");
+
+    // Refused: no token, an agent's token, a reviewer without the approver role, an approver
+    // outside the rule's groups, the agent's own person.
+    let (status, _) = stack.api_send("POST", &path, None, Some(&json!({}))).await;
+    assert_eq!(status, 401);
+    let (status, _) =
+        stack.api_send("POST", &path, Some(&stack.agent_token("carol@example.com")), Some(&json!({}))).await;
+    assert_eq!(status, 401, "an agent token is never an approver's");
+    let (status, _) = decide(&stack, &id, "approve", "rita@example.com", &["reviewers", "dba"]).await;
+    assert_eq!(status, 403);
+    let (status, problem) = decide(&stack, &id, "approve", "otto@example.com", &["approvers", "ops"]).await;
+    assert_eq!(status, 403, "{problem}");
+    let (status, problem) = decide(&stack, &id, "approve", "carol@example.com", &["approvers", "dba"]).await;
+    assert_eq!(status, 403, "own request: {problem}");
+
+    let (status, _) = decide(&stack, &id, "approve", "alice@example.com", &["approvers", "dba"]).await;
+    assert_eq!(status, 202);
+    eventually(20, "alice's decision to be projected", || async {
+        let (_, a) = stack.api(&format!("/api/v1/approvals/{id}")).await;
+        (a["decisions"].as_array()?.len() == 1).then_some(())
+    })
+    .await;
+    let (status, problem) = decide(&stack, &id, "approve", "alice@example.com", &["approvers", "dba"]).await;
+    assert_eq!(status, 409, "one vote per person: {problem}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!ran(&stack, "ADD COLUMN note"), "one approval of two keeps it held");
+
+    let (status, _) = decide(&stack, &id, "approve", "bob@example.com", &["approvers", "dba"]).await;
+    assert_eq!(status, 202);
+    let out = finish(child).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(ran(&stack, "ADD COLUMN note"));
+    let approved = eventually(20, "approved", || async {
+        let (_, a) = stack.api(&format!("/api/v1/approvals/{id}")).await;
+        (a["status"] == "approved").then_some(a)
+    })
+    .await;
+    assert_eq!(approved["decisions"].as_array().unwrap().len(), 2);
+    let (status, _) = decide(&stack, &id, "deny", "dave@example.com", &["approvers", "dba"]).await;
+    assert_eq!(status, 409, "a decided request takes no more decisions");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_killed_while_holding_never_runs_the_statement() {
+    let stack = stack().await;
+    let second = tollgate_data_plane::Proxy::start(stack.proxy_config("proxy-b")).await.expect("second proxy");
+    let child = stack.psql_spawn(
+        &stack.agent_token("deploy-bot"),
+        Some(second.postgres_addr.port()),
+        &["-c", "DROP TABLE keepme"],
+    );
+    let id = pending(&stack).await["id"].as_str().unwrap().to_owned();
+    drop(second); // every task of that node stops at once, as in a crash
+    let out = finish(child).await;
+    assert!(!out.status.success(), "the agent lost its connection");
+    let (status, _) = decide(&stack, &id, "approve", "alice@example.com", &["approvers", "dba"]).await;
+    assert_eq!(status, 202, "the request is still pending as far as the control plane knows");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!ran(&stack, "DROP TABLE keepme"), "approved after its proxy died: never executed");
+    assert_eq!(stack.pg.admin_sql("demo", "SELECT count(*) FROM pg_tables WHERE tablename = 'keepme'").trim(), "1");
+}
