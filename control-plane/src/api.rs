@@ -5,6 +5,7 @@ mod agents;
 pub mod approvals;
 mod auth;
 mod auth_failures;
+mod channels;
 mod error;
 mod health;
 mod policy;
@@ -21,11 +22,16 @@ use utoipa::{Modify, OpenApi};
 use utoipa_scalar::Servable;
 
 pub use auth::{Role, RoleConfig};
+pub use channels::{SlackInbound, WebhookInbound};
 pub use error::ApiError;
 
 #[derive(Clone)]
 pub struct AppState {
     pub db: PgPool,
+    /// Slack callbacks accepted when set.
+    pub slack: Option<Arc<channels::SlackInbound>>,
+    /// Signed inbound decisions accepted when set.
+    pub inbound_webhook: Option<Arc<channels::WebhookInbound>>,
     pub reviewers: Verifier,
     pub nats: async_nats::Client,
     pub stats: Arc<ProjectorStats>,
@@ -114,6 +120,8 @@ pub fn router(state: AppState) -> Router {
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate));
     Router::new()
         .nest("/api/v1", api)
+        .route("/slack/interactions", axum::routing::post(channels::slack_interaction))
+        .route("/webhooks/decisions", axum::routing::post(channels::webhook_decision))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))

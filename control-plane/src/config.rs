@@ -21,6 +21,62 @@ pub struct ControlConfig {
     /// Groups (from the reviewer issuers' identity mapping) that grant each role.
     #[serde(default)]
     pub roles: crate::api::RoleConfig,
+    /// Approval requests posted to Slack with Approve / Deny buttons.
+    #[serde(default)]
+    pub slack: Option<SlackConfig>,
+    /// Signed notifications of every approval request and decision.
+    #[serde(default)]
+    pub webhooks: Vec<WebhookConfig>,
+    /// Signed decisions from another system (`POST /webhooks/decisions`).
+    #[serde(default)]
+    pub inbound_webhook: Option<InboundWebhookConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlackConfig {
+    /// Slack's Web API base (a local fake in tests).
+    #[serde(default = "default_slack_api")]
+    pub api_base: String,
+    /// The app's bot token (`xoxb-...`), by reference.
+    pub bot_token: tollgate_shared::config::SecretRef,
+    /// The app's signing secret, by reference: interactive callbacks are verified with it.
+    pub signing_secret: tollgate_shared::config::SecretRef,
+    /// Channel id the requests are posted to.
+    pub channel: String,
+    /// Slack user id → the person it is (their groups decide their roles and approver groups).
+    #[serde(default)]
+    pub users: std::collections::BTreeMap<String, PersonConfig>,
+}
+
+fn default_slack_api() -> String {
+    "https://slack.com/api".into()
+}
+
+/// A person known outside the reviewer issuers (a Slack user, a webhook's approver).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PersonConfig {
+    pub subject: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    pub url: String,
+    /// HMAC-SHA256 key, by reference.
+    pub secret: tollgate_shared::config::SecretRef,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InboundWebhookConfig {
+    /// HMAC-SHA256 key the sender signs with, by reference.
+    pub secret: tollgate_shared::config::SecretRef,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -52,8 +108,17 @@ fn default_batch() -> usize {
 
 impl ControlConfig {
     /// Top-level keys, the only ones `TOLLGATE_*` variables override.
-    const SECTIONS: &'static [&'static str] =
-        &["listen", "database_url", "nats", "reviewer_issuers", "projector", "roles"];
+    const SECTIONS: &'static [&'static str] = &[
+        "listen",
+        "database_url",
+        "nats",
+        "reviewer_issuers",
+        "projector",
+        "roles",
+        "slack",
+        "webhooks",
+        "inbound_webhook",
+    ];
 
     pub fn load(path: Option<&std::path::Path>) -> Result<Self, tollgate_shared::config::ConfigError> {
         let config: ControlConfig = tollgate_shared::config::load(path, "TOLLGATE_", Self::SECTIONS, std::env::vars())?;

@@ -2,12 +2,14 @@
 //! Postgres views and serves them over a REST API. It is never in the byte path between an agent
 //! and a resource, and never holds a resource credential.
 
+mod announce;
 pub mod api;
 pub mod cli;
 pub mod config;
 pub mod dev_issuer;
 pub mod policy;
 pub mod projector;
+pub mod signing;
 
 use anyhow::Context;
 use std::net::SocketAddr;
@@ -57,7 +59,30 @@ impl Control {
         if config.roles.is_empty() {
             tracing::warn!("no [roles] configured: every API call will be refused (403)");
         }
-        let state = api::AppState { db, reviewers, nats, stats, roles: Arc::new(config.roles.clone()), js: api_js };
+        if let Some(announcer) = announce::Announcer::new(db.clone(), config.slack.as_ref(), &config.webhooks)? {
+            tasks.push(tokio::spawn(announcer.run(api_js.clone())));
+        }
+        let slack = match &config.slack {
+            Some(slack) => Some(Arc::new(api::SlackInbound {
+                signing_secret: slack.signing_secret.resolve()?.into_bytes(),
+                users: slack.users.clone(),
+            })),
+            None => None,
+        };
+        let inbound_webhook = match &config.inbound_webhook {
+            Some(hook) => Some(Arc::new(api::WebhookInbound { secret: hook.secret.resolve()?.into_bytes() })),
+            None => None,
+        };
+        let state = api::AppState {
+            db,
+            slack,
+            inbound_webhook,
+            reviewers,
+            nats,
+            stats,
+            roles: Arc::new(config.roles.clone()),
+            js: api_js,
+        };
         let listener = tokio::net::TcpListener::bind(&config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;

@@ -30,6 +30,7 @@ pub mod kind {
     pub const APPROVAL_REQUESTED: &str = "approval.requested";
     pub const APPROVAL_DECIDED: &str = "approval.decided";
     pub const APPROVAL_EXPIRED: &str = "approval.expired";
+    pub const APPROVAL_REFUSED: &str = "approval.refused";
 }
 
 /// One fact, as published on JetStream. `P` is the payload; readers that do not care about the

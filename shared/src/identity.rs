@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 ///
 /// `name` tells apart bots that share one `subject`; `attributes` keeps the claims a reviewer
 /// needs (repository, workflow, run id...). No claim holding a secret is ever kept.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentIdentity {
     pub issuer: String,
     pub subject: String,

@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use tollgate_shared::event::{kind, ApprovalDecided, Chain, Channel, Verdict};
+use tollgate_shared::event::{kind, ApprovalDecided, ApprovalRefused, Chain, Channel, Verdict};
 use tollgate_shared::identity::{AgentIdentity, ResourceKind, ResourceRef};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -138,7 +138,7 @@ pub async fn approve(
     body: Result<Json<DecisionRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<DecisionAccepted>), ApiError> {
     let Json(body) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let accepted = decide(&state, &caller.identity, id, Verdict::Approve, Channel::Rest, body.reason).await?;
+    let accepted = decide_or_refuse(&state, &caller.identity, id, Verdict::Approve, Channel::Rest, body.reason).await?;
     Ok((StatusCode::ACCEPTED, Json(accepted)))
 }
 
@@ -154,7 +154,7 @@ pub async fn deny(
     body: Result<Json<DecisionRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<DecisionAccepted>), ApiError> {
     let Json(body) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let accepted = decide(&state, &caller.identity, id, Verdict::Deny, Channel::Rest, body.reason).await?;
+    let accepted = decide_or_refuse(&state, &caller.identity, id, Verdict::Deny, Channel::Rest, body.reason).await?;
     Ok((StatusCode::ACCEPTED, Json(accepted)))
 }
 
@@ -176,6 +176,48 @@ async fn decisions(state: &AppState, id: Uuid) -> Result<Vec<DecisionView>, ApiE
     .bind(id)
     .fetch_all(&state.db)
     .await?)
+}
+
+/// `decide`, and when it is refused, an `approval.refused` event saying who tried what.
+pub async fn decide_or_refuse(
+    state: &AppState,
+    person: &AgentIdentity,
+    id: Uuid,
+    verdict: Verdict,
+    channel: Channel,
+    reason: Option<String>,
+) -> Result<DecisionAccepted, ApiError> {
+    match decide(state, person, id, verdict, channel, reason).await {
+        Ok(accepted) => Ok(accepted),
+        Err(e) => {
+            refused(state, Some(person), Some(id), channel, &e).await;
+            Err(e)
+        }
+    }
+}
+
+/// Record a refused decision attempt (best effort: the caller's answer does not wait on it).
+pub async fn refused(
+    state: &AppState,
+    person: Option<&AgentIdentity>,
+    id: Option<Uuid>,
+    channel: Channel,
+    error: &ApiError,
+) {
+    let who = person.cloned().unwrap_or_default();
+    let resource = ResourceRef { name: "approvals".into(), kind: ResourceKind::Policy };
+    let mut chain = Chain::new(Uuid::now_v7(), "control".into(), who, resource);
+    let payload =
+        ApprovalRefused { approval_id: id, channel, status: error.status().as_u16(), reason: error.to_string() };
+    tracing::info!(approval = ?id, ?channel, status = payload.status, reason = %payload.reason, "decision refused");
+    match chain.seal(kind::APPROVAL_REFUSED, &payload) {
+        Ok(event) => {
+            if let Err(e) = tollgate_shared::stream::publish_event(&state.js, &event).await {
+                tracing::warn!(error = %e, "approval.refused not published");
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "cannot seal approval.refused"),
+    }
 }
 
 /// Agent attributes that name the person who started the run (GitHub, GitLab).

@@ -8,8 +8,8 @@ use serde::Deserialize;
 use sqlx::{PgPool, Postgres, Transaction};
 use std::collections::{BTreeMap, HashSet};
 use tollgate_shared::event::{
-    kind, ApprovalDecided, ApprovalExpired, ApprovalRequested, AuthFailed, Command, CommandResult, Envelope,
-    PolicyChanged, SessionEnded, SessionStarted,
+    kind, ApprovalDecided, ApprovalExpired, ApprovalRefused, ApprovalRequested, AuthFailed, Command, CommandResult,
+    Envelope, PolicyChanged, SessionEnded, SessionStarted,
 };
 use tollgate_shared::identity::AgentIdentity;
 use uuid::Uuid;
@@ -46,6 +46,7 @@ enum Payload {
     ApprovalRequested(Box<ApprovalRequested>),
     ApprovalDecided(ApprovalDecided),
     ApprovalExpired(ApprovalExpired),
+    ApprovalRefused(ApprovalRefused),
     /// A type this version does not project; the event is still stored.
     Other,
 }
@@ -68,6 +69,7 @@ fn decode(raw: &[u8]) -> Result<Decoded<'_>, String> {
         kind::APPROVAL_REQUESTED => Payload::ApprovalRequested(Box::new(typed(&envelope)?)),
         kind::APPROVAL_DECIDED => Payload::ApprovalDecided(typed(&envelope)?),
         kind::APPROVAL_EXPIRED => Payload::ApprovalExpired(typed(&envelope)?),
+        kind::APPROVAL_REFUSED => Payload::ApprovalRefused(typed(&envelope)?),
         _ => Payload::Other,
     };
     Ok(Decoded { envelope, seq, raw, body, payload })
@@ -106,7 +108,13 @@ pub async fn write_batch(db: &PgPool, batch: &[Message]) -> sqlx::Result<BatchOu
         .iter()
         .copied()
         .filter(|d| {
-            !matches!(d.payload, Payload::AuthFailed(_) | Payload::PolicyChanged(_) | Payload::ApprovalDecided(_))
+            !matches!(
+                d.payload,
+                Payload::AuthFailed(_)
+                    | Payload::PolicyChanged(_)
+                    | Payload::ApprovalDecided(_)
+                    | Payload::ApprovalRefused(_)
+            )
         })
         .collect();
     let verified: Vec<&Decoded> = fresh
@@ -114,7 +122,7 @@ pub async fn write_batch(db: &PgPool, batch: &[Message]) -> sqlx::Result<BatchOu
         .copied()
         .filter(|d| match &d.payload {
             Payload::AuthFailed(a) => a.verified,
-            Payload::PolicyChanged(_) | Payload::ApprovalDecided(_) => false,
+            Payload::PolicyChanged(_) | Payload::ApprovalDecided(_) | Payload::ApprovalRefused(_) => false,
             _ => true,
         })
         .collect();
@@ -461,6 +469,22 @@ async fn session_lifecycle(tx: &mut Transaction<'_, Postgres>, e: &Decoded<'_>) 
             .bind(p.approval_id)
             .bind(enum_text(&p.reason))
             .bind(e.envelope.at)
+            .execute(&mut **tx)
+            .await?;
+        }
+        Payload::ApprovalRefused(p) => {
+            let who = &e.envelope.agent;
+            sqlx::query(
+                "INSERT INTO approval_refusals (event_id, approval_id, at, channel, status, reason, who)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(e.envelope.id)
+            .bind(p.approval_id)
+            .bind(e.envelope.at)
+            .bind(enum_text(&p.channel))
+            .bind(i32::from(p.status))
+            .bind(&p.reason)
+            .bind((!who.subject.is_empty()).then(|| who.name.clone()))
             .execute(&mut **tx)
             .await?;
         }

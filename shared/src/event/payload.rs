@@ -300,3 +300,16 @@ pub struct ApprovalExpired {
     pub approval_id: Uuid,
     pub reason: ExpiryReason,
 }
+
+/// `approval.refused`: an attempt to decide that was refused (bad signature, stale or replayed
+/// callback, unknown person, not an approver, own request, a second decision...). Published by
+/// the control plane as its own one-event chain; `agent` is the person when known.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ApprovalRefused {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_id: Option<Uuid>,
+    pub channel: Channel,
+    /// The HTTP status the caller got.
+    pub status: u16,
+    pub reason: String,
+}
