@@ -51,6 +51,7 @@ pub struct AppState {
         agents::list_agents,
         auth_failures::list_auth_failures,
         approvals::list_approvals,
+        approvals::request_ahead,
         approvals::get_approval,
         approvals::approve,
         approvals::deny,
@@ -105,6 +106,8 @@ pub fn router(state: AppState) -> Router {
         .route("/approvals", get(approvals::list_approvals))
         .route("/approvals/{id}", get(approvals::get_approval))
         .route_layer(axum::middleware::from_fn(|r, n| auth::require(auth::READ_APPROVALS, r, n)));
+    // Asking grants nothing by itself: any authenticated caller (a pipeline) may ask.
+    let ask = Router::new().route("/approvals", axum::routing::post(approvals::request_ahead));
     let decide = Router::new()
         .route("/approvals/{id}/approve", axum::routing::post(approvals::approve))
         .route("/approvals/{id}/deny", axum::routing::post(approvals::deny))
@@ -116,6 +119,7 @@ pub fn router(state: AppState) -> Router {
     let api = api
         .merge(admin)
         .merge(approvals)
+        .merge(ask)
         .merge(decide)
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate));
     Router::new()

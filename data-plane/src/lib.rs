@@ -7,6 +7,7 @@
 
 pub mod approvals;
 pub mod config;
+pub mod grants;
 mod node_key;
 pub mod pg;
 pub mod policy;
@@ -60,6 +61,8 @@ impl Proxy {
         tasks.push(tokio::spawn(keep_stream(js.clone())));
         let (watcher, mut policy) = policy::spawn_watcher(js.clone());
         tasks.push(watcher);
+        let standing = Arc::new(grants::StandingApprovals::default());
+        tasks.push(standing.spawn_watcher(js.clone()));
         // Serve once the policy is known, but never wait forever: without one, agents are refused.
         let wait = Duration::from_millis(config.policy.wait_at_start_ms);
         if tokio::time::timeout(wait, policy.wait_for(Option::is_some)).await.is_err() {
@@ -72,8 +75,16 @@ impl Proxy {
         let publisher = Arc::new(recorder::Publisher::new(js, Duration::from_millis(config.nats.publish_timeout_ms)));
         let node_key = signer.public_hex();
         let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
-        let ctx =
-            Arc::new(pg::PgContext::new(&config, verifier, publisher, signer, shutdown_rx, policy.clone(), approvals)?);
+        let ctx = Arc::new(pg::PgContext::new(
+            &config,
+            verifier,
+            publisher,
+            signer,
+            shutdown_rx,
+            policy.clone(),
+            approvals,
+            standing,
+        )?);
 
         let listener = tokio::net::TcpListener::bind(&config.postgres.listen)
             .await

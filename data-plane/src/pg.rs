@@ -47,6 +47,8 @@ pub struct PgContext {
     pub policy: crate::policy::PolicyReceiver,
     /// Decisions on held commands.
     pub approvals: Arc<crate::approvals::ApprovalHub>,
+    /// Standing approvals that let held commands run without a new request.
+    pub standing: Arc<crate::grants::StandingApprovals>,
     /// Where people approve, for the notice a held agent gets (`<url>/<approval id>`).
     pub approval_url: Option<String>,
 }
@@ -60,6 +62,7 @@ impl PgContext {
         shutdown: tokio::sync::watch::Receiver<bool>,
         policy: crate::policy::PolicyReceiver,
         approvals: Arc<crate::approvals::ApprovalHub>,
+        standing: Arc<crate::grants::StandingApprovals>,
     ) -> anyhow::Result<Self> {
         let tls = match &config.postgres.tls {
             Some(files) => Some(crate::tls::acceptor(files)?),
@@ -78,6 +81,7 @@ impl PgContext {
             classifier: classify::ClassifyCache::new(10_000),
             policy,
             approvals,
+            standing,
             approval_url: config.approvals.url.clone(),
         })
     }

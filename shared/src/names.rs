@@ -27,3 +27,11 @@ pub const POLICY_KEY: &str = "current";
 pub fn policy_chain() -> uuid::Uuid {
     uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, b"tollgate:policy")
 }
+
+/// The JetStream KV bucket of standing approvals ("this agent, this resource, these classes,
+/// for N minutes"), one key per approval: `grant_<approval id>`.
+pub const GRANTS_BUCKET: &str = "tollgate_grants";
+
+pub fn grant_key(approval_id: uuid::Uuid) -> String {
+    format!("grant_{}", approval_id.simple())
+}

@@ -42,6 +42,39 @@ impl Snapshot {
     }
 }
 
+/// A standing approval: commands of these classes by this agent on this resource run without a
+/// new request until `until` (each is still recorded, naming the approval it ran under).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct StandingApproval {
+    pub approval_id: uuid::Uuid,
+    pub agent_issuer: Option<String>,
+    pub agent_name: String,
+    pub resource: String,
+    pub classes: Vec<String>,
+    pub until: chrono::DateTime<chrono::Utc>,
+    /// Who approved (names).
+    pub approvers: Vec<String>,
+}
+
+impl StandingApproval {
+    /// Whether this approval covers a statement of `classes` by the agent now.
+    pub fn covers(
+        &self,
+        issuer: &str,
+        name: &str,
+        resource: &str,
+        classes: &[&str],
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> bool {
+        now < self.until
+            && self.agent_issuer.as_deref().is_none_or(|i| i == issuer)
+            && self.agent_name == name
+            && self.resource == resource
+            && !classes.is_empty()
+            && classes.iter().all(|c| self.classes.iter().any(|g| g == c))
+    }
+}
+
 /// Compiled maskers of a snapshot (not serialized: derived from the document).
 #[derive(Default, Clone)]
 pub struct MaskerCache(std::sync::OnceLock<HashMap<String, Arc<Masker>>>);

@@ -34,6 +34,21 @@ pub async fn ensure_policy_bucket(js: &jetstream::Context) -> Result<jetstream::
     .map_err(|e| format!("cannot create or open KV bucket {}: {e}", names::POLICY_BUCKET))
 }
 
+/// Open (or create) the standing-approvals bucket.
+pub async fn ensure_grants_bucket(js: &jetstream::Context) -> Result<jetstream::kv::Store, String> {
+    if let Ok(store) = js.get_key_value(names::GRANTS_BUCKET).await {
+        return Ok(store);
+    }
+    js.create_key_value(jetstream::kv::Config {
+        bucket: names::GRANTS_BUCKET.to_owned(),
+        history: 1,
+        storage: stream::StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| format!("cannot create or open KV bucket {}: {e}", names::GRANTS_BUCKET))
+}
+
 /// Publish a sealed event on its subject with its id as `Nats-Msg-Id`, so JetStream
 /// de-duplicates retries. Returns the acknowledgement to await.
 pub async fn publish_event(

@@ -213,3 +213,88 @@ async fn a_proxy_killed_while_holding_never_runs_the_statement() {
     assert!(!ran(&stack, "DROP TABLE keepme"), "approved after its proxy died: never executed");
     assert_eq!(stack.pg.admin_sql("demo", "SELECT count(*) FROM pg_tables WHERE tablename = 'keepme'").trim(), "1");
 }
+
+/// Wait until every proxy can see the standing approval (it is in the grants bucket).
+async fn standing(stack: &Stack, id: &str) {
+    let client = async_nats::connect(stack.nats.url()).await.expect("nats");
+    let js = async_nats::jetstream::new(client);
+    let key = tollgate_shared::names::grant_key(uuid::Uuid::parse_str(id).expect("uuid"));
+    eventually(20, "the standing approval to be stored", || async {
+        let store = js.get_key_value(tollgate_shared::names::GRANTS_BUCKET).await.ok()?;
+        store.get(&key).await.ok()?.map(|_| ())
+    })
+    .await;
+    // The proxies' watch delivers it within milliseconds.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+}
+
+fn commands_of(messages: &[Vec<u8>], statement: &str) -> Vec<Value> {
+    messages
+        .iter()
+        .filter_map(|m| serde_json::from_slice::<Value>(m).ok())
+        .filter(|e| e["type"] == "command" && e["payload"]["statement"] == statement)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approved_for_thirty_minutes_later_commands_run_unheld_and_say_so() {
+    let stack = stack().await;
+    let token = stack.agent_token("deploy-bot");
+    let child = stack.psql_spawn(&token, None, &["-c", "DELETE FROM staged"]);
+    let id = pending(&stack).await["id"].as_str().unwrap().to_owned();
+    let approver = stack.person_token("alice@example.com", &["approvers", "dba"]);
+    let body = json!({ "reason": "nightly cleanup", "grant_minutes": 30 });
+    let (status, _) =
+        stack.api_send("POST", &format!("/api/v1/approvals/{id}/approve"), Some(&approver), Some(&body)).await;
+    assert_eq!(status, 202);
+    assert!(finish(child).await.status.success());
+    standing(&stack, &id).await;
+
+    // The same agent, the same class of statement: runs at once, recorded under the approval.
+    stack.pg.admin_sql("demo", "INSERT INTO staged VALUES (3)");
+    let out = stack.psql(&token, None, &["-c", "DELETE FROM staged"], None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stack.pg.admin_sql("demo", "SELECT count(*) FROM staged").trim(), "0");
+    let commands = commands_of(&stack.stream_messages().await, "DELETE FROM staged");
+    assert_eq!(commands.len(), 2);
+    assert_eq!(commands[1]["payload"]["decision"], "allow");
+    assert_eq!(commands[1]["payload"]["rule"], "standing_approval:destructive");
+    assert_eq!(commands[1]["payload"]["approval_id"], id.as_str());
+
+    // Another agent is not covered: held again.
+    let child = stack.psql_spawn(&stack.agent_token("other-bot"), None, &["-c", "DELETE FROM staged"]);
+    let other = pending(&stack).await;
+    assert_eq!(other["agent"]["name"], "other-bot");
+    let (status, _) =
+        decide(&stack, other["id"].as_str().unwrap(), "deny", "alice@example.com", &["approvers", "dba"]).await;
+    assert_eq!(status, 202);
+    assert!(!finish(child).await.status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_asks_ahead_of_its_run() {
+    let stack = stack().await;
+    let lead = stack.person_token("lead@example.com", &["approvers", "dba"]);
+    let ask = json!({ "resource": "demo", "agent": "release-bot", "classes": ["drop"], "minutes": 10,
+                      "reason": "release 1.2 drops the victims table; questions to lead@example.com" });
+    let (status, accepted) = stack.api_send("POST", "/api/v1/approvals", Some(&lead), Some(&ask)).await;
+    assert_eq!(status, 202, "{accepted}");
+    assert_eq!(accepted["rule"], "destructive");
+    let id = accepted["approval_id"].as_str().unwrap().to_owned();
+    let request = pending(&stack).await;
+    assert_eq!(request["grant_minutes"], 10);
+    assert!(request["statement"].as_str().unwrap().contains("[masked:email]"), "the reason is masked: {request}");
+    let bad = json!({ "resource": "demo", "agent": "release-bot", "classes": ["select"], "minutes": 10 });
+    let (status, problem) = stack.api_send("POST", "/api/v1/approvals", Some(&lead), Some(&bad)).await;
+    assert_eq!(status, 400, "no rule holds select: {problem}");
+
+    let (status, problem) = decide(&stack, &id, "approve", "lead@example.com", &["approvers", "dba"]).await;
+    assert_eq!(status, 403, "whoever asked does not approve: {problem}");
+    let (status, _) = decide(&stack, &id, "approve", "alice@example.com", &["approvers", "dba"]).await;
+    assert_eq!(status, 202);
+    standing(&stack, &id).await;
+    let out = stack.psql(&stack.agent_token("release-bot"), None, &["-c", "DROP TABLE victims"], None);
+    assert!(out.status.success(), "approved ahead: not held: {}", stderr(&out));
+    assert!(!stderr(&out).contains("waiting for approval"));
+    assert!(ran(&stack, "DROP TABLE victims"));
+}

@@ -12,6 +12,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tollgate_shared::event::{kind, ApprovalDecided, ApprovalRefused, Chain, Channel, Verdict};
 use tollgate_shared::identity::{AgentIdentity, ResourceKind, ResourceRef};
+use tollgate_shared::names;
+use tollgate_shared::policy::StandingApproval;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
@@ -39,6 +41,8 @@ pub struct ApprovalView {
     pub expires_at: DateTime<Utc>,
     pub decided_at: Option<DateTime<Utc>>,
     pub expiry_reason: Option<String>,
+    /// Asked ahead of a run: minutes of standing approval requested.
+    pub grant_minutes: Option<i32>,
     #[sqlx(skip)]
     pub decisions: Vec<DecisionView>,
 }
@@ -55,6 +59,8 @@ pub struct DecisionView {
     pub approver_issuer: String,
     pub approver_subject: String,
     pub approver_name: String,
+    /// Approved for this many minutes (a standing approval).
+    pub grant_minutes: Option<i32>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -72,6 +78,10 @@ pub struct DecisionRequest {
     /// Why (kept with the decision; at most 1000 characters).
     #[serde(default)]
     pub reason: Option<String>,
+    /// Approve for this many minutes (1 to 1440): later commands of the same classes by the same
+    /// agent on the same resource then run without a new request.
+    #[serde(default)]
+    pub grant_minutes: Option<u32>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -87,7 +97,7 @@ const STATUSES: &[&str] = &["pending", "approved", "denied", "expired"];
 const SELECT: &str =
     "SELECT id, CASE WHEN status = 'pending' AND expires_at <= now() THEN 'expired' ELSE status END AS status,
     session_id, command_id, agent, resource, node, rule, statement, classes, relations, approver_groups, quorum,
-    requested_at, expires_at, decided_at, expiry_reason FROM approvals";
+    requested_at, expires_at, decided_at, expiry_reason, grant_minutes FROM approvals";
 
 /// Approval requests, newest first.
 #[utoipa::path(get, path = "/api/v1/approvals", tag = "approvals", params(ApprovalQuery),
@@ -138,7 +148,13 @@ pub async fn approve(
     body: Result<Json<DecisionRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<DecisionAccepted>), ApiError> {
     let Json(body) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let accepted = decide_or_refuse(&state, &caller.identity, id, Verdict::Approve, Channel::Rest, body.reason).await?;
+    let decision = Decision {
+        verdict: Verdict::Approve,
+        channel: Channel::Rest,
+        reason: body.reason,
+        grant_minutes: body.grant_minutes,
+    };
+    let accepted = decide_or_refuse(&state, &caller.identity, id, decision).await?;
     Ok((StatusCode::ACCEPTED, Json(accepted)))
 }
 
@@ -154,7 +170,12 @@ pub async fn deny(
     body: Result<Json<DecisionRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<DecisionAccepted>), ApiError> {
     let Json(body) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let accepted = decide_or_refuse(&state, &caller.identity, id, Verdict::Deny, Channel::Rest, body.reason).await?;
+    if body.grant_minutes.is_some() {
+        return Err(ApiError::BadRequest("grant_minutes applies to approvals only".into()));
+    }
+    let decision =
+        Decision { verdict: Verdict::Deny, channel: Channel::Rest, reason: body.reason, grant_minutes: None };
+    let accepted = decide_or_refuse(&state, &caller.identity, id, decision).await?;
     Ok((StatusCode::ACCEPTED, Json(accepted)))
 }
 
@@ -170,7 +191,7 @@ async fn load(state: &AppState, id: Uuid) -> Result<ApprovalView, ApiError> {
 
 async fn decisions(state: &AppState, id: Uuid) -> Result<Vec<DecisionView>, ApiError> {
     Ok(sqlx::query_as(
-        "SELECT event_id, at, verdict, channel, reason, approver_issuer, approver_subject, approver_name
+        "SELECT event_id, at, verdict, channel, reason, approver_issuer, approver_subject, approver_name, grant_minutes
          FROM approval_decisions WHERE approval_id = $1 ORDER BY at",
     )
     .bind(id)
@@ -183,11 +204,10 @@ pub async fn decide_or_refuse(
     state: &AppState,
     person: &AgentIdentity,
     id: Uuid,
-    verdict: Verdict,
-    channel: Channel,
-    reason: Option<String>,
+    decision: Decision,
 ) -> Result<DecisionAccepted, ApiError> {
-    match decide(state, person, id, verdict, channel, reason).await {
+    let channel = decision.channel;
+    match decide(state, person, id, decision).await {
         Ok(accepted) => Ok(accepted),
         Err(e) => {
             refused(state, Some(person), Some(id), channel, &e).await;
@@ -220,8 +240,20 @@ pub async fn refused(
     }
 }
 
-/// Agent attributes that name the person who started the run (GitHub, GitLab).
-const STARTED_BY: &[&str] = &["actor", "triggering_actor", "user_login", "user_email"];
+/// Agent attributes that name the person who started the run (GitHub, GitLab), or who asked
+/// for approval ahead of it.
+const STARTED_BY: &[&str] = &["actor", "triggering_actor", "user_login", "user_email", "requested_by"];
+
+/// What a person decided, from any channel.
+pub struct Decision {
+    pub verdict: Verdict,
+    pub channel: Channel,
+    pub reason: Option<String>,
+    pub grant_minutes: Option<u32>,
+}
+
+/// Longest standing approval: a day.
+const MAX_GRANT_MINUTES: u32 = 24 * 60;
 
 /// Check that `person` may decide request `id` now, then publish the decision. Every channel
 /// (REST, Slack, webhooks) decides through here.
@@ -229,10 +261,12 @@ pub async fn decide(
     state: &AppState,
     person: &AgentIdentity,
     id: Uuid,
-    verdict: Verdict,
-    channel: Channel,
-    reason: Option<String>,
+    decision: Decision,
 ) -> Result<DecisionAccepted, ApiError> {
+    let Decision { verdict, channel, reason, grant_minutes } = decision;
+    if grant_minutes.is_some_and(|m| !(1..=MAX_GRANT_MINUTES).contains(&m)) {
+        return Err(ApiError::BadRequest(format!("grant_minutes must be between 1 and {MAX_GRANT_MINUTES}")));
+    }
     let reason = reason.map(|r| r.chars().filter(|c| !c.is_control()).collect::<String>()).filter(|r| !r.is_empty());
     if reason.as_ref().is_some_and(|r| r.chars().count() > 1000) {
         return Err(ApiError::BadRequest("reason: at most 1000 characters".into()));
@@ -265,16 +299,180 @@ pub async fn decide(
     }
     let resource = ResourceRef { name: request.resource.clone(), kind: ResourceKind::Postgres };
     let mut chain = Chain::new(Uuid::now_v7(), "control".into(), person.clone(), resource);
-    let payload = ApprovalDecided { approval_id: id, verdict, channel, reason };
+    let payload = ApprovalDecided { approval_id: id, verdict, channel, reason, grant_minutes };
     let event = chain.seal(kind::APPROVAL_DECIDED, &payload).map_err(|e| ApiError::Unexpected(e.into()))?;
     let ack = tollgate_shared::stream::publish_event(&state.js, &event)
         .await
         .map_err(|e| ApiError::Unavailable(format!("the decision could not be recorded: {e}")))?;
     ack.await.map_err(|e| ApiError::Unavailable(format!("the decision could not be recorded: {e}")))?;
+    if verdict == Verdict::Approve {
+        stand(state, &request, &agent, person, grant_minutes).await?;
+    }
     tracing::info!(approval = %id, by = %person.name, ?verdict, ?channel, "approval decided");
     let verdict = match verdict {
         Verdict::Approve => "approve",
         Verdict::Deny => "deny",
     };
     Ok(DecisionAccepted { approval_id: id, verdict: verdict.into(), event_id: event.id })
+}
+
+/// When this approval completes the quorum and every approver (or the ahead-of-run request)
+/// gave a duration, make it a standing approval for the shortest one: written to the grants
+/// bucket every proxy watches.
+async fn stand(
+    state: &AppState,
+    request: &ApprovalView,
+    agent: &AgentIdentity,
+    person: &AgentIdentity,
+    offered: Option<u32>,
+) -> Result<(), ApiError> {
+    let earlier: Vec<&DecisionView> = request.decisions.iter().filter(|d| d.verdict == "approve").collect();
+    let votes = 1 + earlier.len();
+    if votes < usize::try_from(request.quorum).unwrap_or(usize::MAX) {
+        return Ok(());
+    }
+    let mut durations: Vec<Option<u32>> =
+        earlier.iter().map(|d| d.grant_minutes.and_then(|m| u32::try_from(m).ok())).collect();
+    durations.push(offered);
+    // An ahead-of-run request carries its duration: approving it accepts that duration.
+    let asked = request.grant_minutes.and_then(|m| u32::try_from(m).ok());
+    let minutes = match asked {
+        Some(asked) => durations.iter().flatten().copied().chain([asked]).min(),
+        None if durations.iter().all(Option::is_some) => durations.iter().flatten().copied().min(),
+        None => None,
+    };
+    let Some(minutes) = minutes else { return Ok(()) };
+    let mut approvers: Vec<String> = earlier.iter().map(|d| d.approver_name.clone()).collect();
+    approvers.push(person.name.clone());
+    let standing = StandingApproval {
+        approval_id: request.id,
+        agent_issuer: (!agent.issuer.is_empty()).then(|| agent.issuer.clone()),
+        agent_name: agent.name.clone(),
+        resource: request.resource.clone(),
+        classes: request.classes.clone(),
+        until: Utc::now() + chrono::Duration::minutes(i64::from(minutes)),
+        approvers,
+    };
+    let bytes = serde_json::to_vec(&standing).map_err(|e| ApiError::Unexpected(e.into()))?;
+    let store = tollgate_shared::stream::ensure_grants_bucket(&state.js).await.map_err(ApiError::Unavailable)?;
+    store
+        .put(names::grant_key(request.id), bytes.into())
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("the standing approval could not be stored: {e}")))?;
+    tracing::info!(approval = %request.id, agent = %agent.name, minutes, "standing approval granted");
+    Ok(())
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AheadRequest {
+    /// The resource the run will use.
+    pub resource: String,
+    /// The agent's name, as its identity mapping names it (e.g. `acme/orders/deploy@main`).
+    pub agent: String,
+    /// The agent's token issuer, to pin the approval to it.
+    #[serde(default)]
+    pub agent_issuer: Option<String>,
+    /// Statement classes the run needs (`drop`, `alter`, `delete`...).
+    pub classes: Vec<String>,
+    /// How long the approval stands once granted, 1 to 1440.
+    pub minutes: u32,
+    /// What the run is for; shown to approvers (masked).
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AheadAccepted {
+    pub approval_id: Uuid,
+    pub rule: String,
+    pub approver_groups: Vec<String>,
+    pub quorum: u32,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Ask for approval ahead of a run: once approved, the agent's commands of these classes on the
+/// resource run without being held, for `minutes`. Any authenticated caller may ask; the request
+/// is decided like any other (and not by whoever asked).
+#[utoipa::path(post, path = "/api/v1/approvals", tag = "approvals", request_body = AheadRequest,
+    responses((status = 202, body = AheadAccepted), (status = 400, body = super::error::Problem), (status = 401, body = super::error::Problem),
+        (status = 503, body = super::error::Problem)),
+    security(("bearer" = [])))]
+pub async fn request_ahead(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    body: Result<Json<AheadRequest>, JsonRejection>,
+) -> Result<(StatusCode, Json<AheadAccepted>), ApiError> {
+    let Json(body) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    if !(1..=MAX_GRANT_MINUTES).contains(&body.minutes) {
+        return Err(ApiError::BadRequest(format!("minutes must be between 1 and {MAX_GRANT_MINUTES}")));
+    }
+    if body.classes.is_empty() || body.agent.trim().is_empty() {
+        return Err(ApiError::BadRequest("name the agent and at least one statement class".into()));
+    }
+    let store = tollgate_shared::stream::ensure_policy_bucket(&state.js).await.map_err(ApiError::Unavailable)?;
+    let policy = crate::policy::current(&store)
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?
+        .ok_or_else(|| ApiError::Unavailable("no policy is loaded".into()))?
+        .0;
+    let resource = policy
+        .document
+        .resource(&body.resource)
+        .ok_or_else(|| ApiError::BadRequest(format!("no resource named {:?} in the policy", body.resource)))?;
+    let rule = resource.approvals.iter().find(|r| body.classes.iter().all(|c| r.hold_classes.contains(c))).ok_or_else(
+        || {
+            ApiError::BadRequest(format!(
+                "no approval rule on {} holds all of {}",
+                body.resource,
+                body.classes.join(", ")
+            ))
+        },
+    )?;
+    let masker = policy.masker(&body.resource);
+    let mut tally = tollgate_shared::mask::Tally::default();
+    let reason = body.reason.as_deref().unwrap_or("no reason given");
+    let statement =
+        format!("(ahead of a run, asked by {}) {}", caller.identity.name, masker.mask_str(reason, None, &mut tally));
+    let mut attributes = std::collections::BTreeMap::new();
+    attributes.insert("requested_by".to_owned(), serde_json::json!(caller.identity.name));
+    let agent = AgentIdentity {
+        issuer: body.agent_issuer.clone().unwrap_or_default(),
+        subject: body.agent.clone(),
+        name: body.agent.clone(),
+        groups: Vec::new(),
+        attributes,
+    };
+    let approval_id = Uuid::now_v7();
+    let expires_at = Utc::now() + chrono::Duration::seconds(i64::try_from(rule.timeout_secs).unwrap_or(i64::MAX / 2));
+    let payload = tollgate_shared::event::ApprovalRequested {
+        approval_id,
+        command_id: Uuid::nil(),
+        rule: rule.name.clone(),
+        statement,
+        classes: body.classes.clone(),
+        relations: Vec::new(),
+        approver_groups: rule.approver_groups.clone(),
+        quorum: rule.quorum,
+        expires_at,
+        grant_minutes: Some(body.minutes),
+    };
+    let target = ResourceRef { name: body.resource.clone(), kind: ResourceKind::Postgres };
+    let mut chain = Chain::new(Uuid::now_v7(), "control".into(), agent, target);
+    let event = chain.seal(kind::APPROVAL_REQUESTED, &payload).map_err(|e| ApiError::Unexpected(e.into()))?;
+    let ack = tollgate_shared::stream::publish_event(&state.js, &event)
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("the request could not be recorded: {e}")))?;
+    ack.await.map_err(|e| ApiError::Unavailable(format!("the request could not be recorded: {e}")))?;
+    tracing::info!(approval = %approval_id, agent = %body.agent, by = %caller.identity.name, "approval asked ahead of a run");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(AheadAccepted {
+            approval_id,
+            rule: rule.name.clone(),
+            approver_groups: rule.approver_groups.clone(),
+            quorum: rule.quorum,
+            expires_at,
+        }),
+    ))
 }

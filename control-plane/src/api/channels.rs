@@ -4,7 +4,7 @@
 //! approver role, and decides through the same checks as REST. Every refusal is recorded as an
 //! `approval.refused` event.
 
-use super::approvals::{decide_or_refuse, refused};
+use super::approvals::{decide_or_refuse, refused, Decision};
 use super::auth::Role;
 use super::{ApiError, AppState};
 use crate::config::PersonConfig;
@@ -149,7 +149,8 @@ pub async fn slack_interaction(
         refused(&state, Some(&who), Some(approval_id), Channel::Slack, &e).await;
         return Err(e);
     }
-    let accepted = decide_or_refuse(&state, &who, approval_id, verdict, Channel::Slack, None).await?;
+    let decision = Decision { verdict, channel: Channel::Slack, reason: None, grant_minutes: None };
+    let accepted = decide_or_refuse(&state, &who, approval_id, decision).await?;
     Ok(Json(json!({ "text": format!("{} recorded for approval {}", accepted.verdict, accepted.approval_id) })))
 }
 
@@ -178,6 +179,8 @@ struct WebhookDecision {
     approver: PersonConfig,
     #[serde(default)]
     reason: Option<String>,
+    #[serde(default)]
+    grant_minutes: Option<u32>,
 }
 
 /// A decision from another system, signed with the inbound webhook key:
@@ -209,8 +212,13 @@ pub async fn webhook_decision(
         refused(&state, Some(&who), Some(decision.approval_id), Channel::Webhook, &e).await;
         return Err(e);
     }
-    let accepted =
-        decide_or_refuse(&state, &who, decision.approval_id, decision.verdict, Channel::Webhook, decision.reason)
-            .await?;
+    let approval_id = decision.approval_id;
+    let decision = Decision {
+        verdict: decision.verdict,
+        channel: Channel::Webhook,
+        reason: decision.reason,
+        grant_minutes: decision.grant_minutes,
+    };
+    let accepted = decide_or_refuse(&state, &who, approval_id, decision).await?;
     Ok(Json(json!({ "approval_id": accepted.approval_id, "verdict": accepted.verdict, "event_id": accepted.event_id })))
 }

@@ -108,13 +108,15 @@ pub async fn write_batch(db: &PgPool, batch: &[Message]) -> sqlx::Result<BatchOu
         .iter()
         .copied()
         .filter(|d| {
-            !matches!(
-                d.payload,
-                Payload::AuthFailed(_)
-                    | Payload::PolicyChanged(_)
-                    | Payload::ApprovalDecided(_)
-                    | Payload::ApprovalRefused(_)
-            )
+            let ahead_of_run = matches!(&d.payload, Payload::ApprovalRequested(r) if r.command_id.is_nil());
+            !ahead_of_run
+                && !matches!(
+                    d.payload,
+                    Payload::AuthFailed(_)
+                        | Payload::PolicyChanged(_)
+                        | Payload::ApprovalDecided(_)
+                        | Payload::ApprovalRefused(_)
+                )
         })
         .collect();
     let verified: Vec<&Decoded> = fresh
@@ -123,6 +125,8 @@ pub async fn write_batch(db: &PgPool, batch: &[Message]) -> sqlx::Result<BatchOu
         .filter(|d| match &d.payload {
             Payload::AuthFailed(a) => a.verified,
             Payload::PolicyChanged(_) | Payload::ApprovalDecided(_) | Payload::ApprovalRefused(_) => false,
+            // Asked ahead of a run: the agent has not shown up yet.
+            Payload::ApprovalRequested(r) => !r.command_id.is_nil(),
             _ => true,
         })
         .collect();
@@ -404,8 +408,8 @@ async fn session_lifecycle(tx: &mut Transaction<'_, Postgres>, e: &Decoded<'_>) 
         Payload::ApprovalRequested(p) => {
             sqlx::query(
                 "INSERT INTO approvals (id, event_id, session_id, command_id, agent_id, agent, resource, node, rule, statement,
-                    classes, relations, approver_groups, quorum, requested_at, expires_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) ON CONFLICT (id) DO NOTHING",
+                    classes, relations, approver_groups, quorum, requested_at, expires_at, grant_minutes)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) ON CONFLICT (id) DO NOTHING",
             )
             .bind(p.approval_id)
             .bind(e.envelope.id)
@@ -423,6 +427,7 @@ async fn session_lifecycle(tx: &mut Transaction<'_, Postgres>, e: &Decoded<'_>) 
             .bind(i32::try_from(p.quorum).unwrap_or(i32::MAX))
             .bind(e.envelope.at)
             .bind(p.expires_at)
+            .bind(p.grant_minutes.and_then(|m| i32::try_from(m).ok()))
             .execute(&mut **tx)
             .await?;
         }
@@ -430,8 +435,8 @@ async fn session_lifecycle(tx: &mut Transaction<'_, Postgres>, e: &Decoded<'_>) 
             let by = &e.envelope.agent;
             sqlx::query(
                 "INSERT INTO approval_decisions (event_id, approval_id, at, verdict, channel, reason, approver_issuer,
-                    approver_subject, approver_name, approver_groups)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                    approver_subject, approver_name, approver_groups, grant_minutes)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
             )
             .bind(e.envelope.id)
             .bind(p.approval_id)
@@ -443,6 +448,7 @@ async fn session_lifecycle(tx: &mut Transaction<'_, Postgres>, e: &Decoded<'_>) 
             .bind(&by.subject)
             .bind(&by.name)
             .bind(&by.groups)
+            .bind(p.grant_minutes.and_then(|m| i32::try_from(m).ok()))
             .execute(&mut **tx)
             .await?;
             // A denial decides at once; approvals once a quorum of distinct people agrees.

@@ -15,6 +15,7 @@ use super::session::{
 };
 use super::upstream::Upstream;
 use crate::approvals::ApprovalHub;
+use crate::grants::StandingApprovals;
 use crate::policy::PolicyReceiver;
 use crate::recorder::SessionRecorder;
 use bytes::Bytes;
@@ -25,6 +26,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
 use tollgate_shared::event::{
     kind, ApprovalExpired, Command, Decision, EndReason, ExpiryReason, Protocol, SealedEvent,
 };
+use tollgate_shared::identity::AgentIdentity;
 use tollgate_shared::mask::{Masker, Tally};
 use tollgate_shared::policy::{Access, Denial};
 use tracker::{Expect, Pending, Tracker};
@@ -104,8 +106,9 @@ pub struct Guard<'a> {
     pub policy: &'a PolicyReceiver,
     pub resource: &'a str,
     pub access: Access,
-    /// The agent's groups (approval rules may hold only some agents).
-    pub agent_groups: &'a [String],
+    /// The agent (approval rules may hold only some groups; standing approvals name agents).
+    pub agent: &'a AgentIdentity,
+    pub standing: &'a StandingApprovals,
     pub approvals: &'a Arc<ApprovalHub>,
     pub approval_url: Option<&'a str>,
 }
@@ -147,8 +150,17 @@ impl Guard<'_> {
             }
             (Ok(c), Some(_), Some(resource)) => resource.deny(self.access, c),
         };
-        let hold = match (&denial, classified.as_ref(), resource) {
-            (None, Ok(c), Some(resource)) => resource.hold(self.agent_groups, c).map(Hold::new),
+        let rule = match (&denial, classified.as_ref(), resource) {
+            (None, Ok(c), Some(resource)) => resource.hold(&self.agent.groups, c).map(|rule| (rule, c)),
+            _ => None,
+        };
+        // A standing approval for this agent, resource and classes lets it run unheld.
+        let standing = rule.as_ref().and_then(|(_, c)| {
+            let classes: Vec<&str> = c.classes.iter().map(String::as_str).collect();
+            self.standing.covering(&self.agent.issuer, &self.agent.name, self.resource, &classes)
+        });
+        let hold = match (&rule, &standing) {
+            (Some((rule, _)), None) => Some(Hold::new(rule)),
             _ => None,
         };
         let (classification, parse_error) = match classified.as_ref() {
@@ -171,10 +183,11 @@ impl Guard<'_> {
                 format!("tollgate: statement denied by rule {} on resource {}: {}", d.rule, self.resource, d.reason);
             messages::error_response(Severity::Error, INSUFFICIENT_PRIVILEGE, &message)
         });
-        let (decision, rule) = match (&denial, &hold) {
-            (Some(d), _) => (Decision::Deny, Some(d.rule.clone())),
-            (None, Some(h)) => (Decision::Hold, Some(format!("approval:{}", h.rule.name))),
-            (None, None) => (Decision::Allow, None),
+        let (decision, rule_name) = match (&denial, &hold, &rule) {
+            (Some(d), _, _) => (Decision::Deny, Some(d.rule.clone())),
+            (None, Some(h), _) => (Decision::Hold, Some(format!("approval:{}", h.rule.name))),
+            (None, None, Some((r, _))) => (Decision::Allow, Some(format!("standing_approval:{}", r.name))),
+            (None, None, None) => (Decision::Allow, None),
         };
         let command = Command {
             protocol,
@@ -184,9 +197,9 @@ impl Guard<'_> {
             classification,
             parse_error,
             decision,
-            rule,
+            rule: rule_name,
             policy_version: policy.map(|p| p.version),
-            approval_id: hold.as_ref().map(|h| h.approval_id),
+            approval_id: hold.as_ref().map(|h| h.approval_id).or(standing.map(|s| s.approval_id)),
             masked: tally.into_counts(),
         };
         Judged { command, refusal, hold }

@@ -59,7 +59,7 @@ struct Opened {
     cancel_key: Option<AgentKey>,
     resource: String,
     access: Access,
-    groups: Vec<String>,
+    identity: AgentIdentity,
 }
 
 pub async fn run(ctx: Arc<PgContext>, tcp: TcpStream, peer: SocketAddr) {
@@ -77,13 +77,14 @@ pub async fn run(ctx: Arc<PgContext>, tcp: TcpStream, peer: SocketAddr) {
         }
     };
     let Some(opened) = open(&ctx, peer, greeted).await else { return };
-    let Opened { mut agent, mut upstream, recorder, cancel_key, resource, access, groups } = opened;
+    let Opened { mut agent, mut upstream, recorder, cancel_key, resource, access, identity } = opened;
     let guard = relay::Guard {
         classifier: &ctx.classifier,
         policy: &ctx.policy,
         resource: &resource,
         access,
-        agent_groups: &groups,
+        agent: &identity,
+        standing: &ctx.standing,
         approvals: &ctx.approvals,
         approval_url: ctx.approval_url.as_deref(),
     };
@@ -319,7 +320,7 @@ async fn open(ctx: &PgContext, peer: SocketAddr, greeted: Greeted) -> Option<Ope
     };
 
     let session = Uuid::now_v7();
-    let groups = agent.groups.clone();
+    let identity = agent.clone();
     let chain = Chain::new(
         session,
         ctx.node.clone(),
@@ -413,6 +414,6 @@ async fn open(ctx: &PgContext, peer: SocketAddr, greeted: Greeted) -> Option<Ope
         cancel_key,
         resource: resource.name.clone(),
         access,
-        groups,
+        identity,
     })
 }

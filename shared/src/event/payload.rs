@@ -253,6 +253,9 @@ pub struct ApprovalRequested {
     pub quorum: u32,
     #[serde(with = "crate::event::time::rfc3339_nanos")]
     pub expires_at: chrono::DateTime<chrono::Utc>,
+    /// Asked ahead of a run: approving it lets matching commands run for this many minutes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant_minutes: Option<u32>,
 }
 
 /// What a person decided.
@@ -282,6 +285,10 @@ pub struct ApprovalDecided {
     pub channel: Channel,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Approve for this many minutes: later matching commands of the same agent on the same
+    /// resource run without a new request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant_minutes: Option<u32>,
 }
 
 /// Why a held command will not run although nobody denied it.

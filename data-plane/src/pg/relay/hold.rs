@@ -41,6 +41,7 @@ impl Hold {
             approver_groups: self.rule.approver_groups.clone(),
             quorum: self.rule.quorum,
             expires_at: self.expires_at,
+            grant_minutes: None,
         }
     }
 
