@@ -75,16 +75,16 @@ impl Proxy {
         let publisher = Arc::new(recorder::Publisher::new(js, Duration::from_millis(config.nats.publish_timeout_ms)));
         let node_key = signer.public_hex();
         let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
-        let ctx = Arc::new(pg::PgContext::new(
-            &config,
+        let services = pg::NodeServices {
             verifier,
             publisher,
             signer,
-            shutdown_rx,
-            policy.clone(),
+            shutdown: shutdown_rx,
+            policy: policy.clone(),
             approvals,
             standing,
-        )?);
+        };
+        let ctx = Arc::new(pg::PgContext::new(&config, services)?);
 
         let listener = tokio::net::TcpListener::bind(&config.postgres.listen)
             .await

@@ -53,17 +53,20 @@ pub struct PgContext {
     pub approval_url: Option<String>,
 }
 
+/// What every protocol listener of a node shares: built once in `Proxy::start`.
+pub struct NodeServices {
+    pub verifier: Verifier,
+    pub publisher: Arc<Publisher>,
+    pub signer: Arc<SessionSigner>,
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
+    pub policy: crate::policy::PolicyReceiver,
+    pub approvals: Arc<crate::approvals::ApprovalHub>,
+    pub standing: Arc<crate::grants::StandingApprovals>,
+}
+
 impl PgContext {
-    pub fn new(
-        config: &ProxyConfig,
-        verifier: Verifier,
-        publisher: Arc<Publisher>,
-        signer: Arc<SessionSigner>,
-        shutdown: tokio::sync::watch::Receiver<bool>,
-        policy: crate::policy::PolicyReceiver,
-        approvals: Arc<crate::approvals::ApprovalHub>,
-        standing: Arc<crate::grants::StandingApprovals>,
-    ) -> anyhow::Result<Self> {
+    pub fn new(config: &ProxyConfig, services: NodeServices) -> anyhow::Result<Self> {
+        let NodeServices { verifier, publisher, signer, shutdown, policy, approvals, standing } = services;
         let tls = match &config.postgres.tls {
             Some(files) => Some(crate::tls::acceptor(files)?),
             None => None,
