@@ -298,3 +298,27 @@ async fn a_pipeline_asks_ahead_of_its_run() {
     assert!(!stderr(&out).contains("waiting for approval"));
     assert!(ran(&stack, "DROP TABLE victims"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extended_protocol_statements_are_held_too_and_other_sessions_go_on() {
+    let stack = stack().await;
+    let held = stack.agent_client(&stack.agent_token("driver-bot")).await.expect("connect");
+    // tokio-postgres: Parse/Describe/Sync, then Bind/Execute/Sync for the held Execute.
+    let execute = tokio::spawn(async move { held.execute("DROP TABLE keepme", &[]).await });
+    let id = pending(&stack).await["id"].as_str().unwrap().to_owned();
+
+    // Meanwhile another agent's session is not blocked.
+    let other = stack.agent_client(&stack.agent_token("reader-bot")).await.expect("connect");
+    let rows = tokio::time::timeout(Duration::from_secs(5), other.query("SELECT count(*) FROM staged", &[]))
+        .await
+        .expect("another session answers while one is held")
+        .expect("query");
+    assert_eq!(rows[0].get::<_, i64>(0), 2);
+    assert!(!ran(&stack, "DROP TABLE keepme"));
+
+    let (status, _) = decide(&stack, &id, "approve", "alice@example.com", &["approvers", "dba"]).await;
+    assert_eq!(status, 202);
+    let result = tokio::time::timeout(Duration::from_secs(10), execute).await.expect("released").expect("join");
+    assert!(result.is_ok(), "{result:?}");
+    assert!(ran(&stack, "DROP TABLE keepme"));
+}
