@@ -77,6 +77,7 @@ audience = ["tollgate-api"]
 mapping = { groups_claim = "groups" }
 [roles]
 reviewer = ["tollgate-reviewers"]
+approver = ["tollgate-approvers"]
 admin = ["tollgate-admins"]
 TOML
 cat > "$DATA/proxy.toml" <<TOML
@@ -112,6 +113,7 @@ wait_port $PROXY_PORT
 mint --sub "repo:acme/orders:ref:refs/heads/main" --aud tollgate --ttl 3600 \
   --claim repository=acme/orders --claim workflow=deploy --claim run_id=1 > "$DATA/agent.token"
 mint --sub "reviewer@example.com" --aud tollgate-api --ttl 3600 --group tollgate-reviewers > "$DATA/reviewer.token"
+mint --sub "dba@example.com" --aud tollgate-api --ttl 3600 --group tollgate-approvers --group dba > "$DATA/approver.token"
 
 echo
 echo "quickstart: trying it - one query through the gateway, then the recorded session from the API"
@@ -134,4 +136,12 @@ Review what it did:
 
   curl -s -H "Authorization: Bearer \$(cat .tollgate/reviewer.token)" http://127.0.0.1:$API_PORT/api/v1/sessions
   open http://127.0.0.1:$API_PORT/docs for the API reference
+
+Schema changes wait for a person (the quickstart policy holds ALTER for the dba group):
+
+  PGPASSWORD="\$(cat .tollgate/agent.token)" psql "host=127.0.0.1 port=$PROXY_PORT dbname=demo user=ci sslmode=disable" \\
+    -c "ALTER TABLE orders ADD COLUMN note text"          # waits; in another terminal:
+  curl -s -H "Authorization: Bearer \$(cat .tollgate/approver.token)" "http://127.0.0.1:$API_PORT/api/v1/approvals?status=pending"
+  curl -s -X POST -H "Authorization: Bearer \$(cat .tollgate/approver.token)" -d '{"reason":"ok"}' \\
+    http://127.0.0.1:$API_PORT/api/v1/approvals/<id>/approve
 MSG
