@@ -176,6 +176,16 @@ async fn a_quorum_of_two_and_who_may_decide() {
     .await;
     let (status, problem) = decide(&stack, &id, "approve", "alice@example.com", &["approvers", "dba"]).await;
     assert_eq!(status, 409, "one vote per person: {problem}");
+    let refused = eventually(20, "refusals to be projected", || async {
+        let (_, a) = stack.api(&format!("/api/v1/approvals/{id}")).await;
+        let refusals = a["refusals"].as_array()?.clone();
+        (refusals.len() >= 3).then_some(refusals)
+    })
+    .await;
+    let statuses: Vec<i64> = refused.iter().filter_map(|r| r["status"].as_i64()).collect();
+    // (Refusals by the role layer, before a request is even looked at, are logged, not events.)
+    assert_eq!(statuses, [403, 403, 409], "wrong group, own request, twice: {refused:?}");
+    assert_eq!(refused[1]["who"], "carol@example.com");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!ran(&stack, "ADD COLUMN note"), "one approval of two keeps it held");
 

@@ -45,6 +45,21 @@ pub struct ApprovalView {
     pub grant_minutes: Option<i32>,
     #[sqlx(skip)]
     pub decisions: Vec<DecisionView>,
+    /// Attempts to decide that were refused (who, through which channel, why).
+    #[sqlx(skip)]
+    pub refusals: Vec<RefusalView>,
+}
+
+#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
+pub struct RefusalView {
+    pub event_id: Uuid,
+    pub at: DateTime<Utc>,
+    pub channel: String,
+    /// The HTTP status the caller got.
+    pub status: i32,
+    pub reason: String,
+    /// The person, when known.
+    pub who: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
@@ -186,6 +201,12 @@ async fn load(state: &AppState, id: Uuid) -> Result<ApprovalView, ApiError> {
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no approval request {id}")))?;
     row.decisions = decisions(state, id).await?;
+    row.refusals = sqlx::query_as(
+        "SELECT event_id, at, channel, status, reason, who FROM approval_refusals WHERE approval_id = $1 ORDER BY at",
+    )
+    .bind(id)
+    .fetch_all(&state.db)
+    .await?;
     Ok(row)
 }
 
