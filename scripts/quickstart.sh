@@ -142,6 +142,7 @@ Schema changes wait for a person (the quickstart policy holds ALTER for the dba 
   PGPASSWORD="\$(cat .tollgate/agent.token)" psql "host=127.0.0.1 port=$PROXY_PORT dbname=demo user=ci sslmode=disable" \\
     -c "ALTER TABLE orders ADD COLUMN note text"          # waits; in another terminal:
   curl -s -H "Authorization: Bearer \$(cat .tollgate/approver.token)" "http://127.0.0.1:$API_PORT/api/v1/approvals?status=pending"
-  curl -s -X POST -H "Authorization: Bearer \$(cat .tollgate/approver.token)" -d '{"reason":"ok"}' \\
+  curl -s -X POST -H "Authorization: Bearer \$(cat .tollgate/approver.token)" -H "Content-Type: application/json" \\
+    -d '{"reason":"ok"}' \\
     http://127.0.0.1:$API_PORT/api/v1/approvals/<id>/approve
 MSG
