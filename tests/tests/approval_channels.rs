@@ -155,6 +155,9 @@ async fn slack_buttons_decide_and_every_bad_callback_is_refused() {
         let text = post["blocks"][0]["text"]["text"].as_str().unwrap();
         assert!(text.contains("&lt;!channel&gt;") && text.contains("deploy-bot"), "{text}");
         assert!(!text.contains("<!channel>") && !text.contains("<https://evil"), "agent text cannot format: {text}");
+        let actions: Vec<&str> =
+            post["blocks"][1]["elements"].as_array().unwrap().iter().filter_map(|b| b["action_id"].as_str()).collect();
+        assert_eq!(actions, ["approve", "approve_60", "deny"]);
     }
     // Wait until the control plane knows the request (the callback may beat the projector).
     eventually(20, "the request to be projected", || async {
@@ -162,7 +165,7 @@ async fn slack_buttons_decide_and_every_bad_callback_is_refused() {
     })
     .await;
 
-    let alice = slack_body("U_ALICE", "approve", &id);
+    let alice = slack_body("U_ALICE", "approve_60", &id);
     assert_eq!(slack_call(&stack, "not-the-secret", now(), &alice).await, 401, "forged signature");
     assert_eq!(slack_call(&stack, SLACK_SECRET, now() - 600, &alice).await, 401, "stale timestamp");
     let bearer = reqwest::Client::new()
@@ -218,6 +221,7 @@ async fn slack_buttons_decide_and_every_bad_callback_is_refused() {
     .await;
     let (_, approval) = stack.api(&format!("/api/v1/approvals/{id}")).await;
     assert_eq!(approval["decisions"][0]["channel"], "slack");
+    assert_eq!(approval["decisions"][0]["grant_minutes"], 60, "Approve for 1 hour");
     let refusals = eventually(20, "refusals to be recorded", || async {
         let events: Vec<Value> = stack
             .stream_messages()

@@ -74,7 +74,9 @@ impl Slack {
                     "blocks": [
                         { "type": "section", "text": { "type": "mrkdwn", "text": text } },
                         { "type": "actions", "block_id": "tollgate", "elements": [
-                            button("approve", "Approve", "primary"), button("deny", "Deny", "danger")
+                            button("approve", "Approve", "primary"),
+                            button("approve_60", "Approve for 1 hour", "primary"),
+                            button("deny", "Deny", "danger")
                         ] }
                     ]
                 });

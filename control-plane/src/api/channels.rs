@@ -130,7 +130,7 @@ pub async fn slack_interaction(
         return Err(e);
     }
     let parsed = parse_slack(&body);
-    let (interaction, verdict, approval_id) = match parsed {
+    let (interaction, verdict, grant_minutes, approval_id) = match parsed {
         Ok(p) => p,
         Err(e) => {
             refused(&state, None, None, Channel::Slack, &e).await;
@@ -149,26 +149,29 @@ pub async fn slack_interaction(
         refused(&state, Some(&who), Some(approval_id), Channel::Slack, &e).await;
         return Err(e);
     }
-    let decision = Decision { verdict, channel: Channel::Slack, reason: None, grant_minutes: None };
+    let decision = Decision { verdict, channel: Channel::Slack, reason: None, grant_minutes };
     let accepted = decide_or_refuse(&state, &who, approval_id, decision).await?;
     Ok(Json(json!({ "text": format!("{} recorded for approval {}", accepted.verdict, accepted.approval_id) })))
 }
 
-fn parse_slack(body: &[u8]) -> Result<(SlackInteraction, Verdict, Uuid), ApiError> {
+/// The interaction, what was pressed (a verdict, and 60 minutes for "Approve for 1 hour"), and
+/// the approval it is about.
+fn parse_slack(body: &[u8]) -> Result<(SlackInteraction, Verdict, Option<u32>, Uuid), ApiError> {
     let form: BTreeMap<String, String> =
         serde_urlencoded::from_bytes(body).map_err(|e| ApiError::BadRequest(format!("not a Slack form body: {e}")))?;
     let payload = form.get("payload").ok_or_else(|| ApiError::BadRequest("no payload field".into()))?;
     let interaction: SlackInteraction =
         serde_json::from_str(payload).map_err(|e| ApiError::BadRequest(format!("unreadable Slack payload: {e}")))?;
     let action = interaction.actions.first().ok_or_else(|| ApiError::BadRequest("no action in the payload".into()))?;
-    let verdict = match action.action_id.as_str() {
-        "approve" => Verdict::Approve,
-        "deny" => Verdict::Deny,
+    let (verdict, grant_minutes) = match action.action_id.as_str() {
+        "approve" => (Verdict::Approve, None),
+        "approve_60" => (Verdict::Approve, Some(60)),
+        "deny" => (Verdict::Deny, None),
         other => return Err(ApiError::BadRequest(format!("unknown action {other:?}"))),
     };
     let id = Uuid::parse_str(&action.value)
         .map_err(|_| ApiError::BadRequest("the action's value is not an approval id".into()))?;
-    Ok((interaction, verdict, id))
+    Ok((interaction, verdict, grant_minutes, id))
 }
 
 #[derive(Deserialize)]
