@@ -332,3 +332,28 @@ async fn extended_protocol_statements_are_held_too_and_other_sessions_go_on() {
     assert!(result.is_ok(), "{result:?}");
     assert!(ran(&stack, "DROP TABLE keepme"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_shut_down_while_holding_records_the_request_as_ended() {
+    let stack = stack().await;
+    let second = tollgate_data_plane::Proxy::start(stack.proxy_config("proxy-b")).await.expect("second proxy");
+    let child = stack.psql_spawn(
+        &stack.agent_token("deploy-bot"),
+        Some(second.postgres_addr.port()),
+        &["-c", "DROP TABLE keepme"],
+    );
+    let id = pending(&stack).await["id"].as_str().unwrap().to_owned();
+    second.shutdown(Duration::from_secs(5)).await;
+    let out = finish(child).await;
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("shutting down"), "{}", stderr(&out));
+    let ended = eventually(20, "the request to be closed", || async {
+        let (_, a) = stack.api(&format!("/api/v1/approvals/{id}")).await;
+        (a["status"] == "expired").then_some(a)
+    })
+    .await;
+    assert_eq!(ended["expiry_reason"], "session_ended");
+    let (status, _) = decide(&stack, &id, "approve", "alice@example.com", &["approvers", "dba"]).await;
+    assert_eq!(status, 409, "nothing left to approve");
+    assert!(!ran(&stack, "DROP TABLE keepme"));
+}

@@ -87,10 +87,13 @@ pub async fn run(
         let _ = agent.writer.write_all(frame).await;
         let _ = agent.writer.flush().await;
     }
-    let (unfinished, commands) = {
+    let (unfinished, commands, waiting) = {
         let mut t = tracker.lock().unwrap_or_else(|p| p.into_inner());
-        (t.drain_unfinished(), t.commands)
+        (t.drain_unfinished(), t.commands, t.waiting.take())
     };
+    if let Some(approval_id) = waiting {
+        expire(recorder, approval_id, ExpiryReason::SessionEnded).await;
+    }
     for result in unfinished {
         if let Ok(event) = recorder.seal(kind::COMMAND_RESULT, &result) {
             recorder.publisher().background(event).await;
@@ -314,7 +317,10 @@ where
 
     let mut pending = held.pending;
     pending.bind(event.id, event.seq);
+    // Should the session end while waiting (shutdown), `run` records the request's end.
+    tracker.lock().unwrap_or_else(|p| p.into_inner()).waiting = Some(hold.approval_id);
     let release = hold::await_release(&hold, &mut waiter, reader, later).await;
+    tracker.lock().unwrap_or_else(|p| p.into_inner()).waiting = None;
     let (frame, pending) = match release {
         Release::Run { approvers } => {
             tracing::info!(session = %recorder.session(), approval = %hold.approval_id, approvers = approvers.len(), "approved; running");

@@ -125,3 +125,42 @@ fn grants_are_judged_by_who_resource_and_expiry() {
     );
     assert_eq!(doc.judge(&reader, "payroll", now), Judgement::UnknownResource);
 }
+
+#[test]
+fn approval_rules_hold_by_class_relation_and_agent_group() {
+    let doc = PolicyDocument::parse(
+        r#"
+resources:
+  - name: db
+    kind: postgres
+    approvals:
+      - { name: wipes, hold_classes: [unbounded_write], approver_groups: [dba] }
+      - { name: orders-ddl, hold_classes: [alter, drop], relations: [orders], agent_groups: [deployers], approver_groups: [dba] }
+"#,
+        Format::Yaml,
+    )
+    .unwrap();
+    let db = doc.resource("db").unwrap();
+    let class = |classes: &[&str], relations: &[&str], unbounded: bool| crate::event::Classification {
+        statements: 1,
+        classes: classes.iter().map(|c| c.to_string()).collect(),
+        relations: relations.iter().map(|r| r.to_string()).collect(),
+        functions: Default::default(),
+        unbounded_write: unbounded,
+        writes: true,
+        escapes_read_only: false,
+    };
+    let deployers = vec!["deployers".to_string()];
+    let held = |groups: &[String], c: &crate::event::Classification| db.hold(groups, c).map(|r| r.name.clone());
+    assert_eq!(held(&[], &class(&["delete"], &["orders"], true)), Some("wipes".into()));
+    assert_eq!(held(&[], &class(&["delete"], &["orders"], false)), None, "a bounded delete runs");
+    assert_eq!(held(&deployers, &class(&["drop"], &["orders"], false)), Some("orders-ddl".into()));
+    assert_eq!(held(&deployers, &class(&["drop"], &["customers"], false)), None, "another table");
+    assert_eq!(held(&[], &class(&["drop"], &["orders"], false)), None, "another agent group");
+
+    let empty = PolicyDocument::parse(
+        "resources: [{ name: a, kind: postgres, approvals: [{ name: x, approver_groups: [dba] }] }]",
+        Format::Yaml,
+    );
+    assert!(empty.unwrap_err().to_string().contains("resources[0].approvals[0].hold_classes"));
+}

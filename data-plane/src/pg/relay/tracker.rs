@@ -125,6 +125,8 @@ pub struct Tracker {
     unattributed: Findings,
     /// Commands forwarded so far.
     pub commands: u64,
+    /// The approval a held statement is waiting for, while it waits.
+    pub waiting: Option<Uuid>,
 }
 
 impl Tracker {
