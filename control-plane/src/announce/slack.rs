@@ -54,6 +54,15 @@ impl Slack {
         match event.kind.as_str() {
             kind::APPROVAL_REQUESTED => {
                 let request: ApprovalRequested = serde_json::from_value(event.payload.clone())?;
+                // A redelivered event (the ack was lost) must not post the request twice.
+                let posted: Option<(String,)> =
+                    sqlx::query_as("SELECT ts FROM approval_messages WHERE approval_id = $1")
+                        .bind(request.approval_id)
+                        .fetch_optional(db)
+                        .await?;
+                if posted.is_some() {
+                    return Ok(());
+                }
                 let text = format!(
                     "*Approval needed* for `{agent}` on `{resource}` (rule {rule}; {quorum} approval(s) needed; expires {expires})\n```{statement}```",
                     agent = escape(&event.agent.name),
