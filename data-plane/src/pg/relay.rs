@@ -279,7 +279,8 @@ impl Outbox {
     }
 }
 
-/// The agent's side of a held statement: what goes upstream once the hold ends.
+/// A judged statement's frame, the stand-in sent instead when it is refused, and what the
+/// upstream will owe for it.
 struct Held<'a> {
     frame: &'a Bytes,
     stand_in: Bytes,
@@ -391,47 +392,20 @@ where
             if !matches!(frame.tag(), b'Q' | b'E') {
                 outbox.frames.push(frame.bytes.clone());
             }
-            let judged = match frame.tag() {
+            let statement = match frame.tag() {
                 b'Q' => {
                     let sql = match messages::query_message(body) {
                         Ok(s) => s,
                         Err(e) => return malformed(e),
                     };
                     let judged = guard.judge(Protocol::Simple, sql, None, None);
-                    if judged.hold.is_some() {
-                        let held = Held {
-                            frame: &frame.bytes,
-                            stand_in: messages::denied_query(),
-                            protocol: Protocol::Simple,
-                            pending: Pending::simple(),
-                        };
-                        let step = hold_then_forward(
-                            recorder,
-                            guard,
-                            tracker,
-                            reader,
-                            &mut writer,
-                            &inject,
-                            &mut later,
-                            &mut outbox,
-                            held,
-                            judged,
-                        );
-                        if let Err(stop) = step.await {
-                            return stop;
-                        }
-                        continue;
-                    }
-                    // A denied query is replaced by one the upstream refuses to parse.
-                    outbox.frames.push(if judged.refusal.is_some() {
-                        messages::denied_query()
-                    } else {
-                        frame.bytes.clone()
-                    });
-                    let pending = Pending::simple().replacing_error_with(judged.refusal.clone());
-                    outbox.expected.push(Expect::Exec(Box::new(pending)));
-                    outbox.expected.push(Expect::Sync);
-                    Some(judged)
+                    let held = Held {
+                        frame: &frame.bytes,
+                        stand_in: messages::denied_query(),
+                        protocol: Protocol::Simple,
+                        pending: Pending::simple(),
+                    };
+                    Some((judged, held))
                 }
                 b'P' => {
                     let (name, sql) = match messages::parse_message(body) {
@@ -468,39 +442,13 @@ where
                     let formats = info.map(|p| p.result_formats.clone()).unwrap_or_default();
                     let pending = Pending::extended(info.and_then(|p| p.statement.clone()), formats);
                     let judged = guard.judge(Protocol::Extended, statement, params, prepared);
-                    if judged.hold.is_some() {
-                        let held = Held {
-                            frame: &frame.bytes,
-                            stand_in: messages::denied_parse(),
-                            protocol: Protocol::Extended,
-                            pending,
-                        };
-                        let step = hold_then_forward(
-                            recorder,
-                            guard,
-                            tracker,
-                            reader,
-                            &mut writer,
-                            &inject,
-                            &mut later,
-                            &mut outbox,
-                            held,
-                            judged,
-                        );
-                        if let Err(stop) = step.await {
-                            return stop;
-                        }
-                        continue;
-                    }
-                    // A denied Execute is replaced by a Parse the upstream refuses: it answers with
-                    // an error and skips to the agent's Sync, as it would for a real failure.
-                    outbox.frames.push(if judged.refusal.is_some() {
-                        messages::denied_parse()
-                    } else {
-                        frame.bytes.clone()
-                    });
-                    outbox.expected.push(Expect::Exec(Box::new(pending.replacing_error_with(judged.refusal.clone()))));
-                    Some(judged)
+                    let held = Held {
+                        frame: &frame.bytes,
+                        stand_in: messages::denied_parse(),
+                        protocol: Protocol::Extended,
+                        pending,
+                    };
+                    Some((judged, held))
                 }
                 b'C' => {
                     match messages::close_message(body) {
@@ -552,10 +500,34 @@ where
                     )
                 }
             };
-            if let Some(judged) = judged {
-                if let Err(stop) = outbox.record(recorder, &judged.command) {
+            let Some((judged, held)) = statement else { continue };
+            if judged.hold.is_some() {
+                let step = hold_then_forward(
+                    recorder,
+                    guard,
+                    tracker,
+                    reader,
+                    &mut writer,
+                    &inject,
+                    &mut later,
+                    &mut outbox,
+                    held,
+                    judged,
+                );
+                if let Err(stop) = step.await {
                     return stop;
                 }
+                continue;
+            }
+            // A denied statement is replaced by a stand-in the upstream refuses to parse (after a
+            // failed Parse the upstream skips to the agent's Sync), as a real failure would be.
+            outbox.frames.push(if judged.refusal.is_some() { held.stand_in } else { held.frame.clone() });
+            outbox.expected.push(Expect::Exec(Box::new(held.pending.replacing_error_with(judged.refusal.clone()))));
+            if held.protocol == Protocol::Simple {
+                outbox.expected.push(Expect::Sync);
+            }
+            if let Err(stop) = outbox.record(recorder, &judged.command) {
+                return stop;
             }
         }
         if let Err(stop) = outbox.flush(recorder, tracker, &mut writer).await {

@@ -13,7 +13,6 @@
 
 use bytes::{BufMut, BytesMut};
 use serde_json::json;
-use std::process::Command;
 use std::time::{Duration, Instant};
 use tollgate_data_plane::pg::mask::{mask_data_row, Column, Findings};
 use tollgate_shared::mask::Masker;
@@ -110,24 +109,12 @@ fn pgbench(
     clients: u32,
     seconds: u32,
 ) -> (f64, f64) {
-    let out = Command::new(stack.pg.bin("pgbench"))
-        .args(["-n", "-c", &clients.to_string(), "-j", &clients.min(2).to_string(), "-T", &seconds.to_string(), "-f"])
-        .arg(script)
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", user, "demo"])
-        .env("PGPASSWORD", password)
-        .env("PGSSLMODE", "disable")
-        .output()
-        .expect("pgbench runs");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "pgbench failed: {text}\n{}", String::from_utf8_lossy(&out.stderr));
-    let number_after = |label: &str| -> f64 {
-        text.lines()
-            .find(|l| l.starts_with(label))
-            .and_then(|l| l[label.len()..].split_whitespace().next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("no `{label}` in pgbench output:\n{text}"))
-    };
-    (number_after("tps = "), number_after("latency average = "))
+    let args: Vec<String> =
+        ["-f", &script.display().to_string(), "-h", "127.0.0.1", "-p", &port.to_string(), "-U", user, "demo"]
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+    tollgate_tests::pgbench(&stack.pg, &args, password, clients, seconds)
 }
 
 #[tokio::main]

@@ -17,23 +17,9 @@ struct Run {
 }
 
 fn pgbench(stack: &Stack, args: &[String], password: &str, target: &'static str, clients: u32, seconds: u32) -> Run {
-    let out = Command::new(stack.pg.bin("pgbench"))
-        .args(["-S", "-n", "-c", &clients.to_string(), "-j", &clients.min(2).to_string(), "-T", &seconds.to_string()])
-        .args(args)
-        .env("PGPASSWORD", password)
-        .env("PGSSLMODE", "disable")
-        .output()
-        .expect("pgbench runs");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "pgbench against {target} failed: {text}\n{}", String::from_utf8_lossy(&out.stderr));
-    let number_after = |label: &str| -> f64 {
-        text.lines()
-            .find(|l| l.starts_with(label))
-            .and_then(|l| l[label.len()..].split_whitespace().next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("no `{label}` in pgbench output:\n{text}"))
-    };
-    Run { target, clients, tps: number_after("tps = "), latency_ms: number_after("latency average = ") }
+    let args: Vec<String> = std::iter::once("-S".to_owned()).chain(args.iter().cloned()).collect();
+    let (tps, latency_ms) = tollgate_tests::pgbench(&stack.pg, &args, password, clients, seconds);
+    Run { target, clients, tps, latency_ms }
 }
 
 #[tokio::main]

@@ -66,3 +66,25 @@ impl Drop for PgBouncer {
         let _ = self.child.wait();
     }
 }
+
+/// Run pgbench (`clients` clients, `-j` up to 2, for `seconds`) with `args` (workload and
+/// connection); returns (TPS, average latency in ms).
+pub fn pgbench(pg: &super::PgServer, args: &[String], password: &str, clients: u32, seconds: u32) -> (f64, f64) {
+    let out = std::process::Command::new(pg.bin("pgbench"))
+        .args(["-n", "-c", &clients.to_string(), "-j", &clients.min(2).to_string(), "-T", &seconds.to_string()])
+        .args(args)
+        .env("PGPASSWORD", password)
+        .env("PGSSLMODE", "disable")
+        .output()
+        .expect("pgbench runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "pgbench {args:?} failed: {text}\n{}", String::from_utf8_lossy(&out.stderr));
+    let number_after = |label: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(label))
+            .and_then(|l| l[label.len()..].split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no `{label}` in pgbench output:\n{text}"))
+    };
+    (number_after("tps = "), number_after("latency average = "))
+}

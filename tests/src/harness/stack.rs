@@ -115,59 +115,31 @@ impl Stack {
         Ok(client)
     }
 
-    /// Start psql through the proxy without waiting for it (for statements that are held).
-    pub fn psql_spawn(&self, token: &str, port: Option<u16>, args: &[&str]) -> std::process::Child {
-        let port = port.unwrap_or(self.proxy.postgres_addr.port());
-        Command::new(self.pg.bin("psql"))
-            .args([
-                "-X",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "-U",
-                "ci-bot",
-                "-d",
-                "demo",
-            ])
+    /// psql as the `ci-bot` agent against the proxy (or `port`, e.g. a tap), output captured.
+    fn psql_command(&self, token: &str, port: Option<u16>, args: &[&str], stdin: Stdio) -> Command {
+        let port = port.unwrap_or(self.proxy.postgres_addr.port()).to_string();
+        let mut command = Command::new(self.pg.bin("psql"));
+        command
+            .args(["-X", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", &port, "-U", "ci-bot", "-d", "demo"])
             .args(args)
             .env("PGPASSWORD", token)
             .env("PGSSLMODE", "disable")
             .env("PGCONNECT_TIMEOUT", "10")
-            .stdin(Stdio::null())
+            .stdin(stdin)
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("psql runs")
+            .stderr(Stdio::piped());
+        command
+    }
+
+    /// Start psql through the proxy without waiting for it (for statements that are held).
+    pub fn psql_spawn(&self, token: &str, port: Option<u16>, args: &[&str]) -> std::process::Child {
+        self.psql_command(token, port, args, Stdio::null()).spawn().expect("psql runs")
     }
 
     /// Run the real psql through the proxy (or through `port` when given, e.g. a tap).
     pub fn psql(&self, token: &str, port: Option<u16>, args: &[&str], stdin: Option<&str>) -> Output {
-        let port = port.unwrap_or(self.proxy.postgres_addr.port());
-        let mut command = Command::new(self.pg.bin("psql"));
-        command
-            .args([
-                "-X",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "-U",
-                "ci-bot",
-                "-d",
-                "demo",
-            ])
-            .args(args)
-            .env("PGPASSWORD", token)
-            .env("PGSSLMODE", "disable")
-            .env("PGCONNECT_TIMEOUT", "10")
-            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        let input = if stdin.is_some() { Stdio::piped() } else { Stdio::null() };
+        let mut command = self.psql_command(token, port, args, input);
         let mut child = command.spawn().expect("psql runs");
         if let Some(input) = stdin {
             use std::io::Write;
