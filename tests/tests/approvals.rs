@@ -357,3 +357,25 @@ async fn a_proxy_shut_down_while_holding_records_the_request_as_ended() {
     assert_eq!(status, 409, "nothing left to approve");
     assert!(!ran(&stack, "DROP TABLE keepme"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_request_withdraws_a_held_statement() {
+    let stack = stack().await;
+    let client = stack.agent_client(&stack.agent_token("deploy-bot")).await.expect("connect");
+    let cancel = client.cancel_token();
+    let held = tokio::spawn(async move { client.simple_query("DROP TABLE keepme").await.map(|_| ()) });
+    let id = pending(&stack).await["id"].as_str().unwrap().to_owned();
+    cancel.cancel_query(tokio_postgres::NoTls).await.expect("cancel request sent");
+    let error =
+        tokio::time::timeout(Duration::from_secs(10), held).await.expect("withdrawn").expect("join").unwrap_err();
+    let db = error.as_db_error().expect("an error from the server side");
+    assert_eq!(db.code().code(), "57014");
+    assert!(db.message().contains("withdrawn by a cancel request"), "{}", db.message());
+    let ended = eventually(20, "the withdrawal to be projected", || async {
+        let (_, a) = stack.api(&format!("/api/v1/approvals/{id}")).await;
+        (a["status"] == "expired").then_some(a)
+    })
+    .await;
+    assert_eq!(ended["expiry_reason"], "canceled");
+    assert!(!ran(&stack, "DROP TABLE keepme"));
+}

@@ -26,6 +26,8 @@ pub struct UpstreamKey {
 struct Target {
     key: UpstreamKey,
     resource: Arc<PgResource>,
+    /// Wakes the session's held statement, if any: a cancel withdraws it.
+    withdraw: Arc<tokio::sync::Notify>,
 }
 
 #[derive(Default)]
@@ -52,10 +54,15 @@ impl CancelRegistry {
                 secret: i32::from_be_bytes([raw[4], raw[5], raw[6], raw[7]]),
             };
             if let std::collections::hash_map::Entry::Vacant(slot) = keys.entry(agent) {
-                slot.insert(Target { key, resource });
+                slot.insert(Target { key, resource, withdraw: Arc::default() });
                 return agent;
             }
         }
+    }
+
+    /// What a cancel request for this session signals (a held statement listens to it).
+    pub fn withdrawals(&self, key: AgentKey) -> Option<Arc<tokio::sync::Notify>> {
+        self.keys().get(&key).map(|t| t.withdraw.clone())
     }
 
     pub fn remove(&self, key: AgentKey) {
@@ -64,7 +71,11 @@ impl CancelRegistry {
 
     /// Forward a cancel request; an unknown key is ignored, as PostgreSQL itself does.
     pub async fn cancel(&self, key: AgentKey) {
-        let target = self.keys().get(&key).map(|t| (t.key, t.resource.clone()));
+        let target = self.keys().get(&key).map(|t| {
+            // Only a statement waiting right now is withdrawn (no permit is stored for later).
+            t.withdraw.notify_waiters();
+            (t.key, t.resource.clone())
+        });
         let Some((upstream, resource)) = target else {
             tracing::info!("cancel request with an unknown key ignored");
             return;

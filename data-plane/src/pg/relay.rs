@@ -112,6 +112,8 @@ pub struct Guard<'a> {
     /// The agent (approval rules may hold only some groups; standing approvals name agents).
     pub agent: &'a AgentIdentity,
     pub standing: &'a StandingApprovals,
+    /// Signalled by the agent's cancel requests: a held statement is withdrawn.
+    pub withdraw: Option<Arc<tokio::sync::Notify>>,
     pub approvals: &'a Arc<ApprovalHub>,
     pub approval_url: Option<&'a str>,
 }
@@ -320,7 +322,7 @@ where
     pending.bind(event.id, event.seq);
     // Should the session end while waiting (shutdown), `run` records the request's end.
     tracker.lock().unwrap_or_else(|p| p.into_inner()).waiting = Some(hold.approval_id);
-    let release = hold::await_release(&hold, &mut waiter, reader, later).await;
+    let release = hold::await_release(&hold, &mut waiter, reader, later, guard.withdraw.as_deref()).await;
     tracker.lock().unwrap_or_else(|p| p.into_inner()).waiting = None;
     let (frame, pending) = match release {
         Release::Run { approvers } => {

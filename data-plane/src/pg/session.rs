@@ -42,9 +42,10 @@ mod sqlstate {
     pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
     pub const ADMIN_SHUTDOWN: &str = "57P01";
     pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
+    pub const QUERY_CANCELED: &str = "57014";
 }
 pub(super) use sqlstate::{
-    ADMIN_SHUTDOWN, FEATURE_NOT_SUPPORTED, INSUFFICIENT_PRIVILEGE, PROTOCOL_VIOLATION, SYSTEM_ERROR,
+    ADMIN_SHUTDOWN, FEATURE_NOT_SUPPORTED, INSUFFICIENT_PRIVILEGE, PROTOCOL_VIOLATION, QUERY_CANCELED, SYSTEM_ERROR,
 };
 
 pub struct AgentConn {
@@ -85,6 +86,7 @@ pub async fn run(ctx: Arc<PgContext>, tcp: TcpStream, peer: SocketAddr) {
         access,
         agent: &identity,
         standing: &ctx.standing,
+        withdraw: cancel_key.and_then(|key| ctx.cancels.withdrawals(key)),
         approvals: &ctx.approvals,
         approval_url: ctx.approval_url.as_deref(),
     };

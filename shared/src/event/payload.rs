@@ -299,6 +299,8 @@ pub enum ExpiryReason {
     Timeout,
     /// The agent left, or the proxy shut down, while the command was held.
     SessionEnded,
+    /// The agent sent a cancel request (e.g. Ctrl-C in psql) while the command was held.
+    Canceled,
 }
 
 /// `approval.expired`: the holding proxy gave up on a request; the command was refused.

@@ -4,12 +4,13 @@
 
 use super::super::frame::{Frame, FrameReader};
 use super::super::messages::{self, Severity};
-use super::super::session::INSUFFICIENT_PRIVILEGE;
+use super::super::session::{INSUFFICIENT_PRIVILEGE, QUERY_CANCELED};
 use crate::approvals::Waiter;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use std::collections::BTreeSet;
 use tokio::io::AsyncRead;
+use tokio::sync::Notify;
 use tollgate_shared::event::{ApprovalRequested, Command, ExpiryReason, Verdict};
 use tollgate_shared::policy::ApprovalRule;
 use uuid::Uuid;
@@ -79,7 +80,13 @@ pub async fn await_release<R: AsyncRead + Unpin>(
     waiter: &mut Waiter,
     reader: &mut FrameReader<R>,
     later: &mut Vec<Frame>,
+    withdraw: Option<&Notify>,
 ) -> Release {
+    // Listening from now on, so a cancel that arrives between two turns of the loop counts.
+    let never = Notify::new();
+    let withdrawn = withdraw.unwrap_or(&never).notified();
+    tokio::pin!(withdrawn);
+    withdrawn.as_mut().enable();
     let deadline =
         tokio::time::Instant::now() + (hold.expires_at - Utc::now()).to_std().unwrap_or(std::time::Duration::ZERO);
     let mut approvers = BTreeSet::new();
@@ -116,7 +123,19 @@ pub async fn await_release<R: AsyncRead + Unpin>(
                     expired: Some(ExpiryReason::Timeout),
                 };
             }
+            () = &mut withdrawn => {
+                let message = format!(
+                    "tollgate: statement withdrawn by a cancel request (approval {}); it was not run",
+                    hold.approval_id
+                );
+                return Release::Refuse {
+                    error: messages::error_response(Severity::Error, QUERY_CANCELED, &message),
+                    expired: Some(ExpiryReason::Canceled),
+                };
+            }
             read = reader.read_frames(&mut more) => match read {
+                // A Terminate means the agent is leaving, whether or not it closes the socket.
+                Ok(true) if more.iter().any(|f| f.tag() == b'X') => return Release::AgentGone,
                 Ok(true) => later.append(&mut more),
                 Ok(false) | Err(_) => return Release::AgentGone,
             },
