@@ -207,14 +207,25 @@ async fn a_quorum_of_two_and_who_may_decide() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proxy_killed_while_holding_never_runs_the_statement() {
     let stack = stack().await;
-    let second = tollgate_data_plane::Proxy::start(stack.proxy_config("proxy-b")).await.expect("second proxy");
-    let child = stack.psql_spawn(
-        &stack.agent_token("deploy-bot"),
-        Some(second.postgres_addr.port()),
-        &["-c", "DROP TABLE keepme"],
-    );
+    // The second node runs on its own runtime, so it can be stopped the way a crash stops it:
+    // every task dropped where it stands, no cleanup code run, no event published.
+    let config = stack.proxy_config("proxy-b");
+    let (started, addr) = std::sync::mpsc::channel();
+    let (kill, killed) = std::sync::mpsc::channel::<()>();
+    let node = std::thread::spawn(move || {
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+        let proxy = runtime.block_on(tollgate_data_plane::Proxy::start(config)).expect("second proxy");
+        started.send(proxy.postgres_addr).expect("address");
+        let _ = killed.recv();
+        std::mem::forget(proxy);
+        runtime.shutdown_background();
+    });
+    let addr = tokio::task::spawn_blocking(move || addr.recv().expect("second proxy address")).await.expect("join");
+    let child = stack.psql_spawn(&stack.agent_token("deploy-bot"), Some(addr.port()), &["-c", "DROP TABLE keepme"]);
     let id = pending(&stack).await["id"].as_str().unwrap().to_owned();
-    drop(second); // every task of that node stops at once, as in a crash
+    kill.send(()).expect("kill");
+    tokio::task::spawn_blocking(move || node.join()).await.expect("join").expect("node thread");
     let out = finish(child).await;
     assert!(!out.status.success(), "the agent lost its connection");
     let (status, _) = decide(&stack, &id, "approve", "alice@example.com", &["approvers", "dba"]).await;
