@@ -24,6 +24,15 @@ impl StandingApprovals {
         by_id.values().find(|a| a.covers(issuer, name, resource, classes, now)).cloned()
     }
 
+    /// How many standing approvals this node knows (expired ones included until removed).
+    pub fn len(&self) -> usize {
+        self.by_id.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Watch the bucket until the task is aborted.
     pub fn spawn_watcher(self: &Arc<Self>, js: jetstream::Context) -> tokio::task::JoinHandle<()> {
         let me = self.clone();

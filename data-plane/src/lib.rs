@@ -29,6 +29,7 @@ pub struct Proxy {
     listener: Option<JoinHandle<()>>,
     shutdown: tokio::sync::watch::Sender<bool>,
     policy: policy::PolicyReceiver,
+    standing: Arc<grants::StandingApprovals>,
 }
 
 impl Drop for Proxy {
@@ -82,7 +83,7 @@ impl Proxy {
             shutdown: shutdown_rx,
             policy: policy.clone(),
             approvals,
-            standing,
+            standing: standing.clone(),
         };
         let ctx = Arc::new(pg::PgContext::new(&config, services)?);
 
@@ -92,7 +93,12 @@ impl Proxy {
         let postgres_addr = listener.local_addr()?;
         tracing::info!(node = %config.node.name, %postgres_addr, node_key = %node_key, "tollgate-proxy listening");
         let listener = Some(tokio::spawn(pg::serve(listener, ctx)));
-        Ok(Proxy { postgres_addr, node_key, tasks, listener, shutdown, policy })
+        Ok(Proxy { postgres_addr, node_key, tasks, listener, shutdown, policy, standing })
+    }
+
+    /// How many standing approvals this node has loaded.
+    pub fn standing_approvals(&self) -> usize {
+        self.standing.len()
     }
 
     /// The policy version this node enforces now (None: it refuses every agent).

@@ -245,8 +245,7 @@ async fn standing(stack: &Stack, id: &str) {
         store.get(&key).await.ok()?.map(|_| ())
     })
     .await;
-    // The proxies' watch delivers it within milliseconds.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    eventually(20, "the proxy to load it", || async { (stack.proxy.standing_approvals() >= 1).then_some(()) }).await;
 }
 
 fn commands_of(messages: &[Vec<u8>], statement: &str) -> Vec<Value> {
