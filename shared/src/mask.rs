@@ -317,6 +317,8 @@ struct Span {
 /// The shapes gates look for, measured in one pass.
 #[derive(Default)]
 struct Shape {
+    /// Two letters followed by two digits somewhere (how every IBAN starts).
+    letters_digits: bool,
     digits: usize,
     digit_run: usize,
     alnum_run: usize,
@@ -329,7 +331,18 @@ impl Shape {
         let mut shape = Shape::default();
         let (mut digit_run, mut alnum_run, mut token_run, mut base64_run) = (0, 0, 0, 0);
         let (mut digit_sep, mut alnum_sep) = (false, false);
+        // The classes of the last three bytes: letter (1) or digit (2), for the IBAN start.
+        let mut last = [0u8; 3];
         for &b in text {
+            let class = if b.is_ascii_alphabetic() {
+                1
+            } else if b.is_ascii_digit() {
+                2
+            } else {
+                0
+            };
+            shape.letters_digits |= class == 2 && last == [1, 1, 2];
+            last = [last[1], last[2], class];
             if b.is_ascii_digit() {
                 shape.digits += 1;
                 digit_run += 1;
@@ -364,7 +377,7 @@ impl Shape {
             Gate::Literal(_) => false,
             Gate::DigitRun(n) => self.digit_run >= n,
             Gate::Digits(n) => self.digits >= n,
-            Gate::AlnumRun(n) => self.alnum_run >= n,
+            Gate::IbanRun(n) => self.letters_digits && self.alnum_run >= n,
             Gate::TokenRun(n) => self.token_run >= n,
             Gate::Base64Run(n) => self.base64_run >= n,
         }

@@ -23,8 +23,9 @@ pub enum Gate {
     DigitRun(usize),
     /// At least this many digits in the value.
     Digits(usize),
-    /// A run of at least this many letters and digits, single spaces allowed between them.
-    AlnumRun(usize),
+    /// An IBAN's start (two letters, two digits) somewhere, and a run of at least this many
+    /// letters and digits, single spaces allowed between them.
+    IbanRun(usize),
     /// A run of at least this many token characters (`A-Za-z0-9+/_=-`).
     TokenRun(usize),
     /// A run of at least this many base64 characters (hex is a subset).
@@ -50,7 +51,7 @@ pub const BUILTINS: &[Builtin] = &[
         name: "iban",
         pattern: r"(?-u)(?i)[a-z]{2}[0-9]{2}(?:[ ]?[a-z0-9]){11,30}",
         check: Check::Iban,
-        gate: Gate::AlnumRun(15),
+        gate: Gate::IbanRun(15),
     },
     Builtin {
         name: "ssn",
