@@ -192,10 +192,6 @@ impl Masker {
             .clone()
     }
 
-    pub fn target(&self) -> MaskTarget {
-        self.target
-    }
-
     /// Whether the agent receives masked values (else only the records are masked).
     pub fn masks_agent(&self) -> bool {
         self.target == MaskTarget::AgentAndRecords
@@ -207,6 +203,10 @@ impl Masker {
 
     /// Whether a column rule masks this result column (`type_name` as `canonical_type` gives it).
     pub fn masks_column(&self, name: &str, type_name: Option<&str>) -> bool {
+        // Called for every value of every row: no allocation when there are no rules.
+        if self.columns.is_empty() {
+            return false;
+        }
         let name = name.to_ascii_lowercase();
         self.columns.iter().any(|(pattern, wanted)| {
             glob_match(pattern, &name) && wanted.as_deref().is_none_or(|w| Some(w) == type_name)
@@ -450,12 +450,6 @@ impl Tally {
         match self.entries.iter_mut().find(|e| e.detector == detector && e.column.as_deref() == column) {
             Some(entry) => entry.count += count,
             None => self.entries.push(MaskCount { detector: detector.into(), column: column.map(Into::into), count }),
-        }
-    }
-
-    pub fn absorb(&mut self, other: Tally) {
-        for entry in other.entries {
-            self.add(&entry.detector, entry.column.as_deref(), entry.count);
         }
     }
 

@@ -21,32 +21,26 @@ pub async fn ensure_event_stream(js: &jetstream::Context) -> Result<stream::Stre
 
 /// Open the policy KV bucket, creating it when missing (history kept for audits).
 pub async fn ensure_policy_bucket(js: &jetstream::Context) -> Result<jetstream::kv::Store, String> {
-    if let Ok(store) = js.get_key_value(names::POLICY_BUCKET).await {
-        return Ok(store);
-    }
-    js.create_key_value(jetstream::kv::Config {
-        bucket: names::POLICY_BUCKET.to_owned(),
-        history: 64,
-        storage: stream::StorageType::File,
-        ..Default::default()
-    })
-    .await
-    .map_err(|e| format!("cannot create or open KV bucket {}: {e}", names::POLICY_BUCKET))
+    ensure_bucket(js, names::POLICY_BUCKET, 64).await
 }
 
-/// Open (or create) the standing-approvals bucket.
+/// Open (or create) the standing-approvals bucket (only the latest value of each key matters).
 pub async fn ensure_grants_bucket(js: &jetstream::Context) -> Result<jetstream::kv::Store, String> {
-    if let Ok(store) = js.get_key_value(names::GRANTS_BUCKET).await {
+    ensure_bucket(js, names::GRANTS_BUCKET, 1).await
+}
+
+async fn ensure_bucket(js: &jetstream::Context, bucket: &str, history: i64) -> Result<jetstream::kv::Store, String> {
+    if let Ok(store) = js.get_key_value(bucket).await {
         return Ok(store);
     }
     js.create_key_value(jetstream::kv::Config {
-        bucket: names::GRANTS_BUCKET.to_owned(),
-        history: 1,
+        bucket: bucket.to_owned(),
+        history,
         storage: stream::StorageType::File,
         ..Default::default()
     })
     .await
-    .map_err(|e| format!("cannot create or open KV bucket {}: {e}", names::GRANTS_BUCKET))
+    .map_err(|e| format!("cannot create or open KV bucket {bucket}: {e}"))
 }
 
 /// Publish a sealed event on its subject with its id as `Nats-Msg-Id`, so JetStream

@@ -162,15 +162,7 @@ pub async fn approve(
     Path(id): Path<Uuid>,
     body: Result<Json<DecisionRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<DecisionAccepted>), ApiError> {
-    let Json(body) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let decision = Decision {
-        verdict: Verdict::Approve,
-        channel: Channel::Rest,
-        reason: body.reason,
-        grant_minutes: body.grant_minutes,
-    };
-    let accepted = decide_or_refuse(&state, &caller.identity, id, decision).await?;
-    Ok((StatusCode::ACCEPTED, Json(accepted)))
+    decide_rest(&state, &caller, id, Verdict::Approve, body).await
 }
 
 /// Deny a held command: it never runs (approver role, in one of the request's approver groups).
@@ -184,13 +176,20 @@ pub async fn deny(
     Path(id): Path<Uuid>,
     body: Result<Json<DecisionRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<DecisionAccepted>), ApiError> {
+    decide_rest(&state, &caller, id, Verdict::Deny, body).await
+}
+
+/// The REST channel of `decide_or_refuse`.
+async fn decide_rest(
+    state: &AppState,
+    caller: &Caller,
+    id: Uuid,
+    verdict: Verdict,
+    body: Result<Json<DecisionRequest>, JsonRejection>,
+) -> Result<(StatusCode, Json<DecisionAccepted>), ApiError> {
     let Json(body) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    if body.grant_minutes.is_some() {
-        return Err(ApiError::BadRequest("grant_minutes applies to approvals only".into()));
-    }
-    let decision =
-        Decision { verdict: Verdict::Deny, channel: Channel::Rest, reason: body.reason, grant_minutes: None };
-    let accepted = decide_or_refuse(&state, &caller.identity, id, decision).await?;
+    let decision = Decision { verdict, channel: Channel::Rest, reason: body.reason, grant_minutes: body.grant_minutes };
+    let accepted = decide_or_refuse(state, &caller.identity, id, decision).await?;
     Ok((StatusCode::ACCEPTED, Json(accepted)))
 }
 
@@ -285,6 +284,9 @@ pub async fn decide(
     decision: Decision,
 ) -> Result<DecisionAccepted, ApiError> {
     let Decision { verdict, channel, reason, grant_minutes } = decision;
+    if verdict == Verdict::Deny && grant_minutes.is_some() {
+        return Err(ApiError::BadRequest("grant_minutes applies to approvals only".into()));
+    }
     if grant_minutes.is_some_and(|m| !(1..=MAX_GRANT_MINUTES).contains(&m)) {
         return Err(ApiError::BadRequest(format!("grant_minutes must be between 1 and {MAX_GRANT_MINUTES}")));
     }
