@@ -106,6 +106,10 @@ pub struct PgListenerConfig {
     /// Time an agent has to finish its handshake.
     #[serde(default = "default_handshake_timeout")]
     pub handshake_timeout_ms: u64,
+    /// Named prepared statements one session may hold; preparing more is refused (54000-like
+    /// denial, rule `prepared_statement_limit`).
+    #[serde(default = "default_max_prepared")]
+    pub max_prepared_statements: usize,
 }
 
 impl Default for PgListenerConfig {
@@ -116,6 +120,7 @@ impl Default for PgListenerConfig {
             max_connections: default_max_connections(),
             max_message_bytes: default_max_message(),
             handshake_timeout_ms: default_handshake_timeout(),
+            max_prepared_statements: default_max_prepared(),
         }
     }
 }
@@ -126,8 +131,13 @@ fn default_pg_listen() -> String {
 fn default_max_connections() -> usize {
     1024
 }
+/// Enough for any statement and for the large values drivers bind or COPY in one message;
+/// PostgreSQL's own limit is 1 GiB, which no proxy should buffer per session.
 fn default_max_message() -> usize {
-    256 * 1024 * 1024
+    64 * 1024 * 1024
+}
+fn default_max_prepared() -> usize {
+    10_000
 }
 fn default_handshake_timeout() -> u64 {
     15_000

@@ -9,8 +9,10 @@
 pub mod cancel;
 pub mod classify;
 mod frame;
+mod lexical;
 pub mod mask;
 mod messages;
+mod names;
 mod relay;
 mod session;
 mod startup;
@@ -24,6 +26,10 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tollgate_shared::event::SessionSigner;
 use tollgate_shared::jwks::Verifier;
+
+/// Statements the proxy itself runs upstream (not on any agent's behalf), by exact text: the
+/// upstream statement log check leaves them out.
+pub const OWN_STATEMENTS: &[&str] = &[];
 
 /// A byte stream to an agent or an upstream, plain or TLS.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}

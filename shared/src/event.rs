@@ -31,6 +31,7 @@ pub mod kind {
     pub const APPROVAL_DECIDED: &str = "approval.decided";
     pub const APPROVAL_EXPIRED: &str = "approval.expired";
     pub const APPROVAL_REFUSED: &str = "approval.refused";
+    pub const APPROVAL_RELEASED: &str = "approval.released";
 }
 
 /// One fact, as published on JetStream. `P` is the payload; readers that do not care about the

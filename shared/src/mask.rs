@@ -222,11 +222,28 @@ impl Masker {
 
     /// The value with every finding replaced, or `None` when nothing was found.
     pub fn mask(&self, value: &[u8], column: Option<&str>, tally: &mut Tally) -> Option<Vec<u8>> {
+        self.mask_clamped(value, column, tally, &|range| range)
+    }
+
+    /// `mask`, with each finding's span first narrowed by `clamp` (recorded SQL keeps every
+    /// token after a finding visible: see the data plane's statement masking).
+    pub fn mask_clamped(
+        &self,
+        value: &[u8],
+        column: Option<&str>,
+        tally: &mut Tally,
+        clamp: &dyn Fn(Range<usize>) -> Range<usize>,
+    ) -> Option<Vec<u8>> {
         if value.len() < self.min_len || self.allow.contains(value) {
             return None;
         }
         let mut spans = Vec::new();
         self.scan(value, true, &mut spans);
+        for span in &mut spans {
+            let clamped = clamp(span.range.clone());
+            span.range = clamped.start.max(span.range.start)..clamped.end.min(span.range.end);
+        }
+        spans.retain(|span| !span.range.is_empty());
         if spans.is_empty() {
             return None;
         }

@@ -7,10 +7,12 @@
 mod diff;
 mod evaluate;
 mod model;
+mod relation;
 
 pub use diff::{diff, PolicyChange};
 pub use evaluate::{Denial, Judgement, UNBOUNDED_WRITE};
 pub use model::*;
+pub use relation::RelationName;
 
 /// What the policy KV bucket holds under `current`: the live version, as every proxy loads it.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -124,6 +126,8 @@ pub const STATEMENT_CLASSES: &[&str] = &[
     "load",
     "checkpoint",
     "refresh",
+    "user_function",
+    "dynamic_sql",
     "other",
 ];
 
@@ -189,8 +193,21 @@ impl PolicyDocument {
                     problem(format!("{at}.guardrails.deny_classes[{j}]"), format!("unknown statement class {class:?}"));
                 }
             }
+            for (j, relation) in r.guardrails.deny_relations.iter().enumerate() {
+                if RelationName::parse(relation).is_none() {
+                    problem(
+                        format!("{at}.guardrails.deny_relations[{j}]"),
+                        format!("{relation:?} is not a relation name"),
+                    );
+                }
+            }
             for (j, rule) in r.approvals.iter().enumerate() {
                 let at = format!("{at}.approvals[{j}]");
+                for (k, relation) in rule.relations.iter().enumerate() {
+                    if RelationName::parse(relation).is_none() {
+                        problem(format!("{at}.relations[{k}]"), format!("{relation:?} is not a relation name"));
+                    }
+                }
                 if rule.hold_classes.is_empty() {
                     problem(format!("{at}.hold_classes"), "name the statement classes to hold".into());
                 }

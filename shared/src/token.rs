@@ -166,6 +166,12 @@ pub enum TokenError {
     DisallowedAlgorithm(String),
     #[error("token signing key {0:?} is not among the issuer's keys")]
     UnknownKey(String),
+    #[error("token names no signing key (kid) while its issuer publishes several")]
+    MissingKeyId,
+    #[error("token header marks {0} as critical, which this verifier does not implement")]
+    CriticalHeader(String),
+    #[error("token was issued {0} s in the future")]
+    IssuedInFuture(u64),
     #[error("token signature is invalid")]
     BadSignature,
     #[error("token expired {0} s ago")]
@@ -204,11 +210,15 @@ pub fn peek_claims(token: &str) -> Result<serde_json::Map<String, serde_json::Va
     serde_json::from_slice(&bytes).map_err(|_| TokenError::Malformed)
 }
 
-fn peek_alg(token: &str) -> Option<String> {
+/// The token's header as JSON (verification reads the fields the library does not keep).
+fn peek_header(token: &str) -> Option<serde_json::Value> {
     let header = token.split('.').next()?;
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(header.trim_end_matches('=')).ok()?;
-    let value: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    value.get("alg")?.as_str().map(str::to_owned)
+    serde_json::from_slice(&bytes).ok()
+}
+
+fn peek_alg(token: &str) -> Option<String> {
+    peek_header(token)?.get("alg")?.as_str().map(str::to_owned)
 }
 
 fn same_family(alg: Algorithm, jwk: &Jwk) -> bool {
@@ -244,7 +254,18 @@ pub fn verify(config: &IssuerConfig, keys: &JwkSet, token: &str, now: u64) -> Re
             })
         }
     };
+    // RFC 7515 §4.1.11: extensions marked critical must be understood; this verifier
+    // implements none, so any `crit` is refused.
+    if let Some(crit) = peek_header(token).as_ref().and_then(|h| h.get("crit")) {
+        return Err(TokenError::CriticalHeader(crit.to_string()));
+    }
     let allowed = config.allowed_algorithms().map_err(|_| TokenError::KeysUnavailable(config.issuer.clone()))?;
+    // Without a kid, a token must leave no doubt about which key signed it: the issuer may
+    // publish one verification key only.
+    let verification_keys = keys.keys.iter().filter(|k| !matches!(k.algorithm, AlgorithmParameters::OctetKey(_)));
+    if header.kid.is_none() && verification_keys.count() > 1 {
+        return Err(TokenError::MissingKeyId);
+    }
     if !allowed.contains(&header.alg) {
         return Err(TokenError::DisallowedAlgorithm(format!("{:?}", header.alg)));
     }
@@ -280,6 +301,11 @@ pub fn verify(config: &IssuerConfig, keys: &JwkSet, token: &str, now: u64) -> Re
     let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(token, &key, &validation)
         .map_err(|e| explain(e, &peeked, now))?;
     let claims = data.claims;
+    if let Some(iat) = claims.get("iat").and_then(serde_json::Value::as_u64) {
+        if iat > now.saturating_add(config.leeway_secs) {
+            return Err(TokenError::IssuedInFuture(iat - now));
+        }
+    }
     let subject = match claims.get("sub").and_then(|s| s.as_str()) {
         Some(s) if !s.is_empty() => s.to_owned(),
         _ => return Err(TokenError::MissingClaim("sub".into())),

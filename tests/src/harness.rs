@@ -8,6 +8,7 @@ mod pgbouncer;
 pub(crate) mod postgres;
 mod stack;
 mod tap;
+pub mod upstream_log;
 
 pub use leaks::leaked;
 pub use logs::captured_logs;

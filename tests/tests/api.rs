@@ -184,4 +184,6 @@ async fn health_readiness_metrics_and_the_api_document() {
     })
     .await;
     assert!(problems["problems"].to_string().contains("nats"), "{problems}");
+    // Back up, so the record can be read and checked against the upstream's log.
+    stack.nats.restart().await;
 }

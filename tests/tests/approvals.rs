@@ -100,10 +100,16 @@ async fn held_drop_runs_once_approved_over_rest() {
     })
     .await;
     let types: Vec<&str> = events.iter().filter_map(|e| e["type"].as_str()).collect();
-    assert_eq!(types, ["session.started", "command", "approval.requested", "command.result", "session.ended"]);
+    // The release is on record before the statement runs.
+    assert_eq!(
+        types,
+        ["session.started", "command", "approval.requested", "approval.released", "command.result", "session.ended"]
+    );
     assert_eq!(events[1]["event"]["payload"]["decision"], "hold");
     assert_eq!(events[1]["event"]["payload"]["approval_id"], id.as_str());
-    assert_eq!(events[3]["event"]["payload"]["outcome"], "ok");
+    assert_eq!(events[3]["event"]["payload"]["approval_id"], id.as_str());
+    assert_eq!(events[3]["event"]["payload"]["command_id"], events[1]["event"]["id"]);
+    assert_eq!(events[4]["event"]["payload"]["outcome"], "ok");
     let (_, verified) = stack.api(&format!("/api/v1/sessions/{session}/verify")).await;
     assert_eq!((verified["complete"].as_bool(), verified["linked"].as_bool()), (Some(true), Some(true)), "{verified}");
     assert_eq!(verified["problems"], json!([]));

@@ -28,16 +28,25 @@ const DENIED: &[(&str, &str)] = &[
     ("select U&\"\\0070g_read_file\"('/etc/hostname')", "deny_functions:pg_read_file"),
     ("select * from (select pg_read_file('/etc/hostname')) s", "deny_functions:pg_read_file"),
     ("select lo_export(1, '/tmp/tollgate-evasion')", "deny_functions:lo_export"),
-    ("do $$ begin execute 'drop table orders'; end $$", "deny_classes:do_block"),
+    // The DROP inside the block is seen, not only the block.
+    ("do $$ begin execute 'drop table orders'; end $$", "deny_classes:drop"),
     ("DO $body$ BEGIN PERFORM 1; END $body$", "deny_classes:do_block"),
     ("alter system set log_statement = 'none'", "deny_classes:alter_system"),
     ("grant all on orders to public", "deny_classes:grant"),
     ("create role evil superuser", "deny_classes:role"),
     ("create function f() returns int language sql as 'select 1'", "deny_classes:create_function"),
     ("select * from secrets", "deny_relations:secrets"),
-    ("select * from public.secrets", "deny_relations:public.secrets"),
+    ("select * from public.secrets", "deny_relations:secrets"),
+    ("select * from PUBLIC.Secrets", "deny_relations:secrets"),
     ("select * from \"secrets\"", "deny_relations:secrets"),
     ("select o.id from orders o join secrets s on true", "deny_relations:secrets"),
+    // Targets of DDL are relations too.
+    ("comment on table secrets is 'x'", "deny_relations:secrets"),
+    ("alter table public.secrets add column y int", "deny_relations:secrets"),
+    // A qualified rule matches the qualified name, and the bare one whatever the search_path.
+    ("select * from archive.ledger", "deny_relations:archive.ledger"),
+    ("select * from ledger", "deny_relations:archive.ledger"),
+    ("select * from \"Mixed\"", "deny_relations:\"Mixed\""),
     ("selec 1 from orders", "unparsable"),
 ];
 
@@ -50,6 +59,9 @@ const ALLOWED: &[&str] = &[
     "delete from orders where id = -1",
     "update orders set total = total where id = -1",
     "select count(*) from orders",
+    // Quoted names keep their case: "Secrets" is not secrets, mixed is not "Mixed".
+    "select * from \"Secrets\"",
+    "select * from mixed",
 ];
 
 fn policy() -> serde_json::Value {
@@ -58,7 +70,7 @@ fn policy() -> serde_json::Value {
             "deny_classes": ["drop", "truncate", "alter_system", "copy_program", "do_block", "grant", "role", "create_function"],
             "deny_unbounded_writes": true,
             "deny_functions": ["pg_read_file", "lo_export"],
-            "deny_relations": ["secrets", "public.secrets"]
+            "deny_relations": ["secrets", "archive.ledger", "\"Mixed\""]
         }}],
         "grants": [{ "name": "everyone", "who": { "agents": ["*"] }, "resources": { "names": ["demo"] }, "access": "admin" }]
     })
@@ -67,7 +79,7 @@ fn policy() -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn evasions_are_denied_before_the_upstream_and_look_alikes_run() {
     let stack = Stack::start().await;
-    stack.pg.admin_sql("demo", "create table orders (id int, total int); create table secrets (v text); alter table orders owner to app; alter table secrets owner to app; insert into orders values (1, 10)");
+    stack.pg.admin_sql("demo", "create table orders (id int, total int); create table secrets (v text); create table \"Secrets\" (v text); create table mixed (v text); alter table orders owner to app; alter table secrets owner to app; grant select on \"Secrets\", mixed to app; insert into orders values (1, 10)");
     let version = stack.put_policy(&policy()).await;
     eventually(10, "the proxy to load the guardrails", || async {
         (stack.proxy.policy_version() == Some(version)).then_some(())
@@ -88,9 +100,10 @@ async fn evasions_are_denied_before_the_upstream_and_look_alikes_run() {
     // The extended protocol is judged the same way (at Execute, with the prepared text).
     let err = client.execute("delete from orders", &[]).await.expect_err("extended delete without where");
     assert_eq!(err.code().map(|c| c.code()), Some("42501"));
-    let prepared_drop = client.prepare("drop table orders").await.expect("preparing runs nothing");
-    let err = client.execute(&prepared_drop, &[]).await.expect_err("executing the prepared drop");
+    // A statement is judged when it is prepared: the Parse of a denied text is refused.
+    let err = client.prepare("drop table orders").await.expect_err("preparing the drop");
     assert_eq!(err.code().map(|c| c.code()), Some("42501"));
+    assert!(err.as_db_error().is_some_and(|e| e.message().contains("deny_classes:drop")), "{err}");
     assert_eq!(
         client
             .query_one("select total from orders where id = $1", &[&1i32])

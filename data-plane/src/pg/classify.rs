@@ -2,11 +2,21 @@
 //! functions, and DELETE/UPDATE without WHERE, found by walking the *whole* parse tree, so a
 //! DELETE inside a CTE or a function call inside a subquery is seen too.
 //!
+//! Besides the classification every record carries, the analysis says what each statement does
+//! to the session's state the proxy must track to see what the server sees: named prepared
+//! statements and portals (PREPARE, EXECUTE, DEALLOCATE, DECLARE, CLOSE, DISCARD, transaction
+//! ends), settings (SET, RESET, `set_config`), and the functions it calls (judged against the
+//! resource's catalog when the statement is judged). SQL inside SQL is classified too: function
+//! and procedure bodies when they are created (SQL and PL/pgSQL), DO blocks, and the literal
+//! SQL text handed to built-ins that execute it (`query_to_xml`, `dblink`...).
+//!
 //! The walk is generic over the tree's serialized form rather than a list of node types to
 //! descend into: a node type nobody thought of cannot hide a statement. Results are cached by
 //! statement text, so the hot path parses each distinct text once.
 
-use serde_json::Value;
+mod body;
+mod walk;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 pub use tollgate_shared::event::Classification;
@@ -91,169 +101,201 @@ const CLASSES: &[(&str, &str)] = &[
     ("CreateEventTrigStmt", "create"),
     ("CreatePublicationStmt", "create"),
     ("CreateSubscriptionStmt", "create"),
+    // A PL/pgSQL assignment evaluates an expression (a SELECT, which the walk finds inside).
+    ("PLAssignStmt", "select"),
 ];
+
+/// A call of a function whose body the proxy cannot see (not in the resource's catalog, or
+/// written in a language other than SQL and PL/pgSQL).
+pub const USER_FUNCTION: &str = "user_function";
+/// SQL the proxy cannot see before it runs: PL/pgSQL `EXECUTE` of a computed string, a body it
+/// cannot parse, SQL text a built-in runs that is not a literal.
+pub const DYNAMIC_SQL: &str = "dynamic_sql";
 
 /// Classes that only read (with the session's own settings, which `set` changes).
 const READ_ONLY: &[&str] =
     &["select", "explain", "transaction", "show", "set", "cursor", "prepare", "execute", "listen"];
 
+/// How deep SQL inside SQL is followed (a body calling a built-in that runs a literal...).
+const MAX_DEPTH: u8 = 4;
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("statement does not parse: {0}")]
 pub struct ParseError(pub String);
 
-/// Parse and classify one statement text (which may hold several statements).
+/// What a statement text does, beyond its classification.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Analysis {
+    pub classification: Classification,
+    /// What it does to named prepared statements and portals, in order, with the index of the
+    /// top-level statement that does it.
+    pub ops: Vec<(usize, NameOp)>,
+    /// Settings it changes, in order.
+    pub settings: Vec<Setting>,
+    /// Functions it calls, as written.
+    pub calls: Vec<FunctionRef>,
+    /// Why it must be refused whatever the policy says (SQL text that is not a literal handed
+    /// to a built-in that runs it).
+    pub refusal: Option<String>,
+}
+
+/// An effect on the session's named prepared statements and portals.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NameOp {
+    /// `PREPARE name AS query`: what the query does.
+    Prepare { name: String, inner: Arc<Analysis> },
+    /// `EXECUTE name`, anywhere (also inside EXPLAIN ANALYZE or CREATE TABLE AS).
+    Execute { name: String },
+    /// `DEALLOCATE name`, or every statement (`None`).
+    Deallocate(Option<String>),
+    /// `DISCARD ALL`: every statement and every portal.
+    DiscardAll,
+    /// `DECLARE name CURSOR [WITH HOLD] FOR query`.
+    Declare { name: String, holdable: bool, inner: Arc<Analysis> },
+    /// `CLOSE name`, or every cursor (`None`).
+    Close(Option<String>),
+    /// COMMIT, ROLLBACK, ROLLBACK TO, PREPARE TRANSACTION: portals (not held cursors) may end.
+    EndTransaction,
+}
+
+/// A setting a statement changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Setting {
+    /// Lower case; `None` when the name is computed (`set_config(name_column, ...)`).
+    pub name: Option<String>,
+    pub value: SettingValue,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SettingValue {
+    /// A literal value, as written.
+    Literal(String),
+    /// `RESET name` or `SET name TO DEFAULT`: back to the session's starting value.
+    Reset,
+    /// `RESET ALL` (and `DISCARD ALL`).
+    ResetAll,
+    /// Not a literal: unknown until it runs.
+    Computed,
+}
+
+/// A function called, as written (lower case).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct FunctionRef {
+    pub schema: Option<String>,
+    pub name: String,
+}
+
+impl Analysis {
+    /// Add what `other` does to this analysis (SQL inside SQL).
+    fn absorb(&mut self, other: &Analysis) {
+        merge(&mut self.classification, &other.classification);
+        self.settings.extend(other.settings.iter().cloned());
+        for call in &other.calls {
+            if !self.calls.contains(call) {
+                self.calls.push(call.clone());
+            }
+        }
+        if self.refusal.is_none() {
+            self.refusal.clone_from(&other.refusal);
+        }
+    }
+}
+
+/// Add what `other` does to `into` (classes, relations, functions, flags).
+pub fn merge(into: &mut Classification, other: &Classification) {
+    into.classes.extend(other.classes.iter().cloned());
+    into.relations.extend(other.relations.iter().cloned());
+    into.functions.extend(other.functions.iter().cloned());
+    into.unbounded_write |= other.unbounded_write;
+    into.escapes_read_only |= other.escapes_read_only;
+    into.writes = writes(into);
+}
+
+/// Whether a classification does anything but read.
+pub fn writes(c: &Classification) -> bool {
+    c.classes.iter().any(|class| !READ_ONLY.contains(&class.as_str()))
+}
+
+/// Parse and analyse one statement text (which may hold several statements).
+pub fn analyze(sql: &str) -> Result<Analysis, ParseError> {
+    analyze_at(sql, pg_query::ParserOptions::DEFAULT, 0)
+}
+
+/// Parse and classify one statement text.
 pub fn classify(sql: &str) -> Result<Classification, ParseError> {
-    let parsed = pg_query::parse(sql, pg_query::ParserOptions::DEFAULT).map_err(|e| ParseError(e.to_string()))?;
+    analyze(sql).map(|a| a.classification)
+}
+
+fn analyze_at(sql: &str, mode: pg_query::ParserOptions, depth: u8) -> Result<Analysis, ParseError> {
+    let parsed = pg_query::parse(sql, mode).map_err(|e| ParseError(e.to_string()))?;
     let tree = serde_json::to_value(&parsed.protobuf).map_err(|e| ParseError(e.to_string()))?;
-    let mut c = Classification { statements: parsed.protobuf.stmts.len(), ..Default::default() };
-    walk(&tree, &mut c);
-    if c.classes.is_empty() && c.statements > 0 {
-        c.classes.insert("other".into());
-    }
-    c.writes = c.classes.iter().any(|class| !READ_ONLY.contains(&class.as_str()));
-    // EXPLAIN ANALYZE runs its statement; SELECT ... INTO creates a table: the inner nodes are
-    // classified by the walk, so `writes` already reflects what they do.
-    Ok(c)
+    Ok(walk::analyze_tree(sql, &tree, depth))
 }
 
-fn walk(value: &Value, c: &mut Classification) {
-    match value {
-        Value::Object(map) => {
-            // A RangeVar appears both wrapped (`{"RangeVar": {...}}`) and as a plain field
-            // (`"relation": {...}`); its shape identifies it either way.
-            if map.contains_key("relname") && map.contains_key("schemaname") {
-                record_relation(value, c);
-            }
-            for (key, child) in map {
-                if let Some((_, class)) = CLASSES.iter().find(|(node, _)| node == key) {
-                    classify_node(key, class, child, c);
-                } else if key == "FuncCall" {
-                    record_function(child, c);
-                } else if key.ends_with("Stmt") {
-                    // A statement type this table does not know: never silently harmless.
-                    c.classes.insert("other".into());
-                }
-                walk(child, c);
-            }
-        }
-        Value::Array(items) => items.iter().for_each(|item| walk(item, c)),
-        _ => {}
-    }
-}
+/// An analysis, or why the text did not parse, shared between sessions (cheap to clone).
+pub type Classified = Result<Arc<Analysis>, ParseError>;
 
-fn classify_node(node: &str, class: &str, body: &Value, c: &mut Classification) {
-    match node {
-        "DeleteStmt" | "UpdateStmt" if present(body, "where_clause").is_none() => {
-            c.unbounded_write = true;
-            c.classes.insert(class.to_owned());
-        }
-        "CopyStmt" => {
-            let from = body.get("is_from").and_then(Value::as_bool).unwrap_or(false);
-            let program = body.get("is_program").and_then(Value::as_bool).unwrap_or(false);
-            c.classes.insert(
-                match (from, program) {
-                    (_, true) => "copy_program",
-                    (true, false) => "copy_from",
-                    (false, false) => "copy_to",
-                }
-                .to_owned(),
-            );
-        }
-        "VariableSetStmt" => {
-            let name = body.get("name").and_then(Value::as_str).unwrap_or_default().to_ascii_lowercase();
-            if name.contains("read_only") || sets_read_write(body) {
-                c.escapes_read_only = true;
-            }
-            c.classes.insert(class.to_owned());
-        }
-        "TransactionStmt" if sets_read_write(body) => {
-            c.escapes_read_only = true;
-            c.classes.insert(class.to_owned());
-        }
-        // `VALUES (...)` is a SelectStmt too (inside every INSERT ... VALUES): not a read of data.
-        "SelectStmt" if body.get("values_lists").and_then(Value::as_array).is_some_and(|v| !v.is_empty()) => {}
-        "SelectStmt" if present(body, "into_clause").is_some() => {
-            c.classes.insert("select".into());
-            c.classes.insert("create".into());
-        }
-        _ => {
-            c.classes.insert(class.to_owned());
-        }
-    }
-}
+/// Texts longer than this are analysed on the blocking pool, a few at a time, so one huge
+/// statement cannot stall the sessions sharing an async worker.
+const LARGE_STATEMENT: usize = 64 * 1024;
+const LARGE_AT_ONCE: usize = 2;
 
-/// `READ WRITE` in BEGIN / START TRANSACTION / SET [SESSION CHARACTERISTICS AS] TRANSACTION:
-/// a `transaction_read_only` option whose value is 0.
-fn sets_read_write(body: &Value) -> bool {
-    let options = body.get("options").or_else(|| body.get("args")).and_then(Value::as_array);
-    options.into_iter().flatten().filter_map(|o| o.get("node")?.get("DefElem")).any(|d| {
-        d.get("defname").and_then(Value::as_str) == Some("transaction_read_only")
-            && d.pointer("/arg/node/AConst/val/Ival/ival").and_then(Value::as_i64).unwrap_or(0) == 0
-    })
-}
-
-/// A field that is there and not null.
-fn present<'a>(body: &'a Value, field: &str) -> Option<&'a Value> {
-    body.get(field).filter(|v| !v.is_null())
-}
-
-fn names(list: Option<&Value>) -> Vec<String> {
-    list.and_then(Value::as_array)
-        .map(|items| {
-            items
-                .iter()
-                .filter_map(|n| n.get("node")?.get("String")?.get("sval")?.as_str().map(str::to_lowercase))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn record_function(body: &Value, c: &mut Classification) {
-    let parts = names(body.get("funcname"));
-    if let Some(last) = parts.last() {
-        c.functions.insert(last.clone());
-        if parts.len() > 1 {
-            c.functions.insert(parts.join("."));
-        }
-    }
-}
-
-fn record_relation(body: &Value, c: &mut Classification) {
-    let name = body.get("relname").and_then(Value::as_str).unwrap_or_default();
-    if name.is_empty() {
-        return;
-    }
-    match body.get("schemaname").and_then(Value::as_str).filter(|s| !s.is_empty()) {
-        Some(schema) => c.relations.insert(format!("{schema}.{name}")),
-        None => c.relations.insert(name.to_owned()),
-    };
-}
-
-/// Classifications by statement text, bounded: when full it starts over (cheap, and a cold
-/// cache only costs parses).
-/// A classification, or why the text did not parse, shared between sessions.
-pub type Classified = Arc<Result<Classification, ParseError>>;
-
+/// Analyses by statement text, bounded: when full it starts over (cheap, and a cold cache only
+/// costs parses).
 pub struct ClassifyCache {
     entries: Mutex<HashMap<Arc<str>, Classified>>,
     capacity: usize,
+    large: Arc<tokio::sync::Semaphore>,
 }
 
 impl ClassifyCache {
     pub fn new(capacity: usize) -> Self {
-        ClassifyCache { entries: Mutex::new(HashMap::new()), capacity: capacity.max(1) }
+        ClassifyCache {
+            entries: Mutex::new(HashMap::new()),
+            capacity: capacity.max(1),
+            large: Arc::new(tokio::sync::Semaphore::new(LARGE_AT_ONCE)),
+        }
     }
 
-    pub fn classify(&self, sql: &str) -> Classified {
-        if let Some(hit) = self.entries.lock().unwrap_or_else(|p| p.into_inner()).get(sql) {
-            return hit.clone();
-        }
-        let result = Arc::new(classify(sql));
+    fn cached(&self, sql: &str) -> Option<Classified> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner()).get(sql).cloned()
+    }
+
+    fn store(&self, sql: &str, result: Classified) {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         if entries.len() >= self.capacity {
             entries.clear();
         }
-        entries.insert(Arc::from(sql), result.clone());
+        entries.insert(Arc::from(sql), result);
+    }
+
+    /// The analysis of `sql`, computed on this thread.
+    pub fn classify(&self, sql: &str) -> Classified {
+        if let Some(hit) = self.cached(sql) {
+            return hit;
+        }
+        let result = analyze(sql).map(Arc::new);
+        self.store(sql, result.clone());
+        result
+    }
+
+    /// The analysis of `sql`; a large text is analysed on the blocking pool.
+    pub async fn classify_async(&self, sql: &str) -> Classified {
+        if sql.len() < LARGE_STATEMENT {
+            return self.classify(sql);
+        }
+        if let Some(hit) = self.cached(sql) {
+            return hit;
+        }
+        let Ok(_permit) = self.large.clone().acquire_owned().await else {
+            return Err(ParseError("the proxy is shutting down".into()));
+        };
+        let text = sql.to_owned();
+        let result = match tokio::task::spawn_blocking(move || analyze(&text)).await {
+            Ok(result) => result.map(Arc::new),
+            Err(e) => Err(ParseError(format!("analysis failed: {e}"))),
+        };
+        self.store(sql, result.clone());
         result
     }
 

@@ -5,7 +5,13 @@
 //! Messages are handled one at a time (constant memory, however long the result), and an
 //! untouched message is forwarded as the bytes it arrived as.
 
+mod binary;
+mod statement;
+
+pub use statement::mask_statement;
+
 use super::messages::{framed, Cursor, Malformed};
+use binary::binary_text;
 use bytes::{BufMut, Bytes, BytesMut};
 use tollgate_shared::mask::{Masker, Tally, COLUMN_DETECTOR, COLUMN_MARKER};
 
@@ -177,51 +183,6 @@ fn is_text_like(type_oid: u32) -> bool {
     matches!(type_oid, 25 | 1043 | 1042 | 19 | 114 | 142 | 705)
 }
 
-/// What a binary-format value says, as text a detector can read; `None` for types that cannot
-/// hold free text (booleans, floats, dates, UUIDs...).
-fn binary_text(type_oid: u32, raw: &[u8]) -> Option<Vec<u8>> {
-    match type_oid {
-        16 | 700 | 701 | 1082 | 1083 | 1114 | 1184 | 1186 | 1266 | 2950 | 26 | 869 | 650 => None,
-        21 if raw.len() == 2 => Some(i16::from_be_bytes([raw[0], raw[1]]).to_string().into_bytes()),
-        23 if raw.len() == 4 => Some(i32::from_be_bytes([raw[0], raw[1], raw[2], raw[3]]).to_string().into_bytes()),
-        20 if raw.len() == 8 => {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(raw);
-            Some(i64::from_be_bytes(b).to_string().into_bytes())
-        }
-        1700 => numeric_text(raw),
-        // jsonb: a version byte, then the JSON text.
-        3802 => Some(raw.get(1..).unwrap_or_default().to_vec()),
-        // Text types, bytea, arrays, records, unknown types: scan the bytes as they are; text
-        // inside them (an array's elements, a record's fields) is stored contiguously.
-        _ => Some(raw.to_vec()),
-    }
-}
-
-/// The digits of a binary `numeric` (base-10000 digit groups), enough for a detector.
-fn numeric_text(raw: &[u8]) -> Option<Vec<u8>> {
-    let mut c = Cursor::new(raw, "numeric");
-    let ndigits = usize::try_from(c.i16().ok()?).ok()?;
-    let weight = c.i16().ok()?;
-    let (_sign, _dscale) = (c.i16().ok()?, c.i16().ok()?);
-    let mut text = String::new();
-    for i in 0..ndigits {
-        let group = c.i16().ok()?;
-        if i as i32 == i32::from(weight) + 1 {
-            text.push('.');
-        }
-        if i == 0 {
-            text.push_str(&group.to_string());
-        } else {
-            text.push_str(&format!("{group:04}"));
-        }
-    }
-    for _ in ndigits as i32..i32::from(weight) + 1 {
-        text.push_str("0000");
-    }
-    Some(text.into_bytes())
-}
-
 /// The canonical type name of a built-in type OID, for column rules with a type.
 pub fn type_name(oid: u32) -> Option<&'static str> {
     Some(match oid {
@@ -330,6 +291,25 @@ pub fn mask_fields(masker: &Masker, tag: u8, body: &[u8], found: &mut Findings) 
         out.put_u8(0);
     }
     Ok(changed.then(|| framed(tag, &out)))
+}
+
+/// A ParameterStatus with its value masked (a session variable can be set from data:
+/// `set_config('application_name', secret, false)`).
+pub fn mask_parameter_status(masker: &Masker, body: &[u8], found: &mut Findings) -> Result<Option<Bytes>, Malformed> {
+    let mut c = Cursor::new(body, "ParameterStatus");
+    let name = c.cbytes()?;
+    let value = c.cbytes()?;
+    let masked_name = masker.mask(name, None, &mut found.tally);
+    let masked_value = masker.mask(value, None, &mut found.tally);
+    if masked_name.is_none() && masked_value.is_none() {
+        return Ok(None);
+    }
+    let mut out = BytesMut::with_capacity(body.len() + 16);
+    out.put_slice(masked_name.as_deref().unwrap_or(name));
+    out.put_u8(0);
+    out.put_slice(masked_value.as_deref().unwrap_or(value));
+    out.put_u8(0);
+    Ok(Some(framed(b'S', &out)))
 }
 
 /// A NotificationResponse with its channel and payload masked.

@@ -229,9 +229,11 @@ pub fn denied_query() -> Bytes {
     framed(b'Q', &body)
 }
 
+/// The stand-in Parse names a statement of its own: a failed Parse of the unnamed statement
+/// would drop the agent's unnamed statement, and a failed named Parse changes nothing.
 pub fn denied_parse() -> Bytes {
     let mut body = BytesMut::new();
-    put_cstr(&mut body, "");
+    put_cstr(&mut body, "tollgate_denied");
     put_cstr(&mut body, DENIED_TEXT);
     body.put_i16(0);
     framed(b'P', &body)

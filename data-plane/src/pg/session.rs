@@ -5,7 +5,7 @@ use super::frame::FrameReader;
 use super::messages::{self, Severity};
 use super::startup::{read_first_packet, FirstPacket};
 use super::upstream::{self, Upstream};
-use super::{relay, Io, PgContext};
+use super::{lexical, mask, relay, Io, PgContext};
 use crate::recorder::SessionRecorder;
 use bytes::Bytes;
 use std::net::SocketAddr;
@@ -89,6 +89,7 @@ pub async fn run(ctx: Arc<PgContext>, tcp: TcpStream, peer: SocketAddr) {
         withdraw: cancel_key.and_then(|key| ctx.cancels.withdrawals(key)),
         approvals: &ctx.approvals,
         approval_url: ctx.approval_url.as_deref(),
+        max_prepared: ctx.listener.max_prepared_statements,
     };
     let outcome = relay::run(&recorder, &guard, &mut agent, &mut upstream, ctx.shutdown.clone()).await;
     if let Some(key) = cancel_key {
@@ -209,6 +210,29 @@ async fn greet(ctx: &PgContext, tcp: TcpStream, peer: SocketAddr) -> Option<Gree
     Some(Greeted { reader, writer, params, resource_name, tls, token })
 }
 
+/// The upstream's ParameterStatus, NoticeResponse and ReadyForQuery frames as the agent gets
+/// them: checked (the server must read SQL as the proxy parses it) and masked (a session
+/// variable can hold data).
+fn relay_greeting(frames: &[Bytes], masker: &tollgate_shared::mask::Masker) -> Result<Vec<Bytes>, String> {
+    let mut out = Vec::with_capacity(frames.len());
+    for frame in frames {
+        let body = &frame[5..];
+        let masked = match frame[0] {
+            b'S' => {
+                let mut c = messages::Cursor::new(body, "ParameterStatus");
+                let name = String::from_utf8_lossy(c.cbytes().map_err(|e| e.to_string())?).into_owned();
+                let value = String::from_utf8_lossy(c.cbytes().map_err(|e| e.to_string())?).into_owned();
+                lexical::check_reported(&name, &value)?;
+                mask::mask_parameter_status(masker, body, &mut mask::Findings::default()).map_err(|e| e.to_string())?
+            }
+            b'N' => mask::mask_fields(masker, b'N', body, &mut mask::Findings::default()).map_err(|e| e.to_string())?,
+            _ => None,
+        };
+        out.push(masked.filter(|_| masker.masks_agent()).unwrap_or_else(|| frame.clone()));
+    }
+    Ok(out)
+}
+
 fn find_param(params: &[(String, String)], name: &str) -> Option<String> {
     params.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
 }
@@ -295,6 +319,11 @@ async fn open(ctx: &PgContext, peer: SocketAddr, greeted: Greeted) -> Option<Ope
     };
 
     // The policy decides: no policy, no resource in it, or no grant → refused (fail closed).
+    if let Err(reason) = lexical::check_startup(&params) {
+        refuse(&mut writer, sqlstate::FEATURE_NOT_SUPPORTED, &format!("tollgate: {reason}")).await;
+        record_refusal(ctx, &attempt, &reason, sqlstate::FEATURE_NOT_SUPPORTED, Some(agent)).await;
+        return None;
+    }
     let policy = ctx.policy.borrow().clone();
     let Some(policy) = policy else {
         let reason = "no policy is loaded on this proxy; agents are refused until one arrives".to_owned();
@@ -365,10 +394,13 @@ async fn open(ctx: &PgContext, peer: SocketAddr, greeted: Greeted) -> Option<Ope
 
     let mut relayed: Vec<(String, String)> =
         params.iter().filter(|(k, _)| RELAYED_PARAMS.contains(&k.as_str())).cloned().collect();
+    // The server must read SQL as the proxy parses it; with a read-only grant, the upstream
+    // itself refuses writes, whatever the statement.
+    let mut options = lexical::UPSTREAM_OPTIONS.to_owned();
     if access == Access::ReadOnly {
-        // The upstream itself refuses writes for a read-only grant, whatever the statement.
-        relayed.push(("options".into(), "-c default_transaction_read_only=on".into()));
+        options.push_str(" -c default_transaction_read_only=on");
     }
+    relayed.push(("options".into(), options));
     let login = upstream::connect(&resource, &relayed, ctx.listener.max_message_bytes);
     let login = tokio::time::timeout(Duration::from_millis(ctx.listener.handshake_timeout_ms), login).await;
     let login = login.unwrap_or_else(|_| Err(upstream::UpstreamError::Protocol("login timed out".into())));
@@ -387,16 +419,26 @@ async fn open(ctx: &PgContext, peer: SocketAddr, greeted: Greeted) -> Option<Ope
         }
     };
 
+    let greeting = match relay_greeting(&upstream.greeting, &policy.masker(&resource.name)) {
+        Ok(greeting) => greeting,
+        Err(reason) => {
+            tracing::warn!(%session, resource = %resource.name, %reason, "upstream session refused");
+            refuse(&mut writer, sqlstate::FEATURE_NOT_SUPPORTED, &format!("tollgate: {reason}")).await;
+            end_session(&recorder, EndReason::UpstreamFailed, Some(reason), 0).await;
+            return None;
+        }
+    };
     let cancel_key = upstream.key.map(|k| ctx.cancels.register(k, resource.clone()));
-    let mut greeting: Vec<Bytes> = vec![messages::auth_ok()];
-    for frame in &upstream.greeting {
+    let mut frames: Vec<Bytes> = vec![messages::auth_ok()];
+    for frame in greeting {
         if frame[0] == b'Z' {
             if let Some(key) = cancel_key {
-                greeting.push(messages::backend_key_data(key.pid, key.secret));
+                frames.push(messages::backend_key_data(key.pid, key.secret));
             }
         }
-        greeting.push(frame.clone());
+        frames.push(frame);
     }
+    let greeting = frames;
     for frame in &greeting {
         if writer.write_all(frame).await.is_err() {
             end_session(&recorder, EndReason::ClientClosed, None, 0).await;

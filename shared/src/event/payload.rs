@@ -92,6 +92,14 @@ pub struct Command {
     /// Name of the prepared statement, when it had one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prepared: Option<String>,
+    /// The prepared statements a SQL `EXECUTE` in `statement` runs, as the server stores them
+    /// (masked); judged as part of this command.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub executes: Vec<Executed>,
+    /// Extended protocol: the message judged when it was not an Execute (a statement refused
+    /// when it was prepared, or a Bind of a statement the proxy does not know).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<Step>,
     /// What the statement does; absent when it did not parse (see `parse_error`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub classification: Option<Classification>,
@@ -111,6 +119,24 @@ pub struct Command {
     /// masked; the upstream receives the statement as the agent sent it).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub masked: Vec<MaskCount>,
+}
+
+/// A prepared statement run by a SQL `EXECUTE`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Executed {
+    pub name: String,
+    /// Its text as the server stores it (the whole message that prepared it), masked.
+    pub statement: String,
+}
+
+/// An extended-protocol message judged on its own.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Step {
+    /// A Parse: a statement is judged when it is prepared; a denied one is never prepared.
+    Parse,
+    /// A Bind of a prepared statement the proxy does not know: refused.
+    Bind,
 }
 
 /// How many values one detector (or a column rule: detector `column`) masked, in one column
@@ -289,6 +315,17 @@ pub struct ApprovalDecided {
     /// resource run without a new request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grant_minutes: Option<u32>,
+}
+
+/// `approval.released`: a quorum approved a held command and the holding proxy runs it now.
+/// Recorded (durably, in the session's chain) before the command is forwarded, so a held
+/// command that ran is on record as released.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ApprovalReleased {
+    pub approval_id: Uuid,
+    pub command_id: Uuid,
+    /// The people whose approvals made the quorum (`issuer` and `subject`).
+    pub approvers: Vec<String>,
 }
 
 /// Why a held command will not run although nobody denied it.

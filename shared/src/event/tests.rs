@@ -31,6 +31,8 @@ fn sealed_session(signer: &SessionSigner) -> Vec<SealedEvent> {
         statement: "select 1".into(),
         params: None,
         prepared: None,
+        executes: Vec::new(),
+        step: None,
         classification: None,
         parse_error: None,
         decision: Decision::Allow,

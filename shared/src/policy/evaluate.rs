@@ -1,6 +1,6 @@
 //! Judging an agent against a policy: which grant (if any) lets it reach a resource, and how.
 
-use super::{Access, ApprovalRule, Grant, MaskTarget, PolicyDocument, ResourcePolicy};
+use super::{Access, ApprovalRule, Grant, MaskTarget, PolicyDocument, RelationName, ResourcePolicy};
 use crate::identity::mapping::{claim, glob_match};
 use crate::identity::AgentIdentity;
 use chrono::{DateTime, Utc};
@@ -85,6 +85,20 @@ fn named_in(list: &[String], names: &std::collections::BTreeSet<String>) -> Opti
     list.iter().find(|n| names.contains(&n.to_lowercase())).cloned()
 }
 
+/// The first rule relation that covers a relation the statement uses (names as SQL reads them:
+/// `Orders` is `orders`, `"Orders"` is not; see [`RelationName::covers`]).
+fn relation_named_in(rules: &[String], used: &std::collections::BTreeSet<String>) -> Option<String> {
+    let used: Vec<RelationName> = used.iter().filter_map(|r| RelationName::parse(r)).collect();
+    rules
+        .iter()
+        .find(|rule| match RelationName::parse(rule) {
+            Some(rule) => used.iter().any(|u| rule.covers(u)),
+            // Validation refuses such a rule; should one get here, it covers everything.
+            None => true,
+        })
+        .cloned()
+}
+
 /// A pseudo-class approval rules may hold: DELETE or UPDATE without WHERE, anywhere.
 pub const UNBOUNDED_WRITE: &str = "unbounded_write";
 
@@ -94,7 +108,7 @@ impl ResourcePolicy {
         self.approvals.iter().find(|rule| {
             let class =
                 rule.hold_classes.iter().any(|h| c.classes.contains(h) || (h == UNBOUNDED_WRITE && c.unbounded_write));
-            let relation = rule.relations.is_empty() || named_in(&rule.relations, &c.relations).is_some();
+            let relation = rule.relations.is_empty() || relation_named_in(&rule.relations, &c.relations).is_some();
             let agent = rule.agent_groups.is_empty() || rule.agent_groups.iter().any(|g| agent_groups.contains(g));
             class && relation && agent
         })
@@ -116,7 +130,7 @@ impl ResourcePolicy {
         if let Some(function) = named_in(&g.deny_functions, &c.functions) {
             return deny(format!("deny_functions:{function}"), format!("function {function} is not allowed"));
         }
-        if let Some(relation) = named_in(&g.deny_relations, &c.relations) {
+        if let Some(relation) = relation_named_in(&g.deny_relations, &c.relations) {
             return deny(format!("deny_relations:{relation}"), format!("relation {relation} is off limits"));
         }
         // COPY output carries no column names, so column rules could not be applied to it.

@@ -163,6 +163,36 @@ fn bad_token_corpus_is_refused_for_the_right_reason() {
             MissingClaim("sub".into()),
         ),
         (
+            "a crit header the verifier does not understand",
+            {
+                let header = json!({"alg": "RS256", "typ": "JWT", "kid": "k1", "crit": ["exp"], "exp": 1});
+                let encoded = format!(
+                    "{}.{}",
+                    URL_SAFE_NO_PAD.encode(header.to_string()),
+                    URL_SAFE_NO_PAD.encode(claims().to_string())
+                );
+                let key = EncodingKey::from_rsa_pem(&private).unwrap();
+                let signature = jsonwebtoken::crypto::sign(encoded.as_bytes(), &key, Algorithm::RS256).unwrap();
+                format!("{encoded}.{signature}")
+            },
+            CriticalHeader("[\"exp\"]".into()),
+        ),
+        (
+            "no kid while the issuer publishes several keys",
+            jsonwebtoken::encode(
+                &Header::new(Algorithm::RS256),
+                &claims(),
+                &EncodingKey::from_rsa_pem(&private).unwrap(),
+            )
+            .unwrap(),
+            MissingKeyId,
+        ),
+        (
+            "issued an hour in the future",
+            sign_rs(&private, "k1", Algorithm::RS256, &with(claims(), "iat", json!(now() + 3600))),
+            IssuedInFuture(3600),
+        ),
+        (
             "oversized",
             sign_rs(&private, "k1", Algorithm::RS256, &with(claims(), "pad", json!("x".repeat(9000)))),
             TooLarge { len: 0, max: 8192 },
@@ -221,4 +251,21 @@ fn presets_fill_issuer_algorithms_and_mapping() {
     assert_eq!(custom.issuer, "https://gitlab.acme.dev");
     assert_eq!(custom.mapping.as_ref().unwrap().name.as_deref(), Some("{project_path}"), "explicit settings win");
     assert!(custom.mapping.as_ref().unwrap().keep.as_ref().unwrap().contains(&"pipeline_id".to_owned()));
+}
+
+#[test]
+fn a_token_without_kid_verifies_only_against_a_single_key() {
+    let (private, _, jwk) = rsa_key("k1", "RS256");
+    let no_kid =
+        jsonwebtoken::encode(&Header::new(Algorithm::RS256), &claims(), &EncodingKey::from_rsa_pem(&private).unwrap())
+            .unwrap();
+    let config = IssuerConfig::new(ISS, "tollgate");
+    let one: JwkSet = serde_json::from_value(json!({"keys": [jwk.clone()]})).unwrap();
+    assert!(verify(&config, &one, &no_kid, now()).is_ok());
+    // An EC key beside it: a different family, but still a second key the issuer publishes.
+    let ec = json!({"kty": "EC", "crv": "P-256", "kid": "e1", "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU", "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"});
+    let two: JwkSet = serde_json::from_value(json!({"keys": [jwk, ec]})).unwrap();
+    assert_eq!(verify(&config, &two, &no_kid, now()).unwrap_err(), TokenError::MissingKeyId);
+    let slightly_early = sign_rs(&private, "k1", Algorithm::RS256, &with(claims(), "iat", json!(now() + 10)));
+    assert!(verify(&config, &one, &slightly_early, now()).is_ok(), "10 s of skew is within the leeway");
 }

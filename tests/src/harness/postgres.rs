@@ -89,9 +89,11 @@ impl PgServer {
             .arg(format!("--pwfile={}", pwfile.display()));
         run(initdb, "initdb");
         let port = super::free_port();
+        // Every statement is logged, as text (for greps) and as JSON (for the statement log
+        // checked against the record: a statement text may hold newlines, JSON keeps it whole).
         let options = format!(
-            "-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c log_statement=all -c log_connections=on -c fsync=off -c max_connections=200 -c log_line_prefix='%m [%p] db=%d '",
-            dir.path().display()
+            "-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={dir} -c log_statement=all -c log_connections=on -c fsync=off -c max_connections=200 -c log_line_prefix='%m [%p] db=%d ' -c logging_collector=on -c log_destination=stderr,jsonlog -c log_directory={dir}/log -c log_filename=server.log -c log_rotation_size=0 -c log_rotation_age=0",
+            dir = dir.path().display()
         );
         let mut start = as_server_user(&bin.join("pg_ctl"));
         start
@@ -122,7 +124,12 @@ impl PgServer {
 
     /// The server's log: every statement it ran and every connection it accepted.
     pub fn server_log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+        std::fs::read_to_string(self.dir.path().join("log/server.log")).unwrap_or_default()
+    }
+
+    /// The server's log as JSON records, one per line (`jsonlog`).
+    pub fn json_log(&self) -> std::io::Result<String> {
+        std::fs::read_to_string(self.dir.path().join("log/server.json"))
     }
 
     /// The log lines of sessions on `database` only (not the control plane's projections).

@@ -29,8 +29,16 @@ pub struct Stack {
 }
 
 impl Drop for Stack {
+    /// Every test ends by proving the upstream's statement log against the record (unless it
+    /// already failed): nothing ran upstream that the record does not show as allowed.
     fn drop(&mut self) {
         self.issuer_task.abort();
+        if std::thread::panicking() {
+            return;
+        }
+        if let Err(problem) = self.check_upstream_log() {
+            panic!("the upstream's statement log does not match the record:\n{problem}");
+        }
     }
 }
 
@@ -185,6 +193,28 @@ impl Stack {
         .await
     }
 
+    /// The statement-log check (see `upstream_log`), callable mid-test too. Reads the stream on
+    /// a thread of its own, so it works from `Drop` inside a runtime.
+    pub fn check_upstream_log(&self) -> Result<usize, String> {
+        let url = self.nats.url();
+        let events = std::thread::spawn(move || -> Result<Vec<Value>, String> {
+            let runtime =
+                tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+            runtime.block_on(async {
+                let read = tokio::time::timeout(std::time::Duration::from_secs(20), read_stream(&url));
+                let messages = read.await.map_err(|_| "timed out reading the event stream".to_owned())??;
+                messages
+                    .iter()
+                    .map(|m| serde_json::from_slice(m).map_err(|e| format!("unreadable event: {e}")))
+                    .collect()
+            })
+        })
+        .join()
+        .map_err(|_| "the stream reader panicked".to_owned())??;
+        let log = self.pg.json_log().map_err(|e| format!("cannot read the upstream's JSON log: {e}"))?;
+        super::upstream_log::verify(&log, &events)
+    }
+
     /// Every message on the event stream, as published.
     pub async fn stream_messages(&self) -> Vec<Vec<u8>> {
         let client = async_nats::connect(self.nats.url()).await.expect("nats");
@@ -307,4 +337,22 @@ admin = ["admins"]
         issuer = issuer.url(),
     );
     toml::from_str(&text).expect("control config parses")
+}
+
+/// Every message on the event stream, or why it cannot be read.
+async fn read_stream(url: &str) -> Result<Vec<Vec<u8>>, String> {
+    let client = async_nats::connect(url).await.map_err(|e| format!("cannot reach NATS for the event stream: {e}"))?;
+    let js = async_nats::jetstream::new(client);
+    let mut stream = js.get_stream(tollgate_shared::names::STREAM).await.map_err(|e| format!("event stream: {e}"))?;
+    let last = stream.info().await.map_err(|e| format!("event stream info: {e}"))?.state.last_sequence;
+    let mut out = Vec::new();
+    for seq in 1..=last {
+        match stream.get_raw_message(seq).await {
+            Ok(message) => out.push(message.payload.to_vec()),
+            // A deleted sequence (de-duplicated publish) holds nothing.
+            Err(e) if e.kind() == async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound => {}
+            Err(e) => return Err(format!("event {seq}: {e}")),
+        }
+    }
+    Ok(out)
 }

@@ -93,18 +93,25 @@ fn unparsable_text_is_an_error() {
 #[test]
 fn cache_returns_the_same_answer_and_stays_bounded() {
     let cache = ClassifyCache::new(2);
-    let a = cache.classify("select 1");
-    assert!(Arc::ptr_eq(&a, &cache.classify("select 1")));
-    cache.classify("select 2");
-    cache.classify("select 3");
+    let a = cache.classify("select 1").expect("parses");
+    assert!(Arc::ptr_eq(&a, &cache.classify("select 1").expect("parses")));
+    let _ = cache.classify("select 2");
+    let _ = cache.classify("select 3");
     assert!(cache.len() <= 2);
 }
 
 #[test]
 fn every_class_the_classifier_emits_is_one_policies_may_name() {
     let vocabulary = tollgate_shared::policy::STATEMENT_CLASSES;
-    let emitted =
-        CLASSES.iter().map(|(_, class)| *class).chain(["copy_from", "copy_to", "copy_program", "create", "other"]);
+    let emitted = CLASSES.iter().map(|(_, class)| *class).chain([
+        "copy_from",
+        "copy_to",
+        "copy_program",
+        "create",
+        "other",
+        USER_FUNCTION,
+        DYNAMIC_SQL,
+    ]);
     for class in emitted.filter(|c| *c != "copy") {
         assert!(vocabulary.contains(&class), "{class} is missing from STATEMENT_CLASSES");
     }
@@ -125,4 +132,141 @@ fn ways_out_of_read_only_are_flagged() {
     for sql in ["set statement_timeout = 5", "begin", "commit", "begin read only", "set transaction read only"] {
         assert!(!classify(sql).unwrap().escapes_read_only, "{sql}");
     }
+}
+
+fn ops(sql: &str) -> Vec<(usize, String)> {
+    analyze(sql)
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .ops
+        .iter()
+        .map(|(i, op)| {
+            let text = match op {
+                NameOp::Prepare { name, inner } => {
+                    format!(
+                        "prepare {name}: {}",
+                        inner.classification.classes.iter().cloned().collect::<Vec<_>>().join(",")
+                    )
+                }
+                NameOp::Execute { name } => format!("execute {name}"),
+                NameOp::Deallocate(name) => format!("deallocate {}", name.as_deref().unwrap_or("*")),
+                NameOp::DiscardAll => "discard all".into(),
+                NameOp::Declare { name, holdable, .. } => format!("declare {name} hold={holdable}"),
+                NameOp::Close(name) => format!("close {}", name.as_deref().unwrap_or("*")),
+                NameOp::EndTransaction => "end".into(),
+            };
+            (*i, text)
+        })
+        .collect()
+}
+
+#[test]
+fn what_statements_do_to_prepared_statements_and_portals() {
+    let got = ops("PREPARE a(int) AS delete from t where id = $1; EXECUTE a(1); explain analyze execute b; \
+         create table c as execute a(2); DEALLOCATE a; DEALLOCATE ALL; DISCARD ALL; \
+         DECLARE c CURSOR WITH HOLD FOR select 1; declare d cursor for select 2; CLOSE c; CLOSE ALL; \
+         begin; commit; rollback to savepoint s; end; savepoint s");
+    let want: Vec<(usize, &str)> = vec![
+        (0, "prepare a: delete"),
+        (1, "execute a"),
+        (2, "execute b"),
+        (3, "execute a"),
+        (4, "deallocate a"),
+        (5, "deallocate *"),
+        (6, "discard all"),
+        (7, "declare c hold=true"),
+        (8, "declare d hold=false"),
+        (9, "close c"),
+        (10, "close *"),
+        (12, "end"),
+        (13, "end"),
+        (14, "end"),
+    ];
+    assert_eq!(got, want.into_iter().map(|(i, s)| (i, s.to_owned())).collect::<Vec<_>>());
+}
+
+#[test]
+fn settings_are_read_from_set_reset_and_set_config() {
+    let a = analyze(
+        "set standard_conforming_strings = off; set names 'SJIS'; reset client_encoding; reset all; \
+         select set_config('client_encoding', 'GBK', false), set_config(name, 'x', false), \
+         set_config('standard_conforming_strings', v, true) from t",
+    )
+    .unwrap();
+    let got: Vec<(Option<&str>, &SettingValue)> = a.settings.iter().map(|s| (s.name.as_deref(), &s.value)).collect();
+    assert_eq!(
+        got,
+        vec![
+            (Some("standard_conforming_strings"), &SettingValue::Literal("off".into())),
+            (Some("client_encoding"), &SettingValue::Literal("SJIS".into())),
+            (Some("client_encoding"), &SettingValue::Reset),
+            (None, &SettingValue::ResetAll),
+            (Some("client_encoding"), &SettingValue::Literal("GBK".into())),
+            (None, &SettingValue::Literal("x".into())),
+            (Some("standard_conforming_strings"), &SettingValue::Computed),
+        ]
+    );
+    assert!(classify("select set_config('default_transaction_read_only', 'off', false)").unwrap().escapes_read_only);
+    assert!(classify("select set_config(n, 'off', false) from t").unwrap().escapes_read_only);
+}
+
+#[test]
+fn sql_inside_sql_is_classified() {
+    // (statement, classes that must be present)
+    let table: &[(&str, &[&str])] = &[
+        ("create function f() returns void language sql as 'delete from orders'", &["create_function", "delete"]),
+        ("create function f() returns int language sql begin atomic; truncate t; select 1; end", &["truncate"]),
+        (
+            "create function f() returns void language plpgsql as $$ begin delete from orders; end $$",
+            &["create_function", "delete"],
+        ),
+        (
+            "create procedure p(x int) language plpgsql as $$ declare y int; begin y := x; update t set a = y; commit; end $$",
+            &["update", "transaction"],
+        ),
+        ("create function f() returns void language plpgsql as $$ begin execute 'drop table t'; end $$", &["drop"]),
+        (
+            "create function f(t text) returns void language plpgsql as $$ begin execute 'drop table ' || t; end $$",
+            &[DYNAMIC_SQL],
+        ),
+        ("create function f() returns int language plpgsql as $$ begin return pg_terminate_backend(1)::int; end $$", &[]),
+        ("create function f() returns int language c as 'lib', 'sym'", &[DYNAMIC_SQL]),
+        ("do $$ begin delete from orders; end $$", &["do_block", "delete"]),
+        ("do $$ begin perform 1; end $$ language plperl", &[DYNAMIC_SQL]),
+        ("select query_to_xml('delete from orders returning 1', true, true, '')", &["select", "delete"]),
+        ("select * from dblink('dbname=x', 'truncate t') as r(x text)", &["truncate"]),
+        ("select ts_stat('select to_tsvector(body) from docs')", &["select"]),
+    ];
+    for (sql, expected) in table {
+        let got = classes(sql);
+        for class in *expected {
+            assert!(got.contains(&class.to_string()), "{sql}: {got:?} lacks {class}");
+        }
+    }
+    let body = analyze(
+        "create function f() returns int language plpgsql as $$ begin return pg_terminate_backend(1)::int; end $$",
+    )
+    .unwrap();
+    assert!(body.classification.functions.contains("pg_terminate_backend"), "{:?}", body.classification.functions);
+    // Computed SQL text handed to a built-in that runs it is refused outright.
+    for sql in ["select query_to_xml(q, true, true, '') from t", "select query_to_xml('selec 1', true, true, '')"] {
+        assert!(analyze(sql).unwrap().refusal.is_some(), "{sql}");
+    }
+    assert!(analyze("select query_to_xml('select 1', true, true, '')").unwrap().refusal.is_none());
+}
+
+#[test]
+fn relations_keep_quoted_case_and_include_ddl_targets() {
+    let relations = |sql: &str| -> Vec<String> { classify(sql).unwrap().relations.into_iter().collect() };
+    assert_eq!(
+        relations("select * from \"Secrets\", public.\"Odd.Name\", Orders"),
+        ["\"Secrets\"", "orders", "public.\"Odd.Name\""]
+    );
+    assert_eq!(relations("drop table public.secrets, \"Other\""), ["\"Other\"", "public.secrets"]);
+    assert_eq!(relations("truncate a.b"), ["a.b"]);
+    assert_eq!(relations("alter table secrets add column x int"), ["secrets"]);
+    assert_eq!(relations("comment on table secrets is 'x'"), ["secrets"]);
+    assert_eq!(relations("comment on column s.t.c is 'x'"), ["s.t"]);
+    assert_eq!(relations("grant select on secrets to public"), ["secrets"]);
+    assert_eq!(relations("drop index i"), ["i"]);
+    assert!(relations("drop function f()").is_empty());
 }

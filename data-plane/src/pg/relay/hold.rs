@@ -107,9 +107,10 @@ pub async fn await_release<R: AsyncRead + Unpin>(
                 }
                 Verdict::Approve => {
                     // One vote per person, however many times they click.
-                    approvers.insert(format!("{}\n{}", decision.by.issuer, decision.by.subject));
+                    approvers.insert((decision.by.issuer, decision.by.subject));
                     if approvers.len() >= hold.rule.quorum as usize {
-                        return Release::Run { approvers: approvers.into_iter().collect() };
+                        let approvers = approvers.into_iter().map(|(issuer, subject)| format!("{subject} ({issuer})"));
+                        return Release::Run { approvers: approvers.collect() };
                     }
                 }
             },

@@ -1,13 +1,17 @@
-//! Matching upstream responses to the commands that caused them.
+//! Matching upstream responses to the messages that caused them, and keeping the confirmed view
+//! of the session's named statements and portals (see `pg::names`).
 //!
-//! The agent's messages push what the upstream will owe (`Exec` per Query or Execute, `Sync`
-//! per Sync, and the implicit sync at the end of a Query); responses pop them. This follows the
-//! protocol's own rules: an error in an extended-protocol pipeline makes the server skip
-//! everything up to the next Sync, and a Sync received during COPY FROM STDIN is ignored.
+//! The agent's messages push what the upstream will owe (an `Exec` per Query or Execute, a
+//! `Name` per Parse, Bind or Close, a `Sync` per Sync and after each Query); responses pop them.
+//! This follows the protocol's own rules: an error in an extended-protocol message makes the
+//! server skip everything up to the next Sync, and a Sync received during COPY FROM STDIN is
+//! ignored. Every expectation has a sequence number; [`Tracker::settled`] says up to which one
+//! the server's answers are all in, which is when the confirmed names can be trusted.
 
 use super::super::frame::Frame;
 use super::super::mask::{self, Column, Findings, Unmaskable};
 use super::super::messages::{self, Malformed};
+use super::super::names::{Change, Names};
 use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -21,9 +25,41 @@ pub enum Expect {
     /// A Describe, answered by a RowDescription or NoData; holds the statement text described,
     /// so a later Execute of the same text knows its result columns.
     Describe(Option<Arc<str>>),
+    /// A Parse, Bind or Close: the change takes effect when the server confirms it.
+    Name(Change),
     Sync,
     /// The agent ended a COPY FROM STDIN (CopyDone or CopyFail).
     CopyEnd,
+}
+
+impl Expect {
+    /// Whether the server answers it (CopyEnd gets no answer of its own).
+    fn answered(&self) -> bool {
+        !matches!(self, Expect::CopyEnd)
+    }
+
+    /// Whether it is an extended-protocol message (whose failure makes the server skip to Sync).
+    fn extended(&self) -> bool {
+        match self {
+            Expect::Exec(p) => p.protocol == Protocol::Extended,
+            Expect::Describe(_) | Expect::Name(_) => true,
+            Expect::Sync | Expect::CopyEnd => false,
+        }
+    }
+}
+
+/// An expectation with its sequence number.
+pub struct Item {
+    pub seq: u64,
+    pub expect: Expect,
+    /// The server will skip it (an earlier message of its pipeline failed).
+    skipped: bool,
+}
+
+impl Item {
+    pub fn new(seq: u64, expect: Expect) -> Self {
+        Item { seq, expect, skipped: false }
+    }
 }
 
 /// Why the upstream's stream cannot be relayed any further.
@@ -33,6 +69,8 @@ pub enum BackendError {
     Malformed(#[from] Malformed),
     #[error("{0}; the session is closed rather than pass it unmasked")]
     Unmaskable(#[from] Unmaskable),
+    #[error("{0}")]
+    UnsafeSetting(String),
 }
 
 /// Descriptions remembered per session, by statement text (bounded: cleared when full).
@@ -55,6 +93,10 @@ pub struct Pending {
     statement: Option<Arc<str>>,
     columns: Option<Arc<[Column]>>,
     found: Findings,
+    /// Changes to the names, each made when its statement (by index) completes.
+    changes: Vec<(usize, Change)>,
+    /// Changes made as soon as the server starts on it (a Query drops the unnamed statement).
+    at_start: Vec<Change>,
 }
 
 impl Pending {
@@ -80,11 +122,25 @@ impl Pending {
             statement,
             columns: None,
             found: Findings::default(),
+            changes: Vec::new(),
+            at_start: Vec::new(),
         }
     }
 
     pub fn replacing_error_with(mut self, replacement: Option<Bytes>) -> Self {
         self.replacement = replacement;
+        self
+    }
+
+    /// What running it does to the names, statement by statement.
+    pub fn changing(mut self, changes: Vec<(usize, Change)>) -> Self {
+        self.changes = changes;
+        self
+    }
+
+    /// What the server changes as soon as it starts on it.
+    pub fn starting_with(mut self, at_start: Vec<Change>) -> Self {
+        self.at_start = at_start;
         self
     }
 
@@ -115,7 +171,12 @@ impl Pending {
 
 #[derive(Default)]
 pub struct Tracker {
-    queue: VecDeque<Expect>,
+    queue: VecDeque<Item>,
+    /// The highest sequence number pushed.
+    issued: u64,
+    /// An extended-protocol message failed and no Sync is queued yet: the server skips
+    /// everything until the agent's next Sync.
+    ignoring: bool,
     /// Set while an extended-protocol COPY FROM STDIN runs: Syncs are ignored by the server then.
     copy_in: bool,
     /// The format of the running COPY TO STDOUT (from its CopyOutResponse).
@@ -123,6 +184,8 @@ pub struct Tracker {
     described: HashMap<Arc<str>, Arc<[Column]>>,
     /// Findings in messages that answer no command (a notice between commands): counted nowhere.
     unattributed: Findings,
+    /// Named statements and portals as the server confirmed them.
+    pub names: Names,
     /// Commands forwarded so far.
     pub commands: u64,
     /// The approval a held statement is waiting for, while it waits.
@@ -131,25 +194,43 @@ pub struct Tracker {
 
 impl Tracker {
     /// Register what the upstream will owe for messages about to be forwarded.
-    pub fn expect(&mut self, items: impl Iterator<Item = Expect>) {
+    pub fn expect(&mut self, items: impl Iterator<Item = Item>) {
         let now = Instant::now();
         for mut item in items {
-            match &mut item {
+            self.issued = self.issued.max(item.seq);
+            match &mut item.expect {
                 Expect::Exec(p) => {
                     p.started = now;
                     self.commands += 1;
                 }
                 Expect::Sync if self.copy_in => continue,
                 Expect::CopyEnd => self.copy_in = false,
-                Expect::Sync | Expect::Describe(_) => {}
+                Expect::Sync | Expect::Describe(_) | Expect::Name(_) => {}
+            }
+            if self.ignoring {
+                match item.expect {
+                    Expect::Sync => self.ignoring = false,
+                    _ => item.skipped = true,
+                }
             }
             self.queue.push_back(item);
         }
     }
 
-    /// The first thing the upstream still owes an answer for (CopyEnd owes none).
+    /// Every expectation up to this sequence number has been answered (or will be skipped):
+    /// the confirmed names reflect everything the agent sent up to it.
+    pub fn settled(&self) -> u64 {
+        self.queue
+            .iter()
+            .filter(|item| item.expect.answered() && !item.skipped)
+            .map(|item| item.seq - 1)
+            .min()
+            .unwrap_or(self.issued)
+    }
+
+    /// The first thing the upstream still owes an answer for.
     fn front(&mut self) -> Option<&mut Expect> {
-        self.queue.iter_mut().find(|e| !matches!(e, Expect::CopyEnd))
+        front_of(&mut self.queue)
     }
 
     fn front_exec(&mut self) -> Option<&mut Pending> {
@@ -160,8 +241,8 @@ impl Tracker {
     }
 
     fn pop_front(&mut self) -> Option<Expect> {
-        let index = self.queue.iter().position(|e| !matches!(e, Expect::CopyEnd))?;
-        self.queue.remove(index)
+        let index = self.queue.iter().position(|i| i.expect.answered() && !i.skipped)?;
+        self.queue.remove(index).map(|i| i.expect)
     }
 
     fn pop_front_exec(&mut self) -> Option<Pending> {
@@ -180,9 +261,28 @@ impl Tracker {
 
     /// Where findings in the current message are counted: the command it answers.
     fn findings(&mut self) -> &mut Findings {
-        match self.queue.iter_mut().find(|e| !matches!(e, Expect::CopyEnd)) {
+        match front_of(&mut self.queue) {
             Some(Expect::Exec(p)) => &mut p.found,
             _ => &mut self.unattributed,
+        }
+    }
+
+    /// The server started on the front command: apply what starting it changes.
+    fn start_front(&mut self) {
+        if let Some(p) = self.front_exec() {
+            let at_start = std::mem::take(&mut p.at_start);
+            for change in &at_start {
+                self.names.apply(change);
+            }
+        }
+    }
+
+    /// A Parse, Bind or Close was confirmed (ParseComplete, BindComplete, CloseComplete).
+    fn confirm_name(&mut self) {
+        if let Some(Expect::Name(_)) = self.front() {
+            if let Some(Expect::Name(change)) = self.pop_front() {
+                self.names.apply(&change);
+            }
         }
     }
 
@@ -197,7 +297,14 @@ impl Tracker {
     ) -> Result<Option<Bytes>, BackendError> {
         let body = frame.body();
         let mut denial = None;
+        if !matches!(frame.tag(), b'S' | b'N' | b'A') {
+            self.start_front();
+        }
         let masked = match frame.tag() {
+            b'1' | b'2' | b'3' => {
+                self.confirm_name();
+                None
+            }
             b'T' => {
                 let columns: Arc<[Column]> = mask::row_description(body)?.into();
                 match self.front() {
@@ -221,7 +328,7 @@ impl Tracker {
                 }
                 None
             }
-            b'D' => match self.queue.iter_mut().find(|e| !matches!(e, Expect::CopyEnd)) {
+            b'D' => match front_of(&mut self.queue) {
                 Some(Expect::Exec(p)) => {
                     p.data_rows += 1;
                     if p.columns.is_none() {
@@ -243,7 +350,13 @@ impl Tracker {
                 let tag = messages::command_complete(body)?.to_owned();
                 let extended = self.front_is_extended();
                 if let Some(p) = self.front_exec() {
+                    let index = p.tags.len();
                     p.tags.push(tag);
+                    let changes: Vec<Change> =
+                        p.changes.iter().filter(|(at, _)| *at == index).map(|(_, c)| c.clone()).collect();
+                    for change in &changes {
+                        self.names.apply(change);
+                    }
                 }
                 if extended {
                     done.extend(self.pop_front_exec().map(|p| p.finish(Outcome::Ok)));
@@ -259,34 +372,24 @@ impl Tracker {
                 None
             }
             b'E' => {
-                // A failed Describe (or the Parse/Bind before it) fails the command that follows.
-                while let Some(Expect::Describe(_)) = self.front() {
-                    self.pop_front();
-                }
                 let masked = mask::mask_fields(masker, b'E', body, self.findings())?;
                 let recorded = masked.as_ref().map_or(body, |m| &m[5..]);
-                let (mut code, mut message) = messages::error_fields(recorded)?;
-                let extended = self.front_is_extended();
-                if let Some(p) = self.front_exec() {
-                    if let Some(replacement) = p.replacement.take() {
-                        (code, message) = messages::error_fields(&replacement[5..])?;
-                        denial = Some(replacement);
-                    }
-                    p.error.get_or_insert(ErrorInfo { code, message });
-                }
-                if extended {
-                    done.extend(self.pop_front_exec().map(|p| p.finish(Outcome::Error)));
-                }
+                let (code, message) = messages::error_fields(recorded)?;
+                denial = self.on_error(ErrorInfo { code, message }, done)?;
                 masked
             }
             b'N' => mask::mask_fields(masker, b'N', body, self.findings())?,
             b'A' => mask::mask_notification(masker, body, self.findings())?,
+            b'S' => {
+                check_parameter(body)?;
+                mask::mask_parameter_status(masker, body, &mut self.unattributed)?
+            }
             b'G' if self.front_is_extended() => {
                 self.enter_copy_in();
                 None
             }
             b'Z' => {
-                self.ready_for_query(done);
+                self.ready_for_query(body.first().copied(), done);
                 None
             }
             _ => None,
@@ -296,13 +399,62 @@ impl Tracker {
         Ok(denial.or(masked.filter(|_| masker.masks_agent())))
     }
 
+    /// An ErrorResponse. In the extended protocol the failing message is the first one owed an
+    /// answer; its failure is the command's (a failed Parse, Bind or Describe fails the Execute
+    /// that follows), and the server skips everything up to the next Sync.
+    fn on_error(&mut self, error: ErrorInfo, done: &mut Vec<CommandResult>) -> Result<Option<Bytes>, Malformed> {
+        let extended =
+            self.queue.iter().find(|i| i.expect.answered() && !i.skipped).is_some_and(|i| i.expect.extended());
+        if !extended {
+            // A Query: the error ends the statement (and the rest of the query); ReadyForQuery follows.
+            let mut denial = None;
+            if let Some(p) = self.front_exec() {
+                let mut error = error;
+                if let Some(replacement) = p.replacement.take() {
+                    let (code, message) = messages::error_fields(&replacement[5..])?;
+                    error = ErrorInfo { code, message };
+                    denial = Some(replacement);
+                }
+                p.error.get_or_insert(error);
+            }
+            return Ok(denial);
+        }
+        // Messages before the failing command fail with it (a Parse, Bind or Describe).
+        while !matches!(self.front(), Some(Expect::Exec(_) | Expect::Sync) | None) {
+            self.pop_front();
+        }
+        let mut denial = None;
+        if let Some(mut p) = self.pop_front_exec() {
+            let mut error = error;
+            if let Some(replacement) = p.replacement.take() {
+                let (code, message) = messages::error_fields(&replacement[5..])?;
+                error = ErrorInfo { code, message };
+                denial = Some(replacement);
+            }
+            p.error.get_or_insert(error);
+            done.push(p.finish(Outcome::Error));
+        }
+        // Everything up to the next Sync is skipped; with no Sync queued yet, whatever comes
+        // before the agent's next one is.
+        let mut synced = false;
+        for item in self.queue.iter_mut().filter(|i| i.expect.answered() && !i.skipped) {
+            if matches!(item.expect, Expect::Sync) {
+                synced = true;
+                break;
+            }
+            item.skipped = true;
+        }
+        self.ignoring = !synced;
+        Ok(denial)
+    }
+
     /// The server ignores Syncs that reach it during COPY FROM STDIN: forget the ones already
     /// queued behind the COPY, and skip new ones until the agent ends the copy.
     fn enter_copy_in(&mut self) {
         let mut ended = false;
         let mut seen_exec = false;
-        self.queue.retain(|e| match e {
-            Expect::Exec(_) if !seen_exec => {
+        self.queue.retain(|item| match item.expect {
+            Expect::Exec(_) if !seen_exec && !item.skipped => {
                 seen_exec = true;
                 true
             }
@@ -316,14 +468,20 @@ impl Tracker {
         self.copy_in = !ended;
     }
 
-    fn ready_for_query(&mut self, done: &mut Vec<CommandResult>) {
+    /// ReadyForQuery ends a Query or answers a Sync. Outside a transaction block (status `I`),
+    /// portals other than held cursors are gone.
+    fn ready_for_query(&mut self, status: Option<u8>, done: &mut Vec<CommandResult>) {
         while let Some(item) = self.queue.pop_front() {
-            match item {
-                Expect::Sync => return,
-                Expect::CopyEnd | Expect::Describe(_) => {}
-                Expect::Exec(p) if p.protocol == Protocol::Simple => done.push(p.finish(Outcome::Ok)),
+            match item.expect {
+                Expect::Sync => break,
+                Expect::CopyEnd | Expect::Describe(_) | Expect::Name(_) => {}
+                Expect::Exec(p) if p.protocol == Protocol::Simple && !item.skipped => done.push(p.finish(Outcome::Ok)),
                 Expect::Exec(p) => done.push(p.finish(Outcome::Skipped)),
             }
+        }
+        self.ignoring = false;
+        if status == Some(b'I') {
+            self.names.apply(&Change::EndTransaction);
         }
     }
 
@@ -331,10 +489,26 @@ impl Tracker {
     pub fn drain_unfinished(&mut self) -> Vec<CommandResult> {
         self.queue
             .drain(..)
-            .filter_map(|e| match e {
+            .filter_map(|item| match item.expect {
                 Expect::Exec(p) => Some(p.finish(Outcome::Unfinished)),
                 _ => None,
             })
             .collect()
+    }
+}
+
+fn front_of(queue: &mut VecDeque<Item>) -> Option<&mut Expect> {
+    queue.iter_mut().find(|i| i.expect.answered() && !i.skipped).map(|i| &mut i.expect)
+}
+
+/// A ParameterStatus the proxy cannot live with: the server would read later statements under
+/// lexical rules the proxy does not parse with (see `pg::lexical`).
+fn check_parameter(body: &[u8]) -> Result<(), BackendError> {
+    let mut c = messages::Cursor::new(body, "ParameterStatus");
+    let name = String::from_utf8_lossy(c.cbytes()?).into_owned();
+    let value = String::from_utf8_lossy(c.cbytes()?).into_owned();
+    match super::super::lexical::check_reported(&name, &value) {
+        Ok(()) => Ok(()),
+        Err(reason) => Err(BackendError::UnsafeSetting(reason)),
     }
 }

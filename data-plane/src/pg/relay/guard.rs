@@ -1,0 +1,244 @@
+//! Judging one statement as the server will run it: its own analysis plus the prepared
+//! statements a SQL `EXECUTE` in it runs, against the live policy's guardrails and approval
+//! rules, the session's grant, and the rules no policy can switch off (SQL the proxy cannot see,
+//! settings that would change how the server reads SQL). The record of the judgement (masked)
+//! comes out with the decision; wire bytes are the relay's business.
+
+use super::super::classify::{self, Analysis, ClassifyCache, ParseError, Setting, SettingValue};
+use super::super::names::Prepared;
+use super::super::session::INSUFFICIENT_PRIVILEGE;
+use super::super::{lexical, mask::mask_statement, messages};
+use super::hold::Hold;
+use crate::approvals::ApprovalHub;
+use crate::grants::StandingApprovals;
+use crate::policy::PolicyReceiver;
+use bytes::Bytes;
+use std::sync::Arc;
+use tollgate_shared::event::{Classification, Command, Decision, Executed, Protocol, Step};
+use tollgate_shared::identity::AgentIdentity;
+use tollgate_shared::mask::{Masker, Tally};
+use tollgate_shared::policy::{Access, Denial};
+
+/// What judges each statement: its classification (cached by text) against the live policy's
+/// guardrails and approval rules for this resource and the session's grant.
+pub struct Guard<'a> {
+    pub classifier: &'a ClassifyCache,
+    pub policy: &'a PolicyReceiver,
+    pub resource: &'a str,
+    pub access: Access,
+    /// The agent (approval rules may hold only some groups; standing approvals name agents).
+    pub agent: &'a AgentIdentity,
+    pub standing: &'a StandingApprovals,
+    /// Signalled by the agent's cancel requests: a held statement is withdrawn.
+    pub withdraw: Option<Arc<tokio::sync::Notify>>,
+    pub approvals: &'a Arc<ApprovalHub>,
+    pub approval_url: Option<&'a str>,
+    /// Named prepared statements a session may hold at once.
+    pub max_prepared: usize,
+}
+
+/// A refusal the relay decided before judging (a name it does not know, a limit).
+pub struct Refusal {
+    pub rule: &'static str,
+    pub reason: String,
+}
+
+/// One statement, as the server will run it.
+pub struct Subject<'a> {
+    pub protocol: Protocol,
+    pub step: Option<Step>,
+    /// The text the server runs: the Query, or the prepared statement's text.
+    pub text: &'a str,
+    pub analysis: Result<&'a Analysis, &'a ParseError>,
+    /// Prepared statements a SQL `EXECUTE` in it runs.
+    pub executes: &'a [(String, Arc<Prepared>)],
+    pub refusal: Option<Refusal>,
+    pub params: Option<Vec<Option<String>>>,
+    pub prepared: Option<String>,
+}
+
+/// A statement judged: its record, and what happens to it.
+pub struct Judged {
+    pub command: Command,
+    /// Denied: the ErrorResponse the agent gets.
+    pub refusal: Option<Bytes>,
+    /// Held until people approve it.
+    pub hold: Option<Hold>,
+}
+
+impl Guard<'_> {
+    /// The live masking for this resource (every detector when no policy is loaded).
+    pub fn masker(&self) -> Arc<Masker> {
+        match self.policy.borrow().as_ref() {
+            Some(snapshot) => snapshot.masker(self.resource),
+            None => Masker::strict(),
+        }
+    }
+
+    pub fn judge(&self, subject: Subject<'_>) -> Judged {
+        let policy = self.policy.borrow().clone();
+        let resource = policy.as_ref().and_then(|p| p.document.resource(self.resource));
+        // What runs: the statement, and every prepared statement it EXECUTEs.
+        let runs: Vec<&Analysis> = match subject.analysis {
+            Ok(own) => std::iter::once(own).chain(subject.executes.iter().map(|(_, p)| &*p.analysis)).collect(),
+            Err(_) => Vec::new(),
+        };
+        let classification = runs.first().map(|own| {
+            let mut c = own.classification.clone();
+            for inner in &runs[1..] {
+                classify::merge(&mut c, &inner.classification);
+            }
+            c
+        });
+        let denial = match (&subject.refusal, subject.analysis, &classification) {
+            (Some(r), _, _) => Some(Denial { rule: r.rule.into(), reason: r.reason.clone() }),
+            // Refuse what cannot be parsed: nobody can say what it would do.
+            (None, Err(e), _) => Some(Denial { rule: "unparsable".into(), reason: e.to_string() }),
+            (None, Ok(_), Some(c)) => self.unconditional(&runs).or_else(|| match (&policy, resource) {
+                (None, _) => Some(Denial { rule: "no_policy".into(), reason: "no policy is loaded".into() }),
+                (Some(_), None) => Some(Denial {
+                    rule: "resource_not_in_policy".into(),
+                    reason: "the resource left the policy".into(),
+                }),
+                (Some(_), Some(resource)) => resource.deny(self.access, c),
+            }),
+            (None, Ok(_), None) => None,
+        };
+        // Approval rules hold what runs, never a Parse or a Bind.
+        let rule = match (&denial, &classification, resource, subject.step) {
+            (None, Some(c), Some(resource), None) => resource.hold(&self.agent.groups, c).map(|rule| (rule, c)),
+            _ => None,
+        };
+        // A standing approval for this agent, resource and classes lets it run unheld.
+        let standing = rule.as_ref().and_then(|(_, c)| {
+            let classes: Vec<&str> = c.classes.iter().map(String::as_str).collect();
+            self.standing.covering(&self.agent.issuer, &self.agent.name, self.resource, &classes)
+        });
+        let hold = match (&rule, &standing) {
+            (Some((rule, _)), None) => Some(Hold::new(rule)),
+            _ => None,
+        };
+        let refusal = denial.as_ref().map(|d| self.denial_error(&d.rule, &d.reason));
+        let (decision, rule_name) = match (&denial, &hold, &rule) {
+            (Some(d), _, _) => (Decision::Deny, Some(d.rule.clone())),
+            (None, Some(h), _) => (Decision::Hold, Some(format!("approval:{}", h.rule.name))),
+            (None, None, Some((r, _))) => (Decision::Allow, Some(format!("standing_approval:{}", r.name))),
+            (None, None, None) => (Decision::Allow, None),
+        };
+        let masker = match &policy {
+            Some(snapshot) => snapshot.masker(self.resource),
+            None => Masker::strict(),
+        };
+        let record = Record { subject: &subject, classification, decision, rule: rule_name };
+        let mut command = record.masked(&masker);
+        command.policy_version = policy.map(|p| p.version);
+        command.approval_id = hold.as_ref().map(|h| h.approval_id).or(standing.map(|s| s.approval_id));
+        Judged { command, refusal, hold }
+    }
+
+    /// A Bind or Execute of a name the proxy does not know, refused before any judgement.
+    pub fn refused(&self, step: Option<Step>, prepared: &str, refusal: Refusal) -> Judged {
+        let command = Command {
+            protocol: Protocol::Extended,
+            statement: String::new(),
+            params: None,
+            prepared: (!prepared.is_empty()).then(|| prepared.to_owned()),
+            executes: Vec::new(),
+            step,
+            classification: None,
+            parse_error: None,
+            decision: Decision::Deny,
+            rule: Some(refusal.rule.into()),
+            policy_version: self.policy.borrow().as_ref().map(|p| p.version),
+            approval_id: None,
+            masked: Vec::new(),
+        };
+        Judged { command, refusal: Some(self.denial_error(refusal.rule, &refusal.reason)), hold: None }
+    }
+
+    /// The ErrorResponse a denied statement's agent gets.
+    fn denial_error(&self, rule: &str, reason: &str) -> Bytes {
+        let message = format!("tollgate: statement denied by rule {rule} on resource {}: {reason}", self.resource);
+        messages::error_response(messages::Severity::Error, INSUFFICIENT_PRIVILEGE, &message)
+    }
+
+    /// What no policy can allow: SQL the proxy cannot see before it runs, settings that would
+    /// make the server read SQL differently from the proxy, and (for a read-only grant) a
+    /// change of role.
+    fn unconditional(&self, runs: &[&Analysis]) -> Option<Denial> {
+        for analysis in runs {
+            if let Some(reason) = &analysis.refusal {
+                return Some(Denial { rule: classify::DYNAMIC_SQL.into(), reason: reason.clone() });
+            }
+            for setting in &analysis.settings {
+                if let Err(reason) = lexical::check_setting(setting) {
+                    return Some(Denial { rule: "session_settings".into(), reason });
+                }
+                if self.access == Access::ReadOnly && changes_role(setting) {
+                    return Some(Denial {
+                        rule: "read_only_grant".into(),
+                        reason: "a read-only session cannot change its role".into(),
+                    });
+                }
+            }
+        }
+        None
+    }
+}
+
+/// `SET ROLE x`, `SET SESSION AUTHORIZATION x` (or set_config of either) to anything but the
+/// session's own.
+fn changes_role(setting: &Setting) -> bool {
+    let Some(name) = &setting.name else { return true };
+    (name == "role" || name == "session_authorization")
+        && match &setting.value {
+            SettingValue::Literal(v) => !v.eq_ignore_ascii_case("none") && !v.eq_ignore_ascii_case("default"),
+            SettingValue::Computed => true,
+            SettingValue::Reset | SettingValue::ResetAll => false,
+        }
+}
+
+/// The parts of a command record, before masking.
+struct Record<'s, 'a> {
+    subject: &'s Subject<'a>,
+    classification: Option<Classification>,
+    decision: Decision,
+    rule: Option<String>,
+}
+
+impl Record<'_, '_> {
+    /// The command as recorded: statement, executed statements, parameters and parse error
+    /// masked with the resource's masking (the upstream gets them as the agent sent them).
+    fn masked(self, masker: &Masker) -> Command {
+        let subject = self.subject;
+        let mut tally = Tally::default();
+        let statement = mask_statement(masker, subject.text, &mut tally).into_owned();
+        let executes = subject
+            .executes
+            .iter()
+            .map(|(name, p)| Executed {
+                name: name.clone(),
+                statement: mask_statement(masker, &p.text, &mut tally).into_owned(),
+            })
+            .collect();
+        let params = subject.params.clone().map(|params| {
+            params.into_iter().map(|p| p.map(|p| masker.mask_str(&p, None, &mut tally).into_owned())).collect()
+        });
+        let parse_error = subject.analysis.err().map(|e| masker.mask_str(&e.0, None, &mut tally).into_owned());
+        Command {
+            protocol: subject.protocol,
+            statement,
+            params,
+            prepared: subject.prepared.clone(),
+            executes,
+            step: subject.step,
+            classification: self.classification,
+            parse_error,
+            decision: self.decision,
+            rule: self.rule,
+            policy_version: None,
+            approval_id: None,
+            masked: tally.into_counts(),
+        }
+    }
+}
