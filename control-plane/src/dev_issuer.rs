@@ -125,6 +125,29 @@ impl DevIssuer {
         Ok(jsonwebtoken::encode(&header, claims, &jsonwebtoken::EncodingKey::from_ec_der(&key.pkcs8))?)
     }
 
+    /// Sign `claims` under a header given as JSON, exactly as given (tests build tokens with
+    /// headers a real issuer would not send: `crit`, no `kid`...).
+    pub fn sign_with_header(&self, header: &Value, claims: &Value) -> anyhow::Result<String> {
+        let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
+        let key = keys.last().ok_or_else(|| anyhow::anyhow!("no signing key"))?;
+        let signing_input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(serde_json::to_vec(header)?),
+            URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims)?)
+        );
+        let signature = jsonwebtoken::crypto::sign(
+            signing_input.as_bytes(),
+            &jsonwebtoken::EncodingKey::from_ec_der(&key.pkcs8),
+            jsonwebtoken::Algorithm::ES256,
+        )?;
+        Ok(format!("{signing_input}.{signature}"))
+    }
+
+    /// The id of the key that signs now.
+    pub fn current_kid(&self) -> Option<String> {
+        self.keys.read().unwrap_or_else(|p| p.into_inner()).last().map(|k| k.kid.clone())
+    }
+
     /// A token for `subject` and `audience`, valid for `ttl_secs`, with extra claims merged in.
     pub fn mint(
         &self,

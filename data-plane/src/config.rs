@@ -163,6 +163,12 @@ pub struct PgResource {
     /// The upstream password, by reference. Absent for trust/peer-less setups.
     #[serde(default)]
     pub password: Option<SecretRef>,
+    /// A user with read-only privileges for sessions whose grant is read-only (the strongest
+    /// boundary: the database's own privileges), and its password by reference.
+    #[serde(default)]
+    pub read_only_user: Option<String>,
+    #[serde(default)]
+    pub read_only_password: Option<SecretRef>,
     #[serde(default)]
     pub tls: UpstreamTls,
 }
@@ -189,6 +195,20 @@ pub enum UpstreamTlsMode {
     #[default]
     Disable,
     VerifyFull,
+}
+
+impl PgResource {
+    /// The login for a read-only session: the read-only user when configured, else this one.
+    pub fn read_only(self: &std::sync::Arc<Self>) -> std::sync::Arc<PgResource> {
+        match &self.read_only_user {
+            Some(user) => std::sync::Arc::new(PgResource {
+                user: user.clone(),
+                password: self.read_only_password.clone(),
+                ..(**self).clone()
+            }),
+            None => self.clone(),
+        }
+    }
 }
 
 impl ProxyConfig {

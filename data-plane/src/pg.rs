@@ -7,6 +7,7 @@
 //! forwarding, result events after) → `session.ended` (signed).
 
 pub mod cancel;
+pub mod catalog;
 pub mod classify;
 mod frame;
 mod lexical;
@@ -29,7 +30,7 @@ use tollgate_shared::jwks::Verifier;
 
 /// Statements the proxy itself runs upstream (not on any agent's behalf), by exact text: the
 /// upstream statement log check leaves them out.
-pub const OWN_STATEMENTS: &[&str] = &[];
+pub const OWN_STATEMENTS: &[&str] = &[catalog::QUERY];
 
 /// A byte stream to an agent or an upstream, plain or TLS.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -57,6 +58,8 @@ pub struct PgContext {
     pub standing: Arc<crate::grants::StandingApprovals>,
     /// Where people approve, for the notice a held agent gets (`<url>/<approval id>`).
     pub approval_url: Option<String>,
+    /// Each resource's function catalog.
+    pub catalogs: std::collections::HashMap<String, Arc<catalog::CatalogCell>>,
 }
 
 /// What every protocol listener of a node shares: built once in `Proxy::start`.
@@ -77,10 +80,19 @@ impl PgContext {
             Some(files) => Some(crate::tls::acceptor(files)?),
             None => None,
         };
+        let resources: Vec<Arc<PgResource>> = config.resources.iter().cloned().map(Arc::new).collect();
+        let catalogs = resources
+            .iter()
+            .map(|r| {
+                let cell = catalog::CatalogCell::new(r.clone(), config.postgres.max_message_bytes);
+                (r.name.clone(), Arc::new(cell))
+            })
+            .collect();
         Ok(PgContext {
             node: config.node.name.clone(),
             listener: config.postgres.clone(),
-            resources: config.resources.iter().cloned().map(Arc::new).collect(),
+            resources,
+            catalogs,
             verifier,
             publisher,
             signer,

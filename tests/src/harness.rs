@@ -6,9 +6,11 @@ mod logs;
 mod nats;
 mod pgbouncer;
 pub(crate) mod postgres;
+pub mod python;
 mod stack;
 mod tap;
 pub mod upstream_log;
+pub mod wire;
 
 pub use leaks::leaked;
 pub use logs::captured_logs;

@@ -86,6 +86,8 @@ const CORPUS: &[(&str, bool)] = &[
     ("BEGIN; DECLARE c CURSOR FOR SELECT * FROM customers; FETCH ALL FROM c; COMMIT", false),
     ("PREPARE p AS SELECT email, github_token FROM customers; EXECUTE p", false),
     ("SELECT xmlelement(name c, email), to_json(private_key) FROM customers", false),
+    // A session variable set from data comes back in a ParameterStatus message.
+    ("SELECT set_config('application_name', (SELECT email || ' ' || ssn FROM customers WHERE id = 1), false)", false),
 ];
 
 fn policy(masking: Value) -> Value {
@@ -263,4 +265,59 @@ async fn ordinary_values_pass_unchanged() {
     let out = stack.psql(&stack.agent_token("bot-ordinary"), None, &["-At", "-c", query], None);
     assert_eq!(String::from_utf8_lossy(&out.stdout), direct, "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!direct.contains("[masked"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_containers_are_opened_element_by_element() {
+    let stack = stack_with(json!({})).await;
+    let token = stack.agent_token("bot-containers");
+    // psycopg asks for binary results and decodes arrays, ranges and records itself.
+    let script = r#"
+import json, os, psycopg
+out = {}
+with psycopg.connect(os.environ["DSN"], autocommit=True) as c:
+    cur = c.cursor(binary=True)
+    for name, sql in [
+        ("bigint_array", "SELECT array[card::bigint] FROM customers WHERE id = 1"),
+        ("numeric_array", "SELECT array[card::numeric, 1] FROM customers WHERE id = 1"),
+        ("int8range", "SELECT int8range(card::bigint, card::bigint + 1) FROM customers WHERE id = 1"),
+        ("int8multirange", "SELECT int8multirange(int8range(card::bigint, card::bigint + 1)) FROM customers WHERE id = 1"),
+        ("record", "SELECT row(card::bigint, 42) FROM customers WHERE id = 1"),
+        ("nested", "SELECT array[row(array[card::bigint])] FROM customers WHERE id = 1"),
+        ("text_array", "SELECT array[email] FROM customers WHERE id = 1"),
+        ("ordinary", "SELECT array[1::bigint, 2, 3], int8range(10, 20), row(7, 'x')"),
+    ]:
+        cur.execute(sql)
+        out[name] = [repr(v) for v in cur.fetchone()]
+print(json.dumps(out))
+"#;
+    let got = tollgate_tests::python::psycopg(script, &stack.agent_dsn(&token));
+    for name in ["bigint_array", "numeric_array", "int8range", "int8multirange", "record", "nested", "text_array"] {
+        assert_eq!(got[name], json!(["None"]), "{name}: a value holding a card or an email is nulled: {got}");
+    }
+    // Against the database directly the values are there, and ordinary ones read the same.
+    let direct = tollgate_tests::python::psycopg(script, &stack.pg.superuser_url("demo"));
+    assert!(direct["bigint_array"][0].as_str().is_some_and(|v| v.contains("4111111111111111")), "control: {direct}");
+    assert_eq!(got["ordinary"], direct["ordinary"], "{got}");
+    assert_eq!(got["ordinary"][0], "[1, 2, 3]");
+    let results = eventually(30, "the results", || async {
+        let results = events_of(&stack.stream_messages().await, "command.result");
+        (results.iter().filter(|r| r["payload"]["nulled"] == 1).count() >= 7).then_some(results)
+    })
+    .await;
+    assert!(results.iter().filter(|r| r["payload"]["nulled"] == 1).count() >= 7);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_in_a_comment_masks_the_secret_and_nothing_after_it() {
+    let stack = stack_with(json!({})).await;
+    let token = stack.agent_token("bot-comment");
+    let sql = "/* -----BEGIN RSA PRIVATE KEY-----\nMIIEpAIBAAKCAQEAx4Tz9gQ2ZbN8wY6vLk3mR5pJ7sH1cD0fE2aB */ SELECT 42 AS answer; SELECT count(*) FROM customers";
+    let out = stack.psql(&token, None, &["-At", "-c", sql], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let commands = events_of(&stack.stream_messages().await, "command");
+    let recorded =
+        commands.iter().find(|c| c["payload"]["statement"].as_str().is_some_and(|s| s.contains("42 AS answer")));
+    let statement = recorded.expect("the statement is on record")["payload"]["statement"].as_str().unwrap().to_owned();
+    assert_eq!(statement, "/* [masked:private_key]*/ SELECT 42 AS answer; SELECT count(*) FROM customers");
 }

@@ -88,6 +88,12 @@ async fn bad_tokens_and_unknown_resources_are_refused_before_upstream() {
     parts[0] = b64(&serde_json::json!({"alg": "none", "typ": "JWT"}));
     let alg_none = format!("{}.{}.", parts[0], parts[1]);
 
+    let kid = stack.issuer.current_kid().expect("a key");
+    let critical = stack
+        .issuer
+        .sign_with_header(&serde_json::json!({"alg": "ES256", "typ": "JWT", "kid": kid, "crit": ["exp"]}), &base_claims)
+        .expect("sign");
+    let issued_later = signed(&|c| c["iat"] = (now + 3600).into());
     let cases: Vec<(&str, String, &str, &str, &str)> = vec![
         ("no token", String::new(), "demo", "28P01", "no token was presented"),
         ("garbage", "not-a-jwt".into(), "demo", "28P01", "not a well-formed JWT"),
@@ -106,6 +112,8 @@ async fn bad_tokens_and_unknown_resources_are_refused_before_upstream() {
         ("missing iss", missing_iss, "demo", "28P01", "lacks the required claim \"iss\""),
         ("four parts", format!("{good}.more"), "demo", "28P01", "not a well-formed JWT"),
         ("unknown resource", good.clone(), "payroll", "3D000", "unknown resource \"payroll\""),
+        ("a crit header", critical, "demo", "28P01", "marks [\"exp\"] as critical"),
+        ("issued in the future", issued_later, "demo", "28P01", "issued 3600 s in the future"),
     ];
     for (name, token, database, code, message) in cases {
         let (got_code, got_message) = refused(&stack, &token, database).await;
@@ -117,6 +125,17 @@ async fn bad_tokens_and_unknown_resources_are_refused_before_upstream() {
     // "tollgate: token expired 300 s ago", give or take the seconds this test took.
     let ago: u64 = expired_message.split_whitespace().nth(3).and_then(|n| n.parse().ok()).unwrap_or(0);
     assert!((300..=330).contains(&ago), "{expired_message}");
+
+    // A token without a kid is refused once the issuer publishes a second key.
+    let no_kid_header = serde_json::json!({"alg": "ES256", "typ": "JWT"});
+    let no_kid = stack.issuer.sign_with_header(&no_kid_header, &base_claims).expect("sign");
+    stack.issuer.rotate(true).expect("rotate, keeping the old key");
+    let second_key = stack.issuer.sign(&base_claims).expect("sign with the new key");
+    // The proxy learns of the second key when a token names it (an unknown kid refreshes keys).
+    let _ = refused(&stack, &second_key, "payroll").await;
+    let (code, message) = refused(&stack, &no_kid, "demo").await;
+    assert_eq!(code, "28P01", "{message}");
+    assert!(message.contains("names no signing key (kid)"), "{message}");
 
     // No refused attempt reached the upstream, and none opened a session.
     let log = stack.pg.server_log();
@@ -132,7 +151,7 @@ async fn bad_tokens_and_unknown_resources_are_refused_before_upstream() {
     let failures = tollgate_tests::eventually(30, "auth failures to be projected", || async {
         let (_, body) = stack.api("/api/v1/auth-failures").await;
         let list = body.as_array()?.clone();
-        (list.len() >= 18).then_some(list)
+        (list.len() >= 22).then_some(list)
     })
     .await;
     let reasons: Vec<&str> = failures.iter().map(|f| f["reason"].as_str().unwrap_or("")).collect();

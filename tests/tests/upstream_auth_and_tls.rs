@@ -14,6 +14,8 @@ fn resource(stack: &Stack, name: &str, host: &str, user: &str, password_file: &s
         database: "demo".into(),
         user: user.into(),
         password: Some(SecretRef::File(password_file.to_owned())),
+        read_only_user: None,
+        read_only_password: None,
         tls: UpstreamTls::default(),
     }
 }

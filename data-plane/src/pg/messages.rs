@@ -224,8 +224,13 @@ pub fn notice_response(message: &str) -> Bytes {
 const DENIED_TEXT: &str = "tollgate: statement denied";
 
 pub fn denied_query() -> Bytes {
+    query(DENIED_TEXT)
+}
+
+/// A Query message.
+pub fn query(sql: &str) -> Bytes {
     let mut body = BytesMut::new();
-    put_cstr(&mut body, DENIED_TEXT);
+    put_cstr(&mut body, sql);
     framed(b'Q', &body)
 }
 

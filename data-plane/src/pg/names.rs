@@ -132,8 +132,9 @@ impl Names {
         self.portals.get(name).cloned()
     }
 
+    /// Named statements held (the unnamed one is not counted).
     pub fn statement_count(&self) -> usize {
-        self.statements.len()
+        self.statements.keys().filter(|name| !name.is_empty()).count()
     }
 }
 
@@ -212,7 +213,7 @@ impl Overlay {
 
     /// Statements this segment defines that the confirmed view may not have yet.
     pub fn defined(&self) -> usize {
-        self.statements.values().filter(|p| p.is_some()).count()
+        self.statements.iter().filter(|(name, p)| !name.is_empty() && p.is_some()).count()
     }
 }
 

@@ -61,6 +61,7 @@ struct Opened {
     resource: String,
     access: Access,
     identity: AgentIdentity,
+    catalog: Arc<super::catalog::CatalogCell>,
 }
 
 pub async fn run(ctx: Arc<PgContext>, tcp: TcpStream, peer: SocketAddr) {
@@ -78,7 +79,7 @@ pub async fn run(ctx: Arc<PgContext>, tcp: TcpStream, peer: SocketAddr) {
         }
     };
     let Some(opened) = open(&ctx, peer, greeted).await else { return };
-    let Opened { mut agent, mut upstream, recorder, cancel_key, resource, access, identity } = opened;
+    let Opened { mut agent, mut upstream, recorder, cancel_key, resource, access, identity, catalog } = opened;
     let guard = relay::Guard {
         classifier: &ctx.classifier,
         policy: &ctx.policy,
@@ -90,6 +91,7 @@ pub async fn run(ctx: Arc<PgContext>, tcp: TcpStream, peer: SocketAddr) {
         approvals: &ctx.approvals,
         approval_url: ctx.approval_url.as_deref(),
         max_prepared: ctx.listener.max_prepared_statements,
+        catalog: &catalog,
     };
     let outcome = relay::run(&recorder, &guard, &mut agent, &mut upstream, ctx.shutdown.clone()).await;
     if let Some(key) = cancel_key {
@@ -368,7 +370,7 @@ async fn open(ctx: &PgContext, peer: SocketAddr, greeted: Greeted) -> Option<Ope
             host: resource.host.clone(),
             port: resource.port,
             database: resource.database.clone(),
-            user: resource.user.clone(),
+            user: if access == Access::ReadOnly { resource.read_only().user.clone() } else { resource.user.clone() },
         },
         node_key: ctx.signer.public_hex(),
         policy_version: Some(policy.version),
@@ -401,7 +403,10 @@ async fn open(ctx: &PgContext, peer: SocketAddr, greeted: Greeted) -> Option<Ope
         options.push_str(" -c default_transaction_read_only=on");
     }
     relayed.push(("options".into(), options));
-    let login = upstream::connect(&resource, &relayed, ctx.listener.max_message_bytes);
+    // A read-only grant logs in as the resource's read-only user when it has one: the
+    // database's own privileges are the strongest boundary.
+    let login_as = if access == Access::ReadOnly { resource.read_only() } else { resource.clone() };
+    let login = upstream::connect(&login_as, &relayed, ctx.listener.max_message_bytes);
     let login = tokio::time::timeout(Duration::from_millis(ctx.listener.handshake_timeout_ms), login).await;
     let login = login.unwrap_or_else(|_| Err(upstream::UpstreamError::Protocol("login timed out".into())));
     let upstream = match login {
@@ -419,6 +424,17 @@ async fn open(ctx: &PgContext, peer: SocketAddr, greeted: Greeted) -> Option<Ope
         }
     };
 
+    // Calls are judged against the resource's functions: without them, no session.
+    let catalog = match ctx.catalogs.get(&resource.name) {
+        Some(cell) => cell.clone(),
+        None => Arc::new(super::catalog::CatalogCell::new(resource.clone(), ctx.listener.max_message_bytes)),
+    };
+    if let Err(reason) = catalog.ensure().await {
+        tracing::warn!(%session, resource = %resource.name, %reason, "function catalog unavailable");
+        refuse(&mut writer, sqlstate::CANNOT_CONNECT, &format!("tollgate: {reason}")).await;
+        end_session(&recorder, EndReason::UpstreamFailed, Some(reason), 0).await;
+        return None;
+    }
     let greeting = match relay_greeting(&upstream.greeting, &policy.masker(&resource.name)) {
         Ok(greeting) => greeting,
         Err(reason) => {
@@ -459,5 +475,6 @@ async fn open(ctx: &PgContext, peer: SocketAddr, greeted: Greeted) -> Option<Ope
         resource: resource.name.clone(),
         access,
         identity,
+        catalog,
     })
 }

@@ -205,6 +205,16 @@ fn settings_are_read_from_set_reset_and_set_config() {
             (Some("standard_conforming_strings"), &SettingValue::Computed),
         ]
     );
+    for sql in [
+        "alter role app set client_encoding = 'UHC'",
+        "alter database demo set client_encoding = 'UHC'",
+        "alter system set client_encoding = 'UHC'",
+        "alter function f() set client_encoding = 'UHC'",
+    ] {
+        let a = analyze(sql).unwrap();
+        assert_eq!(a.settings.len(), 1, "{sql}: {:?}", a.settings);
+        assert_eq!(a.settings[0].name.as_deref(), Some("client_encoding"), "{sql}");
+    }
     assert!(classify("select set_config('default_transaction_read_only', 'off', false)").unwrap().escapes_read_only);
     assert!(classify("select set_config(n, 'off', false) from t").unwrap().escapes_read_only);
 }

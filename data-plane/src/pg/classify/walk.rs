@@ -86,6 +86,9 @@ impl<'s> Walker<'s> {
                         self.statement(key, class, child);
                     } else if key == "FuncCall" {
                         self.call(child);
+                    } else if key == "setstmt" && child.is_object() {
+                        // ALTER ROLE/DATABASE/SYSTEM ... SET: a VariableSetStmt as a plain field.
+                        self.variable_set(child);
                     } else if key.ends_with("Stmt") {
                         // A statement type the table does not know: never silently harmless.
                         self.class("other");

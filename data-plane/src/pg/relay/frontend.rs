@@ -187,6 +187,9 @@ where
             Ok(a) => (self.resolve(a, &text).await?, names::changes_of(a, &text)),
             Err(_) => (Resolved::default(), Vec::new()),
         };
+        if let Ok(a) = &analysis {
+            self.know_calls(a, &resolved.executes).await;
+        }
         let judged = self.guard.judge(Subject {
             protocol: Protocol::Simple,
             step: None,
@@ -208,6 +211,9 @@ where
         let analysis = self.guard.classifier.classify_async(sql).await;
         let adds = usize::from(!name.is_empty() && !matches!(self.overlay.statement(name), Lookup::Known(_)));
         let refusal = self.over_limit(adds);
+        if let Ok(a) = &analysis {
+            self.know_calls(a, &[]).await;
+        }
         let judged = self.guard.judge(Subject {
             protocol: Protocol::Extended,
             step: Some(Step::Parse),
@@ -272,6 +278,7 @@ where
         };
         let statement = &portal.statement;
         let resolved = self.resolve(&statement.analysis, &statement.text).await?;
+        self.know_calls(&statement.analysis, &resolved.executes).await;
         let judged = self.guard.judge(Subject {
             protocol: Protocol::Extended,
             step: None,
@@ -326,11 +333,20 @@ where
             None => {
                 self.outbox.frames.push(frame.bytes.clone());
                 self.apply(protocol, &changes);
+                self.creates_functions(&judged);
                 pending.changing(changes)
             }
         };
         self.queue_exec(protocol, pending);
         self.outbox.record(self.recorder, &judged.command)
+    }
+
+    /// A statement creating functions runs: a call of them next is judged by their body.
+    fn creates_functions(&self, judged: &Judged) {
+        let classes = judged.command.classification.as_ref().map(|c| &c.classes);
+        if classes.is_some_and(|c| c.contains("create_function")) {
+            self.guard.catalog.functions_changed();
+        }
     }
 
     /// Queue the `Exec` of a Query (which drops the unnamed statement and portal when it starts
@@ -415,6 +431,16 @@ where
         }
         resolved.refusal = self.over_limit(prepares);
         Ok(resolved)
+    }
+
+    /// Functions a statement calls that the catalog does not have may have just been created:
+    /// read the catalog again first (rate-limited).
+    async fn know_calls(&mut self, analysis: &Analysis, executes: &[(String, Arc<Prepared>)]) {
+        let mut runs: Vec<&Analysis> = vec![analysis];
+        runs.extend(executes.iter().map(|(_, p)| &*p.analysis));
+        if runs.iter().any(|a| !a.calls.is_empty()) {
+            self.guard.catalog.refresh_for(&runs).await;
+        }
     }
 
     /// Refuse preparing `adds` more named statements past the session's limit (re-preparing

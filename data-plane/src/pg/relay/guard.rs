@@ -4,6 +4,7 @@
 //! settings that would change how the server reads SQL). The record of the judgement (masked)
 //! comes out with the decision; wire bytes are the relay's business.
 
+use super::super::catalog::CatalogCell;
 use super::super::classify::{self, Analysis, ClassifyCache, ParseError, Setting, SettingValue};
 use super::super::names::Prepared;
 use super::super::session::INSUFFICIENT_PRIVILEGE;
@@ -35,6 +36,8 @@ pub struct Guard<'a> {
     pub approval_url: Option<&'a str>,
     /// Named prepared statements a session may hold at once.
     pub max_prepared: usize,
+    /// The resource's functions, to judge calls by what they can do.
+    pub catalog: &'a CatalogCell,
 }
 
 /// A refusal the relay decided before judging (a name it does not know, a limit).
@@ -83,18 +86,21 @@ impl Guard<'_> {
             Ok(own) => std::iter::once(own).chain(subject.executes.iter().map(|(_, p)| &*p.analysis)).collect(),
             Err(_) => Vec::new(),
         };
+        let mut read_only_call = None;
         let classification = runs.first().map(|own| {
             let mut c = own.classification.clone();
             for inner in &runs[1..] {
                 classify::merge(&mut c, &inner.classification);
             }
+            let calls = self.catalog.current().expand(&mut c, &runs, self.access == Access::ReadOnly);
+            read_only_call = calls.read_only_violation;
             c
         });
         let denial = match (&subject.refusal, subject.analysis, &classification) {
             (Some(r), _, _) => Some(Denial { rule: r.rule.into(), reason: r.reason.clone() }),
             // Refuse what cannot be parsed: nobody can say what it would do.
             (None, Err(e), _) => Some(Denial { rule: "unparsable".into(), reason: e.to_string() }),
-            (None, Ok(_), Some(c)) => self.unconditional(&runs).or_else(|| match (&policy, resource) {
+            (None, Ok(_), Some(c)) => self.unconditional(&runs, read_only_call).or_else(|| match (&policy, resource) {
                 (None, _) => Some(Denial { rule: "no_policy".into(), reason: "no policy is loaded".into() }),
                 (Some(_), None) => Some(Denial {
                     rule: "resource_not_in_policy".into(),
@@ -165,7 +171,13 @@ impl Guard<'_> {
     /// What no policy can allow: SQL the proxy cannot see before it runs, settings that would
     /// make the server read SQL differently from the proxy, and (for a read-only grant) a
     /// change of role.
-    fn unconditional(&self, runs: &[&Analysis]) -> Option<Denial> {
+    fn unconditional(&self, runs: &[&Analysis], read_only_call: Option<String>) -> Option<Denial> {
+        if let Some(function) = read_only_call {
+            return Some(Denial {
+                rule: "read_only_grant".into(),
+                reason: format!("{function} is a volatile function that can change state a read-only session may not"),
+            });
+        }
         for analysis in runs {
             if let Some(reason) = &analysis.refusal {
                 return Some(Denial { rule: classify::DYNAMIC_SQL.into(), reason: reason.clone() });
