@@ -110,6 +110,16 @@ async fn held_drop_runs_once_approved_over_rest() {
     assert_eq!(events[3]["event"]["payload"]["approval_id"], id.as_str());
     assert_eq!(events[3]["event"]["payload"]["command_id"], events[1]["event"]["id"]);
     assert_eq!(events[4]["event"]["payload"]["outcome"], "ok");
+    let released = eventually(20, "the release to be projected", || async {
+        let (_, a) = stack.api(&format!("/api/v1/approvals/{id}")).await;
+        (!a["released_at"].is_null()).then_some(a)
+    })
+    .await;
+    assert_eq!(
+        released["released_by"][0].as_str().map(|s| s.starts_with("alice@example.com (")),
+        Some(true),
+        "{released}"
+    );
     let (_, verified) = stack.api(&format!("/api/v1/sessions/{session}/verify")).await;
     assert_eq!((verified["complete"].as_bool(), verified["linked"].as_bool()), (Some(true), Some(true)), "{verified}");
     assert_eq!(verified["problems"], json!([]));

@@ -180,8 +180,12 @@ async fn read_only_grants_cannot_write_or_escape_read_only() {
         let message = err.as_db_error().map(|e| e.message().to_owned()).unwrap_or_default();
         assert!(message.contains("denied by rule read_only_grant"), "{sql}: {message}");
     }
-    // Functions with side effects are stopped by the upstream's read-only session.
+    // Volatile functions with side effects are refused by the proxy...
     stack.pg.admin_sql("demo", "create sequence s; alter sequence s owner to app");
     let err = client.simple_query("select nextval('s')").await.expect_err("nextval writes");
-    assert_eq!(err.code().map(|c| c.code()), Some("25006"));
+    assert_eq!(err.code().map(|c| c.code()), Some("42501"));
+    assert!(err.as_db_error().is_some_and(|e| e.message().contains("nextval is a volatile function")), "{err}");
+    // ...and the upstream session itself is read-only, whatever the proxy misses.
+    let mode = client.query_one("show default_transaction_read_only", &[]).await.expect("show");
+    assert_eq!(mode.get::<_, String>(0), "on");
 }

@@ -131,8 +131,12 @@ async fn bad_tokens_and_unknown_resources_are_refused_before_upstream() {
     let no_kid = stack.issuer.sign_with_header(&no_kid_header, &base_claims).expect("sign");
     stack.issuer.rotate(true).expect("rotate, keeping the old key");
     let second_key = stack.issuer.sign(&base_claims).expect("sign with the new key");
-    // The proxy learns of the second key when a token names it (an unknown kid refreshes keys).
-    let _ = refused(&stack, &second_key, "payroll").await;
+    // The proxy learns of the second key when a token names it (an unknown kid refreshes keys,
+    // at most once a second): verified, the token is refused only for the unknown resource.
+    tollgate_tests::eventually(10, "the proxy to learn the second key", || async {
+        (refused(&stack, &second_key, "payroll").await.0 == "3D000").then_some(())
+    })
+    .await;
     let (code, message) = refused(&stack, &no_kid, "demo").await;
     assert_eq!(code, "28P01", "{message}");
     assert!(message.contains("names no signing key (kid)"), "{message}");

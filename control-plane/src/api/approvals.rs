@@ -40,6 +40,10 @@ pub struct ApprovalView {
     pub requested_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
     pub decided_at: Option<DateTime<Utc>>,
+    /// When the holding proxy ran the approved command (its `approval.released` event), and
+    /// whose approvals made the quorum.
+    pub released_at: Option<DateTime<Utc>>,
+    pub released_by: Option<Vec<String>>,
     pub expiry_reason: Option<String>,
     /// Asked ahead of a run: minutes of standing approval requested.
     pub grant_minutes: Option<i32>,
@@ -112,7 +116,7 @@ const STATUSES: &[&str] = &["pending", "approved", "denied", "expired"];
 const SELECT: &str =
     "SELECT id, CASE WHEN status = 'pending' AND expires_at <= now() THEN 'expired' ELSE status END AS status,
     session_id, command_id, agent, resource, node, rule, statement, classes, relations, approver_groups, quorum,
-    requested_at, expires_at, decided_at, expiry_reason, grant_minutes FROM approvals";
+    requested_at, expires_at, decided_at, released_at, released_by, expiry_reason, grant_minutes FROM approvals";
 
 /// Approval requests, newest first.
 #[utoipa::path(get, path = "/api/v1/approvals", tag = "approvals", params(ApprovalQuery),

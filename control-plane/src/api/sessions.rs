@@ -208,6 +208,12 @@ pub struct CommandView {
     #[schema(value_type = Option<Vec<Option<String>>>)]
     pub params: Option<serde_json::Value>,
     pub prepared: Option<String>,
+    /// The prepared statements a SQL `EXECUTE` in the statement ran (`name`, `statement`), masked.
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub executes: Option<serde_json::Value>,
+    /// Extended protocol: `parse` (refused when prepared) or `bind` (a statement the proxy
+    /// did not know), when the command is not an Execute.
+    pub step: Option<String>,
     /// What the statement does (classes, relations, functions, unbounded writes).
     #[schema(value_type = Option<Object>)]
     pub classification: Option<serde_json::Value>,
@@ -237,7 +243,7 @@ pub async fn session_commands(
     let id = session_id(id)?;
     load_session(&state, id).await?;
     let rows = sqlx::query_as::<_, CommandView>(
-        "SELECT event_id, seq, at, protocol, statement, params, prepared, classification, parse_error, decision, rule, policy_version, outcome, tags, rows,
+        "SELECT event_id, seq, at, protocol, statement, params, prepared, executes, step, classification, parse_error, decision, rule, policy_version, outcome, tags, rows,
                 duration_us, error_code, error_message
          FROM command_log WHERE session_id = $1 ORDER BY seq",
     )

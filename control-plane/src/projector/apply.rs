@@ -8,8 +8,8 @@ use serde::Deserialize;
 use sqlx::{PgPool, Postgres, Transaction};
 use std::collections::{BTreeMap, HashSet};
 use tollgate_shared::event::{
-    kind, ApprovalDecided, ApprovalExpired, ApprovalRefused, ApprovalRequested, AuthFailed, Command, CommandResult,
-    Envelope, PolicyChanged, SessionEnded, SessionStarted,
+    kind, ApprovalDecided, ApprovalExpired, ApprovalRefused, ApprovalReleased, ApprovalRequested, AuthFailed, Command,
+    CommandResult, Envelope, PolicyChanged, SessionEnded, SessionStarted,
 };
 use tollgate_shared::identity::AgentIdentity;
 use uuid::Uuid;
@@ -47,6 +47,7 @@ enum Payload {
     ApprovalDecided(ApprovalDecided),
     ApprovalExpired(ApprovalExpired),
     ApprovalRefused(ApprovalRefused),
+    ApprovalReleased(ApprovalReleased),
     /// A type this version does not project; the event is still stored.
     Other,
 }
@@ -70,6 +71,7 @@ fn decode(raw: &[u8]) -> Result<Decoded<'_>, String> {
         kind::APPROVAL_DECIDED => Payload::ApprovalDecided(typed(&envelope)?),
         kind::APPROVAL_EXPIRED => Payload::ApprovalExpired(typed(&envelope)?),
         kind::APPROVAL_REFUSED => Payload::ApprovalRefused(typed(&envelope)?),
+        kind::APPROVAL_RELEASED => Payload::ApprovalReleased(typed(&envelope)?),
         _ => Payload::Other,
     };
     Ok(Decoded { envelope, seq, raw, body, payload })
@@ -275,9 +277,10 @@ async fn insert_commands(tx: &mut Transaction<'_, Postgres>, events: &[&Decoded<
     }
     sqlx::query(
         "INSERT INTO commands (event_id, session_id, seq, at, agent_id, resource, protocol, statement, params, prepared, decision,
-                               classification, parse_error, rule, policy_version)
+                               classification, parse_error, rule, policy_version, executes, step)
          SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::int8[], $4::timestamptz[], $5::uuid[], $6::text[], $7::text[],
-                              $8::text[], $9::jsonb[], $10::text[], $11::text[], $12::jsonb[], $13::text[], $14::text[], $15::int8[])",
+                              $8::text[], $9::jsonb[], $10::text[], $11::text[], $12::jsonb[], $13::text[], $14::text[], $15::int8[],
+                              $16::jsonb[], $17::text[])",
     )
     .bind(commands.iter().map(|(e, _)| e.envelope.id).collect::<Vec<_>>())
     .bind(commands.iter().map(|(e, _)| e.envelope.session).collect::<Vec<_>>())
@@ -299,6 +302,13 @@ async fn insert_commands(tx: &mut Transaction<'_, Postgres>, events: &[&Decoded<
     .bind(commands.iter().map(|(_, c)| c.parse_error.as_deref()).collect::<Vec<_>>())
     .bind(commands.iter().map(|(_, c)| c.rule.as_deref()).collect::<Vec<_>>())
     .bind(commands.iter().map(|(_, c)| c.policy_version.and_then(|v| i64::try_from(v).ok())).collect::<Vec<_>>())
+    .bind(
+        commands
+            .iter()
+            .map(|(_, c)| (!c.executes.is_empty()).then(|| serde_json::to_value(&c.executes).unwrap_or_default()))
+            .collect::<Vec<_>>(),
+    )
+    .bind(commands.iter().map(|(_, c)| c.step.as_ref().map(enum_text)).collect::<Vec<_>>())
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -493,6 +503,14 @@ async fn session_lifecycle(tx: &mut Transaction<'_, Postgres>, e: &Decoded<'_>) 
             .bind((!who.subject.is_empty()).then(|| who.name.clone()))
             .execute(&mut **tx)
             .await?;
+        }
+        Payload::ApprovalReleased(p) => {
+            sqlx::query("UPDATE approvals SET released_at = $2, released_by = $3 WHERE id = $1")
+                .bind(p.approval_id)
+                .bind(e.envelope.at)
+                .bind(&p.approvers)
+                .execute(&mut **tx)
+                .await?;
         }
         Payload::Command(_) | Payload::Result(_) | Payload::Other => {}
     }
