@@ -321,3 +321,35 @@ async fn a_secret_in_a_comment_masks_the_secret_and_nothing_after_it() {
     let statement = recorded.expect("the statement is on record")["payload"]["statement"].as_str().unwrap().to_owned();
     assert_eq!(statement, "/* [masked:private_key]*/ SELECT 42 AS answer; SELECT count(*) FROM customers");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_results_without_a_description_and_binary_copy() {
+    use tollgate_tests::wire::{self, Wire};
+    let stack = stack_with(json!({})).await;
+    let token = stack.agent_token("bot-raw-binary");
+    // No Describe: the proxy asks the server for the columns itself, so the bigint card is
+    // recognised by its type (and the agent sees no RowDescription it did not ask for).
+    let mut agent = Wire::connect(stack.proxy.postgres_addr.port(), "demo", &token).await.expect("connect");
+    let answer = agent
+        .round(
+            &[
+                wire::parse("", "SELECT card::bigint, id FROM customers WHERE id = 1"),
+                wire::bind_binary_results("", ""),
+                wire::execute("", 0),
+                wire::sync(),
+            ],
+            1,
+        )
+        .await;
+    assert!(!answer.iter().any(|m| m.tag == b'T'), "an unrequested RowDescription: {answer:?}");
+    let row = answer.iter().find_map(|m| m.row()).expect("a row");
+    assert_eq!(row[0], None, "the card number became NULL");
+    assert_eq!(row[1].as_deref().map(str::as_bytes), Some(&[0u8, 0, 0, 1][..]), "the id is untouched");
+    // Binary COPY output cannot be masked by type: refused.
+    let client = stack.agent_client(&token).await.expect("connect");
+    let err = client
+        .simple_query("COPY (SELECT card::bigint FROM customers) TO STDOUT (FORMAT binary)")
+        .await
+        .expect_err("binary copy");
+    assert!(err.as_db_error().is_some_and(|e| e.message().contains("masking:copy_binary")), "{err}");
+}

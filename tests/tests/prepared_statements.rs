@@ -53,9 +53,12 @@ async fn a_prepared_statement_is_judged_by_its_text_however_it_runs() {
     // Prepared while deletes are allowed, never executed by the protocol.
     let answer = agent.round(&[wire::parse("wipe", "delete from orders"), wire::sync()], 1).await;
     assert!(wire::errors(&answer).is_empty(), "{answer:?}");
-    // A function prepares a statement behind the proxy's back, through SPI.
+    // A function that would prepare a statement behind the proxy's back, through SPI, is refused;
+    // prepared by the superuser, the statement is still one the proxy never saw.
     let answer = agent.round(&[wire::query("select sneaky()")], 1).await;
-    assert!(wire::errors(&answer).is_empty(), "{answer:?}");
+    assert!(wire::errors(&answer)[0].1.contains("rule dynamic_sql"), "{answer:?}");
+    let answer = agent.round(&[wire::query("do $$ begin execute 'execute wipe'; end $$")], 1).await;
+    assert!(wire::errors(&answer)[0].1.contains("rule dynamic_sql"), "{answer:?}");
 
     // Now unbounded writes are denied: every way of running the prepared text is judged as it.
     apply(&stack, &policy(true)).await;
@@ -174,4 +177,93 @@ async fn a_session_holds_a_bounded_number_of_prepared_statements() {
     assert!(wire::errors(&answer).is_empty(), "{answer:?}");
     let answer = agent.round(&[wire::parse("d", "select 1"), wire::sync()], 1).await;
     assert!(wire::errors(&answer).is_empty(), "{answer:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequences_that_would_desynchronise_the_proxy_fail_closed() {
+    let stack = Stack::start().await;
+    stack.pg.admin_sql(
+        "demo",
+        "create table t (i int); alter table t owner to app;
+         create function opaque_abs(int) returns int language internal immutable strict as 'int4abs'",
+    );
+    let token = stack.agent_token("bot-desync");
+    let port = stack.proxy.postgres_addr.port();
+
+    // Names the server would truncate to the same 63 bytes are refused.
+    let mut agent = Wire::connect(port, "demo", &token).await.expect("connect");
+    let long = format!("{}1", "a".repeat(63));
+    agent.send(&[wire::parse(&long, "select 1"), wire::sync()]).await;
+    let answer = agent.until_ready().await;
+    let (code, message) = wire::errors(&answer).into_iter().next().expect("refused");
+    assert_eq!(code, "08P01");
+    assert!(message.contains("limited to 63 bytes"), "{message}");
+
+    // A Query inside a segment that already failed is skipped, with its ReadyForQuery: the
+    // proxy neither waits for it nor loses track, and names from before still resolve.
+    let mut agent = Wire::connect(port, "demo", &token).await.expect("connect");
+    agent.round(&[wire::parse("s", "select 'kept'"), wire::sync()], 1).await;
+    let answer = agent
+        .round(
+            &[
+                wire::parse("", "select 1/0"),
+                wire::bind("", "", &[]),
+                wire::execute("", 0),
+                wire::query("select 2"),
+                wire::sync(),
+            ],
+            1,
+        )
+        .await;
+    assert_eq!(wire::errors(&answer).len(), 1, "{answer:?}");
+    assert!(wire::values(&answer).is_empty(), "the skipped query returned nothing: {answer:?}");
+    let ran = agent.round(&[wire::bind("", "s", &[]), wire::execute("", 0), wire::sync()], 1).await;
+    assert_eq!(wire::values(&ran), [Some("kept".to_owned())]);
+
+    // A statement the proxy cannot see through (a function in a language it cannot read) could
+    // change how the server reads SQL: more statement text in the same pipeline segment is
+    // refused; after a Sync it waits for the server's answer (and its reported settings).
+    let mut agent = Wire::connect(port, "demo", &token).await.expect("connect");
+    let answer = agent.round(&[wire::query("select opaque_abs(-3)"), wire::query("select opaque_abs(-4)")], 2).await;
+    assert_eq!(wire::values(&answer), [Some("3".to_owned()), Some("4".to_owned())]);
+    agent
+        .send(&[
+            wire::parse("", "select opaque_abs(-1)"),
+            wire::bind("", "", &[]),
+            wire::execute("", 0),
+            wire::parse("", "select 2"),
+            wire::sync(),
+        ])
+        .await;
+    let mut rest = Vec::new();
+    while let Some(msg) = agent.next().await {
+        rest.push(msg);
+    }
+    assert!(
+        wire::errors(&rest).iter().any(|(_, m)| m.contains("send Sync before the next statement text")),
+        "{rest:?}"
+    );
+
+    // A Sync sent during a COPY that then fails: which Sync the server honours cannot be known,
+    // so the session ends instead of guessing.
+    let mut agent = Wire::connect(port, "demo", &token).await.expect("connect");
+    agent
+        .send(&[wire::parse("", "copy t from stdin"), wire::bind("", "", &[]), wire::execute("", 0), wire::sync()])
+        .await;
+    let mut answers = Vec::new();
+    while let Some(msg) = agent.next().await {
+        let copying = msg.tag == b'G';
+        answers.push(msg);
+        if copying {
+            break;
+        }
+    }
+    agent.send(&[wire::copy_data(b"not a number\n"), wire::sync()]).await;
+    let mut rest = Vec::new();
+    while let Some(msg) = agent.next().await {
+        rest.push(msg);
+    }
+    let errors = wire::errors(&rest);
+    assert!(errors.iter().any(|(_, m)| m.contains("lost track of the server's answers")), "{errors:?}");
+    assert_eq!(stack.pg.admin_sql("demo", "select count(*) from t").trim(), "0");
 }

@@ -58,6 +58,8 @@ async fn sessions_are_held_to_the_lexical_rules_the_proxy_parses_with() {
         "select set_config('client_encoding', 'GBK', false)",
         "alter role app set client_encoding = 'UHC'",
         "create function f() returns int language sql set standard_conforming_strings = off as 'select 1'",
+        // pg_settings has rules that call set_config.
+        "update pg_settings set setting = 'off' where name = 'standard_conforming_strings'",
     ] {
         let (code, message) = refused(&client, sql).await;
         assert_eq!(code, "42501", "{sql}: {message}");
@@ -115,6 +117,9 @@ async fn a_read_only_grant_stays_read_only() {
         ("select set_config('transaction_read_only', 'off', true)", "read_only_grant"),
         ("select pg_terminate_backend(pg_backend_pid())", "pg_terminate_backend is a volatile function"),
         ("select pg_advisory_lock(42)", "pg_advisory_lock is a volatile function"),
+        // Attribute notation calls one-argument functions too.
+        ("select (42).pg_advisory_lock", "pg_advisory_lock is a volatile function"),
+        ("select (pg_backend_pid()).pg_terminate_backend", "pg_terminate_backend is a volatile function"),
         ("select add_note('sneaky')", "read_only_grant"),
         ("set role postgres", "cannot change its role"),
         ("set session authorization postgres", "cannot change its role"),
@@ -172,6 +177,8 @@ async fn sql_inside_sql_is_judged_as_what_it_does() {
         "create table orders (id int); insert into orders select generate_series(1, 3); alter table orders owner to app;
          create function purge() returns void language plpgsql as $$ begin delete from orders where id > 0; end $$;
          create function opaque_abs(int) returns int language internal immutable strict as 'int4abs';
+         create procedure purge_all() language sql as 'delete from orders where id > 0';
+         create function drop_one(o orders) returns void language sql as 'delete from orders where id = 1';
          alter function purge() owner to app",
     );
     apply(&stack, &policy(json!({ "deny_classes": ["delete", "user_function"] }), "admin")).await;
@@ -193,6 +200,8 @@ async fn sql_inside_sql_is_judged_as_what_it_does() {
         ("select * from (select purge()) s", "deny_classes:delete"),
         ("select query_to_xml(q, true, true, '') from (select 'select 1' as q) s", "dynamic_sql"),
         ("select opaque_abs(-1)", "deny_classes:user_function"),
+        ("call purge_all()", "deny_classes:delete"),
+        ("select o.drop_one from orders o", "deny_classes:delete"),
         ("select not_created_yet()", "deny_classes:user_function"),
     ] {
         let (code, message) = refused(&client, sql).await;

@@ -98,6 +98,9 @@ pub struct Catalog {
 pub struct Calls {
     /// A volatile built-in a read-only session may not call.
     pub read_only_violation: Option<String>,
+    /// A called function's body must be refused whatever the policy says (it handles prepared
+    /// statements the proxy cannot follow, or hands computed SQL to a built-in).
+    pub refusal: Option<String>,
 }
 
 impl Catalog {
@@ -139,12 +142,23 @@ impl Catalog {
         analyses.iter().flat_map(|a| &a.calls).all(|call| self.candidates(call).next().is_some())
     }
 
+    /// The calls of an analysis: the functions it names, and the attribute-notation names
+    /// (`t.f`) that are functions in this catalog (the others are columns).
+    fn calls_of(&self, analysis: &Analysis) -> Vec<FunctionRef> {
+        let attributes = analysis
+            .attribute_calls
+            .iter()
+            .filter(|name| self.by_name.contains_key(*name))
+            .map(|name| FunctionRef { schema: None, name: name.clone() });
+        analysis.calls.iter().cloned().chain(attributes).collect()
+    }
+
     /// Add what the calls can do to `c`; report a volatile built-in when `read_only`.
     pub fn expand(&self, c: &mut Classification, analyses: &[&Analysis], read_only: bool) -> Calls {
         let mut seen = HashSet::new();
-        let mut found = Calls { read_only_violation: None };
+        let mut found = Calls { read_only_violation: None, refusal: None };
         for analysis in analyses {
-            self.expand_calls(c, &analysis.calls, read_only, 0, &mut seen, &mut found);
+            self.expand_calls(c, &self.calls_of(analysis), read_only, 0, &mut seen, &mut found);
         }
         c.writes = classify::writes(c);
         found
@@ -156,7 +170,7 @@ impl Catalog {
         calls: &[FunctionRef],
         read_only: bool,
         depth: u8,
-        seen: &mut HashSet<(String, String)>,
+        seen: &mut HashSet<*const Function>,
         found: &mut Calls,
     ) {
         for call in calls {
@@ -169,12 +183,19 @@ impl Catalog {
                             found.read_only_violation.get_or_insert_with(|| call.name.clone());
                         }
                     }
+                    // Every overload's body counts, once; too deep to follow is unknown.
+                    Body::Known(_) if depth >= MAX_DEPTH => {
+                        c.classes.insert(USER_FUNCTION.into());
+                    }
                     Body::Known(body) => {
-                        if depth >= MAX_DEPTH || !seen.insert((function.schema.clone(), call.name.clone())) {
+                        if !seen.insert(function as *const Function) {
                             continue;
                         }
                         classify::merge(c, &body.classification);
-                        self.expand_calls(c, &body.calls, read_only, depth + 1, seen, found);
+                        if found.refusal.is_none() {
+                            found.refusal.clone_from(&body.refusal);
+                        }
+                        self.expand_calls(c, &self.calls_of(body), read_only, depth + 1, seen, found);
                     }
                     Body::Opaque => {
                         c.classes.insert(USER_FUNCTION.into());

@@ -134,9 +134,14 @@ pub struct Analysis {
     pub settings: Vec<Setting>,
     /// Functions it calls, as written.
     pub calls: Vec<FunctionRef>,
+    /// Names that call a function if one of that name exists: attribute notation (`t.f`,
+    /// `(expr).f`) calls a one-argument function `f` when `t` has no column `f`.
+    pub attribute_calls: Vec<String>,
     /// Why it must be refused whatever the policy says (SQL text that is not a literal handed
-    /// to a built-in that runs it).
+    /// to a built-in that runs it, prepared statements handled inside nested SQL).
     pub refusal: Option<String>,
+    /// A `COPY ... TO` in binary format (its values cannot be masked by type).
+    pub binary_copy_out: bool,
 }
 
 /// An effect on the session's named prepared statements and portals.
@@ -186,8 +191,11 @@ pub struct FunctionRef {
 }
 
 impl Analysis {
-    /// Add what `other` does to this analysis (SQL inside SQL).
-    fn absorb(&mut self, other: &Analysis) {
+    /// Add what `other`, SQL inside this SQL (a function body, a DO block, SQL text a built-in
+    /// runs), does to this analysis. Prepared statements and cursors handled in there are out
+    /// of the proxy's sight (they change the session's names when the inner SQL runs), so such
+    /// inner SQL is refused.
+    pub(crate) fn absorb(&mut self, other: &Analysis) {
         merge(&mut self.classification, &other.classification);
         self.settings.extend(other.settings.iter().cloned());
         for call in &other.calls {
@@ -195,9 +203,22 @@ impl Analysis {
                 self.calls.push(call.clone());
             }
         }
+        for name in &other.attribute_calls {
+            if !self.attribute_calls.contains(name) {
+                self.attribute_calls.push(name.clone());
+            }
+        }
         if self.refusal.is_none() {
             self.refusal.clone_from(&other.refusal);
         }
+        if self.refusal.is_none() && other.ops.iter().any(|(_, op)| !matches!(op, NameOp::EndTransaction)) {
+            self.refusal = Some(
+                "nested SQL (a function body, a DO block, SQL text a built-in runs) prepares, executes or deallocates \
+                 statements or cursors, which the proxy cannot follow"
+                    .into(),
+            );
+        }
+        self.binary_copy_out |= other.binary_copy_out;
     }
 }
 

@@ -140,7 +140,9 @@ pub fn check_setting(setting: &Setting) -> Result<(), String> {
     let Some(name) = &setting.name else {
         return match setting.value {
             SettingValue::ResetAll => Ok(()),
-            _ => Err("set_config with a computed setting name: the proxy cannot tell which setting changes".into()),
+            _ => Err("a setting whose name the proxy cannot see (set_config with a computed name, or a write to \
+                      pg_settings) would change; use SET with a name"
+                .into()),
         };
     };
     let safe = match (name.as_str(), &setting.value) {

@@ -147,6 +147,14 @@ pub fn describe_message(body: &[u8]) -> Result<(u8, &str), Malformed> {
     Ok((c.u8()?, c.cstr()?))
 }
 
+/// A Describe of a statement (`S`) or portal (`P`), as the proxy sends it itself.
+pub fn describe(kind: u8, name: &str) -> Bytes {
+    let mut body = BytesMut::new();
+    body.put_u8(kind);
+    put_cstr(&mut body, name);
+    framed(b'D', &body)
+}
+
 /// `Query`: the statement text.
 pub fn query_message(body: &[u8]) -> Result<&str, Malformed> {
     Cursor::new(body, "Query").cstr()

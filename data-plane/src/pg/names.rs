@@ -15,15 +15,25 @@
 //! statement's preparation before using it in a later segment). A name nobody knows is refused.
 
 use super::classify::{Analysis, NameOp};
+use super::mask::Column;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// A prepared statement: the text the server stores for it (what it logs when it runs) and what
-/// running it does.
+/// A prepared statement: the text the server stores for it (what it logs when it runs), what
+/// running it does, and its result columns once a Describe told them (the types decide how
+/// binary values are masked; kept per statement, since the same text prepared with other
+/// parameter types can return other types).
 #[derive(Debug)]
 pub struct Prepared {
     pub text: Arc<str>,
     pub analysis: Arc<Analysis>,
+    pub described: std::sync::OnceLock<Arc<[Column]>>,
+}
+
+impl Prepared {
+    pub fn new(text: Arc<str>, analysis: Arc<Analysis>) -> Self {
+        Prepared { text, analysis, described: std::sync::OnceLock::new() }
+    }
 }
 
 /// A portal (Bind) or cursor (DECLARE).
@@ -65,10 +75,9 @@ pub fn changes_of(analysis: &Analysis, text: &Arc<str>) -> Vec<(usize, Change)> 
     let mut changes = Vec::new();
     for (index, op) in &analysis.ops {
         let change = match op {
-            NameOp::Prepare { name, inner } => Change::Statement(
-                name.clone(),
-                Some(Arc::new(Prepared { text: text.clone(), analysis: inner.clone() })),
-            ),
+            NameOp::Prepare { name, inner } => {
+                Change::Statement(name.clone(), Some(Arc::new(Prepared::new(text.clone(), inner.clone()))))
+            }
             NameOp::Deallocate(Some(name)) => Change::Statement(name.clone(), None),
             NameOp::Deallocate(None) => Change::AllStatements,
             NameOp::DiscardAll => {
@@ -76,7 +85,7 @@ pub fn changes_of(analysis: &Analysis, text: &Arc<str>) -> Vec<(usize, Change)> 
                 Change::AllPortals
             }
             NameOp::Declare { name, holdable, inner } => {
-                let statement = Arc::new(Prepared { text: text.clone(), analysis: inner.clone() });
+                let statement = Arc::new(Prepared::new(text.clone(), inner.clone()));
                 let portal = Portal {
                     statement,
                     prepared: String::new(),
@@ -222,7 +231,7 @@ mod tests {
     use super::*;
 
     fn prepared(text: &str) -> Arc<Prepared> {
-        Arc::new(Prepared { text: Arc::from(text), analysis: Arc::new(Analysis::default()) })
+        Arc::new(Prepared::new(Arc::from(text), Arc::new(Analysis::default())))
     }
 
     fn portal(text: &str, holdable: bool) -> Arc<Portal> {

@@ -177,6 +177,30 @@ pub fn bind(portal: &str, statement: &str, params: &[Option<&str>]) -> Bytes {
     buf.freeze()
 }
 
+/// A Bind of no parameters asking for every result column in binary format.
+pub fn bind_binary_results(portal: &str, statement: &str) -> Bytes {
+    let mut buf = BytesMut::new();
+    frontend::bind(
+        portal,
+        statement,
+        std::iter::empty::<i16>(),
+        std::iter::empty::<Option<&[u8]>>(),
+        |_: Option<&[u8]>, _| Ok(postgres_protocol::IsNull::Yes),
+        [1i16],
+        &mut buf,
+    )
+    .map_err(|_| ())
+    .expect("bind encodes");
+    buf.freeze()
+}
+
+/// CopyData, CopyDone.
+pub fn copy_data(data: &[u8]) -> Bytes {
+    let mut buf = BytesMut::new();
+    frontend::CopyData::new(data).expect("copy data").write(&mut buf);
+    buf.freeze()
+}
+
 pub fn execute(portal: &str, max_rows: i32) -> Bytes {
     built(|b| frontend::execute(portal, max_rows, b))
 }

@@ -280,3 +280,55 @@ fn relations_keep_quoted_case_and_include_ddl_targets() {
     assert_eq!(relations("drop index i"), ["i"]);
     assert!(relations("drop function f()").is_empty());
 }
+
+#[tokio::test]
+async fn large_statements_are_analysed_off_the_async_workers() {
+    let cache = ClassifyCache::new(10);
+    // 200 KiB of one statement: analysed on the blocking pool, then cached like any other.
+    let big = format!("select {}1", "1, ".repeat(60_000));
+    assert!(big.len() > LARGE_STATEMENT);
+    let analysis = cache.classify_async(&big).await.expect("parses");
+    assert_eq!(analysis.classification.classes.iter().collect::<Vec<_>>(), ["select"]);
+    assert!(Arc::ptr_eq(&analysis, &cache.classify_async(&big).await.expect("cached")));
+    // Nesting as deep as the parser allows is analysed; deeper is an error, never a crash.
+    for depth in [100, 1_000, 5_000, 20_000, 100_000] {
+        let deep = format!("select {}1{}", "(".repeat(depth), ")".repeat(depth));
+        let _ = cache.classify_async(&deep).await;
+        let chain = format!("select {}1", "1 + ".repeat(depth));
+        let _ = cache.classify_async(&chain).await;
+        let nested = format!("{}select 1{}", "select * from (".repeat(depth / 10), ") s".repeat(depth / 10));
+        let _ = cache.classify_async(&nested).await;
+    }
+}
+
+#[test]
+fn side_doors_the_review_found_are_seen() {
+    // pg_settings has rules that call set_config: a write to it is a setting change by name unseen.
+    let a = analyze("update pg_settings set setting = 'off' where name = 'standard_conforming_strings'").unwrap();
+    assert_eq!(a.settings, [Setting { name: None, value: SettingValue::Computed }]);
+    let a = analyze("update pg_catalog.pg_settings set setting = 'SJIS' where name = 'client_encoding'").unwrap();
+    assert_eq!(a.settings.len(), 1);
+    // CALL carries its function as a plain field.
+    let a = analyze("call admin.purge()").unwrap();
+    assert_eq!(a.calls, [FunctionRef { schema: Some("admin".into()), name: "purge".into() }]);
+    // Attribute notation may call a one-argument function.
+    let a = analyze("select (pid).pg_terminate_backend, o.purge, o.id, x from pg_stat_activity, orders o").unwrap();
+    assert_eq!(a.attribute_calls, ["pg_terminate_backend", "purge", "id"]);
+    assert!(analyze("select t.* from t").unwrap().attribute_calls.is_empty());
+    // Quoted function names keep their case.
+    assert_eq!(analyze("select \"Purge\"()").unwrap().calls[0].name, "Purge");
+    // Binary COPY out is flagged; text and CSV, and COPY in, are not.
+    assert!(analyze("copy t to stdout (format binary)").unwrap().binary_copy_out);
+    assert!(analyze("copy (select 1) to stdout with binary").unwrap().binary_copy_out);
+    assert!(!analyze("copy t to stdout (format csv)").unwrap().binary_copy_out);
+    assert!(!analyze("copy t from stdin (format binary)").unwrap().binary_copy_out);
+    // Nested SQL that handles prepared statements is refused: the proxy could not follow it.
+    for sql in [
+        "do $$ begin execute 'execute t'; end $$",
+        "create function f() returns void language plpgsql as $$ begin execute 'prepare evil as delete from t'; end $$",
+        "select query_to_xml('execute t', true, true, '')",
+    ] {
+        assert!(analyze(sql).unwrap().refusal.is_some_and(|r| r.contains("prepares, executes")), "{sql}");
+    }
+    assert!(analyze("create procedure p() language plpgsql as $$ begin commit; end $$").unwrap().refusal.is_none());
+}

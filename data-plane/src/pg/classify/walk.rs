@@ -89,6 +89,13 @@ impl<'s> Walker<'s> {
                     } else if key == "setstmt" && child.is_object() {
                         // ALTER ROLE/DATABASE/SYSTEM ... SET: a VariableSetStmt as a plain field.
                         self.variable_set(child);
+                    } else if key == "funccall" && child.is_object() {
+                        // CALL: a FuncCall as a plain field.
+                        self.call(child);
+                    } else if key == "ColumnRef" {
+                        self.attribute(child.get("fields"), 2);
+                    } else if key == "AIndirection" {
+                        self.attribute(child.get("indirection"), 1);
                     } else if key.ends_with("Stmt") {
                         // A statement type the table does not know: never silently harmless.
                         self.class("other");
@@ -103,6 +110,12 @@ impl<'s> Walker<'s> {
 
     fn statement(&mut self, node: &str, class: &str, body: &Value) {
         let name = |field: &str| body.get(field).and_then(Value::as_str).unwrap_or_default().to_owned();
+        // pg_settings has rules that call set_config: writing to it changes settings.
+        if matches!(node, "UpdateStmt" | "InsertStmt" | "DeleteStmt" | "MergeStmt")
+            && body.pointer("/relation/relname").and_then(Value::as_str) == Some("pg_settings")
+        {
+            self.out.settings.push(Setting { name: None, value: SettingValue::Computed });
+        }
         match node {
             "DeleteStmt" | "UpdateStmt" if present(body, "where_clause").is_none() => {
                 self.out.classification.unbounded_write = true;
@@ -110,6 +123,13 @@ impl<'s> Walker<'s> {
             "CopyStmt" => {
                 let from = body.get("is_from").and_then(Value::as_bool).unwrap_or(false);
                 let program = body.get("is_program").and_then(Value::as_bool).unwrap_or(false);
+                let binary = body.get("options").and_then(Value::as_array).into_iter().flatten().any(|o| {
+                    o.pointer("/node/DefElem/defname").and_then(Value::as_str) == Some("format")
+                        && o.pointer("/node/DefElem/arg/node/String/sval")
+                            .and_then(Value::as_str)
+                            .is_some_and(|f| f.eq_ignore_ascii_case("binary"))
+                });
+                self.out.binary_copy_out |= binary && !from;
                 self.class(match (from, program) {
                     (_, true) => "copy_program",
                     (true, false) => "copy_from",
@@ -197,17 +217,31 @@ impl<'s> Walker<'s> {
         self.out.settings.push(Setting { name, value });
     }
 
+    /// Attribute notation: the last name of `t.f` (`at_least` 2 names: a bare column calls
+    /// nothing) or `(expr).f` (an indirection) may be a function call.
+    fn attribute(&mut self, fields: Option<&Value>, at_least: usize) {
+        let Some(items) = fields.and_then(Value::as_array) else { return };
+        let last = items.last().and_then(|n| n.pointer("/node/String/sval")).and_then(Value::as_str);
+        if let Some(last) = last.filter(|_| items.len() >= at_least) {
+            if !self.out.attribute_calls.iter().any(|n| n == last) {
+                self.out.attribute_calls.push(last.to_owned());
+            }
+        }
+    }
+
     fn call(&mut self, body: &Value) {
         let parts = strings(body.get("funcname"));
-        let Some(last) = parts.last().map(|s| s.to_lowercase()) else { return };
-        let schema = (parts.len() > 1).then(|| parts[parts.len() - 2].to_lowercase());
+        // The parser folds unquoted names to lower case; a quoted name keeps its case.
+        let Some(last) = parts.last().cloned() else { return };
+        let schema = (parts.len() > 1).then(|| parts[parts.len() - 2].clone());
         let c = &mut self.out.classification;
-        c.functions.insert(last.clone());
+        c.functions.insert(last.to_lowercase());
         if parts.len() > 1 {
             c.functions.insert(parts.iter().map(|p| p.to_lowercase()).collect::<Vec<_>>().join("."));
         }
         let args = body.get("args").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
-        if last == "set_config" {
+        let lower = last.to_lowercase();
+        if lower == "set_config" {
             let name = args.first().and_then(literal).map(|n| n.to_ascii_lowercase());
             let value = match args.get(1).and_then(literal) {
                 Some(v) => SettingValue::Literal(v),
@@ -218,7 +252,7 @@ impl<'s> Walker<'s> {
             }
             self.out.settings.push(Setting { name, value });
         }
-        body::sql_arguments(self, &last, args);
+        body::sql_arguments(self, &lower, args);
         let call = FunctionRef { schema, name: last };
         if !self.out.calls.contains(&call) {
             self.out.calls.push(call);

@@ -183,7 +183,10 @@ fn numeric_text(raw: &[u8]) -> Option<Vec<u8>> {
             text.push_str(&format!("{group:04}"));
         }
     }
-    for _ in ndigits as i32..i32::from(weight) + 1 {
+    // Trailing zero groups matter to a detector only in a number short enough to be a card or
+    // an account: a weight of 32767 would otherwise render 131 KB of zeros per value.
+    let zeros = (i32::from(weight) + 1 - ndigits as i32).clamp(0, 8);
+    for _ in 0..zeros {
         text.push_str("0000");
     }
     Some(text.into_bytes())
@@ -246,6 +249,16 @@ mod tests {
         multi.extend((range.len() as i32).to_be_bytes());
         multi.extend(&range);
         assert_eq!(text(4536, &multi), "[4111111111111111,4111111111111112,]");
+    }
+
+    #[test]
+    fn huge_numeric_weights_render_a_few_zeros() {
+        // 1e131071: one digit group of 1 with a weight of 32767.
+        let mut raw = Vec::new();
+        for v in [1i16, 32767, 0, 0, 1] {
+            raw.extend(v.to_be_bytes());
+        }
+        assert_eq!(text(1700, &raw), "1".to_owned() + &"0000".repeat(8));
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! current segment's [`Overlay`], else from the names the server confirmed, once it has answered
 //! everything sent before the segment (see `pg::names`). A name nobody knows is refused.
 
-use super::super::classify::{Analysis, NameOp};
+use super::super::classify::{self, Analysis, NameOp};
 use super::super::frame::{Frame, FrameReader};
 use super::super::messages::{self, Malformed, Severity};
 use super::super::names::{self, Change, Lookup, Overlay, Portal, Prepared};
@@ -37,9 +37,19 @@ pub struct Frontend<'a, R, W: AsyncWrite + Unpin> {
     seq: u64,
     /// The Sync (or Query) that began the current segment.
     segment: u64,
+    /// A statement whose effects the proxy cannot see (`user_function`, `dynamic_sql`) ran in
+    /// the current extended-protocol segment: it may have changed how the server reads SQL.
+    unseen_in_segment: bool,
+    /// ...and statement text waits until the server has answered up to here (ReadyForQuery
+    /// reports settings, so a session the server now reads differently ends first).
+    barrier: Option<u64>,
     /// Frames that arrived while a statement was held, to handle before reading more.
     later: Vec<Frame>,
 }
+
+/// PostgreSQL keeps 63 bytes of a statement or portal name: longer names would collide on
+/// the server while the proxy told them apart.
+const MAX_NAME: usize = 63;
 
 /// What the upstream will run in place of a refused statement, and what it owes for it.
 struct Forward {
@@ -55,6 +65,23 @@ struct Forward {
 struct Resolved {
     executes: Vec<(String, Arc<Prepared>)>,
     refusal: Option<Refusal>,
+}
+
+fn check_name(name: &str) -> Result<(), Stop> {
+    if name.len() > MAX_NAME {
+        return Err(Stop::refuse(
+            EndReason::ProtocolViolation,
+            PROTOCOL_VIOLATION,
+            format!("tollgate: statement and portal names are limited to {MAX_NAME} bytes (the server truncates longer ones)"),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether a forwarded statement may do what the proxy cannot see (and so change settings).
+fn unseen(judged: &Judged) -> bool {
+    let classes = judged.command.classification.as_ref().map(|c| &c.classes);
+    classes.is_some_and(|c| c.contains(classify::USER_FUNCTION) || c.contains(classify::DYNAMIC_SQL))
 }
 
 fn malformed(e: Malformed) -> Stop {
@@ -85,6 +112,8 @@ where
             overlay: Overlay::default(),
             seq: 0,
             segment: 0,
+            unseen_in_segment: false,
+            barrier: None,
             later: Vec::new(),
         }
     }
@@ -132,10 +161,31 @@ where
         self.seq
     }
 
-    /// A Sync (sent by the agent, or implied by a Query) ends the segment.
-    fn end_segment(&mut self) {
-        self.segment = self.expect(Expect::Sync);
+    /// A Sync (sent by the agent, or the end of a Query) ends the segment.
+    fn end_segment(&mut self, end: Expect) {
+        self.segment = self.expect(end);
         self.overlay.clear();
+        if std::mem::take(&mut self.unseen_in_segment) {
+            self.barrier = Some(self.segment);
+        }
+    }
+
+    /// Before statement text reaches the server: if a statement whose effects the proxy cannot
+    /// see ran, wait until the server has answered it (and reported its settings).
+    async fn before_text(&mut self) -> Result<(), Stop> {
+        if self.unseen_in_segment {
+            return Err(Stop::refuse(
+                EndReason::ProtocolViolation,
+                PROTOCOL_VIOLATION,
+                "tollgate: a statement the proxy cannot see through (a user function or dynamic SQL) ran in this \
+                 pipeline; send Sync before the next statement text"
+                    .into(),
+            ));
+        }
+        if let Some(barrier) = self.barrier.take() {
+            self.settle_until(barrier).await?;
+        }
+        Ok(())
     }
 
     /// Handle one message; `false` when the agent said goodbye.
@@ -149,7 +199,7 @@ where
             b'C' => self.close(frame)?,
             b'S' => {
                 self.outbox.frames.push(frame.bytes.clone());
-                self.end_segment();
+                self.end_segment(Expect::Sync);
             }
             b'c' | b'f' => {
                 self.outbox.frames.push(frame.bytes.clone());
@@ -181,6 +231,7 @@ where
     /// `Query`: judged as a whole (one record), with the prepared statements it EXECUTEs.
     async fn query(&mut self, frame: &Frame) -> Result<(), Stop> {
         let sql = messages::query_message(frame.body()).map_err(malformed)?;
+        self.before_text().await?;
         let analysis = self.guard.classifier.classify_async(sql).await;
         let text: Arc<str> = Arc::from(sql);
         let (resolved, changes) = match &analysis {
@@ -208,6 +259,8 @@ where
     /// `Parse`: a statement is judged when it is prepared; a denied one is never prepared.
     async fn parse(&mut self, frame: &Frame) -> Result<(), Stop> {
         let (name, sql) = messages::parse_message(frame.body()).map_err(malformed)?;
+        check_name(name)?;
+        self.before_text().await?;
         let analysis = self.guard.classifier.classify_async(sql).await;
         let adds = usize::from(!name.is_empty() && !matches!(self.overlay.statement(name), Lookup::Known(_)));
         let refusal = self.over_limit(adds);
@@ -228,7 +281,7 @@ where
             return self.refuse_step(judged);
         }
         let Ok(analysis) = analysis else { return self.refuse_step(judged) };
-        let prepared = Prepared { text: Arc::from(sql), analysis };
+        let prepared = Prepared::new(Arc::from(sql), analysis);
         let change = Change::Statement(name.to_owned(), Some(Arc::new(prepared)));
         self.overlay.apply(&change);
         self.outbox.frames.push(frame.bytes.clone());
@@ -239,6 +292,8 @@ where
     /// `Bind`: a portal of a statement the proxy knows; a statement it does not know is refused.
     async fn bind(&mut self, frame: &Frame) -> Result<(), Stop> {
         let bind = messages::bind_message(frame.body()).map_err(malformed)?;
+        check_name(bind.statement)?;
+        check_name(bind.portal)?;
         let Some(statement) = self.statement(bind.statement).await? else {
             let judged = self.guard.refused(
                 Some(Step::Bind),
@@ -268,6 +323,7 @@ where
     /// was prepared) with the prepared statements it EXECUTEs.
     async fn execute(&mut self, frame: &Frame) -> Result<(), Stop> {
         let name = messages::execute_message(frame.body()).map_err(malformed)?;
+        check_name(name)?;
         let Some(portal) = self.portal(name).await? else {
             let judged = self.guard.refused(
                 None,
@@ -289,7 +345,13 @@ where
             params: Some(portal.params.clone()),
             prepared: (!portal.prepared.is_empty()).then(|| portal.prepared.clone()),
         });
-        let pending = Pending::extended(Some(statement.text.clone()), portal.result_formats.clone());
+        // Binary results are masked by type: without a description of this statement, ask the
+        // server for one first (its answer is not relayed).
+        if portal.result_formats.contains(&1) && statement.described.get().is_none() && judged.refusal.is_none() {
+            self.outbox.frames.push(messages::describe(b'P', name));
+            self.expect(Expect::Describe { statement: Some(statement.clone()), hidden: true });
+        }
+        let pending = Pending::extended(Some(statement.clone()), portal.result_formats.clone());
         let changes = names::changes_of(&statement.analysis, &statement.text);
         let forward = Forward { protocol: Protocol::Extended, stand_in: messages::denied_parse(), pending, changes };
         self.submit(frame, judged, forward).await
@@ -298,18 +360,26 @@ where
     async fn describe(&mut self, frame: &Frame) -> Result<(), Stop> {
         // Its answer (RowDescription or NoData) tells what a later Execute returns.
         let described = match messages::describe_message(frame.body()).map_err(malformed)? {
-            (b'S', name) => self.statement(name).await?.map(|p| p.text.clone()),
-            (_, name) => self.portal(name).await?.map(|p| p.statement.text.clone()),
+            (b'S', name) => {
+                check_name(name)?;
+                self.statement(name).await?
+            }
+            (_, name) => {
+                check_name(name)?;
+                self.portal(name).await?.map(|p| p.statement.clone())
+            }
         };
         self.outbox.frames.push(frame.bytes.clone());
-        self.expect(Expect::Describe(described));
+        self.expect(Expect::Describe { statement: described, hidden: false });
         Ok(())
     }
 
     fn close(&mut self, frame: &Frame) -> Result<(), Stop> {
-        let change = match messages::close_message(frame.body()).map_err(malformed)? {
-            (b'S', name) => Change::Statement(name.to_owned(), None),
-            (_, name) => Change::Portal(name.to_owned(), None),
+        let (kind, name) = messages::close_message(frame.body()).map_err(malformed)?;
+        check_name(name)?;
+        let change = match kind {
+            b'S' => Change::Statement(name.to_owned(), None),
+            _ => Change::Portal(name.to_owned(), None),
         };
         self.overlay.apply(&change);
         self.outbox.frames.push(frame.bytes.clone());
@@ -334,6 +404,7 @@ where
                 self.outbox.frames.push(frame.bytes.clone());
                 self.apply(protocol, &changes);
                 self.creates_functions(&judged);
+                self.unseen_in_segment |= unseen(&judged);
                 pending.changing(changes)
             }
         };
@@ -356,7 +427,7 @@ where
             Protocol::Simple => {
                 let pending = pending.starting_with(names::query_start());
                 self.expect(Expect::Exec(Box::new(pending)));
-                self.end_segment();
+                self.end_segment(Expect::QueryEnd);
             }
             Protocol::Extended => {
                 self.expect(Expect::Exec(Box::new(pending)));
@@ -399,7 +470,7 @@ where
             match op {
                 NameOp::Prepare { name, inner } => {
                     prepares += 1;
-                    let prepared = Prepared { text: text.clone(), analysis: inner.clone() };
+                    let prepared = Prepared::new(text.clone(), inner.clone());
                     local.insert(name, Some(Arc::new(prepared)));
                 }
                 NameOp::Deallocate(Some(name)) => {
@@ -489,20 +560,35 @@ where
     }
 
     /// Wait until the server has answered everything sent before the current segment, so the
-    /// confirmed names are what it holds. What is pending is forwarded first, so it answers.
+    /// confirmed names are what it holds.
     async fn settle(&mut self) -> Result<(), Stop> {
-        if self.shared.tracker().settled() >= self.segment {
+        self.settle_until(self.segment).await
+    }
+
+    /// Wait until the server has answered everything up to `seq`. What is pending is forwarded
+    /// first, so it answers; the agent is still read meanwhile (kept for later, in order), so
+    /// an agent that leaves is noticed.
+    async fn settle_until(&mut self, seq: u64) -> Result<(), Stop> {
+        if self.shared.tracker().settled() >= seq {
             return Ok(());
         }
         self.flush().await?;
+        let mut more = Vec::new();
         loop {
             let answered = self.shared.answered.notified();
             tokio::pin!(answered);
             answered.as_mut().enable();
-            if self.shared.tracker().settled() >= self.segment {
+            if self.shared.tracker().settled() >= seq {
                 return Ok(());
             }
-            answered.await;
+            tokio::select! {
+                () = &mut answered => {}
+                read = self.reader.read_frames(&mut more) => match read {
+                    Ok(true) => self.later.append(&mut more),
+                    Ok(false) => return Err(Stop::closed(EndReason::ClientClosed)),
+                    Err(e) => return Err(Stop::io(EndReason::ClientClosed, e)),
+                },
+            }
         }
     }
 

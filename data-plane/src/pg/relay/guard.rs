@@ -4,7 +4,7 @@
 //! settings that would change how the server reads SQL). The record of the judgement (masked)
 //! comes out with the decision; wire bytes are the relay's business.
 
-use super::super::catalog::CatalogCell;
+use super::super::catalog::{Calls, CatalogCell};
 use super::super::classify::{self, Analysis, ClassifyCache, ParseError, Setting, SettingValue};
 use super::super::names::Prepared;
 use super::super::session::INSUFFICIENT_PRIVILEGE;
@@ -86,21 +86,24 @@ impl Guard<'_> {
             Ok(own) => std::iter::once(own).chain(subject.executes.iter().map(|(_, p)| &*p.analysis)).collect(),
             Err(_) => Vec::new(),
         };
-        let mut read_only_call = None;
+        let mut calls = None;
         let classification = runs.first().map(|own| {
             let mut c = own.classification.clone();
             for inner in &runs[1..] {
                 classify::merge(&mut c, &inner.classification);
             }
-            let calls = self.catalog.current().expand(&mut c, &runs, self.access == Access::ReadOnly);
-            read_only_call = calls.read_only_violation;
+            calls = Some(self.catalog.current().expand(&mut c, &runs, self.access == Access::ReadOnly));
             c
         });
+        let masker = match &policy {
+            Some(snapshot) => snapshot.masker(self.resource),
+            None => Masker::strict(),
+        };
         let denial = match (&subject.refusal, subject.analysis, &classification) {
             (Some(r), _, _) => Some(Denial { rule: r.rule.into(), reason: r.reason.clone() }),
             // Refuse what cannot be parsed: nobody can say what it would do.
             (None, Err(e), _) => Some(Denial { rule: "unparsable".into(), reason: e.to_string() }),
-            (None, Ok(_), Some(c)) => self.unconditional(&runs, read_only_call).or_else(|| match (&policy, resource) {
+            (None, Ok(_), Some(c)) => self.unconditional(&runs, calls, &masker).or_else(|| match (&policy, resource) {
                 (None, _) => Some(Denial { rule: "no_policy".into(), reason: "no policy is loaded".into() }),
                 (Some(_), None) => Some(Denial {
                     rule: "resource_not_in_policy".into(),
@@ -130,10 +133,6 @@ impl Guard<'_> {
             (None, Some(h), _) => (Decision::Hold, Some(format!("approval:{}", h.rule.name))),
             (None, None, Some((r, _))) => (Decision::Allow, Some(format!("standing_approval:{}", r.name))),
             (None, None, None) => (Decision::Allow, None),
-        };
-        let masker = match &policy {
-            Some(snapshot) => snapshot.masker(self.resource),
-            None => Masker::strict(),
         };
         let record = Record { subject: &subject, classification, decision, rule: rule_name };
         let mut command = record.masked(&masker);
@@ -171,11 +170,21 @@ impl Guard<'_> {
     /// What no policy can allow: SQL the proxy cannot see before it runs, settings that would
     /// make the server read SQL differently from the proxy, and (for a read-only grant) a
     /// change of role.
-    fn unconditional(&self, runs: &[&Analysis], read_only_call: Option<String>) -> Option<Denial> {
-        if let Some(function) = read_only_call {
+    fn unconditional(&self, runs: &[&Analysis], calls: Option<Calls>, masker: &Masker) -> Option<Denial> {
+        let calls = calls.unwrap_or(Calls { read_only_violation: None, refusal: None });
+        if let Some(reason) = calls.refusal {
+            return Some(Denial { rule: classify::DYNAMIC_SQL.into(), reason: format!("a called function: {reason}") });
+        }
+        if let Some(function) = calls.read_only_violation {
             return Some(Denial {
                 rule: "read_only_grant".into(),
                 reason: format!("{function} is a volatile function that can change state a read-only session may not"),
+            });
+        }
+        if masker.masks_agent() && runs.iter().any(|a| a.binary_copy_out) {
+            return Some(Denial {
+                rule: "masking:copy_binary".into(),
+                reason: "binary COPY output cannot be masked value by value; use the text or CSV format".into(),
             });
         }
         for analysis in runs {

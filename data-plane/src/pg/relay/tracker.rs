@@ -11,9 +11,9 @@
 use super::super::frame::Frame;
 use super::super::mask::{self, Column, Findings, Unmaskable};
 use super::super::messages::{self, Malformed};
-use super::super::names::{Change, Names};
+use super::super::names::{Change, Names, Prepared};
 use bytes::Bytes;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 use tollgate_shared::event::{CommandResult, ErrorInfo, Outcome, Protocol};
@@ -22,12 +22,20 @@ use uuid::Uuid;
 
 pub enum Expect {
     Exec(Box<Pending>),
-    /// A Describe, answered by a RowDescription or NoData; holds the statement text described,
-    /// so a later Execute of the same text knows its result columns.
-    Describe(Option<Arc<str>>),
+    /// A Describe, answered by a RowDescription or NoData: the statement described learns its
+    /// result columns (a later Execute of it masks binary values by type). A describe the
+    /// proxy sent itself is `hidden`: its answer is not relayed.
+    Describe {
+        statement: Option<Arc<Prepared>>,
+        hidden: bool,
+    },
     /// A Parse, Bind or Close: the change takes effect when the server confirms it.
     Name(Change),
+    /// The agent's Sync, answered by ReadyForQuery; it ends the server's skipping after an error.
     Sync,
+    /// The ReadyForQuery that ends a Query (not a Sync: a Query skipped after an
+    /// extended-protocol error produces none, and skipping goes on past it).
+    QueryEnd,
     /// The agent ended a COPY FROM STDIN (CopyDone or CopyFail).
     CopyEnd,
 }
@@ -42,9 +50,14 @@ impl Expect {
     fn extended(&self) -> bool {
         match self {
             Expect::Exec(p) => p.protocol == Protocol::Extended,
-            Expect::Describe(_) | Expect::Name(_) => true,
-            Expect::Sync | Expect::CopyEnd => false,
+            Expect::Describe { .. } | Expect::Name(_) => true,
+            Expect::Sync | Expect::QueryEnd | Expect::CopyEnd => false,
         }
+    }
+
+    /// Answered by a ReadyForQuery.
+    fn ends_with_ready(&self) -> bool {
+        matches!(self, Expect::Sync | Expect::QueryEnd)
     }
 }
 
@@ -71,10 +84,9 @@ pub enum BackendError {
     Unmaskable(#[from] Unmaskable),
     #[error("{0}")]
     UnsafeSetting(String),
+    #[error("the proxy lost track of the server's answers ({0}); the session is closed")]
+    Desync(&'static str),
 }
-
-/// Descriptions remembered per session, by statement text (bounded: cleared when full).
-const MAX_DESCRIBED: usize = 1024;
 
 pub struct Pending {
     protocol: Protocol,
@@ -87,10 +99,10 @@ pub struct Pending {
     /// For a denied command: the ErrorResponse the agent gets instead of the upstream's answer
     /// to the stand-in statement.
     replacement: Option<Bytes>,
-    /// Extended protocol: the Bind's result format codes, and the statement text (to find the
-    /// result columns a Describe reported).
+    /// Extended protocol: the Bind's result format codes, and the statement (whose result
+    /// columns a Describe reported).
     bind_formats: Option<Vec<i16>>,
-    statement: Option<Arc<str>>,
+    statement: Option<Arc<Prepared>>,
     columns: Option<Arc<[Column]>>,
     found: Findings,
     /// Changes to the names, each made when its statement (by index) completes.
@@ -104,11 +116,11 @@ impl Pending {
         Pending::new(Protocol::Simple, None, None)
     }
 
-    pub fn extended(statement: Option<Arc<str>>, bind_formats: Vec<i16>) -> Self {
+    pub fn extended(statement: Option<Arc<Prepared>>, bind_formats: Vec<i16>) -> Self {
         Pending::new(Protocol::Extended, statement, Some(bind_formats))
     }
 
-    fn new(protocol: Protocol, statement: Option<Arc<str>>, bind_formats: Option<Vec<i16>>) -> Self {
+    fn new(protocol: Protocol, statement: Option<Arc<Prepared>>, bind_formats: Option<Vec<i16>>) -> Self {
         Pending {
             protocol,
             command_id: Uuid::nil(),
@@ -177,11 +189,12 @@ pub struct Tracker {
     /// An extended-protocol message failed and no Sync is queued yet: the server skips
     /// everything until the agent's next Sync.
     ignoring: bool,
-    /// Set while an extended-protocol COPY FROM STDIN runs: Syncs are ignored by the server then.
+    /// Set while a COPY FROM STDIN runs: Syncs are ignored by the server then.
     copy_in: bool,
+    /// Syncs the agent sent during COPY FROM STDIN (ignored by the server while it copies).
+    syncs_during_copy: usize,
     /// The format of the running COPY TO STDOUT (from its CopyOutResponse).
     copy_out_binary: bool,
-    described: HashMap<Arc<str>, Arc<[Column]>>,
     /// Findings in messages that answer no command (a notice between commands): counted nowhere.
     unattributed: Findings,
     /// Named statements and portals as the server confirmed them.
@@ -203,9 +216,15 @@ impl Tracker {
                     p.started = now;
                     self.commands += 1;
                 }
-                Expect::Sync if self.copy_in => continue,
-                Expect::CopyEnd => self.copy_in = false,
-                Expect::Sync | Expect::Describe(_) | Expect::Name(_) => {}
+                Expect::Sync if self.copy_in => {
+                    self.syncs_during_copy += 1;
+                    continue;
+                }
+                Expect::CopyEnd => {
+                    self.copy_in = false;
+                    self.syncs_during_copy = 0;
+                }
+                Expect::Sync | Expect::QueryEnd | Expect::Describe { .. } | Expect::Name(_) => {}
             }
             if self.ignoring {
                 match item.expect {
@@ -300,6 +319,9 @@ impl Tracker {
         if !matches!(frame.tag(), b'S' | b'N' | b'A') {
             self.start_front();
         }
+        // The answer to a describe the proxy sent itself goes no further.
+        let hidden =
+            matches!(self.front(), Some(Expect::Describe { hidden: true, .. })) && matches!(frame.tag(), b'T' | b'n');
         let masked = match frame.tag() {
             b'1' | b'2' | b'3' => {
                 self.confirm_name();
@@ -308,12 +330,9 @@ impl Tracker {
             b'T' => {
                 let columns: Arc<[Column]> = mask::row_description(body)?.into();
                 match self.front() {
-                    Some(Expect::Describe(text)) => {
-                        if let Some(text) = text.take() {
-                            if self.described.len() >= MAX_DESCRIBED {
-                                self.described.clear();
-                            }
-                            self.described.insert(text, columns);
+                    Some(Expect::Describe { statement, .. }) => {
+                        if let Some(statement) = statement {
+                            let _ = statement.described.set(columns);
                         }
                         self.pop_front();
                     }
@@ -323,7 +342,7 @@ impl Tracker {
                 mask::mask_row_description(masker, body, self.findings())?
             }
             b'n' => {
-                if let Some(Expect::Describe(_)) = self.front() {
+                if let Some(Expect::Describe { .. }) = self.front() {
                     self.pop_front();
                 }
                 None
@@ -332,7 +351,7 @@ impl Tracker {
                 Some(Expect::Exec(p)) => {
                     p.data_rows += 1;
                     if p.columns.is_none() {
-                        p.columns = p.statement.as_ref().and_then(|text| self.described.get(text).cloned());
+                        p.columns = p.statement.as_ref().and_then(|s| s.described.get().cloned());
                     }
                     mask::mask_data_row(masker, body, p.columns.as_deref(), p.bind_formats.as_deref(), &mut p.found)?
                 }
@@ -375,6 +394,14 @@ impl Tracker {
                 let masked = mask::mask_fields(masker, b'E', body, self.findings())?;
                 let recorded = masked.as_ref().map_or(body, |m| &m[5..]);
                 let (code, message) = messages::error_fields(recorded)?;
+                if self.copy_in {
+                    // The COPY failed: the server left copy mode. A Sync the agent sent during
+                    // the copy may or may not be the one that ends the server's skipping.
+                    if self.syncs_during_copy > 0 {
+                        return Err(BackendError::Desync("a Sync sent during a COPY that then failed"));
+                    }
+                    self.copy_in = false;
+                }
                 denial = self.on_error(ErrorInfo { code, message }, done)?;
                 masked
             }
@@ -384,18 +411,21 @@ impl Tracker {
                 check_parameter(body)?;
                 mask::mask_parameter_status(masker, body, &mut self.unattributed)?
             }
-            b'G' if self.front_is_extended() => {
+            b'G' => {
                 self.enter_copy_in();
                 None
             }
             b'Z' => {
-                self.ready_for_query(body.first().copied(), done);
+                self.ready_for_query(body.first().copied(), done)?;
                 None
             }
             _ => None,
         };
         // Nothing reads unattributed findings: drop them with the message.
         self.unattributed = Findings::default();
+        if hidden {
+            return Ok(Some(Bytes::new()));
+        }
         Ok(denial.or(masked.filter(|_| masker.masks_agent())))
     }
 
@@ -420,7 +450,7 @@ impl Tracker {
             return Ok(denial);
         }
         // Messages before the failing command fail with it (a Parse, Bind or Describe).
-        while !matches!(self.front(), Some(Expect::Exec(_) | Expect::Sync) | None) {
+        while !matches!(self.front(), Some(Expect::Exec(_) | Expect::Sync | Expect::QueryEnd) | None) {
             self.pop_front();
         }
         let mut denial = None;
@@ -449,40 +479,54 @@ impl Tracker {
     }
 
     /// The server ignores Syncs that reach it during COPY FROM STDIN: forget the ones already
-    /// queued behind the COPY, and skip new ones until the agent ends the copy.
+    /// queued behind the COPY, and skip new ones until the agent ends the copy. A CopyDone or
+    /// CopyFail queued before the COPY began was ignored by the server: it ends nothing.
     fn enter_copy_in(&mut self) {
         let mut ended = false;
         let mut seen_exec = false;
+        let mut dropped = 0;
         self.queue.retain(|item| match item.expect {
             Expect::Exec(_) if !seen_exec && !item.skipped => {
                 seen_exec = true;
                 true
             }
+            Expect::CopyEnd if !seen_exec => false,
             Expect::CopyEnd => {
                 ended = true;
                 true
             }
-            Expect::Sync => ended || !seen_exec,
+            Expect::Sync if seen_exec && !ended => {
+                dropped += 1;
+                false
+            }
             _ => true,
         });
         self.copy_in = !ended;
+        self.syncs_during_copy = if ended { 0 } else { dropped };
     }
 
     /// ReadyForQuery ends a Query or answers a Sync. Outside a transaction block (status `I`),
-    /// portals other than held cursors are gone.
-    fn ready_for_query(&mut self, status: Option<u8>, done: &mut Vec<CommandResult>) {
+    /// portals other than held cursors are gone. One that answers nothing queued means the
+    /// proxy's view of the server is wrong: the session ends.
+    fn ready_for_query(&mut self, status: Option<u8>, done: &mut Vec<CommandResult>) -> Result<(), BackendError> {
+        if !self.queue.iter().any(|i| i.expect.ends_with_ready() && !i.skipped) {
+            return Err(BackendError::Desync("a ReadyForQuery nothing was waiting for"));
+        }
         while let Some(item) = self.queue.pop_front() {
             match item.expect {
-                Expect::Sync => break,
-                Expect::CopyEnd | Expect::Describe(_) | Expect::Name(_) => {}
+                Expect::Sync | Expect::QueryEnd if !item.skipped => break,
+                Expect::Sync | Expect::QueryEnd | Expect::CopyEnd | Expect::Describe { .. } | Expect::Name(_) => {}
                 Expect::Exec(p) if p.protocol == Protocol::Simple && !item.skipped => done.push(p.finish(Outcome::Ok)),
                 Expect::Exec(p) => done.push(p.finish(Outcome::Skipped)),
             }
         }
         self.ignoring = false;
+        self.copy_in = false;
+        self.syncs_during_copy = 0;
         if status == Some(b'I') {
             self.names.apply(&Change::EndTransaction);
         }
+        Ok(())
     }
 
     /// Commands still owed a response when the session ends.
