@@ -113,7 +113,8 @@ async fn bad_tokens_and_unknown_resources_are_refused_before_upstream() {
         ("four parts", format!("{good}.more"), "demo", "28P01", "not a well-formed JWT"),
         ("unknown resource", good.clone(), "payroll", "3D000", "unknown resource \"payroll\""),
         ("a crit header", critical, "demo", "28P01", "marks [\"exp\"] as critical"),
-        ("issued in the future", issued_later, "demo", "28P01", "issued 3600 s in the future"),
+        // "issued 3600 s in the future", give or take the seconds this test took.
+        ("issued in the future", issued_later, "demo", "28P01", "s in the future"),
     ];
     for (name, token, database, code, message) in cases {
         let (got_code, got_message) = refused(&stack, &token, database).await;
