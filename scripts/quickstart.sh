@@ -66,9 +66,12 @@ fi
   >"$DATA/issuer.log" 2>&1 & echo $! > "$DATA/issuer.pid"
 wait_port $NATS_PORT; wait_port $ISSUER_PORT
 
+# The control plane signs policy, standing approvals and decisions; the proxy trusts its key.
+CONTROL_KEY=$("$BIN/tollgate-control" public-key --key-file "$DATA/secrets/control.key")
 cat > "$DATA/control.toml" <<TOML
 listen = "127.0.0.1:$API_PORT"
 database_url = "$SUPER_URL/tollgate"
+signing_key_file = "$DATA/secrets/control.key"
 [nats]
 url = "nats://127.0.0.1:$NATS_PORT"
 [[reviewer_issuers]]
@@ -86,6 +89,8 @@ name = "quickstart-proxy"
 key_file = "$DATA/secrets/node.key"
 [nats]
 url = "nats://127.0.0.1:$NATS_PORT"
+[control]
+public_key = "$CONTROL_KEY"
 [postgres]
 listen = "127.0.0.1:$PROXY_PORT"
 [[agent_issuers]]

@@ -37,6 +37,8 @@ pub struct AppState {
     pub stats: Arc<ProjectorStats>,
     pub roles: Arc<auth::RoleConfig>,
     pub js: async_nats::jetstream::Context,
+    /// Signs policy versions, standing approvals and decisions.
+    pub control_key: Arc<tollgate_shared::control::ControlKey>,
 }
 
 #[derive(OpenApi)]

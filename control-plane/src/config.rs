@@ -13,6 +13,14 @@ pub struct ControlConfig {
     /// override to writing a password here.
     pub database_url: String,
     pub nats: NatsConfig,
+    /// The control plane's ed25519 key (PKCS#8), created there on first start. It signs policy
+    /// versions, standing approvals and approval decisions; proxies are configured with its
+    /// public key (`tollgate-control public-key`) and refuse what it did not sign.
+    pub signing_key_file: std::path::PathBuf,
+    /// Where to write the public key at startup (hex), for proxies to read
+    /// (`[control] public_key = "file:..."`).
+    #[serde(default)]
+    pub public_key_file: Option<std::path::PathBuf>,
     /// Issuers whose tokens reviewers present to the API.
     #[serde(default)]
     pub reviewer_issuers: Vec<IssuerConfig>,
@@ -112,6 +120,8 @@ impl ControlConfig {
         "listen",
         "database_url",
         "nats",
+        "signing_key_file",
+        "public_key_file",
         "reviewer_issuers",
         "projector",
         "roles",
@@ -126,5 +136,21 @@ impl ControlConfig {
             issuer.clone().resolve().map_err(tollgate_shared::config::ConfigError::Invalid)?;
         }
         Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ControlConfig;
+
+    /// The configurations the project ships parse with this code.
+    #[test]
+    fn shipped_configurations_parse() {
+        for file in ["../deploy/control.example.toml", "../deploy/compose/control.toml"] {
+            let path = std::path::Path::new(file);
+            let parsed: Result<ControlConfig, _> =
+                tollgate_shared::config::load(Some(path), "TOLLGATE_", ControlConfig::SECTIONS, std::iter::empty());
+            assert!(parsed.is_ok(), "{file}: {:?}", parsed.err());
+        }
     }
 }

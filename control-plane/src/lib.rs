@@ -19,7 +19,21 @@ use tokio::task::JoinHandle;
 /// A running control plane. Dropping it stops the API and the projector.
 pub struct Control {
     pub addr: SocketAddr,
+    /// The public half of the key that signs control messages (hex): what proxies verify with.
+    pub public_key: String,
     tasks: Vec<JoinHandle<()>>,
+}
+
+/// The control plane's signing key, from its file (created there on first start).
+pub fn load_signing_key(path: &std::path::Path) -> anyhow::Result<tollgate_shared::control::ControlKey> {
+    use tollgate_shared::control::ControlKey;
+    let (der, created) = tollgate_shared::keys::load_or_create(path, || ControlKey::generate().map(|(_, der)| der))
+        .map_err(anyhow::Error::msg)?;
+    let key = ControlKey::from_pkcs8(&der).map_err(anyhow::Error::msg).with_context(|| path.display().to_string())?;
+    if created {
+        tracing::info!(path = %path.display(), public_key = %key.public_hex(), "created control plane signing key");
+    }
+    Ok(key)
 }
 
 impl Drop for Control {
@@ -32,6 +46,11 @@ impl Drop for Control {
 
 impl Control {
     pub async fn start(config: config::ControlConfig) -> anyhow::Result<Control> {
+        let control_key = Arc::new(load_signing_key(&config.signing_key_file)?);
+        let public_key = control_key.public_hex();
+        if let Some(path) = &config.public_key_file {
+            std::fs::write(path, format!("{public_key}\n")).with_context(|| format!("writing {}", path.display()))?;
+        }
         let db = sqlx::postgres::PgPoolOptions::new()
             .max_connections(10)
             .connect(&config.database_url)
@@ -53,6 +72,7 @@ impl Control {
             tollgate_shared::jwks::Verifier::new(config.reviewer_issuers.clone()).await.map_err(anyhow::Error::msg)?;
         let stats = Arc::new(projector::ProjectorStats::default());
         let mut tasks = vec![
+            tokio::spawn(ensure_storage(js.clone())),
             reviewers.spawn_refresh(),
             tokio::spawn(projector::run(js, db.clone(), config.projector.batch_size.max(1), stats.clone())),
         ];
@@ -82,6 +102,7 @@ impl Control {
             stats,
             roles: Arc::new(config.roles.clone()),
             js: api_js,
+            control_key,
         };
         let listener = tokio::net::TcpListener::bind(&config.listen)
             .await
@@ -93,7 +114,26 @@ impl Control {
                 tracing::error!(error = %e, "API server stopped");
             }
         }));
-        tracing::info!(%addr, "tollgate-control listening");
-        Ok(Control { addr, tasks })
+        tracing::info!(%addr, public_key = %public_key, "tollgate-control listening");
+        Ok(Control { addr, public_key, tasks })
+    }
+}
+
+/// Create the event stream and the KV buckets proxies read (they may not create them),
+/// retrying while NATS is away.
+async fn ensure_storage(js: async_nats::jetstream::Context) {
+    let mut delay = std::time::Duration::from_millis(200);
+    loop {
+        let made = async {
+            tollgate_shared::stream::ensure_event_stream(&js).await?;
+            tollgate_shared::stream::ensure_policy_bucket(&js).await?;
+            tollgate_shared::stream::ensure_grants_bucket(&js).await
+        };
+        match made.await {
+            Ok(_) => return,
+            Err(e) => tracing::warn!(error = %e, "event stream or buckets not ready; retrying"),
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(std::time::Duration::from_secs(5));
     }
 }

@@ -1,4 +1,4 @@
-//! `tollgate-control serve | openapi | dev-issuer serve | dev-issuer mint`
+//! `tollgate-control serve | public-key | openapi | dev-issuer serve | dev-issuer mint`
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -20,6 +20,13 @@ enum Cmd {
         /// TOML configuration file; `TOLLGATE_*` environment variables override it.
         #[arg(long, short, env = "TOLLGATE_CONTROL_CONFIG")]
         config: Option<PathBuf>,
+    },
+    /// Print the public key proxies verify control messages with (`[control] public_key`),
+    /// creating the signing key when it does not exist yet.
+    PublicKey {
+        /// The signing key file (`signing_key_file` in the configuration).
+        #[arg(long)]
+        key_file: PathBuf,
     },
     /// Print the OpenAPI document (what openapi/openapi.json holds).
     Openapi,
@@ -85,6 +92,9 @@ async fn main() -> anyhow::Result<()> {
             tracing::info!("shutting down");
         }
         Cmd::Openapi => print!("{}", api::openapi_json()),
+        Cmd::PublicKey { key_file } => {
+            println!("{}", tollgate_control_plane::load_signing_key(&key_file)?.public_hex());
+        }
         Cmd::DevIssuer(DevCmd::Serve { listen, key_file, public_url, insecure_any_address }) => {
             let addr: std::net::SocketAddr = listen.parse().context("--listen must be ip:port")?;
             anyhow::ensure!(

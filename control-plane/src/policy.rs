@@ -7,6 +7,7 @@
 use async_nats::jetstream::{self, kv};
 use chrono::Utc;
 use std::time::Duration;
+use tollgate_shared::control::{ControlKey, ControlKind, ControlPublicKey, Signed};
 use tollgate_shared::event::{kind, Chain, PolicyChanged, SealedEvent};
 use tollgate_shared::identity::{AgentIdentity, ResourceKind, ResourceRef};
 use tollgate_shared::names;
@@ -21,13 +22,15 @@ pub enum ApplyError {
     Store(String),
 }
 
-/// The live snapshot and its KV revision (None before the first version).
-pub async fn current(store: &kv::Store) -> Result<Option<(Snapshot, u64)>, ApplyError> {
+/// The live snapshot and its KV revision (None before the first version). A snapshot this
+/// control plane did not sign is an error, never a base for the next version.
+pub async fn current(store: &kv::Store, key: &ControlKey) -> Result<Option<(Snapshot, u64)>, ApplyError> {
     let entry = store.entry(names::POLICY_KEY).await.map_err(|e| ApplyError::Store(e.to_string()))?;
     match entry {
         Some(entry) if entry.operation == kv::Operation::Put => {
-            let snapshot: Snapshot = serde_json::from_slice(&entry.value)
-                .map_err(|e| ApplyError::Store(format!("unreadable snapshot: {e}")))?;
+            let public = ControlPublicKey::parse(&key.public_hex()).map_err(|e| ApplyError::Store(e.to_string()))?;
+            let snapshot: Snapshot = Signed::open(&entry.value, &public, ControlKind::Policy)
+                .map_err(|e| ApplyError::Store(format!("the policy store holds a snapshot that is {e}")))?;
             Ok(Some((snapshot, entry.revision)))
         }
         _ => Ok(None),
@@ -38,12 +41,13 @@ pub async fn current(store: &kv::Store) -> Result<Option<(Snapshot, u64)>, Apply
 pub async fn apply(
     js: &jetstream::Context,
     store: &kv::Store,
+    key: &ControlKey,
     author: &AgentIdentity,
     base_version: u64,
     document: PolicyDocument,
     comment: Option<String>,
 ) -> Result<(Snapshot, Vec<PolicyChange>), ApplyError> {
-    let live = current(store).await?;
+    let live = current(store, key).await?;
     let live_version = live.as_ref().map_or(0, |(s, _)| s.version);
     if base_version != live_version {
         return Err(ApplyError::Conflict { live: live_version });
@@ -53,7 +57,8 @@ pub async fn apply(
     let version = live_version + 1;
     let prev = live.as_ref().map(|(s, _)| s.event_hash.clone()).unwrap_or_default();
     let resource = ResourceRef { name: "policy".into(), kind: ResourceKind::Policy };
-    let mut chain = Chain::resume(names::policy_chain(), "control".into(), author.clone(), resource, version - 1, prev);
+    let mut chain =
+        Chain::resume(names::policy_chain(), "control".into(), author.clone(), resource, version - 1, prev.clone());
     let payload = PolicyChanged { version, document: document.clone(), comment, changes: changes.clone() };
     let event = chain.seal(kind::POLICY_CHANGED, &payload).map_err(|e| ApplyError::Store(e.to_string()))?;
     let snapshot = Snapshot {
@@ -61,11 +66,12 @@ pub async fn apply(
         document,
         event_id: event.id,
         event_hash: event.hash.clone(),
+        previous: prev,
         changed_by: author.subject.clone(),
         changed_at: Utc::now(),
         maskers: Default::default(),
     };
-    let bytes = serde_json::to_vec(&snapshot).map_err(|e| ApplyError::Store(e.to_string()))?;
+    let bytes = Signed::seal(key, ControlKind::Policy, &snapshot).map_err(|e| ApplyError::Store(e.to_string()))?;
     let written = match &live {
         Some((_, revision)) => {
             store.update(names::POLICY_KEY, bytes.into(), *revision).await.map(|_| ()).map_err(|e| e.to_string())
@@ -74,7 +80,7 @@ pub async fn apply(
     };
     if let Err(e) = written {
         // Someone else committed first (wrong last sequence / key exists), or the store is away.
-        return match current(store).await? {
+        return match current(store, key).await? {
             Some((s, _)) if s.version != live_version => Err(ApplyError::Conflict { live: s.version }),
             _ => Err(ApplyError::Store(e)),
         };

@@ -3,13 +3,15 @@
 //! holding the request. A session registers before it publishes its request, so no decision
 //! can arrive unseen.
 //!
-//! Trust: decisions are accepted from the event subject, the same boundary as the policy
-//! bucket; the control plane checks who may decide before it publishes one.
+//! Trust: a decision counts only with the control plane's signature (it checks who may decide
+//! before it signs and publishes one); anything else on the subject is refused and counted.
 
+use crate::control::ControlTrust;
 use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use tokio::sync::mpsc;
+use tollgate_shared::control::{ControlKind, SIGNATURE_HEADER};
 use tollgate_shared::event::{kind, ApprovalDecided, Envelope};
 use tollgate_shared::identity::AgentIdentity;
 use tollgate_shared::names;
@@ -29,14 +31,25 @@ pub struct ApprovalHub {
 
 impl ApprovalHub {
     /// Subscribe and dispatch until the proxy stops (the task ends with the hub).
-    pub async fn start(client: async_nats::Client) -> anyhow::Result<(Arc<ApprovalHub>, tokio::task::JoinHandle<()>)> {
+    pub async fn start(
+        client: async_nats::Client,
+        trust: Arc<ControlTrust>,
+    ) -> anyhow::Result<(Arc<ApprovalHub>, tokio::task::JoinHandle<()>)> {
         let mut decisions = client.subscribe(names::subject_for(kind::APPROVAL_DECIDED)).await?;
         let hub = Arc::new(ApprovalHub::default());
         let weak: Weak<ApprovalHub> = Arc::downgrade(&hub);
         let task = tokio::spawn(async move {
             while let Some(message) = decisions.next().await {
                 let Some(hub) = weak.upgrade() else { return };
-                hub.dispatch(&message.payload);
+                // Only decisions the control plane signed count.
+                let signature = message.headers.as_ref().and_then(|h| h.get(SIGNATURE_HEADER)).map(|v| v.as_str());
+                match signature {
+                    Some(signature) => match trust.key.verify(ControlKind::Decision, &message.payload, signature) {
+                        Ok(()) => hub.dispatch(&message.payload),
+                        Err(e) => trust.refuse(&format!("approval decision {e}")),
+                    },
+                    None => trust.refuse("approval decision not signed"),
+                }
             }
         });
         Ok((hub, task))

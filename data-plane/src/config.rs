@@ -24,6 +24,27 @@ pub struct ProxyConfig {
     pub policy: PolicyWatchConfig,
     #[serde(default)]
     pub approvals: ApprovalsConfig,
+    /// Trust in the control plane.
+    pub control: ControlPlaneConfig,
+}
+
+/// The control plane this proxy takes policy, standing approvals and decisions from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlPlaneConfig {
+    /// Its public key (hex, as `tollgate-control public-key` prints it), or `file:PATH` of a
+    /// file holding it. Control messages it did not sign are refused.
+    pub public_key: String,
+}
+
+impl ControlPlaneConfig {
+    pub fn key(&self) -> Result<tollgate_shared::control::ControlPublicKey, String> {
+        let text = match self.public_key.strip_prefix("file:") {
+            Some(path) => std::fs::read_to_string(path).map_err(|e| format!("control.public_key {path}: {e}"))?,
+            None => self.public_key.clone(),
+        };
+        tollgate_shared::control::ControlPublicKey::parse(&text).map_err(|e| format!("control.public_key: {e}"))
+    }
 }
 
 /// How held commands are announced to the agent.
@@ -214,7 +235,7 @@ impl PgResource {
 impl ProxyConfig {
     /// Top-level keys, the only ones `TOLLGATE_*` variables override.
     const SECTIONS: &'static [&'static str] =
-        &["node", "nats", "postgres", "agent_issuers", "resources", "policy", "approvals"];
+        &["node", "nats", "postgres", "agent_issuers", "resources", "policy", "approvals", "control"];
 
     pub fn load(path: Option<&std::path::Path>) -> Result<Self, tollgate_shared::config::ConfigError> {
         let config: ProxyConfig = tollgate_shared::config::load(path, "TOLLGATE_", Self::SECTIONS, std::env::vars())?;
@@ -233,10 +254,32 @@ impl ProxyConfig {
         for issuer in &self.agent_issuers {
             issuer.clone().resolve().map_err(Invalid)?;
         }
+        self.control.key().map_err(Invalid)?;
+        let node = &self.node.name;
+        if node.is_empty() || !node.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            return Err(Invalid(format!("node.name {node:?}: use letters, digits, - and _")));
+        }
         Ok(())
     }
 
     pub fn resource(&self, name: &str) -> Option<&PgResource> {
         self.resources.iter().find(|r| r.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ProxyConfig;
+
+    /// The configurations the project ships parse with this code (their paths and keys are
+    /// for the deployments they describe, so they are not validated here).
+    #[test]
+    fn shipped_configurations_parse() {
+        for file in ["../deploy/proxy.example.toml", "../deploy/compose/proxy.toml"] {
+            let path = std::path::Path::new(file);
+            let parsed: Result<ProxyConfig, _> =
+                tollgate_shared::config::load(Some(path), "TOLLGATE_", ProxyConfig::SECTIONS, std::iter::empty());
+            assert!(parsed.is_ok(), "{file}: {:?}", parsed.err());
+        }
     }
 }

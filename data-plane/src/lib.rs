@@ -7,6 +7,7 @@
 
 pub mod approvals;
 pub mod config;
+pub mod control;
 pub mod grants;
 mod node_key;
 pub mod pg;
@@ -30,6 +31,7 @@ pub struct Proxy {
     shutdown: tokio::sync::watch::Sender<bool>,
     policy: policy::PolicyReceiver,
     standing: Arc<grants::StandingApprovals>,
+    trust: Arc<control::ControlTrust>,
 }
 
 impl Drop for Proxy {
@@ -56,14 +58,15 @@ impl Proxy {
             .connect(&config.nats.url)
             .await
             .with_context(|| format!("NATS at {}", config.nats.url))?;
-        let (approvals, approvals_task) = approvals::ApprovalHub::start(nats.clone()).await?;
+        let trust = Arc::new(control::ControlTrust::new(config.control.key().map_err(anyhow::Error::msg)?));
+        let (approvals, approvals_task) = approvals::ApprovalHub::start(nats.clone(), trust.clone()).await?;
         let js = async_nats::jetstream::new(nats);
         let mut tasks = vec![approvals_task];
         tasks.push(tokio::spawn(keep_stream(js.clone())));
-        let (watcher, mut policy) = policy::spawn_watcher(js.clone());
+        let (watcher, mut policy) = policy::spawn_watcher(js.clone(), trust.clone());
         tasks.push(watcher);
         let standing = Arc::new(grants::StandingApprovals::default());
-        tasks.push(standing.spawn_watcher(js.clone()));
+        tasks.push(standing.spawn_watcher(js.clone(), trust.clone()));
         // Serve once the policy is known, but never wait forever: without one, agents are refused.
         let wait = Duration::from_millis(config.policy.wait_at_start_ms);
         if tokio::time::timeout(wait, policy.wait_for(Option::is_some)).await.is_err() {
@@ -93,12 +96,18 @@ impl Proxy {
         let postgres_addr = listener.local_addr()?;
         tracing::info!(node = %config.node.name, %postgres_addr, node_key = %node_key, "tollgate-proxy listening");
         let listener = Some(tokio::spawn(pg::serve(listener, ctx)));
-        Ok(Proxy { postgres_addr, node_key, tasks, listener, shutdown, policy, standing })
+        Ok(Proxy { postgres_addr, node_key, tasks, listener, shutdown, policy, standing, trust })
     }
 
     /// How many standing approvals this node has loaded.
     pub fn standing_approvals(&self) -> usize {
         self.standing.len()
+    }
+
+    /// Control messages (policy versions, standing approvals, decisions) this node refused
+    /// because they were unsigned, badly signed or out of order.
+    pub fn refused_control_messages(&self) -> u64 {
+        self.trust.refused()
     }
 
     /// The policy version this node enforces now (None: it refuses every agent).

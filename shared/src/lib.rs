@@ -6,8 +6,10 @@
 //! the event stream exists.
 
 pub mod config;
+pub mod control;
 pub mod event;
 pub mod identity;
+pub mod keys;
 pub mod mask;
 pub mod names;
 pub mod policy;

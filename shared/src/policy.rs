@@ -22,6 +22,10 @@ pub struct Snapshot {
     pub event_id: uuid::Uuid,
     /// Hash of the version's `policy.changed` event: the next version links to it.
     pub event_hash: String,
+    /// Hash of the previous version's `policy.changed` event (`""` for version 1): proxies
+    /// check that a version they were not shown follows the one they hold.
+    #[serde(default)]
+    pub previous: String,
     pub changed_by: String,
     pub changed_at: chrono::DateTime<chrono::Utc>,
     /// Each resource's compiled masking, built on first use.

@@ -29,6 +29,20 @@ pub async fn ensure_grants_bucket(js: &jetstream::Context) -> Result<jetstream::
     ensure_bucket(js, names::GRANTS_BUCKET, 1).await
 }
 
+/// Open the policy bucket without creating it (proxies may read it, never create it).
+pub async fn open_policy_bucket(js: &jetstream::Context) -> Result<jetstream::kv::Store, String> {
+    open_bucket(js, names::POLICY_BUCKET).await
+}
+
+/// Open the standing-approvals bucket without creating it.
+pub async fn open_grants_bucket(js: &jetstream::Context) -> Result<jetstream::kv::Store, String> {
+    open_bucket(js, names::GRANTS_BUCKET).await
+}
+
+async fn open_bucket(js: &jetstream::Context, bucket: &str) -> Result<jetstream::kv::Store, String> {
+    js.get_key_value(bucket).await.map_err(|e| format!("KV bucket {bucket} is not available yet: {e}"))
+}
+
 async fn ensure_bucket(js: &jetstream::Context, bucket: &str, history: i64) -> Result<jetstream::kv::Store, String> {
     if let Ok(store) = js.get_key_value(bucket).await {
         return Ok(store);
@@ -49,8 +63,28 @@ pub async fn publish_event(
     js: &jetstream::Context,
     event: &crate::event::SealedEvent,
 ) -> Result<jetstream::context::PublishAckFuture, String> {
+    publish(js, event, None).await
+}
+
+/// `publish_event`, with the control plane's signature of the event's bytes in a header.
+pub async fn publish_signed_event(
+    js: &jetstream::Context,
+    event: &crate::event::SealedEvent,
+    signature: &str,
+) -> Result<jetstream::context::PublishAckFuture, String> {
+    publish(js, event, Some(signature)).await
+}
+
+async fn publish(
+    js: &jetstream::Context,
+    event: &crate::event::SealedEvent,
+    signature: Option<&str>,
+) -> Result<jetstream::context::PublishAckFuture, String> {
     let mut headers = async_nats::HeaderMap::new();
     headers.insert(names::MSG_ID_HEADER, event.id.to_string().as_str());
+    if let Some(signature) = signature {
+        headers.insert(crate::control::SIGNATURE_HEADER, signature);
+    }
     js.publish_with_headers(names::subject_for(event.kind), headers, event.bytes.clone())
         .await
         .map_err(|e| e.to_string())

@@ -77,8 +77,11 @@ async fn versions_concurrency_history_diff_and_dry_run() {
     // The KV bucket the proxies watch holds version 3; the events form a linked chain.
     let js = async_nats::jetstream::new(async_nats::connect(stack.nats.url()).await.unwrap());
     let kv = js.get_key_value(tollgate_shared::names::POLICY_BUCKET).await.unwrap();
+    let stored = kv.get(tollgate_shared::names::POLICY_KEY).await.unwrap().unwrap();
+    let key = tollgate_shared::control::ControlPublicKey::parse(&stack.control.public_key).unwrap();
     let snapshot: Value =
-        serde_json::from_slice(&kv.get(tollgate_shared::names::POLICY_KEY).await.unwrap().unwrap()).unwrap();
+        tollgate_shared::control::Signed::open(&stored, &key, tollgate_shared::control::ControlKind::Policy)
+            .expect("signed by the control plane");
     assert_eq!(snapshot["version"], 3);
     let events: Vec<Vec<u8>> = stack
         .stream_messages()

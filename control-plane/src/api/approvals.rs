@@ -10,6 +10,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use tollgate_shared::control::{ControlKind, Signed};
 use tollgate_shared::event::{kind, ApprovalDecided, ApprovalRefused, Chain, Channel, Verdict};
 use tollgate_shared::identity::{AgentIdentity, ResourceKind, ResourceRef};
 use tollgate_shared::names;
@@ -328,7 +329,9 @@ pub async fn decide(
     let mut chain = Chain::new(Uuid::now_v7(), "control".into(), person.clone(), resource);
     let payload = ApprovalDecided { approval_id: id, verdict, channel, reason, grant_minutes };
     let event = chain.seal(kind::APPROVAL_DECIDED, &payload).map_err(|e| ApiError::Unexpected(e.into()))?;
-    let ack = tollgate_shared::stream::publish_event(&state.js, &event)
+    // Signed: proxies act only on decisions the control plane signed.
+    let signature = state.control_key.sign(ControlKind::Decision, &event.bytes);
+    let ack = tollgate_shared::stream::publish_signed_event(&state.js, &event, &signature)
         .await
         .map_err(|e| ApiError::Unavailable(format!("the decision could not be recorded: {e}")))?;
     ack.await.map_err(|e| ApiError::Unavailable(format!("the decision could not be recorded: {e}")))?;
@@ -380,7 +383,8 @@ async fn stand(
         until: Utc::now() + chrono::Duration::minutes(i64::from(minutes)),
         approvers,
     };
-    let bytes = serde_json::to_vec(&standing).map_err(|e| ApiError::Unexpected(e.into()))?;
+    let bytes = Signed::seal(&state.control_key, ControlKind::Grant, &standing)
+        .map_err(|e| ApiError::Unexpected(anyhow::anyhow!("{e}")))?;
     let store = tollgate_shared::stream::ensure_grants_bucket(&state.js).await.map_err(ApiError::Unavailable)?;
     store
         .put(names::grant_key(request.id), bytes.into())
@@ -438,7 +442,7 @@ pub async fn request_ahead(
         return Err(ApiError::BadRequest("name the agent and at least one statement class".into()));
     }
     let store = tollgate_shared::stream::ensure_policy_bucket(&state.js).await.map_err(ApiError::Unavailable)?;
-    let policy = crate::policy::current(&store)
+    let policy = crate::policy::current(&store, &state.control_key)
         .await
         .map_err(|e| ApiError::Unavailable(e.to_string()))?
         .ok_or_else(|| ApiError::Unavailable("no policy is loaded".into()))?

@@ -107,7 +107,7 @@ fn store_error(e: crate::policy::ApplyError) -> ApiError {
     security(("bearer" = [])))]
 pub async fn get_policy(State(state): State<AppState>) -> Result<Json<PolicyView>, ApiError> {
     let store = store(&state).await?;
-    let (snapshot, _) = crate::policy::current(&store)
+    let (snapshot, _) = crate::policy::current(&store, &state.control_key)
         .await
         .map_err(store_error)?
         .ok_or_else(|| ApiError::NotFound("no policy has been set".into()))?;
@@ -132,10 +132,17 @@ pub async fn put_policy(
     let Json(body) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let document = parse_document(&body.document).map_err(invalid)?;
     let store = store(&state).await?;
-    let (snapshot, changes) =
-        crate::policy::apply(&state.js, &store, &caller.identity, body.base_version, document, body.comment)
-            .await
-            .map_err(store_error)?;
+    let (snapshot, changes) = crate::policy::apply(
+        &state.js,
+        &store,
+        &state.control_key,
+        &caller.identity,
+        body.base_version,
+        document,
+        body.comment,
+    )
+    .await
+    .map_err(store_error)?;
     tracing::info!(version = snapshot.version, by = %caller.subject, changes = changes.len(), "policy changed");
     Ok(Json(PutPolicyResult { version: snapshot.version, changes }))
 }
@@ -150,7 +157,7 @@ pub async fn dry_run(
 ) -> Result<Json<DryRunResult>, ApiError> {
     let Json(body) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let store = store(&state).await?;
-    let live = crate::policy::current(&store).await.map_err(store_error)?;
+    let live = crate::policy::current(&store, &state.control_key).await.map_err(store_error)?;
     let live_version = live.as_ref().map_or(0, |(s, _)| s.version);
     match parse_document(&body.document) {
         Ok(document) => {

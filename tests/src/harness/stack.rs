@@ -60,11 +60,13 @@ impl Stack {
         std::fs::write(dir.path().join("upstream.pw"), format!("{upstream_password}\n")).expect("password file");
 
         // The control plane first, so the proxy finds a policy when it starts.
-        let control = Control::start(control_config(&pg, &nats, &issuer)).await.expect("control plane starts");
+        let key_file = dir.path().join("control.key");
+        let control =
+            Control::start(control_config(&pg, &nats, &issuer, &key_file)).await.expect("control plane starts");
         put_policy(&reqwest::Client::new(), control.addr, &issuer, 0, &default_policy()).await;
-        let proxy = Proxy::start(proxy_config(&pg, &nats, &issuer, &dir.path().join("upstream.pw"), "proxy-a"))
-            .await
-            .expect("proxy starts");
+        let setup =
+            ProxySetup { password_file: dir.path().join("upstream.pw"), control_key: control.public_key.clone() };
+        let proxy = Proxy::start(proxy_config(&pg, &nats, &issuer, &setup, "proxy-a")).await.expect("proxy starts");
         assert_eq!(proxy.policy_version(), Some(1), "the proxy loaded the policy at start");
         Stack {
             pg,
@@ -89,12 +91,16 @@ impl Stack {
 
     /// Configuration for another proxy node on the same NATS, issuer and upstream.
     pub fn proxy_config(&self, node: &str) -> ProxyConfig {
-        proxy_config(&self.pg, &self.nats, &self.issuer, &self.dir.path().join("upstream.pw"), node)
+        let setup = ProxySetup {
+            password_file: self.dir.path().join("upstream.pw"),
+            control_key: self.control.public_key.clone(),
+        };
+        proxy_config(&self.pg, &self.nats, &self.issuer, &setup, node)
     }
 
     /// Configuration for another control-plane replica (same database, NATS and issuer).
     pub fn control_config(&self) -> ControlConfig {
-        control_config(&self.pg, &self.nats, &self.issuer)
+        control_config(&self.pg, &self.nats, &self.issuer, &self.dir.path().join("control.key"))
     }
 
     /// A fresh agent token for `subject`, with GitHub-Actions-like claims.
@@ -297,13 +303,14 @@ pub async fn start_issuer() -> (Arc<DevIssuer>, tokio::task::JoinHandle<()>) {
     (issuer, task)
 }
 
-fn proxy_config(
-    pg: &PgServer,
-    nats: &NatsServer,
-    issuer: &DevIssuer,
-    password_file: &std::path::Path,
-    node: &str,
-) -> ProxyConfig {
+/// What a proxy of the stack is given besides the servers: the upstream password file and the
+/// control plane's public key.
+struct ProxySetup {
+    password_file: std::path::PathBuf,
+    control_key: String,
+}
+
+fn proxy_config(pg: &PgServer, nats: &NatsServer, issuer: &DevIssuer, setup: &ProxySetup, node: &str) -> ProxyConfig {
     let text = format!(
         r#"
 [node]
@@ -324,20 +331,24 @@ port = {port}
 database = "demo"
 user = "app"
 password = "file:{password}"
+[control]
+public_key = "{control_key}"
 "#,
         nats = nats.url(),
         issuer = issuer.url(),
         port = pg.port,
-        password = password_file.display(),
+        password = setup.password_file.display(),
+        control_key = setup.control_key,
     );
     toml::from_str(&text).expect("proxy config parses")
 }
 
-fn control_config(pg: &PgServer, nats: &NatsServer, issuer: &DevIssuer) -> ControlConfig {
+fn control_config(pg: &PgServer, nats: &NatsServer, issuer: &DevIssuer, key_file: &std::path::Path) -> ControlConfig {
     let text = format!(
         r#"
 listen = "127.0.0.1:0"
 database_url = "{db}"
+signing_key_file = "{key_file}"
 [nats]
 url = "{nats}"
 [[reviewer_issuers]]
@@ -353,6 +364,7 @@ admin = ["admins"]
         db = pg.superuser_url("tollgate"),
         nats = nats.url(),
         issuer = issuer.url(),
+        key_file = key_file.display(),
     );
     toml::from_str(&text).expect("control config parses")
 }

@@ -1,0 +1,151 @@
+//! Trust on the bus: what reaches NATS does not decide anything unless the control plane signed
+//! it. A forged or replayed policy, a forged approval decision and a forged standing approval are
+//! refused and counted by the proxy, which keeps enforcing what it had; the real ones work.
+
+use serde_json::{json, Value};
+use tollgate_shared::control::{ControlKey, ControlKind, Signed};
+use tollgate_shared::event::{kind, ApprovalDecided, Chain, Channel, Verdict};
+use tollgate_shared::identity::{AgentIdentity, ResourceKind, ResourceRef};
+use tollgate_tests::{eventually, Stack};
+
+fn held_policy() -> Value {
+    json!({
+        "resources": [{ "name": "demo", "kind": "postgres", "approvals": [{
+            "name": "destructive", "hold_classes": ["drop"], "approver_groups": ["dba"], "timeout_secs": 60
+        }]}],
+        "grants": [{ "name": "everyone", "who": { "agents": ["*"] }, "resources": { "names": ["demo"] }, "access": "admin" }]
+    })
+}
+
+async fn jetstream(stack: &Stack) -> async_nats::jetstream::Context {
+    async_nats::jetstream::new(async_nats::connect(stack.nats.url()).await.expect("nats"))
+}
+
+async fn refusals_reach(stack: &Stack, n: u64) {
+    eventually(10, "the proxy to refuse the forged message", || async {
+        (stack.proxy.refused_control_messages() >= n).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_and_replayed_policies_are_refused_and_the_real_one_still_applies() {
+    let stack = Stack::start().await;
+    assert_eq!(stack.proxy.policy_version(), Some(1));
+    let js = jetstream(&stack).await;
+    let kv = js.get_key_value(tollgate_shared::names::POLICY_BUCKET).await.expect("policy bucket");
+    let signed_v1 = kv.get(tollgate_shared::names::POLICY_KEY).await.expect("get").expect("version 1");
+
+    // An unsigned snapshot claiming the highest version there is, which would freeze every update.
+    let permissive = json!({
+        "version": u64::MAX, "document": { "resources": [], "grants": [] }, "event_id": uuid::Uuid::nil(),
+        "event_hash": "", "changed_by": "mallory", "changed_at": "2026-12-02T00:00:00Z"
+    });
+    kv.put(tollgate_shared::names::POLICY_KEY, serde_json::to_vec(&permissive).unwrap().into()).await.expect("put");
+    refusals_reach(&stack, 1).await;
+    // Signed, but by a key that is not the control plane's.
+    let (mallory, _) = ControlKey::generate().unwrap();
+    let mut next = permissive.clone();
+    next["version"] = 2.into();
+    let forged = Signed::seal(&mallory, ControlKind::Policy, &next).unwrap();
+    kv.put(tollgate_shared::names::POLICY_KEY, forged.into()).await.expect("put");
+    refusals_reach(&stack, 2).await;
+    // An old version, really signed, replayed: changes nothing.
+    kv.put(tollgate_shared::names::POLICY_KEY, signed_v1.clone()).await.expect("replay");
+    assert_eq!(stack.proxy.policy_version(), Some(1));
+
+    // The control plane's own next version is not frozen out; the proxy enforces it.
+    let version = stack.put_policy(&held_policy()).await;
+    assert_eq!(version, 2, "the control plane builds on its own signed version, not the forgeries");
+    eventually(10, "the proxy to load version 2", || async { (stack.proxy.policy_version() == Some(2)).then_some(()) })
+        .await;
+    // The whole time, agents were served under the real policy.
+    let out = stack.psql(&stack.agent_token("bot-trust"), None, &["-c", "select 1"], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_decisions_and_standing_approvals_release_nothing() {
+    let stack = Stack::start().await;
+    stack.pg.admin_sql("demo", "create table victims (id int); alter table victims owner to app");
+    let version = stack.put_policy(&held_policy()).await;
+    eventually(10, "the proxy to load the policy", || async {
+        (stack.proxy.policy_version() == Some(version)).then_some(())
+    })
+    .await;
+    let token = stack.agent_token("deploy-bot");
+    let child = stack.psql_spawn(&token, None, &["-c", "DROP TABLE victims"]);
+    let request = eventually(20, "the request", || async {
+        let (_, list) = stack
+            .api_as("/api/v1/approvals?status=pending", Some(&stack.person_token("ann", &["approvers", "dba"])))
+            .await;
+        list.as_array().and_then(|l| l.first().cloned())
+    })
+    .await;
+    let id: uuid::Uuid = request["id"].as_str().unwrap().parse().unwrap();
+
+    // Someone on the bus publishes approvals: unsigned, then signed with a key of their own.
+    let js = jetstream(&stack).await;
+    let mallory = AgentIdentity {
+        issuer: "https://evil.example".into(),
+        subject: "mallory".into(),
+        name: "mallory".into(),
+        groups: vec!["dba".into()],
+        attributes: Default::default(),
+    };
+    let decision = ApprovalDecided {
+        approval_id: id,
+        verdict: Verdict::Approve,
+        channel: Channel::Rest,
+        reason: None,
+        grant_minutes: None,
+    };
+    let resource = ResourceRef { name: "demo".into(), kind: ResourceKind::Postgres };
+    let mut chain = Chain::new(uuid::Uuid::now_v7(), "control".into(), mallory.clone(), resource.clone());
+    let unsigned = chain.seal(kind::APPROVAL_DECIDED, &decision).unwrap();
+    tollgate_shared::stream::publish_event(&js, &unsigned).await.unwrap().await.unwrap();
+    refusals_reach(&stack, 1).await;
+    let (key, _) = ControlKey::generate().unwrap();
+    let mut chain = Chain::new(uuid::Uuid::now_v7(), "control".into(), mallory.clone(), resource);
+    let forged = chain.seal(kind::APPROVAL_DECIDED, &decision).unwrap();
+    let signature = key.sign(ControlKind::Decision, &forged.bytes);
+    tollgate_shared::stream::publish_signed_event(&js, &forged, &signature).await.unwrap().await.unwrap();
+    refusals_reach(&stack, 2).await;
+    // A standing approval written straight into the bucket, unsigned.
+    let grants = js.get_key_value(tollgate_shared::names::GRANTS_BUCKET).await.expect("grants bucket");
+    let standing = json!({
+        "approval_id": id, "agent_issuer": null, "agent_name": "deploy-bot", "resource": "demo",
+        "classes": ["drop"], "until": "2099-01-01T00:00:00Z", "approvers": ["mallory"]
+    });
+    grants.put(tollgate_shared::names::grant_key(id), serde_json::to_vec(&standing).unwrap().into()).await.unwrap();
+    refusals_reach(&stack, 3).await;
+    assert_eq!(stack.proxy.standing_approvals(), 0);
+
+    // Still held: the statement has not run.
+    let log = stack.pg.database_log("demo");
+    assert!(!log.contains("DROP TABLE victims"), "ran on a forged approval");
+    assert!(log.contains("connection authorized: user=app"), "control: the upstream log is the right one");
+
+    // The real approval releases it.
+    let (status, body) = stack
+        .api_send(
+            "POST",
+            &format!("/api/v1/approvals/{id}/approve"),
+            Some(&stack.person_token("ann", &["approvers", "dba"])),
+            Some(&json!({ "reason": "ticket 7" })),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output()).await.unwrap().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let released = eventually(20, "the release on record", || async {
+        stack
+            .stream_messages()
+            .await
+            .iter()
+            .filter_map(|m| serde_json::from_slice::<Value>(m).ok())
+            .find(|e| e["type"] == "approval.released")
+    })
+    .await;
+    assert_eq!(released["payload"]["approvers"][0].as_str().map(|a| a.starts_with("ann (")), Some(true), "{released}");
+}
