@@ -8,6 +8,7 @@ mod auth_failures;
 mod channels;
 mod error;
 mod health;
+pub mod nodes;
 mod policy;
 mod sessions;
 
@@ -39,6 +40,8 @@ pub struct AppState {
     pub js: async_nats::jetstream::Context,
     /// Signs policy versions, standing approvals and decisions.
     pub control_key: Arc<tollgate_shared::control::ControlKey>,
+    /// Node keys the configuration trusts.
+    pub trusted_nodes: Arc<Vec<String>>,
 }
 
 #[derive(OpenApi)]
@@ -63,11 +66,15 @@ pub struct AppState {
         policy::list_versions,
         policy::get_version,
         policy::diff_versions,
+        nodes::list_nodes,
+        nodes::trust,
+        nodes::retire,
+        nodes::revoke,
         health::healthz,
         health::readyz,
     ),
     modifiers(&BearerAuth),
-    tags((name = "sessions"), (name = "agents"), (name = "approvals"), (name = "policy"), (name = "health"))
+    tags((name = "sessions"), (name = "agents"), (name = "approvals"), (name = "policy"), (name = "nodes"), (name = "health"))
 )]
 pub struct ApiDoc;
 
@@ -103,6 +110,7 @@ pub fn router(state: AppState) -> Router {
         .route("/policy/versions", get(policy::list_versions))
         .route("/policy/versions/{version}", get(policy::get_version))
         .route("/policy/diff", get(policy::diff_versions))
+        .route("/nodes", get(nodes::list_nodes))
         .route_layer(axum::middleware::from_fn(|r, n| auth::require(auth::READ, r, n)));
     let approvals = Router::new()
         .route("/approvals", get(approvals::list_approvals))
@@ -117,6 +125,9 @@ pub fn router(state: AppState) -> Router {
     let admin = Router::new()
         .route("/policy", axum::routing::put(policy::put_policy))
         .route("/policy/dry-run", axum::routing::post(policy::dry_run))
+        .route("/nodes/{key}/trust", axum::routing::post(nodes::trust))
+        .route("/nodes/{key}/retire", axum::routing::post(nodes::retire))
+        .route("/nodes/{key}/revoke", axum::routing::post(nodes::revoke))
         .route_layer(axum::middleware::from_fn(|r, n| auth::require(auth::ADMIN, r, n)));
     let api = api
         .merge(admin)

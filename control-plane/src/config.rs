@@ -38,6 +38,18 @@ pub struct ControlConfig {
     /// Signed decisions from another system (`POST /webhooks/decisions`).
     #[serde(default)]
     pub inbound_webhook: Option<InboundWebhookConfig>,
+    /// Proxies whose sessions verify as trusted.
+    #[serde(default)]
+    pub nodes: NodesConfig,
+}
+
+/// Node keys trusted without an admin's decision.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodesConfig {
+    /// Public keys (hex) of the proxies' node keys (`node_key` in each proxy's startup log).
+    #[serde(default)]
+    pub trusted: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -128,6 +140,7 @@ impl ControlConfig {
         "slack",
         "webhooks",
         "inbound_webhook",
+        "nodes",
     ];
 
     pub fn load(path: Option<&std::path::Path>) -> Result<Self, tollgate_shared::config::ConfigError> {

@@ -74,7 +74,13 @@ impl Control {
         let mut tasks = vec![
             tokio::spawn(ensure_storage(js.clone())),
             reviewers.spawn_refresh(),
-            tokio::spawn(projector::run(js, db.clone(), config.projector.batch_size.max(1), stats.clone())),
+            tokio::spawn(projector::run(
+                js,
+                db.clone(),
+                config.projector.batch_size.max(1),
+                stats.clone(),
+                tollgate_shared::control::ControlPublicKey::parse(&public_key).map_err(anyhow::Error::msg)?,
+            )),
         ];
         if config.roles.is_empty() {
             tracing::warn!("no [roles] configured: every API call will be refused (403)");
@@ -103,6 +109,7 @@ impl Control {
             roles: Arc::new(config.roles.clone()),
             js: api_js,
             control_key,
+            trusted_nodes: Arc::new(config.nodes.trusted.iter().map(|k| k.trim().to_ascii_lowercase()).collect()),
         };
         let listener = tokio::net::TcpListener::bind(&config.listen)
             .await
@@ -136,4 +143,15 @@ async fn ensure_storage(js: async_nats::jetstream::Context) {
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(std::time::Duration::from_secs(5));
     }
+}
+
+/// Publish an event of the control plane's own, signed (proxies act on decisions only with the
+/// signature; the projector keeps unsigned control events aside). Returns the ack to await.
+pub async fn publish_signed(
+    js: &async_nats::jetstream::Context,
+    key: &tollgate_shared::control::ControlKey,
+    event: &tollgate_shared::event::SealedEvent,
+) -> Result<async_nats::jetstream::context::PublishAckFuture, String> {
+    let signature = key.sign(tollgate_shared::control::ControlKind::Event, &event.bytes);
+    tollgate_shared::stream::publish_signed_event(js, event, &signature).await
 }

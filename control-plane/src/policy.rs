@@ -87,21 +87,25 @@ pub async fn apply(
     }
     // Usually one attempt records the change before we answer; if JetStream is slow, keep
     // trying in the background with the same bytes.
-    if tokio::time::timeout(Duration::from_secs(2), publish_once(js, &event)).await.map_or(true, |r| r.is_err()) {
-        tokio::spawn(publish_until_stored(js.clone(), event));
+    let signature = key.sign(ControlKind::Event, &event.bytes);
+    if tokio::time::timeout(Duration::from_secs(2), publish_once(js, &event, &signature))
+        .await
+        .map_or(true, |r| r.is_err())
+    {
+        tokio::spawn(publish_until_stored(js.clone(), event, signature));
     }
     Ok((snapshot, changes))
 }
 
-async fn publish_once(js: &jetstream::Context, event: &SealedEvent) -> Result<(), String> {
-    let ack = tollgate_shared::stream::publish_event(js, event).await?;
+async fn publish_once(js: &jetstream::Context, event: &SealedEvent, signature: &str) -> Result<(), String> {
+    let ack = tollgate_shared::stream::publish_signed_event(js, event, signature).await?;
     ack.await.map(|_| ()).map_err(|e| e.to_string())
 }
 
-async fn publish_until_stored(js: jetstream::Context, event: SealedEvent) {
+async fn publish_until_stored(js: jetstream::Context, event: SealedEvent, signature: String) {
     let mut delay = Duration::from_millis(100);
     loop {
-        match publish_once(&js, &event).await {
+        match publish_once(&js, &event, &signature).await {
             Ok(()) => return,
             Err(e) => tracing::warn!(event = %event.id, error = %e, "policy.changed not recorded yet; retrying"),
         }

@@ -12,6 +12,7 @@ use sqlx::PgPool;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use tollgate_shared::control::ControlPublicKey;
 use tollgate_shared::names;
 
 /// Counters the metrics endpoint reads.
@@ -24,10 +25,18 @@ pub struct ProjectorStats {
     pub lag: AtomicU64,
 }
 
-pub async fn run(js: jetstream::Context, db: PgPool, batch_size: usize, stats: Arc<ProjectorStats>) {
+/// Project until the task is aborted. Events of the control plane's own kinds count only with
+/// its signature (`control` verifies it); others are kept aside in `rejected_events`.
+pub async fn run(
+    js: jetstream::Context,
+    db: PgPool,
+    batch_size: usize,
+    stats: Arc<ProjectorStats>,
+    control: ControlPublicKey,
+) {
     let mut delay = Duration::from_millis(200);
     loop {
-        match consume(&js, &db, batch_size, &stats).await {
+        match consume(&js, &db, batch_size, &stats, &control).await {
             Ok(()) => delay = Duration::from_millis(200),
             Err(e) => {
                 tracing::warn!(error = %e, "projector interrupted; resuming");
@@ -43,6 +52,7 @@ async fn consume(
     db: &PgPool,
     batch_size: usize,
     stats: &ProjectorStats,
+    control: &ControlPublicKey,
 ) -> anyhow::Result<()> {
     let stream = tollgate_shared::stream::ensure_event_stream(js).await.map_err(anyhow::Error::msg)?;
     let consumer = stream
@@ -74,7 +84,7 @@ async fn consume(
         let mut delay = Duration::from_millis(100);
         // The database may be briefly away: hold the batch and retry rather than lose it.
         let outcome = loop {
-            match apply::write_batch(db, &batch).await {
+            match apply::write_batch(db, &batch, control).await {
                 Ok(outcome) => break outcome,
                 Err(e) => {
                     tracing::warn!(error = %e, events = batch.len(), "projection batch failed; retrying");

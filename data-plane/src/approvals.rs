@@ -44,7 +44,7 @@ impl ApprovalHub {
                 // Only decisions the control plane signed count.
                 let signature = message.headers.as_ref().and_then(|h| h.get(SIGNATURE_HEADER)).map(|v| v.as_str());
                 match signature {
-                    Some(signature) => match trust.key.verify(ControlKind::Decision, &message.payload, signature) {
+                    Some(signature) => match trust.key.verify(ControlKind::Event, &message.payload, signature) {
                         Ok(()) => hub.dispatch(&message.payload),
                         Err(e) => trust.refuse(&format!("approval decision {e}")),
                     },

@@ -76,8 +76,9 @@ impl Proxy {
         let verifier =
             tollgate_shared::jwks::Verifier::new(config.agent_issuers.clone()).await.map_err(anyhow::Error::msg)?;
         tasks.push(verifier.spawn_refresh());
-        let publisher = Arc::new(recorder::Publisher::new(js, Duration::from_millis(config.nats.publish_timeout_ms)));
         let node_key = signer.public_hex();
+        tasks.push(tokio::spawn(announce_node(js.clone(), config.node.name.clone(), node_key.clone())));
+        let publisher = Arc::new(recorder::Publisher::new(js, Duration::from_millis(config.nats.publish_timeout_ms)));
         let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
         let services = pg::NodeServices {
             verifier,
@@ -140,5 +141,39 @@ async fn keep_stream(js: async_nats::jetstream::Context) {
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
         }
+    }
+}
+
+/// Announce this node's signing key (`node.started`), so an admin can trust it; retried until
+/// JetStream takes it.
+async fn announce_node(js: async_nats::jetstream::Context, node: String, node_key: String) {
+    use tollgate_shared::event::{kind, Chain, NodeStarted};
+    use tollgate_shared::identity::{AgentIdentity, ResourceKind, ResourceRef};
+    let nobody = AgentIdentity {
+        issuer: String::new(),
+        subject: String::new(),
+        name: String::new(),
+        groups: Vec::new(),
+        attributes: Default::default(),
+    };
+    let resource = ResourceRef { name: node.clone(), kind: ResourceKind::Policy };
+    let mut chain = Chain::new(uuid::Uuid::now_v7(), node, nobody, resource);
+    let payload = NodeStarted { node_key, version: env!("CARGO_PKG_VERSION").to_owned() };
+    let event = match chain.seal(kind::NODE_STARTED, &payload) {
+        Ok(event) => event,
+        Err(e) => return tracing::error!(error = %e, "cannot seal node.started"),
+    };
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let published = async {
+            let ack = tollgate_shared::stream::publish_event(&js, &event).await?;
+            ack.await.map_err(|e| e.to_string())
+        };
+        match published.await {
+            Ok(_) => return,
+            Err(e) => tracing::warn!(error = %e, "node.started not recorded yet; retrying"),
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
     }
 }

@@ -1,5 +1,5 @@
 //! Control messages: what the control plane tells proxies through NATS (policy versions,
-//! standing approvals, approval decisions). Each is signed with the control plane's ed25519
+//! standing approvals, approval decisions) and every event it publishes. Each is signed with the control plane's ed25519
 //! key, so nothing else that can reach NATS can change policy, grant or approve: proxies
 //! verify against the control plane's public key and refuse what is unsigned, badly signed or
 //! out of order (and keep enforcing what they had).
@@ -20,8 +20,9 @@ pub enum ControlKind {
     Policy,
     /// A standing approval in the grants bucket.
     Grant,
-    /// An `approval.decided` event.
-    Decision,
+    /// An event the control plane publishes (`approval.decided`, `policy.changed`...): the
+    /// signature travels in the message's `Tollgate-Signature` header.
+    Event,
 }
 
 impl ControlKind {
@@ -29,7 +30,7 @@ impl ControlKind {
         match self {
             ControlKind::Policy => "policy",
             ControlKind::Grant => "grant",
-            ControlKind::Decision => "decision",
+            ControlKind::Event => "event",
         }
     }
 }

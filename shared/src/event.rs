@@ -32,6 +32,8 @@ pub mod kind {
     pub const APPROVAL_EXPIRED: &str = "approval.expired";
     pub const APPROVAL_REFUSED: &str = "approval.refused";
     pub const APPROVAL_RELEASED: &str = "approval.released";
+    pub const NODE_STARTED: &str = "node.started";
+    pub const NODE_DECIDED: &str = "node.decided";
 }
 
 /// One fact, as published on JetStream. `P` is the payload; readers that do not care about the

@@ -108,7 +108,7 @@ async fn forged_decisions_and_standing_approvals_release_nothing() {
     let (key, _) = ControlKey::generate().unwrap();
     let mut chain = Chain::new(uuid::Uuid::now_v7(), "control".into(), mallory.clone(), resource);
     let forged = chain.seal(kind::APPROVAL_DECIDED, &decision).unwrap();
-    let signature = key.sign(ControlKind::Decision, &forged.bytes);
+    let signature = key.sign(ControlKind::Event, &forged.bytes);
     tollgate_shared::stream::publish_signed_event(&js, &forged, &signature).await.unwrap().await.unwrap();
     refusals_reach(&stack, 2).await;
     // A standing approval written straight into the bucket, unsigned.
@@ -148,4 +148,103 @@ async fn forged_decisions_and_standing_approvals_release_nothing() {
     })
     .await;
     assert_eq!(released["payload"]["approvers"][0].as_str().map(|a| a.starts_with("ann (")), Some(true), "{released}");
+}
+
+async fn verified(stack: &Stack, session: &str, want: &str) -> Value {
+    eventually(20, &format!("the session to verify as {want}"), || async {
+        let (_, report) = stack.api(&format!("/api/v1/sessions/{session}/verify")).await;
+        (report["node_trust"] == want).then_some(report)
+    })
+    .await
+}
+
+async fn decide_node(stack: &Stack, key: &str, action: &str) {
+    let admin = stack.person_token("root@example.com", &["admins"]);
+    let (status, body) = stack
+        .api_send("POST", &format!("/api/v1/nodes/{key}/{action}"), Some(&admin), Some(&json!({ "reason": action })))
+        .await;
+    assert_eq!(status, 202, "{action}: {body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_are_trusted_only_under_trusted_node_keys() {
+    use tollgate_shared::event::{EndReason, SessionEnded, SessionSigner, SessionStarted, UpstreamTarget};
+    let stack = Stack::start().await;
+    let token = stack.agent_token("bot-nodes");
+    // proxy-a's key is trusted by the control plane's configuration.
+    let out = stack.psql(&token, None, &["-c", "select 1"], None);
+    assert!(out.status.success());
+    let first = stack.ended_sessions(1).await;
+    let report = verified(&stack, first[0]["id"].as_str().unwrap(), "trusted").await;
+    assert_eq!(report["trusted"], true, "{report}");
+
+    // A second proxy with a key of its own: its sessions verify, but are not trusted until an
+    // admin trusts the key it announced.
+    let proxy_b = tollgate_data_plane::Proxy::start(stack.proxy_config("proxy-b")).await.expect("proxy-b");
+    let dsn = format!("host=127.0.0.1 port={} dbname=demo user=ci password={token}", proxy_b.postgres_addr.port());
+    let (client, connection) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls).await.expect("connect via b");
+    let running = tokio::spawn(connection);
+    client.simple_query("select 2").await.expect("query via b");
+    drop(client);
+    let _ = running.await;
+    let sessions = stack.ended_sessions(2).await;
+    let b_session =
+        sessions.iter().find(|s| s["node"] == "proxy-b").expect("proxy-b's session")["id"].as_str().unwrap().to_owned();
+    let report = verified(&stack, &b_session, "pending").await;
+    assert_eq!((report["complete"].as_bool(), report["trusted"].as_bool()), (Some(true), Some(false)), "{report}");
+    let (_, nodes) = stack.api("/api/v1/nodes").await;
+    let listed = nodes.as_array().unwrap().iter().find(|n| n["key"] == proxy_b.node_key.as_str()).expect("b announced");
+    assert_eq!((listed["node"].as_str(), listed["status"].as_str()), (Some("proxy-b"), Some("pending")), "{nodes}");
+    decide_node(&stack, &proxy_b.node_key, "trust").await;
+    assert_eq!(verified(&stack, &b_session, "trusted").await["trusted"], true);
+    // Rotated out: what it signed before stays trusted...
+    decide_node(&stack, &proxy_b.node_key, "retire").await;
+    assert_eq!(verified(&stack, &b_session, "retired").await["trusted"], true);
+    // ...compromised: nothing it signed is.
+    decide_node(&stack, &proxy_b.node_key, "revoke").await;
+    assert_eq!(verified(&stack, &b_session, "revoked").await["trusted"], false);
+
+    // A whole session forged on the bus under a fresh key: linked and complete, not trusted.
+    let (forger, _) = SessionSigner::generate().unwrap();
+    let session = uuid::Uuid::now_v7();
+    let agent = AgentIdentity {
+        issuer: stack.issuer.url().into(),
+        subject: "bot-nodes".into(),
+        name: "bot-nodes".into(),
+        groups: Vec::new(),
+        attributes: Default::default(),
+    };
+    let mut chain =
+        Chain::new(session, "proxy-a".into(), agent, ResourceRef { name: "demo".into(), kind: ResourceKind::Postgres });
+    let started = SessionStarted {
+        client_addr: "127.0.0.1:1".into(),
+        client_tls: false,
+        client_user: "ci".into(),
+        application_name: None,
+        upstream: UpstreamTarget { host: "127.0.0.1".into(), port: 5432, database: "demo".into(), user: "app".into() },
+        node_key: forger.public_hex(),
+        policy_version: Some(1),
+        grant: Some("everyone".into()),
+        access: None,
+    };
+    let events = vec![chain.seal(kind::SESSION_STARTED, &started).unwrap()];
+    let head = chain.head().to_owned();
+    let ended = SessionEnded {
+        reason: EndReason::ClientClosed,
+        detail: None,
+        commands: 0,
+        signature: forger.sign_end(session, chain.next_seq(), &head),
+        head,
+    };
+    let events = [events, vec![chain.seal(kind::SESSION_ENDED, &ended).unwrap()]].concat();
+    let js = jetstream(&stack).await;
+    for event in &events {
+        tollgate_shared::stream::publish_event(&js, event).await.unwrap().await.unwrap();
+    }
+    let report = verified(&stack, &session.to_string(), "unknown").await;
+    assert_eq!(
+        (report["linked"].as_bool(), report["complete"].as_bool(), report["trusted"].as_bool()),
+        (Some(true), Some(true), Some(false)),
+        "{report}"
+    );
 }

@@ -82,6 +82,7 @@ async fn psql_session_is_recorded_chained_and_projected() {
     assert_eq!(verify["linked"], true, "{verify}");
     assert_eq!(verify["complete"], true, "{verify}");
     assert_eq!(verify["node_key"], stack.proxy.node_key.as_str());
+    assert_eq!((verify["node_trust"].as_str(), verify["trusted"].as_bool()), (Some("trusted"), Some(true)), "{verify}");
 
     // The agent appears with its claims.
     let (_, agents) = stack.api("/api/v1/agents").await;

@@ -257,7 +257,7 @@ pub async fn refused(
     tracing::info!(approval = ?id, ?channel, status = payload.status, reason = %payload.reason, "decision refused");
     match chain.seal(kind::APPROVAL_REFUSED, &payload) {
         Ok(event) => {
-            if let Err(e) = tollgate_shared::stream::publish_event(&state.js, &event).await {
+            if let Err(e) = crate::publish_signed(&state.js, &state.control_key, &event).await {
                 tracing::warn!(error = %e, "approval.refused not published");
             }
         }
@@ -330,8 +330,7 @@ pub async fn decide(
     let payload = ApprovalDecided { approval_id: id, verdict, channel, reason, grant_minutes };
     let event = chain.seal(kind::APPROVAL_DECIDED, &payload).map_err(|e| ApiError::Unexpected(e.into()))?;
     // Signed: proxies act only on decisions the control plane signed.
-    let signature = state.control_key.sign(ControlKind::Decision, &event.bytes);
-    let ack = tollgate_shared::stream::publish_signed_event(&state.js, &event, &signature)
+    let ack = crate::publish_signed(&state.js, &state.control_key, &event)
         .await
         .map_err(|e| ApiError::Unavailable(format!("the decision could not be recorded: {e}")))?;
     ack.await.map_err(|e| ApiError::Unavailable(format!("the decision could not be recorded: {e}")))?;
@@ -491,7 +490,7 @@ pub async fn request_ahead(
     let target = ResourceRef { name: body.resource.clone(), kind: ResourceKind::Postgres };
     let mut chain = Chain::new(Uuid::now_v7(), "control".into(), agent, target);
     let event = chain.seal(kind::APPROVAL_REQUESTED, &payload).map_err(|e| ApiError::Unexpected(e.into()))?;
-    let ack = tollgate_shared::stream::publish_event(&state.js, &event)
+    let ack = crate::publish_signed(&state.js, &state.control_key, &event)
         .await
         .map_err(|e| ApiError::Unavailable(format!("the request could not be recorded: {e}")))?;
     ack.await.map_err(|e| ApiError::Unavailable(format!("the request could not be recorded: {e}")))?;

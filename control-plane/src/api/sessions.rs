@@ -262,6 +262,11 @@ pub struct VerifyView {
     /// The session ended with a valid signature by the node key it announced.
     pub complete: bool,
     pub node_key: Option<String>,
+    /// How the key that signed stands: trusted, retired (after this session), pending (never
+    /// trusted), unknown (no proxy announced it), revoked.
+    pub node_trust: Option<super::nodes::KeyTrust>,
+    /// Complete, linked, and signed by a node key that is trusted for this session.
+    pub trusted: bool,
     pub head: String,
     pub problems: Vec<String>,
 }
@@ -281,13 +286,29 @@ pub async fn verify_session(
         .await?;
     let slices: Vec<&[u8]> = raws.iter().map(|(r,)| r.as_slice()).collect();
     let report = tollgate_shared::event::verify_chain(&slices);
+    let started: Option<(Option<DateTime<Utc>>,)> =
+        sqlx::query_as("SELECT started_at FROM sessions WHERE id = $1").bind(id).fetch_optional(&state.db).await?;
+    let node_trust = match &report.node_key {
+        Some(key) => Some(super::nodes::trust_of(&state, key, started.and_then(|(s,)| s)).await?),
+        None => None,
+    };
+    let mut problems = report.problems;
+    let key_trusted = node_trust.as_ref().is_some_and(|t| t.trusted());
+    if !key_trusted {
+        problems.push(format!(
+            "the session is signed by a node key that is not trusted ({})",
+            node_trust.as_ref().map_or("none".into(), |t| format!("{t:?}").to_lowercase())
+        ));
+    }
     Ok(Json(VerifyView {
         session: id,
         events: report.events,
         linked: report.linked,
         complete: report.complete,
+        trusted: report.linked && report.complete && key_trusted,
         node_key: report.node_key,
+        node_trust,
         head: report.head,
-        problems: report.problems,
+        problems,
     }))
 }

@@ -7,9 +7,10 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use sqlx::{PgPool, Postgres, Transaction};
 use std::collections::{BTreeMap, HashSet};
+use tollgate_shared::control::{ControlKind, ControlPublicKey, SIGNATURE_HEADER};
 use tollgate_shared::event::{
     kind, ApprovalDecided, ApprovalExpired, ApprovalRefused, ApprovalReleased, ApprovalRequested, AuthFailed, Command,
-    CommandResult, Envelope, PolicyChanged, SessionEnded, SessionStarted,
+    CommandResult, Envelope, NodeDecided, NodeStarted, PolicyChanged, SessionEnded, SessionStarted,
 };
 use tollgate_shared::identity::AgentIdentity;
 use uuid::Uuid;
@@ -48,6 +49,8 @@ enum Payload {
     ApprovalExpired(ApprovalExpired),
     ApprovalRefused(ApprovalRefused),
     ApprovalReleased(ApprovalReleased),
+    NodeStarted(NodeStarted),
+    NodeDecided(NodeDecided),
     /// A type this version does not project; the event is still stored.
     Other,
 }
@@ -72,6 +75,8 @@ fn decode(raw: &[u8]) -> Result<Decoded<'_>, String> {
         kind::APPROVAL_EXPIRED => Payload::ApprovalExpired(typed(&envelope)?),
         kind::APPROVAL_REFUSED => Payload::ApprovalRefused(typed(&envelope)?),
         kind::APPROVAL_RELEASED => Payload::ApprovalReleased(typed(&envelope)?),
+        kind::NODE_STARTED => Payload::NodeStarted(typed(&envelope)?),
+        kind::NODE_DECIDED => Payload::NodeDecided(typed(&envelope)?),
         _ => Payload::Other,
     };
     Ok(Decoded { envelope, seq, raw, body, payload })
@@ -85,13 +90,36 @@ fn enum_text<T: serde::Serialize>(value: &T) -> String {
     }
 }
 
-pub async fn write_batch(db: &PgPool, batch: &[Message]) -> sqlx::Result<BatchOutcome> {
+/// Whether an event is one only the control plane publishes (so it must carry its signature):
+/// decisions, refusals, policy changes, node decisions, approvals asked ahead of a run.
+fn from_control(event: &Decoded<'_>) -> bool {
+    match &event.payload {
+        Payload::ApprovalDecided(_)
+        | Payload::ApprovalRefused(_)
+        | Payload::PolicyChanged(_)
+        | Payload::NodeDecided(_) => true,
+        Payload::ApprovalRequested(r) => r.command_id.is_nil() || r.grant_minutes.is_some(),
+        _ => false,
+    }
+}
+
+fn signed_by_control(message: &Message, control: &ControlPublicKey) -> bool {
+    let signature = message.headers.as_ref().and_then(|h| h.get(SIGNATURE_HEADER)).map(|v| v.as_str());
+    signature.is_some_and(|s| control.verify(ControlKind::Event, &message.payload, s).is_ok())
+}
+
+pub async fn write_batch(db: &PgPool, batch: &[Message], control: &ControlPublicKey) -> sqlx::Result<BatchOutcome> {
     let mut outcome = BatchOutcome::default();
     let mut seen = HashSet::new();
     let mut decoded = Vec::with_capacity(batch.len());
     let mut rejected: Vec<(&str, &[u8], String)> = Vec::new();
     for message in batch {
         match decode(&message.payload) {
+            Ok(event) if from_control(&event) && !signed_by_control(message, control) => rejected.push((
+                message.subject.as_str(),
+                &message.payload,
+                format!("{} event without the control plane's signature", event.envelope.kind),
+            )),
             // The same event twice in one batch (a redelivery) counts once.
             Ok(event) if !seen.insert(event.envelope.id) => outcome.duplicates += 1,
             Ok(event) => decoded.push(event),
@@ -118,6 +146,8 @@ pub async fn write_batch(db: &PgPool, batch: &[Message]) -> sqlx::Result<BatchOu
                         | Payload::PolicyChanged(_)
                         | Payload::ApprovalDecided(_)
                         | Payload::ApprovalRefused(_)
+                        | Payload::NodeStarted(_)
+                        | Payload::NodeDecided(_)
                 )
         })
         .collect();
@@ -126,7 +156,11 @@ pub async fn write_batch(db: &PgPool, batch: &[Message]) -> sqlx::Result<BatchOu
         .copied()
         .filter(|d| match &d.payload {
             Payload::AuthFailed(a) => a.verified,
-            Payload::PolicyChanged(_) | Payload::ApprovalDecided(_) | Payload::ApprovalRefused(_) => false,
+            Payload::PolicyChanged(_)
+            | Payload::ApprovalDecided(_)
+            | Payload::ApprovalRefused(_)
+            | Payload::NodeStarted(_)
+            | Payload::NodeDecided(_) => false,
             // Asked ahead of a run: the agent has not shown up yet.
             Payload::ApprovalRequested(r) => !r.command_id.is_nil(),
             _ => true,
@@ -348,6 +382,22 @@ async fn insert_results(tx: &mut Transaction<'_, Postgres>, events: &[&Decoded<'
     Ok(())
 }
 
+/// A node key announced by a node starting: pending until an admin decides. (A key only a
+/// session names is unknown: no proxy announced it.)
+async fn seen_key(tx: &mut Transaction<'_, Postgres>, key: &str, node: &str, at: DateTime<Utc>) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO node_keys (key, node, first_seen, last_seen) VALUES ($1, $2, $3, $3)
+         ON CONFLICT (key) DO UPDATE SET last_seen = greatest(node_keys.last_seen, $3),
+             node = CASE WHEN node_keys.node = '' THEN $2 ELSE node_keys.node END",
+    )
+    .bind(key)
+    .bind(node)
+    .bind(at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 /// Start and end of a session, and refused attempts: rare events, written one by one.
 async fn session_lifecycle(tx: &mut Transaction<'_, Postgres>, e: &Decoded<'_>) -> sqlx::Result<()> {
     match &e.payload {
@@ -364,6 +414,21 @@ async fn session_lifecycle(tx: &mut Transaction<'_, Postgres>, e: &Decoded<'_>) 
             .bind(&p.application_name)
             .bind(serde_json::to_value(&p.upstream).unwrap_or_default())
             .bind(&p.node_key)
+            .execute(&mut **tx)
+            .await?;
+        }
+        Payload::NodeStarted(p) => seen_key(tx, &p.node_key, &e.envelope.node, e.envelope.at).await?,
+        Payload::NodeDecided(p) => {
+            sqlx::query(
+                "INSERT INTO node_keys (key, node, first_seen, last_seen, status, decided_by, decided_at, reason)
+                 VALUES ($1, '', $3, $3, $2, $4, $3, $5)
+                 ON CONFLICT (key) DO UPDATE SET status = $2, decided_by = $4, decided_at = $3, reason = $5",
+            )
+            .bind(&p.node_key)
+            .bind(enum_text(&p.trust))
+            .bind(e.envelope.at)
+            .bind(&e.envelope.agent.name)
+            .bind(&p.reason)
             .execute(&mut **tx)
             .await?;
         }

@@ -359,3 +359,35 @@ pub struct ApprovalRefused {
     pub status: u16,
     pub reason: String,
 }
+
+/// `node.started`: a proxy came up with this signing key. Its own one-event chain; the key
+/// stays pending until an admin trusts it (or the control plane's configuration lists it).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NodeStarted {
+    /// Public half of the key that signs the end of this node's sessions, hex.
+    pub node_key: String,
+    /// The proxy's version.
+    pub version: String,
+}
+
+/// What an admin decided about a node key.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeTrust {
+    /// Sessions it signs are trusted.
+    Trusted,
+    /// Rotated out: sessions it signed before are still trusted, later ones are not.
+    Retired,
+    /// Compromised: no session it signed is trusted.
+    Revoked,
+}
+
+/// `node.decided`: an admin trusted, retired or revoked a node key. From the control plane, a
+/// one-event chain whose `agent` is the admin.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NodeDecided {
+    pub node_key: String,
+    pub trust: NodeTrust,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}

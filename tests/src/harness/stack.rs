@@ -59,14 +59,22 @@ impl Stack {
         let dir = tempfile::tempdir().expect("stack dir");
         std::fs::write(dir.path().join("upstream.pw"), format!("{upstream_password}\n")).expect("password file");
 
+        // proxy-a's node key exists before the control plane starts, which trusts it by
+        // configuration (other proxies' keys are pending until an admin trusts them).
+        let node_key_file = dir.path().join("proxy-a.key");
+        let (signer, der) = tollgate_shared::event::SessionSigner::generate().expect("node key");
+        std::fs::write(&node_key_file, der).expect("node key file");
         // The control plane first, so the proxy finds a policy when it starts.
         let key_file = dir.path().join("control.key");
-        let control =
-            Control::start(control_config(&pg, &nats, &issuer, &key_file)).await.expect("control plane starts");
+        let mut config = control_config(&pg, &nats, &issuer, &key_file);
+        config.nodes.trusted = vec![signer.public_hex()];
+        let control = Control::start(config).await.expect("control plane starts");
         put_policy(&reqwest::Client::new(), control.addr, &issuer, 0, &default_policy()).await;
         let setup =
             ProxySetup { password_file: dir.path().join("upstream.pw"), control_key: control.public_key.clone() };
-        let proxy = Proxy::start(proxy_config(&pg, &nats, &issuer, &setup, "proxy-a")).await.expect("proxy starts");
+        let mut config = proxy_config(&pg, &nats, &issuer, &setup, "proxy-a");
+        config.node.key_file = Some(node_key_file);
+        let proxy = Proxy::start(config).await.expect("proxy starts");
         assert_eq!(proxy.policy_version(), Some(1), "the proxy loaded the policy at start");
         Stack {
             pg,
