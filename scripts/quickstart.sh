@@ -61,7 +61,21 @@ if [ "${FRESH:-0}" = 1 ]; then
     -c "INSERT INTO orders (customer, total) VALUES ('acme', 120.50), ('globex', 75.00)"
 fi
 
-"$NATS_SERVER" -a 127.0.0.1 -p $NATS_PORT -js -sd "$DATA/nats" >"$DATA/nats.log" 2>&1 & echo $! > "$DATA/nats.pid"
+# NATS the secure way: TLS (a local CA) and one nkey user per component, each allowed only its
+# own subjects (tollgate-control nats-config writes the server configuration and the seeds).
+if [ ! -f "$DATA/pki/cert.pem" ]; then
+  mkdir -p "$DATA/pki"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 365 -subj /CN=tollgate-quickstart-ca \
+    -keyout "$DATA/pki/ca.key" -out "$DATA/pki/ca.pem" 2>/dev/null
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=localhost \
+    -keyout "$DATA/pki/key.pem" -out "$DATA/pki/server.csr" 2>/dev/null
+  printf 'basicConstraints=CA:FALSE\nsubjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' > "$DATA/pki/server.ext"
+  openssl x509 -req -in "$DATA/pki/server.csr" -CA "$DATA/pki/ca.pem" -CAkey "$DATA/pki/ca.key" -CAcreateserial \
+    -days 365 -extfile "$DATA/pki/server.ext" -out "$DATA/pki/cert.pem" 2>/dev/null
+fi
+"$BIN/tollgate-control" nats-config --dir "$DATA/secrets/nats" --node quickstart-proxy --listen 127.0.0.1:$NATS_PORT \
+  --store-dir "$DATA/nats" --tls-cert "$DATA/pki/cert.pem" --tls-key "$DATA/pki/key.pem" >/dev/null
+"$NATS_SERVER" -c "$DATA/secrets/nats/nats-server.conf" >"$DATA/nats.log" 2>&1 & echo $! > "$DATA/nats.pid"
 "$BIN/tollgate-control" dev-issuer serve --listen 127.0.0.1:$ISSUER_PORT --key-file "$DATA/secrets/dev-issuer.key" \
   >"$DATA/issuer.log" 2>&1 & echo $! > "$DATA/issuer.pid"
 wait_port $NATS_PORT; wait_port $ISSUER_PORT
@@ -73,7 +87,9 @@ listen = "127.0.0.1:$API_PORT"
 database_url = "$SUPER_URL/tollgate"
 signing_key_file = "$DATA/secrets/control.key"
 [nats]
-url = "nats://127.0.0.1:$NATS_PORT"
+url = "tls://127.0.0.1:$NATS_PORT"
+nkey = "file:$DATA/secrets/nats/control.nk"
+ca_file = "$DATA/pki/ca.pem"
 [[reviewer_issuers]]
 issuer = "http://127.0.0.1:$ISSUER_PORT"
 audience = ["tollgate-api"]
@@ -88,7 +104,9 @@ cat > "$DATA/proxy.toml" <<TOML
 name = "quickstart-proxy"
 key_file = "$DATA/secrets/node.key"
 [nats]
-url = "nats://127.0.0.1:$NATS_PORT"
+url = "tls://127.0.0.1:$NATS_PORT"
+nkey = "file:$DATA/secrets/nats/quickstart-proxy.nk"
+ca_file = "$DATA/pki/ca.pem"
 [control]
 public_key = "$CONTROL_KEY"
 [postgres]

@@ -57,7 +57,7 @@ impl Announcer {
                 CONSUMER,
                 pull::Config {
                     durable_name: Some(CONSUMER.to_owned()),
-                    filter_subject: format!("{}.approval.>", names::SUBJECT_PREFIX),
+                    filter_subject: names::approval_subjects(),
                     ack_policy: jetstream::consumer::AckPolicy::Explicit,
                     ack_wait: Duration::from_secs(120),
                     ..Default::default()

@@ -102,7 +102,14 @@ pub struct InboundWebhookConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NatsConfig {
+    /// One server, or several separated by commas (a cluster).
     pub url: String,
+    /// The control plane's nkey seed, by reference (`file:` or `env:`).
+    #[serde(default)]
+    pub nkey: Option<tollgate_shared::config::SecretRef>,
+    /// The CA that signed the NATS servers' certificates: TLS, verified.
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

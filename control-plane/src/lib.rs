@@ -7,6 +7,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod dev_issuer;
+pub mod natsconf;
 pub mod policy;
 pub mod projector;
 pub mod signing;
@@ -60,12 +61,16 @@ impl Control {
         if config.reviewer_issuers.is_empty() {
             tracing::warn!("no reviewer_issuers configured: every API call will be refused");
         }
-        let nats = async_nats::ConnectOptions::new()
-            .name("tollgate-control")
-            .retry_on_initial_connect()
-            .connect(&config.nats.url)
-            .await
-            .with_context(|| format!("NATS at {}", config.nats.url))?;
+        let nats = tollgate_shared::stream::connect_options(
+            "tollgate-control",
+            tollgate_shared::names::CONTROL_NODE,
+            config.nats.nkey.as_ref(),
+            config.nats.ca_file.as_deref(),
+        )
+        .map_err(anyhow::Error::msg)?
+        .connect(tollgate_shared::stream::servers(&config.nats.url))
+        .await
+        .with_context(|| format!("NATS at {}", config.nats.url))?;
         let js = async_nats::jetstream::new(nats.clone());
         let api_js = js.clone();
         let reviewers =

@@ -1,4 +1,4 @@
-//! `tollgate-control serve | public-key | openapi | dev-issuer serve | dev-issuer mint`
+//! `tollgate-control serve | public-key | nats-config | openapi | dev-issuer serve | dev-issuer mint`
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -27,6 +27,26 @@ enum Cmd {
         /// The signing key file (`signing_key_file` in the configuration).
         #[arg(long)]
         key_file: PathBuf,
+    },
+    /// Write a NATS server configuration for Tollgate: one nkey user per component (seed
+    /// files `control.nk` and `<node>.nk` beside it), each allowed only its own subjects.
+    NatsConfig {
+        /// Directory for `nats-server.conf` and the seed files (kept: running it again reuses them).
+        #[arg(long)]
+        dir: PathBuf,
+        /// A proxy node name (repeat for each proxy).
+        #[arg(long = "node", required = true)]
+        nodes: Vec<String>,
+        #[arg(long, default_value = "127.0.0.1:4222")]
+        listen: String,
+        /// JetStream storage directory.
+        #[arg(long)]
+        store_dir: PathBuf,
+        /// TLS certificate and key (PEM) the server presents to clients.
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
     /// Print the OpenAPI document (what openapi/openapi.json holds).
     Openapi,
@@ -92,6 +112,20 @@ async fn main() -> anyhow::Result<()> {
             tracing::info!("shutting down");
         }
         Cmd::Openapi => print!("{}", api::openapi_json()),
+        Cmd::NatsConfig { dir, nodes, listen, store_dir, tls_cert, tls_key } => {
+            let plan = tollgate_control_plane::natsconf::Plan {
+                dir,
+                nodes,
+                listen,
+                store_dir,
+                server_name: None,
+                tls: tls_cert.zip(tls_key),
+                cluster: None,
+                extra_users: Vec::new(),
+            };
+            let path = tollgate_control_plane::natsconf::write(&plan).map_err(anyhow::Error::msg)?;
+            println!("{}", path.display());
+        }
         Cmd::PublicKey { key_file } => {
             println!("{}", tollgate_control_plane::load_signing_key(&key_file)?.public_hex());
         }

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use tokio::sync::mpsc;
 use tollgate_shared::control::{ControlKind, SIGNATURE_HEADER};
-use tollgate_shared::event::{kind, ApprovalDecided, Envelope};
+use tollgate_shared::event::{ApprovalDecided, Envelope};
 use tollgate_shared::identity::AgentIdentity;
 use tollgate_shared::names;
 use uuid::Uuid;
@@ -35,7 +35,7 @@ impl ApprovalHub {
         client: async_nats::Client,
         trust: Arc<ControlTrust>,
     ) -> anyhow::Result<(Arc<ApprovalHub>, tokio::task::JoinHandle<()>)> {
-        let mut decisions = client.subscribe(names::subject_for(kind::APPROVAL_DECIDED)).await?;
+        let mut decisions = client.subscribe(names::decisions_subject()).await?;
         let hub = Arc::new(ApprovalHub::default());
         let weak: Weak<ApprovalHub> = Arc::downgrade(&hub);
         let task = tokio::spawn(async move {

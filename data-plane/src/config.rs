@@ -100,7 +100,15 @@ fn default_node_name() -> String {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NatsConfig {
+    /// One server, or several separated by commas (a cluster).
     pub url: String,
+    /// This node's nkey seed, by reference (`file:` or `env:`): `tollgate-control nats-config`
+    /// makes one per node, and the NATS server lets it publish only this node's events.
+    #[serde(default)]
+    pub nkey: Option<SecretRef>,
+    /// The CA that signed the NATS servers' certificates: TLS, verified (certificate and name).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     /// How long a command waits for JetStream to acknowledge its event before it is refused.
     #[serde(default = "default_publish_timeout")]
     pub publish_timeout_ms: u64,
@@ -256,8 +264,8 @@ impl ProxyConfig {
         }
         self.control.key().map_err(Invalid)?;
         let node = &self.node.name;
-        if node.is_empty() || !node.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-            return Err(Invalid(format!("node.name {node:?}: use letters, digits, - and _")));
+        if !tollgate_shared::names::valid_node(node) {
+            return Err(Invalid(format!("node.name {node:?}: use letters, digits, - and _ (and not \"control\")")));
         }
         Ok(())
     }

@@ -52,12 +52,16 @@ impl Proxy {
         if config.agent_issuers.is_empty() {
             tracing::warn!("no agent_issuers configured: every agent will be refused");
         }
-        let nats = async_nats::ConnectOptions::new()
-            .name(format!("tollgate-proxy {}", config.node.name))
-            .retry_on_initial_connect()
-            .connect(&config.nats.url)
-            .await
-            .with_context(|| format!("NATS at {}", config.nats.url))?;
+        let nats = tollgate_shared::stream::connect_options(
+            &format!("tollgate-proxy {}", config.node.name),
+            &config.node.name,
+            config.nats.nkey.as_ref(),
+            config.nats.ca_file.as_deref(),
+        )
+        .map_err(anyhow::Error::msg)?
+        .connect(tollgate_shared::stream::servers(&config.nats.url))
+        .await
+        .with_context(|| format!("NATS at {}", config.nats.url))?;
         let trust = Arc::new(control::ControlTrust::new(config.control.key().map_err(anyhow::Error::msg)?));
         let (approvals, approvals_task) = approvals::ApprovalHub::start(nats.clone(), trust.clone()).await?;
         let js = async_nats::jetstream::new(nats);
@@ -128,15 +132,15 @@ impl Proxy {
     }
 }
 
-/// Make sure the event stream exists, retrying while NATS is unreachable. Until it exists,
-/// durable publishes fail and agents are refused.
+/// Wait for the event stream (the control plane creates it), retrying while NATS is
+/// unreachable. Until it exists, durable publishes fail and agents are refused.
 async fn keep_stream(js: async_nats::jetstream::Context) {
     let mut delay = Duration::from_millis(200);
     loop {
-        match tollgate_shared::stream::ensure_event_stream(&js).await {
+        match js.get_stream(tollgate_shared::names::STREAM).await.map_err(|e| e.to_string()) {
             Ok(_) => return,
             Err(e) => {
-                tracing::warn!(error = %e, "event stream not ready; retrying");
+                tracing::warn!(error = %e, "event stream not there yet; retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
             }

@@ -9,9 +9,29 @@ pub const PROJECTOR_CONSUMER: &str = "tollgate-projector";
 /// Header JetStream de-duplicates on; Tollgate sets it to the event id.
 pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
 
-/// The subject an event of type `kind` is published on, e.g. `tollgate.events.command.result`.
-pub fn subject_for(kind: &str) -> String {
-    format!("{SUBJECT_PREFIX}.{kind}")
+/// The node name the control plane publishes its events under.
+pub const CONTROL_NODE: &str = "control";
+
+/// The subject an event of type `kind` from `node` is published on, e.g.
+/// `tollgate.events.proxy-a.command.result`: NATS permissions let each node publish under its
+/// own name only.
+pub fn subject_for(node: &str, kind: &str) -> String {
+    format!("{SUBJECT_PREFIX}.{node}.{kind}")
+}
+
+/// Where approval decisions are published (by the control plane only).
+pub fn decisions_subject() -> String {
+    subject_for(CONTROL_NODE, crate::event::kind::APPROVAL_DECIDED)
+}
+
+/// Every `approval.*` event, from any node.
+pub fn approval_subjects() -> String {
+    format!("{SUBJECT_PREFIX}.*.approval.>")
+}
+
+/// Whether a node name can be a subject token (and is not the control plane's).
+pub fn valid_node(name: &str) -> bool {
+    !name.is_empty() && name != CONTROL_NODE && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 /// The wildcard that covers every event subject.

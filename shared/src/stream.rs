@@ -1,9 +1,39 @@
-//! The JetStream stream every event lives on. Both planes make sure it exists at startup, so
-//! either can come up first.
+//! Reaching NATS, and the JetStream stream and buckets every node uses. The control plane
+//! creates them; proxies only open them.
 
+use crate::config::SecretRef;
 use crate::names;
 use async_nats::jetstream::{self, stream};
+use std::path::Path;
 use std::time::Duration;
+
+/// How a component connects: authenticated with its nkey seed (by reference) when given, over
+/// TLS verified against `ca_file` when given, its replies on an inbox prefix of its own (NATS
+/// permissions give each component its own inbox only).
+pub fn connect_options(
+    name: &str,
+    inbox: &str,
+    nkey: Option<&SecretRef>,
+    ca_file: Option<&Path>,
+) -> Result<async_nats::ConnectOptions, String> {
+    let options = match nkey {
+        Some(seed) => {
+            let seed = seed.resolve().map_err(|e| format!("nats.nkey: {e}"))?;
+            async_nats::ConnectOptions::with_nkey(seed.trim().to_owned())
+        }
+        None => async_nats::ConnectOptions::new(),
+    };
+    let options = options.name(name).custom_inbox_prefix(format!("_INBOX_{inbox}")).retry_on_initial_connect();
+    Ok(match ca_file {
+        Some(ca) => options.add_root_certificates(ca.to_owned()).require_tls(true),
+        None => options,
+    })
+}
+
+/// The servers of a `url` setting: one URL, or several separated by commas (a cluster).
+pub fn servers(url: &str) -> Vec<String> {
+    url.split(',').map(str::trim).filter(|u| !u.is_empty()).map(str::to_owned).collect()
+}
 
 /// Create the event stream if it is missing (file storage, de-duplication window for retries).
 pub async fn ensure_event_stream(js: &jetstream::Context) -> Result<stream::Stream, String> {
@@ -85,7 +115,5 @@ async fn publish(
     if let Some(signature) = signature {
         headers.insert(crate::control::SIGNATURE_HEADER, signature);
     }
-    js.publish_with_headers(names::subject_for(event.kind), headers, event.bytes.clone())
-        .await
-        .map_err(|e| e.to_string())
+    js.publish_with_headers(event.subject.clone(), headers, event.bytes.clone()).await.map_err(|e| e.to_string())
 }

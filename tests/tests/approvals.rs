@@ -253,7 +253,7 @@ async fn a_proxy_killed_while_holding_never_runs_the_statement() {
 
 /// Wait until every proxy can see the standing approval (it is in the grants bucket).
 async fn standing(stack: &Stack, id: &str) {
-    let client = async_nats::connect(stack.nats.url()).await.expect("nats");
+    let client = stack.nats.client().await;
     let js = async_nats::jetstream::new(client);
     let key = tollgate_shared::names::grant_key(uuid::Uuid::parse_str(id).expect("uuid"));
     eventually(20, "the standing approval to be stored", || async {

@@ -18,7 +18,7 @@ fn held_policy() -> Value {
 }
 
 async fn jetstream(stack: &Stack) -> async_nats::jetstream::Context {
-    async_nats::jetstream::new(async_nats::connect(stack.nats.url()).await.expect("nats"))
+    async_nats::jetstream::new(stack.nats.client().await)
 }
 
 async fn refusals_reach(stack: &Stack, n: u64) {
@@ -247,4 +247,54 @@ async fn sessions_are_trusted_only_under_trusted_node_keys() {
         (Some(true), Some(true), Some(false)),
         "{report}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_admits_each_component_to_its_own_subjects_only() {
+    let stack = Stack::start().await;
+    // The normal flow (sessions, policy, decisions' subscription) runs within the permissions.
+    let out = stack.psql(&stack.agent_token("bot-perms"), None, &["-c", "select 1"], None);
+    assert!(out.status.success());
+    stack.ended_sessions(1).await;
+
+    // No credentials: refused, over TLS or not.
+    let anonymous = async_nats::ConnectOptions::new()
+        .add_root_certificates(stack.nats.ca_file())
+        .require_tls(true)
+        .connect(stack.nats.url())
+        .await;
+    assert!(anonymous.is_err(), "an anonymous client was admitted");
+    let plain = async_nats::connect(format!("nats://127.0.0.1:{}", stack.nats.port)).await;
+    assert!(plain.is_err(), "a client without TLS was admitted");
+
+    // A proxy's credentials: its own events go through (the positive control)...
+    let proxy = stack.nats.client_as("proxy-b").await;
+    let js = async_nats::jetstream::new(proxy.clone());
+    let own = js.publish("tollgate.events.proxy-b.node.started", "{}".into()).await.expect("publish").await;
+    assert!(own.is_ok(), "a proxy publishes its own events: {own:?}");
+    // ...another node's subjects, a decision, the buckets: refused.
+    for subject in ["tollgate.events.proxy-a.command", "tollgate.events.control.approval.decided"] {
+        let refused = match js.publish(subject, "{}".into()).await {
+            Ok(ack) => tokio::time::timeout(std::time::Duration::from_secs(3), ack).await.map_or(true, |r| r.is_err()),
+            Err(_) => true,
+        };
+        assert!(refused, "proxy-b published on {subject}");
+    }
+    let kv = js.get_key_value(tollgate_shared::names::POLICY_BUCKET).await.expect("a proxy may read the policy bucket");
+    let write = tokio::time::timeout(std::time::Duration::from_secs(3), kv.put("current", "{}".into())).await;
+    assert!(write.map_or(true, |r| r.is_err()), "proxy-b wrote the policy bucket");
+    let delete =
+        tokio::time::timeout(std::time::Duration::from_secs(3), js.delete_stream(tollgate_shared::names::STREAM)).await;
+    assert!(delete.map_or(true, |r| r.is_err()), "proxy-b deleted the event stream");
+    // The stream holds proxy-b's own message and none of the refused ones.
+    let messages = stack.stream_messages().await;
+    assert_eq!(messages.iter().filter(|m| m.as_slice() == b"{}").count(), 1, "only proxy-b's own message was stored");
+    let types: Vec<String> = messages
+        .iter()
+        .filter_map(|m| serde_json::from_slice::<Value>(m).ok())
+        .filter_map(|e| e["type"].as_str().map(str::to_owned))
+        .collect();
+    assert!(types.contains(&"session.started".to_owned()), "control: the stream is readable: {types:?}");
+    let policy = stack.api("/api/v1/policy").await.1;
+    assert_eq!(policy["version"], 1, "the policy is untouched: {policy}");
 }

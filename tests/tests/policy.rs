@@ -75,7 +75,7 @@ async fn versions_concurrency_history_diff_and_dry_run() {
     assert_eq!(changes[0]["after"], json!(["drop", "truncate"]));
 
     // The KV bucket the proxies watch holds version 3; the events form a linked chain.
-    let js = async_nats::jetstream::new(async_nats::connect(stack.nats.url()).await.unwrap());
+    let js = async_nats::jetstream::new(stack.nats.client().await);
     let kv = js.get_key_value(tollgate_shared::names::POLICY_BUCKET).await.unwrap();
     let stored = kv.get(tollgate_shared::names::POLICY_KEY).await.unwrap().unwrap();
     let key = tollgate_shared::control::ControlPublicKey::parse(&stack.control.public_key).unwrap();
@@ -180,6 +180,8 @@ async fn changes_reach_the_proxy_it_keeps_its_policy_without_the_control_plane_a
     let empty_nats = tollgate_tests::NatsServer::start().await;
     let mut config = stack.proxy_config("proxy-without-policy");
     config.nats.url = empty_nats.url();
+    config.nats.nkey = Some(tollgate_shared::config::SecretRef::File(empty_nats.seed_file("proxy-without-policy")));
+    config.nats.ca_file = Some(empty_nats.ca_file());
     config.policy.wait_at_start_ms = 300;
     let fresh = tollgate_data_plane::Proxy::start(config).await.unwrap();
     assert_eq!(fresh.policy_version(), None);

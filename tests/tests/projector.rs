@@ -23,7 +23,7 @@ async fn redelivered_events_are_not_counted_twice_and_garbage_is_kept_aside() {
 
     // Publish every event again as a new stream message (as a replay or a spool re-send would).
     let raw = stack.stream_messages().await;
-    let js = async_nats::jetstream::new(async_nats::connect(stack.nats.url()).await.unwrap());
+    let js = async_nats::jetstream::new(stack.nats.client().await);
     for message in &raw {
         let value: serde_json::Value = serde_json::from_slice(message).unwrap();
         let subject = format!("tollgate.events.{}", value["type"].as_str().unwrap());

@@ -15,6 +15,8 @@ pub struct SealedEvent {
     pub seq: u64,
     pub hash: String,
     pub bytes: Bytes,
+    /// The subject it is published on (its node's).
+    pub subject: String,
 }
 
 /// [`Envelope`]'s shape, borrowing from the chain: sealing copies nothing but the payload's text.
@@ -99,7 +101,8 @@ impl Chain {
         };
         let bytes = Bytes::from(serde_json::to_vec(&envelope)?);
         let hash = sha256_hex(&bytes);
-        let sealed = SealedEvent { id: envelope.id, kind, seq: self.next_seq, hash: hash.clone(), bytes };
+        let subject = crate::names::subject_for(&self.node, kind);
+        let sealed = SealedEvent { id: envelope.id, kind, seq: self.next_seq, hash: hash.clone(), bytes, subject };
         self.next_seq += 1;
         self.prev = hash;
         Ok(sealed)

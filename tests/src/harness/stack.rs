@@ -228,12 +228,12 @@ impl Stack {
     /// The statement-log check (see `upstream_log`), callable mid-test too. Reads the stream on
     /// a thread of its own, so it works from `Drop` inside a runtime.
     pub fn check_upstream_log(&self) -> Result<usize, String> {
-        let url = self.nats.url();
+        let (url, seed, ca) = (self.nats.url(), self.nats.seed_file("harness"), self.nats.ca_file());
         let events = std::thread::spawn(move || -> Result<Vec<Value>, String> {
             let runtime =
                 tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
             runtime.block_on(async {
-                let read = tokio::time::timeout(std::time::Duration::from_secs(20), read_stream(&url));
+                let read = tokio::time::timeout(std::time::Duration::from_secs(20), read_stream(&url, &seed, &ca));
                 let messages = read.await.map_err(|_| "timed out reading the event stream".to_owned())??;
                 messages
                     .iter()
@@ -249,7 +249,7 @@ impl Stack {
 
     /// Every message on the event stream, as published.
     pub async fn stream_messages(&self) -> Vec<Vec<u8>> {
-        let client = async_nats::connect(self.nats.url()).await.expect("nats");
+        let client = self.nats.client().await;
         let js = async_nats::jetstream::new(client);
         let mut stream = js.get_stream(tollgate_shared::names::STREAM).await.expect("stream");
         let last = stream.info().await.expect("stream info").state.last_sequence;
@@ -325,6 +325,8 @@ fn proxy_config(pg: &PgServer, nats: &NatsServer, issuer: &DevIssuer, setup: &Pr
 name = "{node}"
 [nats]
 url = "{nats}"
+nkey = "file:{seed}"
+ca_file = "{ca}"
 publish_timeout_ms = 1500
 [postgres]
 listen = "127.0.0.1:0"
@@ -343,6 +345,8 @@ password = "file:{password}"
 public_key = "{control_key}"
 "#,
         nats = nats.url(),
+        seed = nats.seed_file(node).display(),
+        ca = nats.ca_file().display(),
         issuer = issuer.url(),
         port = pg.port,
         password = setup.password_file.display(),
@@ -359,6 +363,8 @@ database_url = "{db}"
 signing_key_file = "{key_file}"
 [nats]
 url = "{nats}"
+nkey = "file:{seed}"
+ca_file = "{ca}"
 [[reviewer_issuers]]
 issuer = "{issuer}"
 audience = ["{REVIEWER_AUDIENCE}"]
@@ -371,6 +377,8 @@ admin = ["admins"]
 "#,
         db = pg.superuser_url("tollgate"),
         nats = nats.url(),
+        seed = nats.seed_file("control").display(),
+        ca = nats.ca_file().display(),
         issuer = issuer.url(),
         key_file = key_file.display(),
     );
@@ -378,8 +386,15 @@ admin = ["admins"]
 }
 
 /// Every message on the event stream, or why it cannot be read.
-async fn read_stream(url: &str) -> Result<Vec<Vec<u8>>, String> {
-    let client = async_nats::connect(url).await.map_err(|e| format!("cannot reach NATS for the event stream: {e}"))?;
+async fn read_stream(url: &str, seed: &std::path::Path, ca: &std::path::Path) -> Result<Vec<Vec<u8>>, String> {
+    let seed = std::fs::read_to_string(seed).map_err(|e| format!("harness seed: {e}"))?;
+    let client = async_nats::ConnectOptions::with_nkey(seed.trim().to_owned())
+        .custom_inbox_prefix("_INBOX_harness")
+        .add_root_certificates(ca.to_owned())
+        .require_tls(true)
+        .connect(url)
+        .await
+        .map_err(|e| format!("cannot reach NATS for the event stream: {e}"))?;
     let js = async_nats::jetstream::new(client);
     let mut stream = js.get_stream(tollgate_shared::names::STREAM).await.map_err(|e| format!("event stream: {e}"))?;
     let last = stream.info().await.map_err(|e| format!("event stream info: {e}"))?.state.last_sequence;
