@@ -42,6 +42,8 @@ pub struct AppState {
     pub control_key: Arc<tollgate_shared::control::ControlKey>,
     /// Node keys the configuration trusts.
     pub trusted_nodes: Arc<Vec<String>>,
+    /// Links from agent claims to people, for self-approval.
+    pub self_links: Arc<Vec<crate::config::SelfLink>>,
 }
 
 #[derive(OpenApi)]

@@ -41,6 +41,8 @@ pub struct ControlConfig {
     /// Proxies whose sessions verify as trusted.
     #[serde(default)]
     pub nodes: NodesConfig,
+    #[serde(default)]
+    pub approvals: ApprovalsConfig,
 }
 
 /// Node keys trusted without an admin's decision.
@@ -73,15 +75,43 @@ fn default_slack_api() -> String {
     "https://slack.com/api".into()
 }
 
-/// A person known outside the reviewer issuers (a Slack user, a webhook's approver).
+/// A person deciding through another channel (a Slack user, a webhook's signer), named as the
+/// reviewer issuer names them, so a person is one identity in every channel: one vote, and the
+/// same self-approval checks.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PersonConfig {
+    /// The reviewer issuer they sign in to the API with (its exact `iss`).
+    pub issuer: String,
+    /// Their `sub` at that issuer.
     pub subject: String,
     #[serde(default)]
     pub name: Option<String>,
     #[serde(default)]
     pub groups: Vec<String>,
+    /// Claims of theirs the self-approval links compare (`preferred_username`, `email`...).
+    #[serde(default)]
+    pub claims: std::collections::BTreeMap<String, String>,
+}
+
+/// How approvals are judged beyond the policy's rules.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalsConfig {
+    /// Links from an agent's claims to a person's: whoever a link matches started the run and
+    /// may not approve it (e.g. the CI `actor` and the reviewer's `preferred_username`).
+    #[serde(default)]
+    pub self_links: Vec<SelfLink>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SelfLink {
+    /// A claim of the agent's token (kept in its identity's attributes), e.g. `actor`.
+    pub agent_claim: String,
+    /// A claim of the person's (their reviewer token's kept claims, or a channel person's
+    /// `claims`; `sub` and `name` too), e.g. `preferred_username`.
+    pub person_claim: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -97,6 +127,9 @@ pub struct WebhookConfig {
 pub struct InboundWebhookConfig {
     /// HMAC-SHA256 key the sender signs with, by reference.
     pub secret: tollgate_shared::config::SecretRef,
+    /// Who decides through it: every decision it signs is this person's (a body never names
+    /// its approver).
+    pub person: PersonConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -148,6 +181,7 @@ impl ControlConfig {
         "webhooks",
         "inbound_webhook",
         "nodes",
+        "approvals",
     ];
 
     pub fn load(path: Option<&std::path::Path>) -> Result<Self, tollgate_shared::config::ConfigError> {

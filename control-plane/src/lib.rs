@@ -101,7 +101,10 @@ impl Control {
             None => None,
         };
         let inbound_webhook = match &config.inbound_webhook {
-            Some(hook) => Some(Arc::new(api::WebhookInbound { secret: hook.secret.resolve()?.into_bytes() })),
+            Some(hook) => Some(Arc::new(api::WebhookInbound {
+                secret: hook.secret.resolve()?.into_bytes(),
+                person: hook.person.clone(),
+            })),
             None => None,
         };
         let state = api::AppState {
@@ -115,6 +118,7 @@ impl Control {
             js: api_js,
             control_key,
             trusted_nodes: Arc::new(config.nodes.trusted.iter().map(|k| k.trim().to_ascii_lowercase()).collect()),
+            self_links: Arc::new(config.approvals.self_links.clone()),
         };
         let listener = tokio::net::TcpListener::bind(&config.listen)
             .await

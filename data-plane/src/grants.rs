@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tollgate_shared::control::{ControlKind, Signed};
-use tollgate_shared::policy::StandingApproval;
+use tollgate_shared::policy::{Covered, StandingApproval};
 use uuid::Uuid;
 
 #[derive(Default)]
@@ -19,11 +19,11 @@ pub struct StandingApprovals {
 }
 
 impl StandingApprovals {
-    /// The standing approval covering a statement, if any.
-    pub fn covering(&self, issuer: &str, name: &str, resource: &str, classes: &[&str]) -> Option<StandingApproval> {
+    /// The standing approval covering a statement held by one rule, if any.
+    pub fn covering(&self, wanted: &Covered<'_>) -> Option<StandingApproval> {
         let now = chrono::Utc::now();
         let by_id = self.by_id.read().unwrap_or_else(|p| p.into_inner());
-        by_id.values().find(|a| a.covers(issuer, name, resource, classes, now)).cloned()
+        by_id.values().find(|a| a.covers(wanted, now)).cloned()
     }
 
     /// How many standing approvals this node knows (expired ones included until removed).

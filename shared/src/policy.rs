@@ -48,36 +48,54 @@ impl Snapshot {
     }
 }
 
-/// A standing approval: commands of these classes by this agent on this resource run without a
-/// new request until `until` (each is still recorded, naming the approval it ran under).
+/// A standing approval: commands of these classes by this agent on this resource, held by this
+/// rule, touching only these relations, run without a new request until `until` (each is still
+/// recorded, naming the approval it ran under).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct StandingApproval {
     pub approval_id: uuid::Uuid,
     pub agent_issuer: Option<String>,
     pub agent_name: String,
     pub resource: String,
+    /// The approval rule it was granted under: it stands in for that rule's quorum only.
+    #[serde(default)]
+    pub rule: String,
     pub classes: Vec<String>,
+    /// The relations it was granted for (any, when empty).
+    #[serde(default)]
+    pub relations: Vec<String>,
     pub until: chrono::DateTime<chrono::Utc>,
     /// Who approved (names).
     pub approvers: Vec<String>,
 }
 
+/// What a standing approval is asked to cover: one statement, held by one rule.
+pub struct Covered<'a> {
+    pub issuer: &'a str,
+    pub agent: &'a str,
+    pub resource: &'a str,
+    pub rule: &'a str,
+    pub classes: &'a [&'a str],
+    pub relations: &'a [&'a str],
+}
+
 impl StandingApproval {
-    /// Whether this approval covers a statement of `classes` by the agent now.
-    pub fn covers(
-        &self,
-        issuer: &str,
-        name: &str,
-        resource: &str,
-        classes: &[&str],
-        now: chrono::DateTime<chrono::Utc>,
-    ) -> bool {
+    /// Whether this approval covers the statement now.
+    pub fn covers(&self, what: &Covered<'_>, now: chrono::DateTime<chrono::Utc>) -> bool {
+        let relations = self.relations.iter().filter_map(|r| RelationName::parse(r)).collect::<Vec<_>>();
+        let relations_covered = self.relations.is_empty()
+            || what.relations.iter().all(|used| {
+                RelationName::parse(used).is_some_and(|used| relations.iter().any(|granted| granted.covers(&used)))
+            });
         now < self.until
-            && self.agent_issuer.as_deref().is_none_or(|i| i == issuer)
-            && self.agent_name == name
-            && self.resource == resource
-            && !classes.is_empty()
-            && classes.iter().all(|c| self.classes.iter().any(|g| g == c))
+            && !self.rule.is_empty()
+            && self.rule == what.rule
+            && self.agent_issuer.as_deref().is_none_or(|i| i == what.issuer)
+            && self.agent_name == what.agent
+            && self.resource == what.resource
+            && !what.classes.is_empty()
+            && what.classes.iter().all(|c| self.classes.iter().any(|g| g == c))
+            && relations_covered
     }
 }
 

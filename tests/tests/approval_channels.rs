@@ -66,8 +66,15 @@ fn secret(stack: &Stack, name: &str, value: &str) -> SecretRef {
     SecretRef::File(path)
 }
 
-fn person(subject: &str, groups: &[&str]) -> PersonConfig {
-    PersonConfig { subject: subject.into(), name: None, groups: groups.iter().map(|g| g.to_string()).collect() }
+/// A person as the reviewer issuer names them: the same identity in every channel.
+fn person(stack: &Stack, subject: &str, groups: &[&str]) -> PersonConfig {
+    PersonConfig {
+        issuer: stack.issuer.url().into(),
+        subject: subject.into(),
+        name: None,
+        groups: groups.iter().map(|g| g.to_string()).collect(),
+        claims: Default::default(),
+    }
 }
 
 async fn stack_with_channels(slack_calls: Calls, hook_calls: Calls) -> Stack {
@@ -83,15 +90,23 @@ async fn stack_with_channels(slack_calls: Calls, hook_calls: Calls) -> Stack {
         signing_secret: secret(&stack, "slack.secret", SLACK_SECRET),
         channel: "C0APPROVALS".into(),
         users: [
-            ("U_ALICE".to_string(), person("alice@example.com", &["approvers", "dba"])),
-            ("U_RITA".to_string(), person("rita@example.com", &["reviewers", "dba"])),
-            ("U_DEPLOY".to_string(), person("deploy-bot", &["approvers", "dba"])),
+            ("U_ALICE".to_string(), person(&stack, "alice@example.com", &["approvers", "dba"])),
+            ("U_RITA".to_string(), person(&stack, "rita@example.com", &["reviewers", "dba"])),
+            ("U_DEPLOY".to_string(), person(&stack, "deploy-bot", &["approvers", "dba"])),
         ]
         .into(),
     });
     config.webhooks =
         vec![WebhookConfig { url: receiver(hook_calls).await, secret: secret(&stack, "hook.secret", WEBHOOK_SECRET) }];
-    config.inbound_webhook = Some(InboundWebhookConfig { secret: secret(&stack, "inbound.secret", INBOUND_SECRET) });
+    config.inbound_webhook = Some(InboundWebhookConfig {
+        secret: secret(&stack, "inbound.secret", INBOUND_SECRET),
+        person: person(&stack, "ops@example.com", &["approvers", "dba"]),
+    });
+    // Whoever the agent's `actor` claim names started the run and may not approve it.
+    config.approvals.self_links = vec![tollgate_control_plane::config::SelfLink {
+        agent_claim: "actor".into(),
+        person_claim: "preferred_username".into(),
+    }];
     stack.control = tollgate_control_plane::Control::start(config).await.expect("control plane with channels");
     let policy = json!({
         "resources": [{ "name": "demo", "kind": "postgres", "approvals": [
@@ -266,8 +281,10 @@ async fn a_signed_inbound_webhook_decides_and_a_forged_one_is_refused() {
         list.as_array()?.first().map(|a| a["id"].as_str().unwrap().to_owned())
     })
     .await;
-    let body = json!({ "approval_id": id, "verdict": "deny", "reason": "change freeze",
-                       "approver": { "subject": "ops@example.com", "groups": ["approvers", "dba"] } })
+    let body = json!({ "approval_id": id, "verdict": "deny", "reason": "change freeze" }).to_string();
+    // A body cannot name who decides: the decision is the configured signer's.
+    let naming = json!({ "approval_id": id, "verdict": "approve",
+                         "approver": { "issuer": "x", "subject": "someone-else", "groups": ["dba"] } })
     .to_string();
     let send = |key: &'static str, timestamp: i64, body: String| {
         let addr = stack.control.addr;
@@ -285,6 +302,7 @@ async fn a_signed_inbound_webhook_decides_and_a_forged_one_is_refused() {
                 .as_u16()
         }
     };
+    assert_eq!(send(INBOUND_SECRET, now(), naming).await, 400, "a body naming its approver");
     assert_eq!(send("wrong-key", now(), body.clone()).await, 401);
     assert_eq!(send(INBOUND_SECRET, now() - 400, body.clone()).await, 401);
     assert_eq!(send(INBOUND_SECRET, now(), body.clone()).await, 200);
@@ -293,4 +311,64 @@ async fn a_signed_inbound_webhook_decides_and_a_forged_one_is_refused() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("denied by ops@example.com") && stderr.contains("change freeze"), "{stderr}");
     assert!(!stack.pg.database_log("demo").contains("DELETE FROM staged"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_is_one_vote_in_every_channel_and_never_approves_their_own_run() {
+    let stack = stack_with_channels(Arc::default(), Arc::default()).await;
+    let quorum_of_two = json!({
+        "resources": [{ "name": "demo", "kind": "postgres", "approvals": [
+            { "name": "destructive", "hold_classes": ["drop"], "approver_groups": ["dba"], "quorum": 2, "timeout_secs": 60 }
+        ]}],
+        "grants": [{ "name": "everyone", "who": { "agents": ["*"] }, "resources": { "names": ["demo"] }, "access": "admin" }]
+    });
+    let version = stack.put_policy(&quorum_of_two).await;
+    eventually(10, "policy", || async { (stack.proxy.policy_version() == Some(version)).then_some(()) }).await;
+    // A run started by developer "dev-dan" (the CI actor claim).
+    let mut claims = serde_json::Map::new();
+    claims.insert("actor".into(), "dev-dan".into());
+    let token = stack.issuer.mint("deploy-bot", tollgate_tests::AGENT_AUDIENCE, 600, &claims).unwrap();
+    let child = stack.psql_spawn(&token, None, &["-c", "DROP TABLE victims"]);
+    let id = eventually(20, "a pending request", || async {
+        let (_, list) = stack.api("/api/v1/approvals?status=pending").await;
+        list.as_array()?.first().map(|a| a["id"].as_str().unwrap().to_owned())
+    })
+    .await;
+    let approve = |token: String| {
+        let id = id.clone();
+        let stack = &stack;
+        async move {
+            stack.api_send("POST", &format!("/api/v1/approvals/{id}/approve"), Some(&token), Some(&json!({}))).await
+        }
+    };
+    // Dan, under his own name, is the actor of the run: refused.
+    let mut dan = serde_json::Map::new();
+    dan.insert("groups".into(), json!(["approvers", "dba"]));
+    dan.insert("preferred_username".into(), "dev-dan".into());
+    let dan = stack.issuer.mint("dan@example.com", tollgate_tests::REVIEWER_AUDIENCE, 600, &dan).unwrap();
+    let (status, body) = approve(dan).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body["message"].as_str().unwrap_or("").contains("own request"), "{body}");
+    // Alice approves in Slack, then again through the API: one person, one vote.
+    assert_eq!(slack_call(&stack, SLACK_SECRET, now(), &slack_body("U_ALICE", "approve", &id)).await, 200);
+    let (status, body) = approve(stack.person_token("alice@example.com", &["approvers", "dba"])).await;
+    assert_eq!(status, 409, "alice's second vote through another channel: {body}");
+    assert!(body["message"].as_str().unwrap_or("").contains("already decided"), "{body}");
+    let (_, request) = stack.api(&format!("/api/v1/approvals/{id}")).await;
+    assert_eq!(request["status"], "pending", "one vote of two: still held");
+    // A second person completes the quorum.
+    let (status, body) = approve(stack.person_token("bob@example.com", &["approvers", "dba"])).await;
+    assert_eq!(status, 202, "{body}");
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap()).await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let released = eventually(20, "the release", || async {
+        let (_, a) = stack.api(&format!("/api/v1/approvals/{id}")).await;
+        (!a["released_at"].is_null()).then_some(a)
+    })
+    .await;
+    let by: Vec<&str> = released["released_by"].as_array().unwrap().iter().filter_map(|v| v.as_str()).collect();
+    assert_eq!(by.len(), 2, "{released}");
+    assert!(
+        by.iter().any(|p| p.starts_with("alice@example.com")) && by.iter().any(|p| p.starts_with("bob@example.com"))
+    );
 }

@@ -405,3 +405,62 @@ async fn a_cancel_request_withdraws_a_held_statement() {
     assert_eq!(ended["expiry_reason"], "canceled");
     assert!(!ran(&stack, "DROP TABLE keepme"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standing_approval_stands_for_its_rule_and_relations_only() {
+    let stack = Stack::start().await;
+    stack.pg.admin_sql("demo", "CREATE TABLE orders (id int); CREATE TABLE payments (id int); ALTER TABLE orders OWNER TO app; ALTER TABLE payments OWNER TO app");
+    let rules = json!({
+        "resources": [{ "name": "demo", "kind": "postgres", "approvals": [
+            { "name": "schema", "hold_classes": ["alter"], "approver_groups": ["dba"], "timeout_secs": 60 },
+            { "name": "payments", "hold_classes": ["alter"], "relations": ["payments"], "approver_groups": ["dba"], "quorum": 2, "timeout_secs": 2 }
+        ]}],
+        "grants": [{ "name": "everyone", "who": { "agents": ["*"] }, "resources": { "names": ["demo"] }, "access": "admin" }]
+    });
+    let version = stack.put_policy(&rules).await;
+    eventually(10, "the rules", || async { (stack.proxy.policy_version() == Some(version)).then_some(()) }).await;
+    let token = stack.agent_token("migrate-bot");
+    // Held under the lenient rule, approved for 30 minutes.
+    let child = stack.psql_spawn(&token, None, &["-c", "ALTER TABLE orders ADD COLUMN a int"]);
+    let request = pending(&stack).await;
+    assert_eq!((request["rule"].as_str(), request["relations"].clone()), (Some("schema"), json!(["orders"])));
+    let token_ann = stack.person_token("ann@example.com", &["approvers", "dba"]);
+    let body = json!({ "reason": "migration", "grant_minutes": 30 });
+    let id = request["id"].as_str().unwrap();
+    let (status, answer) =
+        stack.api_send("POST", &format!("/api/v1/approvals/{id}/approve"), Some(&token_ann), Some(&body)).await;
+    assert_eq!(status, 202, "{answer}");
+    assert!(finish(child).await.status.success());
+    eventually(10, "the standing approval to reach the proxy", || async {
+        (stack.proxy.standing_approvals() == 1).then_some(())
+    })
+    .await;
+    // The same rule, the same relation: runs at once, under the standing approval.
+    let out = stack.psql(&token, None, &["-c", "ALTER TABLE orders ADD COLUMN b int"], None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Another relation that the stricter rule holds: its quorum of two is still needed.
+    let child = stack.psql_spawn(&token, None, &["-c", "ALTER TABLE payments ADD COLUMN c int"]);
+    let stricter = eventually(20, "the stricter request", || async {
+        let (_, list) = stack.api("/api/v1/approvals?status=pending").await;
+        list.as_array()?.iter().find(|a| a["rule"] == "payments").cloned()
+    })
+    .await;
+    assert_eq!(stricter["quorum"], 2);
+    let out = finish(child).await;
+    assert!(!out.status.success() && stderr(&out).contains("not approved in time"), "{}", stderr(&out));
+    assert!(ran(&stack, "ALTER TABLE orders ADD COLUMN b int"));
+    assert!(!ran(&stack, "ALTER TABLE payments ADD COLUMN c int"));
+    let commands: Vec<Value> = stack
+        .stream_messages()
+        .await
+        .iter()
+        .filter_map(|m| serde_json::from_slice::<Value>(m).ok())
+        .filter(|e| e["type"] == "command")
+        .map(|e| e["payload"].clone())
+        .collect();
+    let unheld = commands.iter().find(|c| c["statement"] == "ALTER TABLE orders ADD COLUMN b int").unwrap();
+    assert_eq!(
+        (unheld["decision"].as_str(), unheld["rule"].as_str()),
+        (Some("allow"), Some("standing_approval:schema"))
+    );
+}

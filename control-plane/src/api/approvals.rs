@@ -269,6 +269,18 @@ pub async fn refused(
 /// for approval ahead of it.
 const STARTED_BY: &[&str] = &["actor", "triggering_actor", "user_login", "user_email", "requested_by"];
 
+/// Whether a configured link says `person` started the agent's run (`actor` = their
+/// `preferred_username`...).
+fn linked(agent: &AgentIdentity, person: &AgentIdentity, link: &crate::config::SelfLink) -> bool {
+    let agent_value = agent.attributes.get(&link.agent_claim).and_then(|v| v.as_str());
+    let person_value = match link.person_claim.as_str() {
+        "sub" => Some(person.subject.as_str()),
+        "name" => Some(person.name.as_str()),
+        claim => person.attributes.get(claim).and_then(|v| v.as_str()),
+    };
+    matches!((agent_value, person_value), (Some(a), Some(p)) if !a.is_empty() && a.eq_ignore_ascii_case(p))
+}
+
 /// What a person decided, from any channel.
 pub struct Decision {
     pub verdict: Verdict,
@@ -315,7 +327,8 @@ pub async fn decide(
         .into_iter()
         .cloned()
         .chain(STARTED_BY.iter().filter_map(|k| agent.attributes.get(*k)).filter_map(|v| v.as_str().map(str::to_owned)))
-        .any(|who| who == person.subject || who == person.name);
+        .any(|who| who == person.subject || who == person.name)
+        || state.self_links.iter().any(|link| linked(&agent, person, link));
     if own {
         return Err(ApiError::Forbidden(format!(
             "nobody approves their own request: approval {id} is for a run of {}",
@@ -378,7 +391,9 @@ async fn stand(
         agent_issuer: (!agent.issuer.is_empty()).then(|| agent.issuer.clone()),
         agent_name: agent.name.clone(),
         resource: request.resource.clone(),
+        rule: request.rule.clone(),
         classes: request.classes.clone(),
+        relations: request.relations.clone(),
         until: Utc::now() + chrono::Duration::minutes(i64::from(minutes)),
         approvers,
     };
@@ -405,6 +420,10 @@ pub struct AheadRequest {
     pub agent_issuer: Option<String>,
     /// Statement classes the run needs (`drop`, `alter`, `delete`...).
     pub classes: Vec<String>,
+    /// Relations the run touches (`public.orders`); the approval stands for these only. When
+    /// the rule names relations, those it names (and only within them).
+    #[serde(default)]
+    pub relations: Vec<String>,
     /// How long the approval stands once granted, 1 to 1440.
     pub minutes: u32,
     /// What the run is for; shown to approvers (masked).
@@ -450,15 +469,37 @@ pub async fn request_ahead(
         .document
         .resource(&body.resource)
         .ok_or_else(|| ApiError::BadRequest(format!("no resource named {:?} in the policy", body.resource)))?;
-    let rule = resource.approvals.iter().find(|r| body.classes.iter().all(|c| r.hold_classes.contains(c))).ok_or_else(
-        || {
+    for relation in &body.relations {
+        if tollgate_shared::policy::RelationName::parse(relation).is_none() {
+            return Err(ApiError::BadRequest(format!("{relation:?} is not a relation name")));
+        }
+    }
+    // The rule that holds these classes on these relations (a rule naming relations holds only
+    // statements on them: asking under it is asking for some of them).
+    let within = |rule: &tollgate_shared::policy::ApprovalRule| {
+        rule.relations.is_empty()
+            || (!body.relations.is_empty()
+                && body.relations.iter().all(|asked| {
+                    let asked = tollgate_shared::policy::RelationName::parse(asked);
+                    rule.relations
+                        .iter()
+                        .filter_map(|r| tollgate_shared::policy::RelationName::parse(r))
+                        .any(|r| asked.as_ref().is_some_and(|a| r.covers(a)))
+                }))
+    };
+    let rule = resource
+        .approvals
+        .iter()
+        .find(|r| body.classes.iter().all(|c| r.hold_classes.contains(c)) && within(r))
+        .ok_or_else(|| {
             ApiError::BadRequest(format!(
-                "no approval rule on {} holds all of {}",
+                "no approval rule on {} holds all of {} on {}",
                 body.resource,
-                body.classes.join(", ")
+                body.classes.join(", "),
+                if body.relations.is_empty() { "any relation".to_owned() } else { body.relations.join(", ") }
             ))
-        },
-    )?;
+        })?;
+    let relations = if body.relations.is_empty() { rule.relations.clone() } else { body.relations.clone() };
     let masker = policy.masker(&body.resource);
     let mut tally = tollgate_shared::mask::Tally::default();
     let reason = body.reason.as_deref().unwrap_or("no reason given");
@@ -481,7 +522,7 @@ pub async fn request_ahead(
         rule: rule.name.clone(),
         statement,
         classes: body.classes.clone(),
-        relations: Vec::new(),
+        relations,
         approver_groups: rule.approver_groups.clone(),
         quorum: rule.quorum,
         expires_at,

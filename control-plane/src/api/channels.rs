@@ -26,9 +26,10 @@ pub struct SlackInbound {
     pub users: BTreeMap<String, PersonConfig>,
 }
 
-/// The inbound webhook's key.
+/// The inbound webhook's key, and the person its decisions are.
 pub struct WebhookInbound {
     pub secret: Vec<u8>,
+    pub person: PersonConfig,
 }
 
 /// Largest callback body accepted (Slack's are a few kilobytes).
@@ -70,9 +71,13 @@ async fn verified(
     Ok(())
 }
 
-fn person(issuer: &str, config: &PersonConfig, attributes: BTreeMap<String, Value>) -> AgentIdentity {
+/// The person, as the reviewer issuer names them (one identity in every channel).
+fn person(config: &PersonConfig, mut attributes: BTreeMap<String, Value>) -> AgentIdentity {
+    for (claim, value) in &config.claims {
+        attributes.insert(claim.clone(), json!(value));
+    }
     AgentIdentity {
-        issuer: issuer.into(),
+        issuer: config.issuer.clone(),
         subject: config.subject.clone(),
         name: config.name.clone().unwrap_or_else(|| config.subject.clone()),
         groups: config.groups.clone(),
@@ -144,7 +149,7 @@ pub async fn slack_interaction(
     };
     let mut attributes = BTreeMap::new();
     attributes.insert("slack_user".into(), json!(interaction.user.id));
-    let who = person("slack", config, attributes);
+    let who = person(config, attributes);
     if let Err(e) = must_approve(&state, &who) {
         refused(&state, Some(&who), Some(approval_id), Channel::Slack, &e).await;
         return Err(e);
@@ -179,7 +184,6 @@ fn parse_slack(body: &[u8]) -> Result<(SlackInteraction, Verdict, Option<u32>, U
 struct WebhookDecision {
     approval_id: Uuid,
     verdict: Verdict,
-    approver: PersonConfig,
     #[serde(default)]
     reason: Option<String>,
     #[serde(default)]
@@ -210,7 +214,8 @@ pub async fn webhook_decision(
             return Err(e);
         }
     };
-    let who = person("webhook", &decision.approver, BTreeMap::new());
+    // The decision is the configured signer's: a body never names its approver.
+    let who = person(&inbound.person, BTreeMap::new());
     if let Err(e) = must_approve(&state, &who) {
         refused(&state, Some(&who), Some(decision.approval_id), Channel::Webhook, &e).await;
         return Err(e);

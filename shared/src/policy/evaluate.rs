@@ -105,13 +105,24 @@ pub const UNBOUNDED_WRITE: &str = "unbounded_write";
 impl ResourcePolicy {
     /// The first approval rule that holds this statement for an agent in these groups.
     pub fn hold(&self, agent_groups: &[String], c: &crate::event::Classification) -> Option<&ApprovalRule> {
-        self.approvals.iter().find(|rule| {
-            let class =
-                rule.hold_classes.iter().any(|h| c.classes.contains(h) || (h == UNBOUNDED_WRITE && c.unbounded_write));
-            let relation = rule.relations.is_empty() || relation_named_in(&rule.relations, &c.relations).is_some();
-            let agent = rule.agent_groups.is_empty() || rule.agent_groups.iter().any(|g| agent_groups.contains(g));
-            class && relation && agent
-        })
+        self.holds(agent_groups, c).into_iter().next()
+    }
+
+    /// Every approval rule that holds this statement for an agent in these groups: each needs
+    /// its own quorum (or a standing approval granted under it).
+    pub fn holds(&self, agent_groups: &[String], c: &crate::event::Classification) -> Vec<&ApprovalRule> {
+        self.approvals
+            .iter()
+            .filter(|rule| {
+                let class = rule
+                    .hold_classes
+                    .iter()
+                    .any(|h| c.classes.contains(h) || (h == UNBOUNDED_WRITE && c.unbounded_write));
+                let relation = rule.relations.is_empty() || relation_named_in(&rule.relations, &c.relations).is_some();
+                let agent = rule.agent_groups.is_empty() || rule.agent_groups.iter().any(|g| agent_groups.contains(g));
+                class && relation && agent
+            })
+            .collect()
     }
 
     /// Judge one classified statement under this resource's guardrails and the session's access.
