@@ -51,7 +51,7 @@ impl Announcer {
     }
 
     async fn consume(&self, js: &jetstream::Context) -> anyhow::Result<()> {
-        let stream = tollgate_shared::stream::ensure_event_stream(js).await.map_err(anyhow::Error::msg)?;
+        let stream = tollgate_shared::stream::open_event_stream(js).await.map_err(anyhow::Error::msg)?;
         let consumer = stream
             .get_or_create_consumer(
                 CONSUMER,

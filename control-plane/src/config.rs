@@ -143,6 +143,14 @@ pub struct NatsConfig {
     /// The CA that signed the NATS servers' certificates: TLS, verified.
     #[serde(default)]
     pub ca_file: Option<std::path::PathBuf>,
+    /// Copies of the event stream and the buckets the control plane creates (3 in a
+    /// three-node JetStream cluster).
+    #[serde(default = "one_replica")]
+    pub replicas: usize,
+}
+
+fn one_replica() -> usize {
+    1
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -189,6 +197,12 @@ impl ControlConfig {
         for issuer in &config.reviewer_issuers {
             issuer.clone().resolve().map_err(tollgate_shared::config::ConfigError::Invalid)?;
         }
+        if !(1..=5).contains(&config.nats.replicas) {
+            return Err(tollgate_shared::config::ConfigError::Invalid(format!(
+                "nats.replicas is {}: JetStream keeps 1 to 5 copies (3 in a three-server cluster)",
+                config.nats.replicas
+            )));
+        }
         Ok(config)
     }
 }
@@ -206,5 +220,17 @@ mod tests {
                 tollgate_shared::config::load(Some(path), "TOLLGATE_", ControlConfig::SECTIONS, std::iter::empty());
             assert!(parsed.is_ok(), "{file}: {:?}", parsed.err());
         }
+    }
+
+    /// A replica count JetStream cannot keep is refused at load, with the reason.
+    #[test]
+    fn replicas_out_of_range_are_refused() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("control.toml");
+        let text = std::fs::read_to_string("../deploy/control.example.toml").expect("example");
+        let edited = text.replacen("replicas = 3", "replicas = 7", 1);
+        std::fs::write(&path, edited).expect("write");
+        let err = ControlConfig::load(Some(&path)).expect_err("seven replicas refused");
+        assert!(err.to_string().contains("nats.replicas is 7"), "{err}");
     }
 }

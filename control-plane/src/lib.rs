@@ -77,7 +77,7 @@ impl Control {
             tollgate_shared::jwks::Verifier::new(config.reviewer_issuers.clone()).await.map_err(anyhow::Error::msg)?;
         let stats = Arc::new(projector::ProjectorStats::default());
         let mut tasks = vec![
-            tokio::spawn(ensure_storage(js.clone())),
+            tokio::spawn(ensure_storage(js.clone(), config.nats.replicas)),
             reviewers.spawn_refresh(),
             tokio::spawn(projector::run(
                 js,
@@ -137,13 +137,13 @@ impl Control {
 
 /// Create the event stream and the KV buckets proxies read (they may not create them),
 /// retrying while NATS is away.
-async fn ensure_storage(js: async_nats::jetstream::Context) {
+async fn ensure_storage(js: async_nats::jetstream::Context, replicas: usize) {
     let mut delay = std::time::Duration::from_millis(200);
     loop {
         let made = async {
-            tollgate_shared::stream::ensure_event_stream(&js).await?;
-            tollgate_shared::stream::ensure_policy_bucket(&js).await?;
-            tollgate_shared::stream::ensure_grants_bucket(&js).await
+            tollgate_shared::stream::ensure_event_stream(&js, replicas).await?;
+            tollgate_shared::stream::ensure_policy_bucket(&js, replicas).await?;
+            tollgate_shared::stream::ensure_grants_bucket(&js, replicas).await
         };
         match made.await {
             Ok(_) => return,

@@ -47,6 +47,15 @@ enum Cmd {
         tls_cert: Option<PathBuf>,
         #[arg(long, requires = "tls_cert")]
         tls_key: Option<PathBuf>,
+        /// This server's name in a JetStream cluster (with `--cluster-listen` and `--route`).
+        #[arg(long, requires = "cluster_listen")]
+        server_name: Option<String>,
+        /// Address this server listens on for routes from the other servers of the cluster.
+        #[arg(long, requires = "server_name")]
+        cluster_listen: Option<String>,
+        /// Another server's route URL (`nats-route://nats-2:6222`; repeat for each).
+        #[arg(long = "route", requires = "cluster_listen")]
+        routes: Vec<String>,
     },
     /// Print the OpenAPI document (what openapi/openapi.json holds).
     Openapi,
@@ -112,15 +121,20 @@ async fn main() -> anyhow::Result<()> {
             tracing::info!("shutting down");
         }
         Cmd::Openapi => print!("{}", api::openapi_json()),
-        Cmd::NatsConfig { dir, nodes, listen, store_dir, tls_cert, tls_key } => {
+        Cmd::NatsConfig { dir, nodes, listen, store_dir, tls_cert, tls_key, server_name, cluster_listen, routes } => {
+            let cluster = cluster_listen.map(|listen| tollgate_control_plane::natsconf::Cluster {
+                name: "tollgate".into(),
+                listen,
+                routes,
+            });
             let plan = tollgate_control_plane::natsconf::Plan {
                 dir,
                 nodes,
                 listen,
                 store_dir,
-                server_name: None,
+                server_name,
                 tls: tls_cert.zip(tls_key),
-                cluster: None,
+                cluster,
                 extra_users: Vec::new(),
             };
             let path = tollgate_control_plane::natsconf::write(&plan).map_err(anyhow::Error::msg)?;

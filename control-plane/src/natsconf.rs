@@ -33,6 +33,8 @@ pub struct Plan {
 }
 
 /// A JetStream cluster: its name, where this server listens for routes, the other servers.
+/// Routes authenticate with a secret shared by the cluster's servers (`route.secret` in the
+/// plan's directory: generate every server's configuration from the same directory).
 pub struct Cluster {
     pub name: String,
     pub listen: String,
@@ -53,6 +55,31 @@ fn user_key(dir: &Path, component: &str) -> Result<String, String> {
     let seed = String::from_utf8(seed).map_err(|_| format!("{}: not an nkey seed", path.display()))?;
     let pair = nkeys::KeyPair::from_seed(seed.trim()).map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(pair.public_key())
+}
+
+/// The secret the servers of a cluster authenticate their routes with, made when missing.
+fn route_secret(dir: &Path) -> Result<String, String> {
+    let path = dir.join("route.secret");
+    let (secret, _) = tollgate_shared::keys::load_or_create(&path, || {
+        Ok(format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple()).into_bytes())
+    })?;
+    let secret = String::from_utf8(secret).map_err(|_| format!("{}: not a route secret", path.display()))?;
+    let secret = secret.trim().to_owned();
+    if secret.is_empty() || !secret.chars().all(|c| c.is_ascii_alphanumeric()) {
+        return Err(format!("{}: a route secret is letters and digits", path.display()));
+    }
+    Ok(secret)
+}
+
+/// A route URL with the cluster's credentials (`nats-route://host:port` → `nats-route://route:<secret>@host:port`).
+fn route_with_credentials(route: &str, secret: &str) -> Result<String, String> {
+    let rest = route
+        .strip_prefix("nats-route://")
+        .ok_or_else(|| format!("route {route:?}: write it as nats-route://host:port"))?;
+    if rest.contains('@') {
+        return Err(format!("route {route:?}: credentials come from route.secret, leave them out"));
+    }
+    Ok(format!("nats-route://route:{secret}@{rest}"))
 }
 
 fn quoted(list: &[String]) -> String {
@@ -122,12 +149,18 @@ pub fn render(plan: &Plan) -> Result<String, String> {
         let _ = writeln!(text, "tls {{ cert_file: \"{}\", key_file: \"{}\" }}", cert.display(), key.display());
     }
     if let Some(cluster) = &plan.cluster {
+        if plan.server_name.is_none() {
+            return Err("a cluster needs a server name".into());
+        }
+        let secret = route_secret(&plan.dir)?;
+        let routes =
+            cluster.routes.iter().map(|r| route_with_credentials(r, &secret)).collect::<Result<Vec<_>, _>>()?;
         let _ = writeln!(
             text,
-            "cluster {{ name: \"{}\", listen: \"{}\", routes: [{}] }}",
+            "cluster {{ name: \"{}\", listen: \"{}\", authorization {{ user: \"route\", password: \"{secret}\" }}, routes: [{}] }}",
             cluster.name,
             cluster.listen,
-            quoted(&cluster.routes)
+            quoted(&routes)
         );
     }
     let _ = writeln!(text, "authorization {{\n  users: [\n{}\n  ]\n}}", users.join(",\n"));
@@ -171,5 +204,34 @@ mod tests {
         assert_eq!(subscribe, ["_INBOX_proxy-a.>", "tollgate.events.control.approval.decided"]);
         let bad = Plan { nodes: vec!["control".into()], ..plan };
         assert!(render(&bad).is_err());
+    }
+
+    #[test]
+    fn cluster_routes_carry_the_shared_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let plan = |name: &str, route: &str| Plan {
+            dir: dir.path().to_owned(),
+            nodes: vec!["proxy-a".into()],
+            listen: "127.0.0.1:4222".into(),
+            store_dir: dir.path().join("store"),
+            server_name: Some(name.into()),
+            tls: None,
+            cluster: Some(Cluster {
+                name: "tollgate".into(),
+                listen: "0.0.0.0:6222".into(),
+                routes: vec![route.into()],
+            }),
+            extra_users: Vec::new(),
+        };
+        let one = render(&plan("nats-1", "nats-route://nats-2:6222")).unwrap();
+        let two = render(&plan("nats-2", "nats-route://nats-1:6222")).unwrap();
+        let secret = std::fs::read_to_string(dir.path().join("route.secret")).unwrap();
+        assert_eq!(secret.len(), 64);
+        assert!(one.contains(&format!("nats-route://route:{secret}@nats-2:6222")), "{one}");
+        assert!(two.contains(&format!("password: \"{secret}\"")), "{two}");
+        assert!(render(&plan("nats-1", "nats-route://x:y@nats-2:6222")).is_err(), "credentials in a route");
+        assert!(render(&plan("nats-1", "nats://nats-2:6222")).is_err(), "not a route URL");
+        let nameless = Plan { server_name: None, ..plan("nats-1", "nats-route://nats-2:6222") };
+        assert!(render(&nameless).is_err());
     }
 }

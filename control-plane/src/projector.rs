@@ -54,7 +54,7 @@ async fn consume(
     stats: &ProjectorStats,
     control: &ControlPublicKey,
 ) -> anyhow::Result<()> {
-    let stream = tollgate_shared::stream::ensure_event_stream(js).await.map_err(anyhow::Error::msg)?;
+    let stream = tollgate_shared::stream::open_event_stream(js).await.map_err(anyhow::Error::msg)?;
     let consumer = stream
         .get_or_create_consumer(
             names::PROJECTOR_CONSUMER,

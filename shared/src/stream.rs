@@ -35,28 +35,37 @@ pub fn servers(url: &str) -> Vec<String> {
     url.split(',').map(str::trim).filter(|u| !u.is_empty()).map(str::to_owned).collect()
 }
 
-/// Create the event stream if it is missing (file storage, de-duplication window for retries).
-pub async fn ensure_event_stream(js: &jetstream::Context) -> Result<stream::Stream, String> {
+/// Create the event stream if it is missing (file storage, de-duplication window for retries,
+/// `replicas` copies in a JetStream cluster).
+pub async fn ensure_event_stream(js: &jetstream::Context, replicas: usize) -> Result<stream::Stream, String> {
     js.get_or_create_stream(stream::Config {
         name: names::STREAM.to_owned(),
         subjects: vec![names::all_subjects()],
         storage: stream::StorageType::File,
         retention: stream::RetentionPolicy::Limits,
         duplicate_window: Duration::from_secs(120),
+        num_replicas: replicas.max(1),
         ..Default::default()
     })
     .await
     .map_err(|e| format!("cannot create or open JetStream stream {}: {e}", names::STREAM))
 }
 
+/// Open the event stream (the control plane creates it).
+pub async fn open_event_stream(js: &jetstream::Context) -> Result<stream::Stream, String> {
+    js.get_stream(names::STREAM)
+        .await
+        .map_err(|e| format!("JetStream stream {} is not available yet: {e}", names::STREAM))
+}
+
 /// Open the policy KV bucket, creating it when missing (history kept for audits).
-pub async fn ensure_policy_bucket(js: &jetstream::Context) -> Result<jetstream::kv::Store, String> {
-    ensure_bucket(js, names::POLICY_BUCKET, 64).await
+pub async fn ensure_policy_bucket(js: &jetstream::Context, replicas: usize) -> Result<jetstream::kv::Store, String> {
+    ensure_bucket(js, names::POLICY_BUCKET, 64, replicas).await
 }
 
 /// Open (or create) the standing-approvals bucket (only the latest value of each key matters).
-pub async fn ensure_grants_bucket(js: &jetstream::Context) -> Result<jetstream::kv::Store, String> {
-    ensure_bucket(js, names::GRANTS_BUCKET, 1).await
+pub async fn ensure_grants_bucket(js: &jetstream::Context, replicas: usize) -> Result<jetstream::kv::Store, String> {
+    ensure_bucket(js, names::GRANTS_BUCKET, 1, replicas).await
 }
 
 /// Open the policy bucket without creating it (proxies may read it, never create it).
@@ -73,13 +82,19 @@ async fn open_bucket(js: &jetstream::Context, bucket: &str) -> Result<jetstream:
     js.get_key_value(bucket).await.map_err(|e| format!("KV bucket {bucket} is not available yet: {e}"))
 }
 
-async fn ensure_bucket(js: &jetstream::Context, bucket: &str, history: i64) -> Result<jetstream::kv::Store, String> {
+async fn ensure_bucket(
+    js: &jetstream::Context,
+    bucket: &str,
+    history: i64,
+    replicas: usize,
+) -> Result<jetstream::kv::Store, String> {
     if let Ok(store) = js.get_key_value(bucket).await {
         return Ok(store);
     }
     js.create_key_value(jetstream::kv::Config {
         bucket: bucket.to_owned(),
         history,
+        num_replicas: replicas.max(1),
         storage: stream::StorageType::File,
         ..Default::default()
     })

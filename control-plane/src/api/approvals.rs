@@ -399,7 +399,7 @@ async fn stand(
     };
     let bytes = Signed::seal(&state.control_key, ControlKind::Grant, &standing)
         .map_err(|e| ApiError::Unexpected(anyhow::anyhow!("{e}")))?;
-    let store = tollgate_shared::stream::ensure_grants_bucket(&state.js).await.map_err(ApiError::Unavailable)?;
+    let store = tollgate_shared::stream::open_grants_bucket(&state.js).await.map_err(ApiError::Unavailable)?;
     store
         .put(names::grant_key(request.id), bytes.into())
         .await
@@ -459,7 +459,7 @@ pub async fn request_ahead(
     if body.classes.is_empty() || body.agent.trim().is_empty() {
         return Err(ApiError::BadRequest("name the agent and at least one statement class".into()));
     }
-    let store = tollgate_shared::stream::ensure_policy_bucket(&state.js).await.map_err(ApiError::Unavailable)?;
+    let store = tollgate_shared::stream::open_policy_bucket(&state.js).await.map_err(ApiError::Unavailable)?;
     let policy = crate::policy::current(&store, &state.control_key)
         .await
         .map_err(|e| ApiError::Unavailable(e.to_string()))?

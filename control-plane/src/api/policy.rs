@@ -91,7 +91,7 @@ fn invalid(errors: PolicyErrors) -> ApiError {
 }
 
 async fn store(state: &AppState) -> Result<async_nats::jetstream::kv::Store, ApiError> {
-    tollgate_shared::stream::ensure_policy_bucket(&state.js).await.map_err(ApiError::Unavailable)
+    tollgate_shared::stream::open_policy_bucket(&state.js).await.map_err(ApiError::Unavailable)
 }
 
 fn store_error(e: crate::policy::ApplyError) -> ApiError {

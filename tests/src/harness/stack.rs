@@ -19,6 +19,8 @@ pub const REVIEWER_AUDIENCE: &str = "tollgate-api";
 pub struct Stack {
     pub pg: PgServer,
     pub nats: NatsServer,
+    /// The other servers of a JetStream cluster (empty for a single server).
+    pub peers: Vec<NatsServer>,
     pub issuer: Arc<DevIssuer>,
     pub proxy: Proxy,
     pub control: Control,
@@ -28,6 +30,8 @@ pub struct Stack {
     http: reqwest::Client,
     /// Whether dropping the stack checks the upstream's statement log against the record.
     check_log_at_drop: bool,
+    /// Seeds and CA of a cluster (kept until the stack is dropped).
+    cluster_keys: Option<tempfile::TempDir>,
 }
 
 impl Drop for Stack {
@@ -47,12 +51,36 @@ impl Drop for Stack {
 impl Stack {
     pub async fn start() -> Stack {
         init();
+        let nats = NatsServer::start().await;
+        Self::start_on(nats, Vec::new(), 1).await
+    }
+
+    /// The stack on a three-server JetStream cluster, the stream and buckets replicated three times.
+    pub async fn start_clustered() -> Stack {
+        init();
+        let keys = tempfile::tempdir().expect("cluster keys dir");
+        let ports: Vec<u16> = (0..3).map(|_| super::free_port()).collect();
+        let routes: Vec<u16> = (0..3).map(|_| super::free_port()).collect();
+        let mut servers = Vec::new();
+        for i in 0..3 {
+            let peers: Vec<u16> = routes.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, p)| *p).collect();
+            let server =
+                NatsServer::start_clustered(ports[i], keys.path(), &format!("nats-{i}"), routes[i], &peers).await;
+            servers.push(server);
+        }
+        let nats = servers.remove(0);
+        let mut stack = Self::start_on(nats, servers, 3).await;
+        stack.cluster_keys = Some(keys);
+        stack
+    }
+
+    async fn start_on(nats: NatsServer, peers: Vec<NatsServer>, replicas: usize) -> Stack {
         let pg = PgServer::start().await;
         let upstream_password = format!("upstream-{}", uuid::Uuid::new_v4().simple());
         pg.admin_sql("postgres", &format!("CREATE ROLE app LOGIN PASSWORD '{upstream_password}'"));
         pg.admin_sql("postgres", "CREATE DATABASE demo OWNER app");
         pg.admin_sql("postgres", "CREATE DATABASE tollgate");
-        let nats = NatsServer::start().await;
+        let urls = nats_urls(&nats, &peers);
 
         let (issuer, issuer_task) = start_issuer().await;
 
@@ -66,19 +94,28 @@ impl Stack {
         std::fs::write(&node_key_file, der).expect("node key file");
         // The control plane first, so the proxy finds a policy when it starts.
         let key_file = dir.path().join("control.key");
-        let mut config = control_config(&pg, &nats, &issuer, &key_file);
+        let mut config = control_config(&pg, &nats, &urls, &issuer, &key_file);
         config.nodes.trusted = vec![signer.public_hex()];
+        config.nats.replicas = replicas;
         let control = Control::start(config).await.expect("control plane starts");
+        // The control plane creates the stream and buckets in the background (NATS may be away).
+        let harness = nats.client().await;
+        let js = async_nats::jetstream::new(harness);
+        super::eventually(60, "the control plane to create the policy bucket", || async {
+            js.get_key_value(tollgate_shared::names::POLICY_BUCKET).await.ok().map(|_| ())
+        })
+        .await;
         put_policy(&reqwest::Client::new(), control.addr, &issuer, 0, &default_policy()).await;
         let setup =
             ProxySetup { password_file: dir.path().join("upstream.pw"), control_key: control.public_key.clone() };
-        let mut config = proxy_config(&pg, &nats, &issuer, &setup, "proxy-a");
+        let mut config = proxy_config(&pg, &nats, &urls, &issuer, &setup, "proxy-a");
         config.node.key_file = Some(node_key_file);
         let proxy = Proxy::start(config).await.expect("proxy starts");
         assert_eq!(proxy.policy_version(), Some(1), "the proxy loaded the policy at start");
         Stack {
             pg,
             nats,
+            peers,
             issuer,
             proxy,
             control,
@@ -87,6 +124,7 @@ impl Stack {
             issuer_task,
             http: reqwest::Client::new(),
             check_log_at_drop: true,
+            cluster_keys: None,
         }
     }
 
@@ -103,12 +141,12 @@ impl Stack {
             password_file: self.dir.path().join("upstream.pw"),
             control_key: self.control.public_key.clone(),
         };
-        proxy_config(&self.pg, &self.nats, &self.issuer, &setup, node)
+        proxy_config(&self.pg, &self.nats, &self.nats_urls(), &self.issuer, &setup, node)
     }
 
     /// Configuration for another control-plane replica (same database, NATS and issuer).
     pub fn control_config(&self) -> ControlConfig {
-        control_config(&self.pg, &self.nats, &self.issuer, &self.dir.path().join("control.key"))
+        control_config(&self.pg, &self.nats, &self.nats_urls(), &self.issuer, &self.dir.path().join("control.key"))
     }
 
     /// A fresh agent token for `subject`, with GitHub-Actions-like claims.
@@ -228,7 +266,7 @@ impl Stack {
     /// The statement-log check (see `upstream_log`), callable mid-test too. Reads the stream on
     /// a thread of its own, so it works from `Drop` inside a runtime.
     pub fn check_upstream_log(&self) -> Result<usize, String> {
-        let (url, seed, ca) = (self.nats.url(), self.nats.seed_file("harness"), self.nats.ca_file());
+        let (url, seed, ca) = (self.nats_urls(), self.nats.seed_file("harness"), self.nats.ca_file());
         let events = std::thread::spawn(move || -> Result<Vec<Value>, String> {
             let runtime =
                 tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
@@ -245,6 +283,11 @@ impl Stack {
         .map_err(|_| "the stream reader panicked".to_owned())??;
         let log = self.pg.json_log().map_err(|e| format!("cannot read the upstream's JSON log: {e}"))?;
         super::upstream_log::verify(&log, &events)
+    }
+
+    /// Every NATS server's URL, comma-separated (what components are configured with).
+    pub fn nats_urls(&self) -> String {
+        nats_urls(&self.nats, &self.peers)
     }
 
     /// Every message on the event stream, as published.
@@ -318,7 +361,18 @@ struct ProxySetup {
     control_key: String,
 }
 
-fn proxy_config(pg: &PgServer, nats: &NatsServer, issuer: &DevIssuer, setup: &ProxySetup, node: &str) -> ProxyConfig {
+fn nats_urls(nats: &NatsServer, peers: &[NatsServer]) -> String {
+    std::iter::once(nats).chain(peers).map(NatsServer::url).collect::<Vec<_>>().join(",")
+}
+
+fn proxy_config(
+    pg: &PgServer,
+    nats: &NatsServer,
+    urls: &str,
+    issuer: &DevIssuer,
+    setup: &ProxySetup,
+    node: &str,
+) -> ProxyConfig {
     let text = format!(
         r#"
 [node]
@@ -344,7 +398,7 @@ password = "file:{password}"
 [control]
 public_key = "{control_key}"
 "#,
-        nats = nats.url(),
+        nats = urls,
         seed = nats.seed_file(node).display(),
         ca = nats.ca_file().display(),
         issuer = issuer.url(),
@@ -355,7 +409,13 @@ public_key = "{control_key}"
     toml::from_str(&text).expect("proxy config parses")
 }
 
-fn control_config(pg: &PgServer, nats: &NatsServer, issuer: &DevIssuer, key_file: &std::path::Path) -> ControlConfig {
+fn control_config(
+    pg: &PgServer,
+    nats: &NatsServer,
+    urls: &str,
+    issuer: &DevIssuer,
+    key_file: &std::path::Path,
+) -> ControlConfig {
     let text = format!(
         r#"
 listen = "127.0.0.1:0"
@@ -376,7 +436,7 @@ approver = ["approvers"]
 admin = ["admins"]
 "#,
         db = pg.superuser_url("tollgate"),
-        nats = nats.url(),
+        nats = urls,
         seed = nats.seed_file("control").display(),
         ca = nats.ca_file().display(),
         issuer = issuer.url(),
@@ -392,7 +452,7 @@ async fn read_stream(url: &str, seed: &std::path::Path, ca: &std::path::Path) ->
         .custom_inbox_prefix("_INBOX_harness")
         .add_root_certificates(ca.to_owned())
         .require_tls(true)
-        .connect(url)
+        .connect(tollgate_shared::stream::servers(url).as_slice())
         .await
         .map_err(|e| format!("cannot reach NATS for the event stream: {e}"))?;
     let js = async_nats::jetstream::new(client);
