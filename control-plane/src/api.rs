@@ -44,6 +44,9 @@ pub struct AppState {
     pub trusted_nodes: Arc<Vec<String>>,
     /// Links from agent claims to people, for self-approval.
     pub self_links: Arc<Vec<crate::config::SelfLink>>,
+    /// Decisions are taken one at a time, each once its predecessor is projected, so the
+    /// checks of the next (one vote per person, the quorum of a standing approval) see it.
+    pub deciding: Arc<tokio::sync::Mutex<()>>,
 }
 
 #[derive(OpenApi)]

@@ -119,6 +119,7 @@ impl Control {
             control_key,
             trusted_nodes: Arc::new(config.nodes.trusted.iter().map(|k| k.trim().to_ascii_lowercase()).collect()),
             self_links: Arc::new(config.approvals.self_links.clone()),
+            deciding: Arc::default(),
         };
         let listener = tokio::net::TcpListener::bind(&config.listen)
             .await

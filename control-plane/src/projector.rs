@@ -23,6 +23,8 @@ pub struct ProjectorStats {
     pub rejected: AtomicU64,
     /// Messages the consumer has not delivered yet (as of the last batch).
     pub lag: AtomicU64,
+    /// Woken after every committed batch (the API waits on it for its own decisions).
+    pub committed: tokio::sync::Notify,
 }
 
 /// Project until the task is aborted. Events of the control plane's own kinds count only with
@@ -97,6 +99,7 @@ async fn consume(
             }
         };
         stats.projected.fetch_add(outcome.projected, Ordering::Relaxed);
+        stats.committed.notify_waiters();
         stats.duplicates.fetch_add(outcome.duplicates, Ordering::Relaxed);
         stats.rejected.fetch_add(outcome.rejected, Ordering::Relaxed);
         for message in &batch {

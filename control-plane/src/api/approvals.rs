@@ -311,6 +311,7 @@ pub async fn decide(
     if reason.as_ref().is_some_and(|r| r.chars().count() > 1000) {
         return Err(ApiError::BadRequest("reason: at most 1000 characters".into()));
     }
+    let _turn = state.deciding.lock().await;
     let request = load(state, id).await?;
     if request.status != "pending" {
         return Err(ApiError::Conflict(format!("approval {id} is already {}", request.status)));
@@ -350,12 +351,42 @@ pub async fn decide(
     if verdict == Verdict::Approve {
         stand(state, &request, &agent, person, grant_minutes).await?;
     }
+    projected(state, event.id).await;
     tracing::info!(approval = %id, by = %person.name, ?verdict, ?channel, "approval decided");
     let verdict = match verdict {
         Verdict::Approve => "approve",
         Verdict::Deny => "deny",
     };
     Ok(DecisionAccepted { approval_id: id, verdict: verdict.into(), event_id: event.id })
+}
+
+/// Wait (a few seconds at most) until the projector has written decision `event`, so the
+/// next decision's checks see it. A decision not projected in time is still recorded; the
+/// proxies and the views count one vote per person whatever the API saw.
+async fn projected(state: &AppState, event: Uuid) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let committed = state.stats.committed.notified();
+        tokio::pin!(committed);
+        committed.as_mut().enable();
+        let found =
+            sqlx::query_scalar::<_, bool>("SELECT EXISTS (SELECT 1 FROM approval_decisions WHERE event_id = $1)")
+                .bind(event)
+                .fetch_one(&state.db)
+                .await;
+        match found {
+            Ok(true) => return,
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot check the decision's projection");
+                return;
+            }
+        }
+        if tokio::time::timeout_at(deadline, committed).await.is_err() {
+            tracing::warn!(event = %event, "decision not projected within 5 s; answering anyway");
+            return;
+        }
+    }
 }
 
 /// When this approval completes the quorum and every approver (or the ahead-of-run request)
@@ -368,7 +399,15 @@ async fn stand(
     person: &AgentIdentity,
     offered: Option<u32>,
 ) -> Result<(), ApiError> {
-    let earlier: Vec<&DecisionView> = request.decisions.iter().filter(|d| d.verdict == "approve").collect();
+    // One vote per person: earlier approvals by others (the caller's own was refused above).
+    let mut people = std::collections::BTreeSet::new();
+    let earlier: Vec<&DecisionView> = request
+        .decisions
+        .iter()
+        .filter(|d| d.verdict == "approve")
+        .filter(|d| d.approver_issuer != person.issuer || d.approver_subject != person.subject)
+        .filter(|d| people.insert((d.approver_issuer.clone(), d.approver_subject.clone())))
+        .collect();
     let votes = 1 + earlier.len();
     if votes < usize::try_from(request.quorum).unwrap_or(usize::MAX) {
         return Ok(());
