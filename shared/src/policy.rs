@@ -80,12 +80,14 @@ pub struct Covered<'a> {
 }
 
 impl StandingApproval {
-    /// Whether this approval covers the statement now.
+    /// Whether this approval covers the statement now. Relations must be named as they were
+    /// approved: an approval for `public.orders` does not cover a bare `orders`, which the
+    /// session's search_path could point at another schema (an approval opens, so it is exact).
     pub fn covers(&self, what: &Covered<'_>, now: chrono::DateTime<chrono::Utc>) -> bool {
         let relations = self.relations.iter().filter_map(|r| RelationName::parse(r)).collect::<Vec<_>>();
         let relations_covered = self.relations.is_empty()
             || what.relations.iter().all(|used| {
-                RelationName::parse(used).is_some_and(|used| relations.iter().any(|granted| granted.covers(&used)))
+                RelationName::parse(used).is_some_and(|used| relations.iter().any(|granted| *granted == used))
             });
         now < self.until
             && !self.rule.is_empty()

@@ -164,3 +164,36 @@ resources:
     );
     assert!(empty.unwrap_err().to_string().contains("resources[0].approvals[0].hold_classes"));
 }
+
+/// A standing approval opens exactly what was approved: the relations as they were named.
+#[test]
+fn standing_approvals_cover_relations_exactly() {
+    let now = chrono::Utc::now();
+    let standing = StandingApproval {
+        approval_id: uuid::Uuid::nil(),
+        agent_issuer: Some("https://issuer".into()),
+        agent_name: "bot".into(),
+        resource: "demo".into(),
+        rule: "writes".into(),
+        classes: vec!["delete".into()],
+        relations: vec!["public.orders".into()],
+        until: now + chrono::Duration::minutes(5),
+        approvers: vec!["alice".into()],
+    };
+    let covered = |relations: &[&str]| {
+        let what = Covered {
+            issuer: "https://issuer",
+            agent: "bot",
+            resource: "demo",
+            rule: "writes",
+            classes: &["delete"],
+            relations,
+        };
+        standing.covers(&what, now)
+    };
+    assert!(covered(&["public.orders"]), "the approved relation, named as approved");
+    assert!(!covered(&["public.\"Orders\""]), "a quoted mixed-case name is another relation");
+    assert!(!covered(&["orders"]), "a bare name could resolve to another schema");
+    assert!(!covered(&["evil.orders"]));
+    assert!(!covered(&["public.orders", "public.customers"]), "every relation must be approved");
+}
