@@ -86,9 +86,10 @@ impl StandingApproval {
     pub fn covers(&self, what: &Covered<'_>, now: chrono::DateTime<chrono::Utc>) -> bool {
         let relations = self.relations.iter().filter_map(|r| RelationName::parse(r)).collect::<Vec<_>>();
         let relations_covered = self.relations.is_empty()
-            || what.relations.iter().all(|used| {
-                RelationName::parse(used).is_some_and(|used| relations.iter().any(|granted| *granted == used))
-            });
+            || what
+                .relations
+                .iter()
+                .all(|used| RelationName::parse(used).is_some_and(|used| relations.contains(&used)));
         now < self.until
             && !self.rule.is_empty()
             && self.rule == what.rule
