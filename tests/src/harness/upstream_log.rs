@@ -67,7 +67,7 @@ struct Allowed {
 
 /// Commands allowed to run: decision `allow`, or `hold` with an `approval.released` for it.
 fn allowed(events: &[Value]) -> Vec<Allowed> {
-    let released: Vec<&str> = events
+    let released: std::collections::HashSet<&str> = events
         .iter()
         .filter(|e| e["type"] == kind::APPROVAL_RELEASED)
         .filter_map(|e| e["payload"]["command_id"].as_str())
@@ -128,29 +128,40 @@ pub fn check(ran: &[Ran], events: &[Value]) -> Result<usize, String> {
         variants.dedup();
         variants
     };
+    // Allowed commands by protocol and text, so each logged statement is one lookup.
+    let mut by_text: HashMap<(String, String), Vec<Vec<String>>> = HashMap::new();
+    for a in allowed.drain(..) {
+        by_text.entry((a.protocol, a.statement)).or_default().push(a.executes);
+    }
     let mut problems = Vec::new();
     let mut matched = 0;
     for statement in ran.iter().filter(|r| !proxy_own(&r.text)) {
         let texts = masked(&statement.text);
         let prepared = statement.prepared.as_deref().map(&masked);
-        let found = allowed.iter().position(|a| {
-            a.protocol == statement.protocol
-                && texts.contains(&a.statement)
-                && prepared.as_ref().is_none_or(|p| a.executes.iter().any(|x| p.contains(x)))
+        let found = texts.iter().any(|text| {
+            let Some(bucket) = by_text.get_mut(&(statement.protocol.to_owned(), text.clone())) else {
+                return false;
+            };
+            let Some(index) = bucket
+                .iter()
+                .position(|executes| prepared.as_ref().is_none_or(|p| executes.iter().any(|x| p.contains(x))))
+            else {
+                return false;
+            };
+            bucket.swap_remove(index);
+            true
         });
-        match found {
-            Some(index) => {
-                allowed.swap_remove(index);
-                matched += 1;
-            }
-            None => problems.push(format!(
+        if found {
+            matched += 1;
+        } else {
+            problems.push(format!(
                 "{} ran on {} as {} ({}) without an allowed command on record{}",
                 statement.text,
                 statement.database,
                 statement.user,
                 statement.protocol,
                 statement.prepared.as_deref().map(|p| format!(", executing {p:?}")).unwrap_or_default()
-            )),
+            ));
         }
     }
     if problems.is_empty() {
