@@ -15,6 +15,9 @@ use std::time::Duration;
 use tollgate_shared::control::ControlPublicKey;
 use tollgate_shared::names;
 
+/// How long a batch gathers messages after its first one.
+const GATHER: Duration = Duration::from_millis(10);
+
 /// Counters the metrics endpoint reads.
 #[derive(Default)]
 pub struct ProjectorStats {
@@ -71,13 +74,22 @@ async fn consume(
         .await?;
     let mut messages = consumer.messages().await?;
     loop {
-        // Wait for one message, then take whatever else is already there, up to the batch size.
+        // Wait for one message, then gather what arrives within the gathering window, up to
+        // the batch size: a few milliseconds of lag buy far fewer transactions under load.
         let Some(first) = messages.next().await else { return Ok(()) };
         let mut batch = vec![first?];
+        let until = tokio::time::Instant::now() + GATHER;
         while batch.len() < batch_size {
-            match messages.next().now_or_never() {
-                Some(Some(message)) => batch.push(message?),
-                _ => break,
+            let next = match messages.next().now_or_never() {
+                Some(next) => next,
+                None => match tokio::time::timeout_at(until, messages.next()).await {
+                    Ok(next) => next,
+                    Err(_) => break,
+                },
+            };
+            match next {
+                Some(message) => batch.push(message?),
+                None => break,
             }
         }
         if let Some(Ok(info)) = batch.last().map(|m| m.info()) {

@@ -82,7 +82,11 @@ impl Proxy {
         tasks.push(verifier.spawn_refresh());
         let node_key = signer.public_hex();
         tasks.push(tokio::spawn(announce_node(js.clone(), config.node.name.clone(), node_key.clone())));
-        let publisher = Arc::new(recorder::Publisher::new(js, Duration::from_millis(config.nats.publish_timeout_ms)));
+        let publisher = Arc::new(recorder::Publisher::new(
+            js,
+            config.node.name.clone(),
+            Duration::from_millis(config.nats.publish_timeout_ms),
+        ));
         let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
         let services = pg::NodeServices {
             verifier,

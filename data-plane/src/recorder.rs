@@ -1,14 +1,21 @@
 //! Publishing events to JetStream, and the per-session recorder that seals them into the chain.
 //!
 //! A command is forwarded only after its event is acknowledged ([`Publisher::durable`]): exactly
-//! one JetStream round trip on a statement's critical path. Result events are published without
-//! waiting for the acknowledgement ([`Publisher::background`]); JetStream de-duplicates retries by
-//! the event id sent as `Nats-Msg-Id`.
+//! one JetStream round trip on a statement's critical path. Result events go without waiting
+//! ([`Publisher::background`]).
+//!
+//! One task per node publishes for every session (group commit): it takes every event waiting,
+//! sends the per-statement kinds of all sessions as one batch message (`<node>.batch`, one
+//! event per line) and every other kind alone on its own subject, then answers each session
+//! when JetStream has acknowledged its events. At most [`IN_FLIGHT`] publishes are awaiting
+//! their acknowledgement; what arrives meanwhile travels together in the next. Results with
+//! nothing else to send wait up to [`LINGER`] for a command to travel with.
 
 use async_nats::jetstream;
 use futures_util::future::join_all;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
 use tollgate_shared::event::{Chain, SealedEvent, SessionSigner};
 
 #[derive(Debug, thiserror::Error)]
@@ -21,56 +28,158 @@ pub enum RecordError {
     Timeout(Duration),
 }
 
+/// Publishes awaiting their acknowledgement at once (beyond these, events wait and batch).
+const IN_FLIGHT: usize = 2;
+/// How long results alone wait for a command to share a message with.
+const LINGER: Duration = Duration::from_millis(2);
+
+/// Events of one session handed to the node's publishing task, with whom to tell when stored.
+struct Job {
+    events: Vec<SealedEvent>,
+    done: Option<oneshot::Sender<Result<(), String>>>,
+}
+
+/// Publishes sent and the jobs waiting on their acknowledgements.
+struct InFlight {
+    acks: Result<Vec<jetstream::context::PublishAckFuture>, String>,
+    jobs: Vec<Job>,
+    /// Held until the jobs have been told.
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
 pub struct Publisher {
-    js: jetstream::Context,
+    jobs: mpsc::UnboundedSender<Job>,
     timeout: Duration,
 }
 
 impl Publisher {
-    pub fn new(js: jetstream::Context, timeout: Duration) -> Self {
-        Publisher { js, timeout }
+    /// The node's publisher; its task runs until the publisher is dropped.
+    pub fn new(js: jetstream::Context, node: String, timeout: Duration) -> Self {
+        let (jobs, waiting) = mpsc::unbounded_channel();
+        tokio::spawn(batch(js, node, waiting, timeout));
+        Publisher { jobs, timeout }
     }
 
-    async fn send(&self, event: &SealedEvent) -> Result<jetstream::context::PublishAckFuture, RecordError> {
-        tollgate_shared::stream::publish_event(&self.js, event).await.map_err(RecordError::Unacknowledged)
-    }
-
-    /// Publish every event and wait until JetStream has stored all of them (they travel
-    /// together, so this costs one round trip however many there are).
-    pub async fn durable(&self, events: &[SealedEvent]) -> Result<(), RecordError> {
-        let work = async {
-            let mut acks = Vec::with_capacity(events.len());
-            for event in events {
-                acks.push(self.send(event).await?);
-            }
-            for ack in join_all(acks.into_iter().map(std::future::IntoFuture::into_future)).await {
-                ack.map_err(|e| RecordError::Unacknowledged(e.to_string()))?;
-            }
-            Ok(())
-        };
-        tokio::time::timeout(self.timeout, work).await.map_err(|_| RecordError::Timeout(self.timeout))?
+    /// Publish every event and wait until JetStream has stored all of them.
+    pub async fn durable(&self, events: Vec<SealedEvent>) -> Result<(), RecordError> {
+        let (done, stored) = oneshot::channel();
+        self.jobs
+            .send(Job { events, done: Some(done) })
+            .map_err(|_| RecordError::Unacknowledged("the publisher has stopped".into()))?;
+        match tokio::time::timeout(self.timeout, stored).await {
+            Err(_) => Err(RecordError::Timeout(self.timeout)),
+            Ok(Err(_)) => Err(RecordError::Unacknowledged("the publisher has stopped".into())),
+            Ok(Ok(outcome)) => outcome.map_err(RecordError::Unacknowledged),
+        }
     }
 
     /// Publish without waiting for the acknowledgement; a failure is logged (the next command's
     /// durable publish will fail too, so no further statement runs unrecorded).
-    pub async fn background(&self, event: SealedEvent) {
-        let timeout = self.timeout;
-        match tokio::time::timeout(timeout, self.send(&event)).await {
-            Ok(Ok(ack)) => {
-                tokio::spawn(async move {
-                    match tokio::time::timeout(timeout, ack).await {
-                        Ok(Ok(_)) => {}
-                        Ok(Err(e)) => {
-                            tracing::warn!(event = %event.id, kind = event.kind, error = %e, "event not acknowledged")
-                        }
-                        Err(_) => {
-                            tracing::warn!(event = %event.id, kind = event.kind, "event acknowledgement timed out")
+    pub fn background(&self, event: SealedEvent) {
+        if self.jobs.send(Job { events: vec![event], done: None }).is_err() {
+            tracing::warn!("event not published: the publisher has stopped");
+        }
+    }
+}
+
+/// The node's publishing task: take what is waiting, wait for a publish slot (meanwhile more
+/// arrives: that is what makes events batch under load), take that too, publish, and hand the
+/// acknowledgements to [`acknowledge`], which frees the slot.
+async fn batch(js: jetstream::Context, node: String, mut waiting: mpsc::UnboundedReceiver<Job>, timeout: Duration) {
+    let (sent, in_flight) = mpsc::unbounded_channel();
+    let slots = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
+    tokio::spawn(acknowledge(in_flight, timeout));
+    while let Some(first) = waiting.recv().await {
+        let mut jobs = vec![first];
+        take_waiting(&mut waiting, &mut jobs);
+        if jobs.iter().all(|j| j.done.is_none()) {
+            if let Ok(Some(next)) = tokio::time::timeout(LINGER, waiting.recv()).await {
+                jobs.push(next);
+            }
+        }
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        take_waiting(&mut waiting, &mut jobs);
+        let acks = publish(&js, &node, &jobs).await;
+        if sent.send(InFlight { acks, jobs, _slot: slot }).is_err() {
+            return;
+        }
+    }
+}
+
+fn take_waiting(waiting: &mut mpsc::UnboundedReceiver<Job>, jobs: &mut Vec<Job>) {
+    while let Ok(job) = waiting.try_recv() {
+        jobs.push(job);
+    }
+}
+
+/// Send the jobs' events in order: runs of batchable events as batch messages, others alone.
+async fn publish(
+    js: &jetstream::Context,
+    node: &str,
+    jobs: &[Job],
+) -> Result<Vec<jetstream::context::PublishAckFuture>, String> {
+    let mut acks = Vec::new();
+    let mut run: Vec<&SealedEvent> = Vec::new();
+    let mut run_bytes = 0;
+    for event in jobs.iter().flat_map(|j| &j.events) {
+        let fits = run_bytes + event.bytes.len() < tollgate_shared::stream::BATCH_MAX_BYTES;
+        if !run.is_empty() && (!tollgate_shared::stream::batchable(event) || !fits) {
+            acks.push(send_run(js, node, &run).await?);
+            run.clear();
+            run_bytes = 0;
+        }
+        if tollgate_shared::stream::batchable(event) {
+            run_bytes += event.bytes.len() + 1;
+            run.push(event);
+        } else {
+            acks.push(tollgate_shared::stream::publish_event(js, event).await?);
+        }
+    }
+    if !run.is_empty() {
+        acks.push(send_run(js, node, &run).await?);
+    }
+    Ok(acks)
+}
+
+async fn send_run(
+    js: &jetstream::Context,
+    node: &str,
+    run: &[&SealedEvent],
+) -> Result<jetstream::context::PublishAckFuture, String> {
+    match run {
+        [one] => tollgate_shared::stream::publish_event(js, one).await,
+        _ => tollgate_shared::stream::publish_batch(js, node, run).await,
+    }
+}
+
+/// Await each publish's acknowledgements in order and tell its jobs.
+async fn acknowledge(mut in_flight: mpsc::UnboundedReceiver<InFlight>, timeout: Duration) {
+    while let Some(InFlight { acks, jobs, _slot }) = in_flight.recv().await {
+        let outcome = match acks {
+            Err(e) => Err(e),
+            Ok(acks) => match tokio::time::timeout(
+                timeout,
+                join_all(acks.into_iter().map(std::future::IntoFuture::into_future)),
+            )
+            .await
+            {
+                Err(_) => Err(format!("no acknowledgement within {timeout:?}")),
+                Ok(results) => results.into_iter().find_map(Result::err).map_or(Ok(()), |e| Err(e.to_string())),
+            },
+        };
+        for job in jobs {
+            match job.done {
+                Some(done) => {
+                    let _ = done.send(outcome.clone());
+                }
+                None => {
+                    if let Err(e) = &outcome {
+                        for event in &job.events {
+                            tracing::warn!(event = %event.id, kind = event.kind, error = %e, "event not recorded");
                         }
                     }
-                });
+                }
             }
-            Ok(Err(e)) => tracing::warn!(event = %event.id, kind = event.kind, error = %e, "event not published"),
-            Err(_) => tracing::warn!(event = %event.id, kind = event.kind, "event publish timed out"),
         }
     }
 }

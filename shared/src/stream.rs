@@ -132,3 +132,74 @@ async fn publish(
     }
     js.publish_with_headers(event.subject.clone(), headers, event.bytes.clone()).await.map_err(|e| e.to_string())
 }
+
+/// The subject suffix of a batch: several events of one node in one message.
+pub const BATCH_KIND: &str = "batch";
+/// Header of a batch message: how many events it holds.
+pub const BATCH_HEADER: &str = "Tollgate-Batch";
+/// Largest batch payload (NATS refuses messages over its `max_payload`, 1 MiB by default).
+pub const BATCH_MAX_BYTES: usize = 512 * 1024;
+
+/// Whether an event may travel in a batch: the per-statement kinds. Every other kind travels
+/// alone on its own subject, so subscribers that filter by subject (approvals) see it.
+pub fn batchable(event: &crate::event::SealedEvent) -> bool {
+    use crate::event::kind;
+    (event.kind == kind::COMMAND || event.kind == kind::COMMAND_RESULT) && !event.bytes.contains(&b'\n')
+}
+
+/// Publish `events` (all [`batchable`], of `node`, in order) as one message on
+/// `tollgate.events.<node>.batch`: their bytes one per line. Its `Nats-Msg-Id` derives from the
+/// first event's id, so a retried batch is stored once.
+pub async fn publish_batch(
+    js: &jetstream::Context,
+    node: &str,
+    events: &[&crate::event::SealedEvent],
+) -> Result<jetstream::context::PublishAckFuture, String> {
+    let Some(first) = events.first() else { return Err("an empty batch".into()) };
+    let mut payload = bytes::BytesMut::with_capacity(events.iter().map(|e| e.bytes.len() + 1).sum());
+    for (i, event) in events.iter().enumerate() {
+        if i > 0 {
+            payload.extend_from_slice(b"\n");
+        }
+        payload.extend_from_slice(&event.bytes);
+    }
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(names::MSG_ID_HEADER, format!("batch:{}", first.id).as_str());
+    headers.insert(BATCH_HEADER, events.len().to_string().as_str());
+    js.publish_with_headers(names::subject_for(node, BATCH_KIND), headers, payload.freeze())
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// The events a stored message holds: the message itself, or each line of a batch.
+pub fn events_in<'a>(subject: &str, payload: &'a [u8]) -> Vec<&'a [u8]> {
+    if is_batch(subject) {
+        payload.split(|b| *b == b'\n').collect()
+    } else {
+        vec![payload]
+    }
+}
+
+/// Whether a message on `subject` is a batch.
+pub fn is_batch(subject: &str) -> bool {
+    subject.strip_suffix(BATCH_KIND).is_some_and(|rest| rest.ends_with('.'))
+        && subject.split('.').count() == names::SUBJECT_PREFIX.split('.').count() + 2
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_are_recognised_by_their_subject_and_split_by_line() {
+        assert!(is_batch("tollgate.events.proxy-a.batch"));
+        assert!(!is_batch("tollgate.events.proxy-a.command"));
+        assert!(!is_batch("tollgate.events.proxy-a.command.batch"), "a kind ending in batch is not a batch");
+        assert!(!is_batch("tollgate.events.batch"));
+        assert_eq!(
+            events_in("tollgate.events.p.batch", b"{\"a\":1}\n{\"b\":2}"),
+            vec![&b"{\"a\":1}"[..], b"{\"b\":2}"]
+        );
+        assert_eq!(events_in("tollgate.events.p.command", b"{\"a\":\n1}"), vec![&b"{\"a\":\n1}"[..]]);
+    }
+}

@@ -241,6 +241,12 @@ async fn sessions_are_trusted_only_under_trusted_node_keys() {
     for event in &events {
         tollgate_shared::stream::publish_event(&js, event).await.unwrap().await.unwrap();
     }
+    // Both events projected (the end too), then the verdict.
+    eventually(20, "the forged session's end to be projected", || async {
+        let (_, view) = stack.api(&format!("/api/v1/sessions/{session}")).await;
+        (!view["ended_at"].is_null()).then_some(())
+    })
+    .await;
     let report = verified(&stack, &session.to_string(), "unknown").await;
     assert_eq!(
         (report["linked"].as_bool(), report["complete"].as_bool(), report["trusted"].as_bool()),

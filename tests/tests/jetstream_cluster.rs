@@ -170,7 +170,11 @@ async fn read_events(js: &async_nats::jetstream::Context) -> Vec<Value> {
     let mut out = Vec::new();
     for seq in 1..=last {
         match stream.get_raw_message(seq).await {
-            Ok(message) => out.push(serde_json::from_slice(&message.payload).expect("an event")),
+            Ok(message) => {
+                for raw in tollgate_shared::stream::events_in(&message.subject, &message.payload) {
+                    out.push(serde_json::from_slice(raw).expect("an event"));
+                }
+            }
             Err(e) if e.kind() == async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound => {}
             Err(e) => panic!("event {seq}: {e}"),
         }

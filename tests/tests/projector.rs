@@ -91,3 +91,60 @@ async fn sessions_recorded_while_the_control_plane_is_down_are_projected_when_it
     assert_eq!(sessions[0]["agent_subject"], "bot-offline");
     assert_eq!(sessions[0]["commands"], 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_is_read_line_by_line_and_never_carries_a_control_event() {
+    use tollgate_shared::event::{kind, ApprovalDecided, Chain, Channel, Verdict};
+    use tollgate_shared::identity::{AgentIdentity, ResourceKind, ResourceRef};
+    let stack = Stack::start().await;
+    let client = stack.agent_client(&stack.agent_token("bot-batch")).await.unwrap();
+    client.simple_query("select 1").await.unwrap();
+    drop(client);
+    stack.ended_sessions(1).await;
+    let events = stack.stream_messages().await;
+    let command = events
+        .iter()
+        .find(|m| serde_json::from_slice::<serde_json::Value>(m).is_ok_and(|v| v["type"] == kind::COMMAND))
+        .expect("the command on record")
+        .clone();
+
+    // A control-plane kind (a decision) inside a proxy's batch, beside a replayed command.
+    let mallory = AgentIdentity {
+        issuer: "https://evil.example".into(),
+        subject: "mallory".into(),
+        name: "mallory".into(),
+        groups: vec![],
+        attributes: Default::default(),
+    };
+    let decision = ApprovalDecided {
+        approval_id: uuid::Uuid::now_v7(),
+        verdict: Verdict::Approve,
+        channel: Channel::Rest,
+        reason: None,
+        grant_minutes: None,
+    };
+    let resource = ResourceRef { name: "demo".into(), kind: ResourceKind::Postgres };
+    let mut chain = Chain::new(uuid::Uuid::now_v7(), "proxy-x".into(), mallory, resource);
+    let forged = chain.seal(kind::APPROVAL_DECIDED, &decision).unwrap();
+    let mut payload = forged.bytes.to_vec();
+    payload.push(b'\n');
+    payload.extend_from_slice(&command);
+    let duplicates = "tollgate_projector_events_total{result=\"duplicate\"}";
+    let before = metric(&stack, duplicates).await;
+    let js = async_nats::jetstream::new(stack.nats.client().await);
+    js.publish("tollgate.events.proxy-x.batch", payload.into()).await.unwrap().await.unwrap();
+
+    // The replayed line was read (and counted once, as the duplicate it is)...
+    eventually(30, "the batch's command line to be read", || async {
+        (metric(&stack, duplicates).await > before).then_some(())
+    })
+    .await;
+    // ...and the decision was kept aside, not projected.
+    let kept = stack.pg.admin_sql(
+        "tollgate",
+        "select count(*) from rejected_events where subject = 'tollgate.events.proxy-x.batch' and error like '%signature%'",
+    );
+    assert_eq!(kept.trim(), "1");
+    let decided = stack.pg.admin_sql("tollgate", &format!("select count(*) from events where id = '{}'", forged.id));
+    assert_eq!(decided.trim(), "0");
+}

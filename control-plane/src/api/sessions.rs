@@ -168,23 +168,29 @@ pub async fn session_events(
     let id = session_id(id)?;
     load_session(&state, id).await?;
     let rows = sqlx::query_as::<_, StoredEvent>(
-        "SELECT seq, id, type, at, raw, body FROM events WHERE session_id = $1 ORDER BY seq, id",
+        "SELECT seq, id, type, at, raw FROM events WHERE session_id = $1 ORDER BY seq, id",
     )
     .bind(id)
     .fetch_all(&state.db)
     .await?;
-    Ok(Json(
-        rows.into_iter()
-            .map(|e| EventView {
+    let events = rows
+        .into_iter()
+        .map(|e| {
+            // The stored bytes were parsed when projected; a row that no longer parses has been
+            // edited behind the record's back.
+            let event = serde_json::from_slice(&e.raw)
+                .map_err(|err| ApiError::Unexpected(anyhow::anyhow!("stored event {} does not parse: {err}", e.id)))?;
+            Ok(EventView {
                 seq: e.seq,
                 id: e.id,
                 kind: e.kind,
                 at: e.at,
                 hash: tollgate_shared::event::sha256_hex(&e.raw),
-                event: e.body,
+                event,
             })
-            .collect(),
-    ))
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    Ok(Json(events))
 }
 
 #[derive(sqlx::FromRow)]
@@ -195,7 +201,6 @@ struct StoredEvent {
     kind: String,
     at: DateTime<Utc>,
     raw: Vec<u8>,
-    body: serde_json::Value,
 }
 
 #[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]

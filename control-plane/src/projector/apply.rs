@@ -5,6 +5,7 @@
 use async_nats::jetstream::Message;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use sqlx::{PgPool, Postgres, Transaction};
 use std::collections::{BTreeMap, HashSet};
 use tollgate_shared::control::{ControlKind, ControlPublicKey, SIGNATURE_HEADER};
@@ -30,10 +31,9 @@ pub fn agent_id(agent: &AgentIdentity) -> Uuid {
 
 /// A message that decoded into an event with a payload of the shape its type promises.
 struct Decoded<'a> {
-    envelope: Envelope,
+    envelope: Envelope<&'a RawValue>,
     seq: i64,
     raw: &'a [u8],
-    body: serde_json::Value,
     payload: Payload,
 }
 
@@ -55,13 +55,14 @@ enum Payload {
     Other,
 }
 
-fn typed<T: for<'de> Deserialize<'de>>(envelope: &Envelope) -> Result<T, String> {
-    serde_json::from_value(envelope.payload.clone()).map_err(|e| format!("{} payload: {e}", envelope.kind))
+fn typed<'a, T: Deserialize<'a>>(envelope: &Envelope<&'a RawValue>) -> Result<T, String> {
+    serde_json::from_str(envelope.payload.get()).map_err(|e| format!("{} payload: {e}", envelope.kind))
 }
 
+/// Parse an event once: the envelope, and the payload in the shape its type promises.
 fn decode(raw: &[u8]) -> Result<Decoded<'_>, String> {
-    let body: serde_json::Value = serde_json::from_slice(raw).map_err(|e| format!("not JSON: {e}"))?;
-    let envelope: Envelope = serde_json::from_value(body.clone()).map_err(|e| format!("not an event envelope: {e}"))?;
+    let envelope: Envelope<&RawValue> =
+        serde_json::from_slice(raw).map_err(|e| format!("not an event envelope: {e}"))?;
     let seq = i64::try_from(envelope.seq).map_err(|_| "seq out of range".to_owned())?;
     let payload = match envelope.kind.as_str() {
         kind::SESSION_STARTED => Payload::Started(typed(&envelope)?),
@@ -79,7 +80,7 @@ fn decode(raw: &[u8]) -> Result<Decoded<'_>, String> {
         kind::NODE_DECIDED => Payload::NodeDecided(typed(&envelope)?),
         _ => Payload::Other,
     };
-    Ok(Decoded { envelope, seq, raw, body, payload })
+    Ok(Decoded { envelope, seq, raw, payload })
 }
 
 /// The serde name of a unit enum variant (`Outcome::Ok` → "ok").
@@ -114,16 +115,22 @@ pub async fn write_batch(db: &PgPool, batch: &[Message], control: &ControlPublic
     let mut decoded = Vec::with_capacity(batch.len());
     let mut rejected: Vec<(&str, &[u8], String)> = Vec::new();
     for message in batch {
-        match decode(&message.payload) {
-            Ok(event) if from_control(&event) && !signed_by_control(message, control) => rejected.push((
-                message.subject.as_str(),
-                &message.payload,
-                format!("{} event without the control plane's signature", event.envelope.kind),
-            )),
-            // The same event twice in one batch (a redelivery) counts once.
-            Ok(event) if !seen.insert(event.envelope.id) => outcome.duplicates += 1,
-            Ok(event) => decoded.push(event),
-            Err(reason) => rejected.push((message.subject.as_str(), &message.payload, reason)),
+        // A proxy's batch message holds several of its events, one per line; control-plane
+        // events always travel alone, signed.
+        let batched = tollgate_shared::stream::is_batch(&message.subject);
+        for raw in tollgate_shared::stream::events_in(&message.subject, &message.payload) {
+            match decode(raw) {
+                Ok(event) if from_control(&event) && (batched || !signed_by_control(message, control)) => rejected
+                    .push((
+                        message.subject.as_str(),
+                        raw,
+                        format!("{} event without the control plane's signature", event.envelope.kind),
+                    )),
+                // The same event twice in one batch (a redelivery) counts once.
+                Ok(event) if !seen.insert(event.envelope.id) => outcome.duplicates += 1,
+                Ok(event) => decoded.push(event),
+                Err(reason) => rejected.push((message.subject.as_str(), raw, reason)),
+            }
         }
     }
 
@@ -198,10 +205,9 @@ async fn insert_events(tx: &mut Transaction<'_, Postgres>, events: &[Decoded<'_>
     let ats: Vec<DateTime<Utc>> = events.iter().map(|e| e.envelope.at).collect();
     let nodes: Vec<&str> = events.iter().map(|e| e.envelope.node.as_str()).collect();
     let raws: Vec<&[u8]> = events.iter().map(|e| e.raw).collect();
-    let bodies: Vec<&serde_json::Value> = events.iter().map(|e| &e.body).collect();
     let inserted: Vec<Uuid> = sqlx::query_scalar(
-        "INSERT INTO events (id, session_id, seq, type, at, node, raw, body)
-         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::int8[], $4::text[], $5::timestamptz[], $6::text[], $7::bytea[], $8::jsonb[])
+        "INSERT INTO events (id, session_id, seq, type, at, node, raw)
+         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::int8[], $4::text[], $5::timestamptz[], $6::text[], $7::bytea[])
          ON CONFLICT (id) DO NOTHING RETURNING id",
     )
     .bind(ids)
@@ -211,7 +217,6 @@ async fn insert_events(tx: &mut Transaction<'_, Postgres>, events: &[Decoded<'_>
     .bind(ats)
     .bind(nodes)
     .bind(raws)
-    .bind(bodies)
     .fetch_all(&mut **tx)
     .await?;
     Ok(inserted.into_iter().collect())

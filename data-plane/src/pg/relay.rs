@@ -104,7 +104,7 @@ pub async fn run(
     }
     for result in unfinished {
         if let Ok(event) = recorder.seal(kind::COMMAND_RESULT, &result) {
-            recorder.publisher().background(event).await;
+            recorder.publisher().background(event);
         }
     }
     RelayOutcome { reason: stop.reason, detail: stop.detail, commands }
@@ -112,7 +112,7 @@ pub async fn run(
 
 async fn expire(recorder: &SessionRecorder, approval_id: uuid::Uuid, reason: ExpiryReason) {
     match recorder.seal(kind::APPROVAL_EXPIRED, &ApprovalExpired { approval_id, reason }) {
-        Ok(event) => recorder.publisher().background(event).await,
+        Ok(event) => recorder.publisher().background(event),
         Err(e) => tracing::error!(error = %e, "cannot seal approval.expired"),
     }
 }

@@ -109,7 +109,7 @@ async fn end_session(recorder: &SessionRecorder, reason: EndReason, detail: Opti
             return;
         }
     };
-    if let Err(e) = recorder.publisher().durable(std::slice::from_ref(&sealed)).await {
+    if let Err(e) = recorder.publisher().durable(vec![sealed]).await {
         tracing::warn!(session = %recorder.session(), error = %e, "session.ended not recorded");
     }
 }
@@ -287,7 +287,7 @@ async fn record_refusal(
     let resource = ResourceRef { name: payload.requested_resource.clone(), kind: ResourceKind::Postgres };
     let mut chain = Chain::new(Uuid::now_v7(), ctx.node.clone(), agent, resource);
     match chain.seal(kind::AUTH_FAILED, &payload) {
-        Ok(event) => ctx.publisher.background(event).await,
+        Ok(event) => ctx.publisher.background(event),
         Err(e) => tracing::error!(error = %e, "cannot seal auth.failed"),
     }
 }
@@ -379,7 +379,7 @@ async fn open(ctx: &PgContext, peer: SocketAddr, greeted: Greeted) -> Option<Ope
     };
     // Nothing happens upstream before the session is on record.
     let recorded = match recorder.seal(kind::SESSION_STARTED, &started) {
-        Ok(event) => recorder.publisher().durable(std::slice::from_ref(&event)).await,
+        Ok(event) => recorder.publisher().durable(vec![event]).await,
         Err(e) => Err(e),
     };
     if let Err(e) = recorded {

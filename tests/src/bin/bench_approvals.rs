@@ -30,7 +30,7 @@ async fn main() {
     eventually(10, "policy", || async { (stack.proxy.policy_version() == Some(version)).then_some(()) }).await;
 
     let nats = stack.nats.client().await;
-    let mut requests = nats.subscribe("tollgate.events.approval.requested").await.expect("subscribe");
+    let mut requests = nats.subscribe("tollgate.events.*.approval.requested").await.expect("subscribe");
     let client = stack.agent_client(&stack.agent_token("bench-bot")).await.expect("agent connects");
     let approver = stack.person_token("alice@example.com", &["approvers", "dba"]);
     let http = reqwest::Client::new();

@@ -290,7 +290,7 @@ impl Stack {
         nats_urls(&self.nats, &self.peers)
     }
 
-    /// Every message on the event stream, as published.
+    /// Every event on the stream, as published (a batch message's events one by one).
     pub async fn stream_messages(&self) -> Vec<Vec<u8>> {
         let client = self.nats.client().await;
         let js = async_nats::jetstream::new(client);
@@ -299,7 +299,8 @@ impl Stack {
         let mut out = Vec::new();
         for seq in 1..=last {
             if let Ok(message) = stream.get_raw_message(seq).await {
-                out.push(message.payload.to_vec());
+                let events = tollgate_shared::stream::events_in(&message.subject, &message.payload);
+                out.extend(events.into_iter().map(<[u8]>::to_vec));
             }
         }
         out
@@ -445,7 +446,7 @@ admin = ["admins"]
     toml::from_str(&text).expect("control config parses")
 }
 
-/// Every message on the event stream, or why it cannot be read.
+/// Every event on the stream (batches split), or why it cannot be read.
 async fn read_stream(url: &str, seed: &std::path::Path, ca: &std::path::Path) -> Result<Vec<Vec<u8>>, String> {
     let seed = std::fs::read_to_string(seed).map_err(|e| format!("harness seed: {e}"))?;
     let client = async_nats::ConnectOptions::with_nkey(seed.trim().to_owned())
@@ -461,7 +462,10 @@ async fn read_stream(url: &str, seed: &std::path::Path, ca: &std::path::Path) ->
     let mut out = Vec::new();
     for seq in 1..=last {
         match stream.get_raw_message(seq).await {
-            Ok(message) => out.push(message.payload.to_vec()),
+            Ok(message) => {
+                let events = tollgate_shared::stream::events_in(&message.subject, &message.payload);
+                out.extend(events.into_iter().map(<[u8]>::to_vec));
+            }
             // A deleted sequence (de-duplicated publish) holds nothing.
             Err(e) if e.kind() == async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound => {}
             Err(e) => return Err(format!("event {seq}: {e}")),

@@ -83,7 +83,7 @@ where
         // Results are recorded after the agent has them: off the critical path.
         for result in finished.drain(..) {
             match recorder.seal(kind::COMMAND_RESULT, &result) {
-                Ok(event) => recorder.publisher().background(event).await,
+                Ok(event) => recorder.publisher().background(event),
                 Err(e) => tracing::error!(error = %e, "cannot seal command.result"),
             }
         }

@@ -25,7 +25,7 @@ impl Outbox {
         writer: &mut BufWriter<W>,
     ) -> Result<(), Stop> {
         if !self.events.is_empty() {
-            if let Err(e) = recorder.publisher().durable(&self.events).await {
+            if let Err(e) = recorder.publisher().durable(std::mem::take(&mut self.events)).await {
                 tracing::warn!(session = %recorder.session(), error = %e, "command not recorded; closing the session without running it");
                 return Err(Stop::refuse(
                     EndReason::RecordingFailed,
