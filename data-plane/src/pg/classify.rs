@@ -12,9 +12,12 @@
 //!
 //! The walk is generic over the tree's serialized form rather than a list of node types to
 //! descend into: a node type nobody thought of cannot hide a statement. Results are cached by
-//! statement text, so the hot path parses each distinct text once.
+//! statement text, and by *shape* (see [`shape`]): statements that differ only in their
+//! constants (`WHERE aid = 123`, `WHERE aid = 456`) share one analysis, so the hot path parses
+//! each distinct shape once.
 
 mod body;
+mod shape;
 mod walk;
 
 use std::collections::HashMap;
@@ -290,10 +293,26 @@ impl ClassifyCache {
         entries.insert(Arc::from(sql), result);
     }
 
-    /// The analysis of `sql`, computed on this thread.
+    /// The analysis of `sql`, computed on this thread: by its exact text, else by its shape
+    /// when the shape's analysis owes nothing to constants, else parsed in full.
     pub fn classify(&self, sql: &str) -> Classified {
         if let Some(hit) = self.cached(sql) {
             return hit;
+        }
+        if let Some(key) = shape::key(sql) {
+            let by_shape = match self.cached(&key) {
+                Some(hit) => hit,
+                None => {
+                    let result = analyze(&key).map(Arc::new);
+                    self.store(&key, result.clone());
+                    result
+                }
+            };
+            if let Ok(analysis) = &by_shape {
+                if shape::owes_nothing_to_constants(analysis) {
+                    return by_shape;
+                }
+            }
         }
         let result = analyze(sql).map(Arc::new);
         self.store(sql, result.clone());

@@ -332,3 +332,93 @@ fn side_doors_the_review_found_are_seen() {
     }
     assert!(analyze("create procedure p() language plpgsql as $$ begin commit; end $$").unwrap().refusal.is_none());
 }
+
+#[test]
+fn statements_differing_only_in_constants_share_one_analysis() {
+    let cache = ClassifyCache::new(100);
+    let first = cache.classify("SELECT abalance FROM pgbench_accounts WHERE aid = 123;").expect("parses");
+    for aid in [456, 789, 1] {
+        let sql = format!("SELECT abalance FROM pgbench_accounts WHERE aid = {aid};");
+        assert!(Arc::ptr_eq(&first, &cache.classify(&sql).expect("parses")), "{sql} parsed again");
+    }
+    // One entry: the shape (`... aid = $1;`), not one per text. (`-1` is an operator and a
+    // constant: another shape.)
+    assert_eq!(cache.len(), 1);
+    assert_eq!(
+        shape::key("select 'a', 1.5e3, x'ff', b'01', E'\\n', 42 from t where c = U&'d'").as_deref(),
+        Some("select  $1 ,  $2 ,  $3 ,  $4 ,  $5 ,  $6  from t where c =  $7 ")
+    );
+    // No constants: the text is its own key.
+    assert_eq!(shape::key("select a from t"), None);
+    // A constant glued to a name stays apart from it (`abc$1` would be one identifier).
+    assert!(shape::key("select date'2020-01-01'").is_some_and(|k| k.contains("date $1")));
+}
+
+#[test]
+fn a_shape_never_stands_for_a_text_whose_constants_matter() {
+    // Each pair: the harmless text first (so its shape is cached), then one of the same shape
+    // whose constants change what it does. The second must be analysed as itself.
+    let pairs = [
+        (
+            "select query_to_xml('select 1', true, true, '')",
+            "select query_to_xml('delete from orders', true, true, '')",
+        ),
+        (
+            "select set_config('application_name', 'x', false)",
+            "select set_config('transaction_read_only', 'off', false)",
+        ),
+        ("select dblink_exec('dbname=a', 'select 1')", "select dblink_exec('dbname=a', 'drop table orders')"),
+        (
+            "update pg_settings set setting = 'a' where name = 'application_name'",
+            "update pg_settings set setting = 'SJIS' where name = 'client_encoding'",
+        ),
+        ("copy t to stdout (format 'csv')", "copy t to stdout (format 'binary')"),
+        ("do 'begin perform 1; end'", "do 'begin delete from orders; end'"),
+        (
+            "create function f() returns int language sql as 'select 1'",
+            "create function f() returns int language sql as 'delete from orders returning 1'",
+        ),
+        ("set search_path = 'public'", "set standard_conforming_strings = 'off'"),
+        (
+            "prepare p as select set_config('a', 'b', false)",
+            "prepare p as select set_config('transaction_read_only', 'off', false)",
+        ),
+    ];
+    for (harmless, harmful) in pairs {
+        let cache = ClassifyCache::new(100);
+        let _ = cache.classify(harmless);
+        let got = cache.classify(harmful).map(|a| (*a).clone());
+        assert_eq!(got, analyze(harmful), "{harmful} took the analysis of {harmless}");
+    }
+}
+
+#[test]
+fn the_analysis_by_shape_equals_the_full_analysis() {
+    let corpus = [
+        "SELECT abalance FROM pgbench_accounts WHERE aid = 17",
+        "UPDATE pgbench_accounts SET abalance = abalance + -4105 WHERE aid = 71727",
+        "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (9, 1, 71727, -4105, CURRENT_TIMESTAMP)",
+        "delete from orders where id = 5 returning *",
+        "delete from orders where 1 = 1",
+        "with gone as (delete from orders where id > 3 returning *) select count(*) from gone",
+        "select upper('x'), lower(name), pg_catalog.pg_sleep(0.5) from public.customers where id in (1, 2, 3)",
+        "select * from t limit 10 offset 20",
+        "merge into t using s on t.id = s.id when matched and s.v > 3 then delete",
+        "explain analyze update t set a = 'b' where id = 2",
+        "prepare p (int) as select * from t where id = $1 and v = 'x'",
+        "declare c cursor with hold for select * from t where a = 'b'",
+        "begin isolation level serializable; select 1; commit",
+        "select 'abc'::text, interval '1 day', 1.5::numeric(10, 2), x'0f', b'101'",
+        "insert into t values (E'line\\n', $$dollar$$, 'it''s')",
+        "lock table orders in access exclusive mode",
+        "select * from t where name like 'a%' and v between 1 and 5",
+        "select query_to_xml('select 1', true, true, '')",
+        "select set_config('application_name', 'x', false)",
+        "set statement_timeout = 5000",
+    ];
+    for sql in corpus {
+        let cache = ClassifyCache::new(100);
+        let by_cache = cache.classify(sql).map(|a| (*a).clone());
+        assert_eq!(by_cache, analyze(sql), "{sql}");
+    }
+}
