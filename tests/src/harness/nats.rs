@@ -108,6 +108,11 @@ impl NatsServer {
     }
 
     /// `tls://` URL of this server.
+    /// The server's process id, while it runs (benchmarks read its CPU time).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn url(&self) -> String {
         format!("tls://127.0.0.1:{}", self.port)
     }

@@ -5,6 +5,8 @@ use std::process::{Child, Command, Stdio};
 
 pub struct PgBouncer {
     pub port: u16,
+    /// Its configuration file (names its process on the command line).
+    pub ini: std::path::PathBuf,
     _dir: tempfile::TempDir,
     child: Child,
 }
@@ -50,7 +52,7 @@ impl PgBouncer {
             .expect("pgbouncer starts");
         for _ in 0..100 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return PgBouncer { port, _dir: dir, child };
+                return PgBouncer { port, ini: dir.path().join("pgbouncer.ini"), _dir: dir, child };
             }
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
