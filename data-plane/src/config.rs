@@ -200,6 +200,22 @@ pub struct PgResource {
     pub read_only_password: Option<SecretRef>,
     #[serde(default)]
     pub tls: UpstreamTls,
+    /// When a statement may reach the upstream relative to its record (see [`Recording`]).
+    #[serde(default)]
+    pub recording: Recording,
+}
+
+/// `strict` (the default): a statement is forwarded only once its event is stored.
+/// `overlapped`: it is forwarded while its event is being stored, and its response is held
+/// until the event is stored. Faster (the upstream's work and the store's overlap), at a
+/// stated cost: should the store fail or the proxy die in that window, the statement may have
+/// run without its event on record (its result never reaches the agent, and the session ends).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Recording {
+    #[default]
+    Strict,
+    Overlapped,
 }
 
 fn default_pg_port() -> u16 {

@@ -62,15 +62,14 @@ impl Publisher {
 
     /// Publish every event and wait until JetStream has stored all of them.
     pub async fn durable(&self, events: Vec<SealedEvent>) -> Result<(), RecordError> {
+        self.submit(events).wait().await
+    }
+
+    /// Publish every event; the answer says when JetStream has stored all of them.
+    pub fn submit(&self, events: Vec<SealedEvent>) -> Stored {
         let (done, stored) = oneshot::channel();
-        self.jobs
-            .send(Job { events, done: Some(done) })
-            .map_err(|_| RecordError::Unacknowledged("the publisher has stopped".into()))?;
-        match tokio::time::timeout(self.timeout, stored).await {
-            Err(_) => Err(RecordError::Timeout(self.timeout)),
-            Ok(Err(_)) => Err(RecordError::Unacknowledged("the publisher has stopped".into())),
-            Ok(Ok(outcome)) => outcome.map_err(RecordError::Unacknowledged),
-        }
+        let sent = self.jobs.send(Job { events, done: Some(done) }).is_ok();
+        Stored { stored: sent.then_some(stored), timeout: self.timeout }
     }
 
     /// Publish without waiting for the acknowledgement; a failure is logged (the next command's
@@ -78,6 +77,26 @@ impl Publisher {
     pub fn background(&self, event: SealedEvent) {
         if self.jobs.send(Job { events: vec![event], done: None }).is_err() {
             tracing::warn!("event not published: the publisher has stopped");
+        }
+    }
+}
+
+/// Events submitted, to be stored.
+pub struct Stored {
+    stored: Option<oneshot::Receiver<Result<(), String>>>,
+    timeout: Duration,
+}
+
+impl Stored {
+    /// Wait (within the publish timeout) until they are stored.
+    pub async fn wait(self) -> Result<(), RecordError> {
+        let Some(stored) = self.stored else {
+            return Err(RecordError::Unacknowledged("the publisher has stopped".into()));
+        };
+        match tokio::time::timeout(self.timeout, stored).await {
+            Err(_) => Err(RecordError::Timeout(self.timeout)),
+            Ok(Err(_)) => Err(RecordError::Unacknowledged("the publisher has stopped".into())),
+            Ok(Ok(outcome)) => outcome.map_err(RecordError::Unacknowledged),
         }
     }
 }

@@ -17,6 +17,7 @@ fn resource(stack: &Stack, name: &str, host: &str, user: &str, password_file: &s
         read_only_user: None,
         read_only_password: None,
         tls: UpstreamTls::default(),
+        recording: Default::default(),
     }
 }
 

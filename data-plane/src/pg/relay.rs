@@ -59,22 +59,37 @@ pub struct Shared {
     tracker: Mutex<Tracker>,
     /// Woken each time the upstream side has handled a batch of responses.
     answered: tokio::sync::Notify,
+    /// Overlapped recording: commands go upstream while their events are being stored...
+    overlapped: bool,
+    /// ...and these are the stores not yet confirmed; no response reaches the agent before
+    /// every store submitted ahead of it is.
+    unacked: Mutex<Vec<crate::recorder::Stored>>,
 }
 
 impl Shared {
     fn tracker(&self) -> MutexGuard<'_, Tracker> {
         self.tracker.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    fn unacked(&self) -> MutexGuard<'_, Vec<crate::recorder::Stored>> {
+        self.unacked.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 pub async fn run(
     recorder: &SessionRecorder,
     guard: &Guard<'_>,
+    recording: crate::config::Recording,
     agent: &mut AgentConn,
     upstream: &mut Upstream,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> RelayOutcome {
-    let shared = Shared { tracker: Mutex::new(Tracker::default()), answered: tokio::sync::Notify::new() };
+    let shared = Shared {
+        tracker: Mutex::new(Tracker::default()),
+        answered: tokio::sync::Notify::new(),
+        overlapped: recording == crate::config::Recording::Overlapped,
+        unacked: Mutex::new(Vec::new()),
+    };
     // Messages the proxy itself sends the agent mid-session (a held statement's notice).
     let (inject, injected) = tokio::sync::mpsc::channel(4);
     let stop = {

@@ -62,6 +62,7 @@ struct Opened {
     access: Access,
     identity: AgentIdentity,
     catalog: Arc<super::catalog::CatalogCell>,
+    recording: crate::config::Recording,
 }
 
 pub async fn run(ctx: Arc<PgContext>, tcp: TcpStream, peer: SocketAddr) {
@@ -79,7 +80,8 @@ pub async fn run(ctx: Arc<PgContext>, tcp: TcpStream, peer: SocketAddr) {
         }
     };
     let Some(opened) = open(&ctx, peer, greeted).await else { return };
-    let Opened { mut agent, mut upstream, recorder, cancel_key, resource, access, identity, catalog } = opened;
+    let Opened { mut agent, mut upstream, recorder, cancel_key, resource, access, identity, catalog, recording } =
+        opened;
     let guard = relay::Guard {
         classifier: &ctx.classifier,
         policy: &ctx.policy,
@@ -93,7 +95,7 @@ pub async fn run(ctx: Arc<PgContext>, tcp: TcpStream, peer: SocketAddr) {
         max_prepared: ctx.listener.max_prepared_statements,
         catalog: &catalog,
     };
-    let outcome = relay::run(&recorder, &guard, &mut agent, &mut upstream, ctx.shutdown.clone()).await;
+    let outcome = relay::run(&recorder, &guard, recording, &mut agent, &mut upstream, ctx.shutdown.clone()).await;
     if let Some(key) = cancel_key {
         ctx.cancels.remove(key);
     }
@@ -476,5 +478,6 @@ async fn open(ctx: &PgContext, peer: SocketAddr, greeted: Greeted) -> Option<Ope
         access,
         identity,
         catalog,
+        recording: resource.recording,
     })
 }

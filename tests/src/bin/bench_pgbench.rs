@@ -11,6 +11,9 @@
 //! share of this process is what is left; PostgreSQL's is split between the backends of the
 //! projector and everything else (the agents' backends, the logger, WAL).
 //!
+//! Tollgate runs three ways: strict recording; strict with the projector stopped (events are
+//! stored and projected later); overlapped recording (see the data plane's `Recording`).
+//!
 //! `PROFILE=1 [CLIENTS=n] [MODE=simple|extended|prepared]` runs Tollgate alone (for `perf`).
 
 use std::process::Command;
@@ -229,7 +232,7 @@ async fn main() {
         };
         eprintln!("profiling window: pid {}", std::process::id());
         let bench = Bench { stack: &stack, bouncer: &bouncer, seconds };
-        let run = bench.run("tollgate", proxy_port, "ci", &token, mode, clients);
+        let run = bench.run("tollgate, strict", proxy_port, "ci", &token, mode, clients);
         println!("tollgate, {mode}, {clients} clients: {:.0} TPS, {:.3} ms", run.tps, run.latency_ms);
         control_runtime.shutdown_background();
         return;
@@ -241,7 +244,7 @@ async fn main() {
         for (mode, clients) in [("simple", 8), ("extended", 8), ("prepared", 8), ("simple", 1)] {
             runs.push(bench.run("direct", pg_port, "app", &pw, mode, clients));
             runs.push(bench.run("pgbouncer", bouncer_port, "app", &pw, mode, clients));
-            runs.push(bench.run("tollgate", proxy_port, "ci", &token, mode, clients));
+            runs.push(bench.run("tollgate, strict", proxy_port, "ci", &token, mode, clients));
         }
     }
     let events = stack.stream_messages().await.len();
@@ -250,6 +253,21 @@ async fn main() {
         Ok(mut stream) => stream.info().await.map(|i| i.state.messages).unwrap_or(0),
         Err(_) => 0,
     };
+    // Overlapped recording: the statement goes upstream while its event is being stored.
+    let mut overlapped = stack.proxy_config("proxy-overlapped");
+    for resource in &mut overlapped.resources {
+        resource.recording = tollgate_data_plane::config::Recording::Overlapped;
+    }
+    let strict =
+        std::mem::replace(&mut stack.proxy, tollgate_data_plane::Proxy::start(overlapped).await.expect("proxy"));
+    {
+        let port = stack.proxy.postgres_addr.port();
+        let bench = Bench { stack: &stack, bouncer: &bouncer, seconds };
+        for (mode, clients) in [("simple", 8), ("extended", 8), ("prepared", 8), ("simple", 1)] {
+            runs.push(bench.run("tollgate, overlapped", port, "ci", &token, mode, clients));
+        }
+    }
+    stack.proxy = strict;
     // The same with the projector stopped (events still recorded, projected later): what the
     // projector's concurrent writes cost on a machine this small.
     let mut idle = stack.control_config();
@@ -258,7 +276,7 @@ async fn main() {
     {
         let bench = Bench { stack: &stack, bouncer: &bouncer, seconds };
         for (mode, clients) in [("simple", 8), ("prepared", 8), ("simple", 1)] {
-            runs.push(bench.run("tollgate, projector stopped", proxy_port, "ci", &token, mode, clients));
+            runs.push(bench.run("tollgate, strict, projector stopped", proxy_port, "ci", &token, mode, clients));
         }
     }
     control_runtime.shutdown_background();
@@ -269,7 +287,8 @@ fn report(runs: &[Run], seconds: u32, events: usize, messages: u64) {
     let find = |mode: &str, clients: u32, target: &str| {
         runs.iter().find(|r| r.mode == mode && r.clients == clients && r.target == target)
     };
-    let targets = ["direct", "pgbouncer", "tollgate", "tollgate, projector stopped"];
+    let targets =
+        ["direct", "pgbouncer", "tollgate, strict", "tollgate, strict, projector stopped", "tollgate, overlapped"];
     println!("\npgbench -S, scale 10, {seconds} s per run: TPS as a share of direct (one client: added latency)\n");
     println!("| pgbench -S | {} |", targets.join(" | "));
     println!("|---{}|", "|---".repeat(targets.len()));

@@ -16,6 +16,7 @@ pub const NODES: &[&str] = &[
     "proxy-auth",
     "proxy-going-away",
     "proxy-mapping",
+    "proxy-overlapped",
     "proxy-presets",
     "proxy-reader",
     "proxy-small",

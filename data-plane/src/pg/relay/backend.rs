@@ -2,7 +2,7 @@
 //! and then its command's result recorded (off the critical path).
 
 use super::super::frame::{Frame, FrameReader};
-use super::super::session::PROTOCOL_VIOLATION;
+use super::super::session::{PROTOCOL_VIOLATION, SYSTEM_ERROR};
 use super::{Guard, Shared, Stop};
 use crate::recorder::SessionRecorder;
 use bytes::Bytes;
@@ -67,6 +67,21 @@ where
         }
         // The agent side may be waiting for the server to confirm names.
         shared.answered.notify_waiters();
+        // Overlapped recording: nothing the upstream answered reaches the agent before the
+        // events of the commands sent ahead of it are stored.
+        let unacked = std::mem::take(&mut *shared.unacked());
+        for stored in unacked {
+            if let Err(e) = stored.wait().await {
+                tracing::warn!(session = %recorder.session(), error = %e, "command not recorded; its response is withheld");
+                return Stop::refuse(
+                    EndReason::RecordingFailed,
+                    SYSTEM_ERROR,
+                    "tollgate: the statement's record could not be stored (audit stream unavailable); its result is \
+                     withheld and the session ends"
+                        .into(),
+                );
+            }
+        }
         // Masked messages, and the denial in place of the upstream's answer to a stand-in.
         for (i, frame) in frames.iter().enumerate() {
             let bytes = match replaced.iter().find(|(at, _)| *at == i) {

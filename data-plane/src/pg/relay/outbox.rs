@@ -1,7 +1,8 @@
 //! Record, then forward: what one pass of the agent-to-upstream loop has gathered and not yet
 //! sent. Command events are made durable first (the rule that matters most: no command reaches
 //! the upstream before its event is stored), then the tracker learns what the upstream will
-//! owe, then the frames go.
+//! owe, then the frames go. With overlapped recording the store is submitted and the frames go
+//! at once; the backend holds every response until the stores submitted before it are done.
 
 use super::tracker::{Expect, Item};
 use super::{Shared, Stop};
@@ -24,7 +25,11 @@ impl Outbox {
         shared: &Shared,
         writer: &mut BufWriter<W>,
     ) -> Result<(), Stop> {
-        if !self.events.is_empty() {
+        if !self.events.is_empty() && shared.overlapped {
+            // Registered before the frames go, so the backend cannot see their answers first.
+            let stored = recorder.publisher().submit(std::mem::take(&mut self.events));
+            shared.unacked().push(stored);
+        } else if !self.events.is_empty() {
             if let Err(e) = recorder.publisher().durable(std::mem::take(&mut self.events)).await {
                 tracing::warn!(session = %recorder.session(), error = %e, "command not recorded; closing the session without running it");
                 return Err(Stop::refuse(
