@@ -13,6 +13,7 @@
 
 use async_nats::jetstream;
 use futures_util::future::join_all;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -26,6 +27,10 @@ pub enum RecordError {
     Unacknowledged(String),
     #[error("JetStream did not acknowledge the event within {0:?}")]
     Timeout(Duration),
+    #[error("the event would be {0} bytes, over the {max} a stream message may hold", max = tollgate_shared::stream::EVENT_MAX_BYTES)]
+    TooLarge(usize),
+    #[error("an earlier event of this session was not stored, so nothing after it may run")]
+    EarlierLost,
 }
 
 /// Publishes awaiting their acknowledgement at once (beyond these, events wait and batch).
@@ -37,6 +42,9 @@ const LINGER: Duration = Duration::from_millis(2);
 struct Job {
     events: Vec<SealedEvent>,
     done: Option<oneshot::Sender<Result<(), String>>>,
+    /// Set when any event of the session is not stored: from then on every later job of the
+    /// session fails too (publishes overlap, so a later one could otherwise succeed).
+    lost: Option<Arc<AtomicBool>>,
 }
 
 /// Publishes sent and the jobs waiting on their acknowledgements.
@@ -62,20 +70,31 @@ impl Publisher {
 
     /// Publish every event and wait until JetStream has stored all of them.
     pub async fn durable(&self, events: Vec<SealedEvent>) -> Result<(), RecordError> {
-        self.submit(events).wait().await
+        self.submit(events, None).wait().await
     }
 
     /// Publish every event; the answer says when JetStream has stored all of them.
-    pub fn submit(&self, events: Vec<SealedEvent>) -> Stored {
+    fn submit(&self, events: Vec<SealedEvent>, lost: Option<Arc<AtomicBool>>) -> Stored {
         let (done, stored) = oneshot::channel();
-        let sent = self.jobs.send(Job { events, done: Some(done) }).is_ok();
-        Stored { stored: sent.then_some(stored), timeout: self.timeout }
+        let sent = self.jobs.send(Job { events, done: Some(done), lost }).is_ok();
+        Stored {
+            stored: if sent {
+                Ok(stored)
+            } else {
+                Err(RecordError::Unacknowledged("the publisher has stopped".into()))
+            },
+            timeout: self.timeout,
+        }
     }
 
-    /// Publish without waiting for the acknowledgement; a failure is logged (the next command's
-    /// durable publish will fail too, so no further statement runs unrecorded).
+    /// Publish without waiting for the acknowledgement; a failure is logged (and, for a
+    /// session's event, fails every later publish of that session).
     pub fn background(&self, event: SealedEvent) {
-        if self.jobs.send(Job { events: vec![event], done: None }).is_err() {
+        self.background_for(event, None);
+    }
+
+    fn background_for(&self, event: SealedEvent, lost: Option<Arc<AtomicBool>>) {
+        if self.jobs.send(Job { events: vec![event], done: None, lost }).is_err() {
             tracing::warn!("event not published: the publisher has stopped");
         }
     }
@@ -83,16 +102,14 @@ impl Publisher {
 
 /// Events submitted, to be stored.
 pub struct Stored {
-    stored: Option<oneshot::Receiver<Result<(), String>>>,
+    stored: Result<oneshot::Receiver<Result<(), String>>, RecordError>,
     timeout: Duration,
 }
 
 impl Stored {
     /// Wait (within the publish timeout) until they are stored.
     pub async fn wait(self) -> Result<(), RecordError> {
-        let Some(stored) = self.stored else {
-            return Err(RecordError::Unacknowledged("the publisher has stopped".into()));
-        };
+        let stored = self.stored?;
         match tokio::time::timeout(self.timeout, stored).await {
             Err(_) => Err(RecordError::Timeout(self.timeout)),
             Ok(Err(_)) => Err(RecordError::Unacknowledged("the publisher has stopped".into())),
@@ -118,9 +135,47 @@ async fn batch(js: jetstream::Context, node: String, mut waiting: mpsc::Unbounde
         }
         let Ok(slot) = slots.clone().acquire_owned().await else { return };
         take_waiting(&mut waiting, &mut jobs);
+        // A job that cannot be published fails alone, before it could fail anyone else's.
+        jobs.retain_mut(|job| match unpublishable(job) {
+            None => true,
+            Some(reason) => {
+                fail(job, reason);
+                false
+            }
+        });
+        if jobs.is_empty() {
+            continue;
+        }
         let acks = publish(&js, &node, &jobs).await;
         if sent.send(InFlight { acks, jobs, _slot: slot }).is_err() {
             return;
+        }
+    }
+}
+
+/// Why a job must not be published: its session already lost an event, or an event is larger
+/// than a stream message may be.
+fn unpublishable(job: &Job) -> Option<String> {
+    if job.lost.as_ref().is_some_and(|l| l.load(Ordering::SeqCst)) {
+        return Some(RecordError::EarlierLost.to_string());
+    }
+    let largest = job.events.iter().map(|e| e.bytes.len()).max().unwrap_or(0);
+    (largest > tollgate_shared::stream::EVENT_MAX_BYTES).then(|| RecordError::TooLarge(largest).to_string())
+}
+
+/// Tell a job it failed (marking its session's loss).
+fn fail(job: &mut Job, reason: String) {
+    if let Some(lost) = &job.lost {
+        lost.store(true, Ordering::SeqCst);
+    }
+    match job.done.take() {
+        Some(done) => {
+            let _ = done.send(Err(reason));
+        }
+        None => {
+            for event in &job.events {
+                tracing::warn!(event = %event.id, kind = event.kind, error = %reason, "event not recorded");
+            }
         }
     }
 }
@@ -186,16 +241,19 @@ async fn acknowledge(mut in_flight: mpsc::UnboundedReceiver<InFlight>, timeout: 
                 Ok(results) => results.into_iter().find_map(Result::err).map_or(Ok(()), |e| Err(e.to_string())),
             },
         };
-        for job in jobs {
-            match job.done {
-                Some(done) => {
-                    let _ = done.send(outcome.clone());
+        for mut job in jobs {
+            // Jobs are told in publish order, so an earlier loss of the session is known here.
+            let outcome = match &outcome {
+                Ok(()) if job.lost.as_ref().is_some_and(|l| l.load(Ordering::SeqCst)) => {
+                    Err(RecordError::EarlierLost.to_string())
                 }
-                None => {
-                    if let Err(e) = &outcome {
-                        for event in &job.events {
-                            tracing::warn!(event = %event.id, kind = event.kind, error = %e, "event not recorded");
-                        }
+                other => other.clone(),
+            };
+            match outcome {
+                Err(reason) => fail(&mut job, reason),
+                Ok(()) => {
+                    if let Some(done) = job.done.take() {
+                        let _ = done.send(Ok(()));
                     }
                 }
             }
@@ -208,15 +266,31 @@ pub struct SessionRecorder {
     chain: Mutex<Chain>,
     publisher: Arc<Publisher>,
     signer: Arc<SessionSigner>,
+    /// Set once an event of this session was not stored: every later publish fails.
+    lost: Arc<AtomicBool>,
 }
 
 impl SessionRecorder {
     pub fn new(chain: Chain, publisher: Arc<Publisher>, signer: Arc<SessionSigner>) -> Self {
-        SessionRecorder { chain: Mutex::new(chain), publisher, signer }
+        SessionRecorder { chain: Mutex::new(chain), publisher, signer, lost: Arc::new(AtomicBool::new(false)) }
     }
 
-    pub fn publisher(&self) -> &Publisher {
-        &self.publisher
+    /// Publish the session's events and wait until JetStream has stored all of them (and every
+    /// event of the session before them).
+    pub async fn durable(&self, events: Vec<SealedEvent>) -> Result<(), RecordError> {
+        self.submit(events).wait().await
+    }
+
+    /// Publish the session's events; the answer says when they (and every event of the session
+    /// before them) are stored.
+    pub fn submit(&self, events: Vec<SealedEvent>) -> Stored {
+        self.publisher.submit(events, Some(self.lost.clone()))
+    }
+
+    /// Publish one of the session's events without waiting; if it is not stored, every later
+    /// publish of the session fails.
+    pub fn background(&self, event: SealedEvent) {
+        self.publisher.background_for(event, Some(self.lost.clone()));
     }
 
     fn chain(&self) -> std::sync::MutexGuard<'_, Chain> {
@@ -229,8 +303,12 @@ impl SessionRecorder {
         self.chain().session()
     }
 
+    /// Seal the session's next event; refused (and the chain left as it was) when it would be
+    /// larger than a stream message may hold, so nothing waits on an event that cannot be stored.
     pub fn seal<P: serde::Serialize>(&self, kind: &'static str, payload: &P) -> Result<SealedEvent, RecordError> {
-        Ok(self.chain().seal(kind, payload)?)
+        self.chain()
+            .seal_within(kind, payload, tollgate_shared::stream::EVENT_MAX_BYTES)?
+            .map_err(RecordError::TooLarge)
     }
 
     /// Seal the `session.ended` event, signing the head of the chain.

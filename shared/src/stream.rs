@@ -137,6 +137,10 @@ async fn publish(
 pub const BATCH_KIND: &str = "batch";
 /// Header of a batch message: how many events it holds.
 pub const BATCH_HEADER: &str = "Tollgate-Batch";
+/// Largest event: NATS refuses messages over its `max_payload` (1 MiB by default, headers
+/// included), so a larger event could never be stored; the proxy refuses the statement instead.
+pub const EVENT_MAX_BYTES: usize = 1_000_000;
+
 /// Largest batch payload (NATS refuses messages over its `max_payload`, 1 MiB by default).
 pub const BATCH_MAX_BYTES: usize = 512 * 1024;
 

@@ -169,14 +169,23 @@ async fn read_events(js: &async_nats::jetstream::Context) -> Vec<Value> {
     assert!(last > 0, "the stream holds events");
     let mut out = Vec::new();
     for seq in 1..=last {
-        match stream.get_raw_message(seq).await {
-            Ok(message) => {
-                for raw in tollgate_shared::stream::events_in(&message.subject, &message.payload) {
-                    out.push(serde_json::from_slice(raw).expect("an event"));
+        // Right after a fail-over the new leader may answer "temporarily unavailable" (503) for
+        // a moment: retry that, a bounded number of times, then fail the test.
+        let mut attempts = 0;
+        let message = loop {
+            match stream.get_raw_message(seq).await {
+                Ok(message) => break Some(message),
+                Err(e) if e.kind() == async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound => break None,
+                Err(e) if attempts < 100 => {
+                    attempts += 1;
+                    tracing::debug!(seq, error = %e, "reading the stream again");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 }
+                Err(e) => panic!("event {seq}: {e}"),
             }
-            Err(e) if e.kind() == async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound => {}
-            Err(e) => panic!("event {seq}: {e}"),
+        };
+        for raw in message.iter().flat_map(|m| tollgate_shared::stream::events_in(&m.subject, &m.payload)) {
+            out.push(serde_json::from_slice(raw).expect("an event"));
         }
     }
     out

@@ -95,3 +95,27 @@ async fn a_response_whose_record_cannot_be_stored_never_reaches_the_agent() {
     // rightly report it, so it is skipped for this test.
     stack.skip_log_check_at_drop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_too_large_to_record_is_refused_before_it_runs_and_harms_no_other_session() {
+    let stack = overlapped_stack().await;
+    let port = stack.proxy.postgres_addr.port();
+    let bystander = connect(port, &stack.agent_token("bot-bystander")).await;
+    bystander.simple_query("select 'bystander-' || 'before'").await.expect("runs");
+    let agent = connect(port, &stack.agent_token("bot-huge")).await;
+    agent.simple_query("select 'huge-' || 'before'").await.expect("runs");
+
+    // Over the largest event a stream message may hold: its event could never be stored.
+    let padding = "x".repeat(tollgate_shared::stream::EVENT_MAX_BYTES + 1);
+    let huge = format!("select 'huge-' || 'marker' /* {padding} */");
+    let err = agent.simple_query(&huge).await.expect_err("refused");
+    let db = err.as_db_error().unwrap_or_else(|| panic!("not a server error: {err}"));
+    assert_eq!(db.code().code(), "58000");
+    assert!(db.message().contains("bytes"), "{}", db.message());
+
+    // The other session goes on, and its statements are recorded.
+    bystander.simple_query("select 'bystander-' || 'after'").await.expect("the other session is unharmed");
+    let log = stack.pg.database_log("demo");
+    assert!(log.contains("'bystander-' || 'after'") && log.contains("'huge-' || 'before'"), "the log is the right one");
+    assert!(!log.contains("'huge-' || 'marker'"), "the statement that could not be recorded ran upstream");
+}

@@ -110,6 +110,18 @@ pub async fn run(
         let _ = agent.writer.write_all(frame).await;
         let _ = agent.writer.flush().await;
     }
+    // Overlapped recording: stores the backend did not get to wait for (the agent left, or
+    // the session was stopped) are waited for here, so a command forwarded without its event
+    // stored ends the session as a recording failure, not a clean close.
+    let mut stop = stop;
+    let unacked = std::mem::take(&mut *shared.unacked());
+    for stored in unacked {
+        if let Err(e) = stored.wait().await {
+            tracing::warn!(session = %recorder.session(), error = %e, "a forwarded command's event was not stored");
+            stop.reason = EndReason::RecordingFailed;
+            stop.detail = Some(e.to_string());
+        }
+    }
     let (unfinished, commands, waiting) = {
         let mut t = shared.tracker();
         (t.drain_unfinished(), t.commands, t.waiting.take())
@@ -119,7 +131,7 @@ pub async fn run(
     }
     for result in unfinished {
         if let Ok(event) = recorder.seal(kind::COMMAND_RESULT, &result) {
-            recorder.publisher().background(event);
+            recorder.background(event);
         }
     }
     RelayOutcome { reason: stop.reason, detail: stop.detail, commands }
@@ -127,7 +139,7 @@ pub async fn run(
 
 async fn expire(recorder: &SessionRecorder, approval_id: uuid::Uuid, reason: ExpiryReason) {
     match recorder.seal(kind::APPROVAL_EXPIRED, &ApprovalExpired { approval_id, reason }) {
-        Ok(event) => recorder.publisher().background(event),
+        Ok(event) => recorder.background(event),
         Err(e) => tracing::error!(error = %e, "cannot seal approval.expired"),
     }
 }

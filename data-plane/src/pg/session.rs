@@ -111,7 +111,7 @@ async fn end_session(recorder: &SessionRecorder, reason: EndReason, detail: Opti
             return;
         }
     };
-    if let Err(e) = recorder.publisher().durable(vec![sealed]).await {
+    if let Err(e) = recorder.durable(vec![sealed]).await {
         tracing::warn!(session = %recorder.session(), error = %e, "session.ended not recorded");
     }
 }
@@ -381,7 +381,7 @@ async fn open(ctx: &PgContext, peer: SocketAddr, greeted: Greeted) -> Option<Ope
     };
     // Nothing happens upstream before the session is on record.
     let recorded = match recorder.seal(kind::SESSION_STARTED, &started) {
-        Ok(event) => recorder.publisher().durable(vec![event]).await,
+        Ok(event) => recorder.durable(vec![event]).await,
         Err(e) => Err(e),
     };
     if let Err(e) = recorded {

@@ -86,6 +86,17 @@ impl Chain {
 
     /// Serialize the next event of this session and advance the chain.
     pub fn seal<P: Serialize>(&mut self, kind: &'static str, payload: &P) -> Result<SealedEvent, serde_json::Error> {
+        self.seal_within(kind, payload, usize::MAX).map(|sealed| sealed.unwrap_or_else(|_| unreachable!()))
+    }
+
+    /// Like [`Chain::seal`], but an event larger than `max` bytes is not sealed: the chain does
+    /// not advance and the size is returned instead (`Ok(Err(size))`).
+    pub fn seal_within<P: Serialize>(
+        &mut self,
+        kind: &'static str,
+        payload: &P,
+        max: usize,
+    ) -> Result<Result<SealedEvent, usize>, serde_json::Error> {
         let envelope = EnvelopeRef {
             id: Uuid::now_v7(),
             kind,
@@ -100,12 +111,15 @@ impl Chain {
             payload,
         };
         let bytes = Bytes::from(serde_json::to_vec(&envelope)?);
+        if bytes.len() > max {
+            return Ok(Err(bytes.len()));
+        }
         let hash = sha256_hex(&bytes);
         let subject = crate::names::subject_for(&self.node, kind);
         let sealed = SealedEvent { id: envelope.id, kind, seq: self.next_seq, hash: hash.clone(), bytes, subject };
         self.next_seq += 1;
         self.prev = hash;
-        Ok(sealed)
+        Ok(Ok(sealed))
     }
 }
 

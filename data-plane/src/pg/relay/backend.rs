@@ -98,7 +98,7 @@ where
         // Results are recorded after the agent has them: off the critical path.
         for result in finished.drain(..) {
             match recorder.seal(kind::COMMAND_RESULT, &result) {
-                Ok(event) => recorder.publisher().background(event),
+                Ok(event) => recorder.background(event),
                 Err(e) => tracing::error!(error = %e, "cannot seal command.result"),
             }
         }

@@ -27,10 +27,10 @@ impl Outbox {
     ) -> Result<(), Stop> {
         if !self.events.is_empty() && shared.overlapped {
             // Registered before the frames go, so the backend cannot see their answers first.
-            let stored = recorder.publisher().submit(std::mem::take(&mut self.events));
+            let stored = recorder.submit(std::mem::take(&mut self.events));
             shared.unacked().push(stored);
         } else if !self.events.is_empty() {
-            if let Err(e) = recorder.publisher().durable(std::mem::take(&mut self.events)).await {
+            if let Err(e) = recorder.durable(std::mem::take(&mut self.events)).await {
                 tracing::warn!(session = %recorder.session(), error = %e, "command not recorded; closing the session without running it");
                 return Err(Stop::refuse(
                     EndReason::RecordingFailed,
