@@ -40,6 +40,10 @@ const DENIED: &[(&str, &str)] = &[
     ("select * from PUBLIC.Secrets", "deny_relations:secrets"),
     ("select * from \"secrets\"", "deny_relations:secrets"),
     ("select o.id from orders o join secrets s on true", "deny_relations:secrets"),
+    // A built-in that reads a table named in a string reads that table.
+    ("select table_to_xml('secrets', true, true, '')", "deny_relations:secrets"),
+    ("select table_to_xml('public.secrets'::regclass, false, false, '')", "deny_relations:secrets"),
+    ("select schema_to_xml('public', true, true, '')", "dynamic_sql"),
     // Targets of DDL are relations too.
     ("comment on table secrets is 'x'", "deny_relations:secrets"),
     ("alter table public.secrets add column y int", "deny_relations:secrets"),
@@ -56,6 +60,7 @@ const ALLOWED: &[&str] = &[
     "select 1 -- drop table orders",
     "/* delete from orders */ select count(*) from orders",
     "select 'pg_read_file' as name",
+    "select table_to_xml('orders', true, true, '')",
     "delete from orders where id = -1",
     "update orders set total = total where id = -1",
     "select count(*) from orders",

@@ -8,7 +8,9 @@
 //! ends), settings (SET, RESET, `set_config`), and the functions it calls (judged against the
 //! resource's catalog when the statement is judged). SQL inside SQL is classified too: function
 //! and procedure bodies when they are created (SQL and PL/pgSQL), DO blocks, and the literal
-//! SQL text handed to built-ins that execute it (`query_to_xml`, `dblink`...).
+//! SQL text handed to built-ins that execute it (`query_to_xml`, `dblink`...). Built-ins that
+//! read a table named in a string (`table_to_xml('secrets', ...)`) read that relation; those
+//! that read every table of a schema or database (`schema_to_xml`) are refused.
 //!
 //! The walk is generic over the tree's serialized form rather than a list of node types to
 //! descend into: a node type nobody thought of cannot hide a statement. Results are cached by

@@ -31,8 +31,33 @@ enum Args {
     EveryText,
 }
 
-/// Classify the SQL text a built-in runs; refuse a call whose SQL text is computed.
+/// Built-ins that read a table named by their first argument (a `regclass`, usually a string).
+const TABLE_READERS: &[&str] = &["table_to_xml", "table_to_xmlschema", "table_to_xml_and_xmlschema"];
+
+/// Built-ins that read every table of a schema or of the database.
+const WHOLE_SCHEMA_READERS: &[&str] = &[
+    "schema_to_xml",
+    "schema_to_xmlschema",
+    "schema_to_xml_and_xmlschema",
+    "database_to_xml",
+    "database_to_xmlschema",
+    "database_to_xml_and_xmlschema",
+];
+
+/// Classify the SQL text a built-in runs; refuse a call whose SQL text is computed. Built-ins
+/// that read a table named in a string count as reading it (so relation guardrails see it).
 pub(super) fn sql_arguments(w: &mut Walker<'_>, function: &str, args: &[Value]) {
+    if TABLE_READERS.contains(&function) {
+        table_argument(w, function, args.first());
+        return;
+    }
+    if WHOLE_SCHEMA_READERS.contains(&function) {
+        refuse(
+            w,
+            format!("{function} reads every table of a schema or database, which the proxy cannot judge one by one"),
+        );
+        return;
+    }
     let Some((_, which)) = SQL_RUNNERS.iter().find(|(name, _)| *name == function) else { return };
     let candidates: &[Value] = match which {
         Args::First => args.get(..1).unwrap_or_default(),
@@ -53,6 +78,21 @@ pub(super) fn sql_arguments(w: &mut Walker<'_>, function: &str, args: &[Value]) 
                 format!("the SQL text handed to {function} is computed, so the proxy cannot judge it; pass a literal"),
             ),
         }
+    }
+}
+
+/// The relation a table reader reads, judged as `SELECT * FROM <it>` (a regclass is read with
+/// the same name rules as SQL); a computed or unreadable name is refused.
+fn table_argument(w: &mut Walker<'_>, function: &str, arg: Option<&Value>) {
+    let Some(name) = arg.and_then(literal) else {
+        refuse(w, format!("the table handed to {function} is computed, so the proxy cannot judge it; pass its name"));
+        return;
+    };
+    match inner(w, &format!("SELECT * FROM {name}"), pg_query::ParserOptions::DEFAULT) {
+        Some(found) if found.classification.statements == 1 && !found.classification.relations.is_empty() => {
+            w.out.absorb(&found)
+        }
+        _ => refuse(w, format!("the table handed to {function} is not a name the proxy can read")),
     }
 }
 

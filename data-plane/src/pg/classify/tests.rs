@@ -422,3 +422,27 @@ fn the_analysis_by_shape_equals_the_full_analysis() {
         assert_eq!(by_cache, analyze(sql), "{sql}");
     }
 }
+
+#[test]
+fn built_ins_reading_a_table_named_in_a_string_read_that_table() {
+    let a = analyze("select table_to_xml('secrets', true, true, '')").unwrap();
+    assert!(a.classification.relations.contains("secrets"), "{a:?}");
+    assert!(a.refusal.is_none());
+    let a = analyze("select table_to_xmlschema('public.\"Odd\"'::regclass, true, true, '')").unwrap();
+    assert!(a.classification.relations.contains("public.\"Odd\""), "{a:?}");
+    // A computed table, or one by oid, cannot be judged: refused.
+    for sql in [
+        "select table_to_xml(c.oid::regclass, true, true, '') from pg_class c",
+        "select table_to_xml(16384::regclass, true, true, '')",
+        "select table_to_xml('secrets; drop table t', true, true, '')",
+        "select schema_to_xml('public', true, true, '')",
+        "select database_to_xml(true, true, '')",
+    ] {
+        assert!(analyze(sql).unwrap().refusal.is_some(), "{sql}");
+    }
+    // The shape cache does not let one table's analysis stand for another's.
+    let cache = ClassifyCache::new(10);
+    let _ = cache.classify("select table_to_xml('orders', true, true, '')");
+    let other = cache.classify("select table_to_xml('secrets', true, true, '')").unwrap();
+    assert!(other.classification.relations.contains("secrets"));
+}
