@@ -15,6 +15,9 @@ use std::time::Duration;
 use tollgate_shared::control::ControlPublicKey;
 use tollgate_shared::names;
 
+/// Messages asked for by one pull request.
+const PULL_BATCH: usize = 1000;
+
 /// How long a batch gathers messages after its first one.
 const GATHER: Duration = Duration::from_millis(10);
 
@@ -72,52 +75,76 @@ async fn consume(
             },
         )
         .await?;
-    let mut messages = consumer.messages().await?;
-    loop {
-        // Wait for one message, then gather what arrives within the gathering window, up to
-        // the batch size: a few milliseconds of lag buy far fewer transactions under load.
-        let Some(first) = messages.next().await else { return Ok(()) };
-        let mut batch = vec![first?];
-        let until = tokio::time::Instant::now() + GATHER;
-        while batch.len() < batch_size {
-            let next = match messages.next().now_or_never() {
-                Some(next) => next,
-                None => match tokio::time::timeout_at(until, messages.next()).await {
-                    Ok(next) => next,
-                    Err(_) => break,
-                },
-            };
-            match next {
-                Some(message) => batch.push(message?),
-                None => break,
-            }
-        }
-        if let Some(Ok(info)) = batch.last().map(|m| m.info()) {
-            stats.lag.store(info.pending, Ordering::Relaxed);
-        }
-        let mut delay = Duration::from_millis(100);
-        // The database may be briefly away: hold the batch and retry rather than lose it.
-        let outcome = loop {
-            match apply::write_batch(db, &batch, control).await {
-                Ok(outcome) => break outcome,
-                Err(e) => {
-                    tracing::warn!(error = %e, events = batch.len(), "projection batch failed; retrying");
-                    for message in &batch {
-                        let _ = message.ack_with(AckKind::Progress).await;
-                    }
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
+    // Pull requests of a thousand messages (the client's default is 200): fewer requests and
+    // fewer round trips while a backlog drains.
+    let mut messages =
+        consumer.stream().max_messages_per_batch(PULL_BATCH).heartbeat(Duration::from_secs(15)).messages().await?;
+    // Two stages, so the next batch gathers while this one is written: the gatherer hands
+    // whole batches over (at most one waiting), the writer commits and then acknowledges.
+    let (hand_over, mut batches) = tokio::sync::mpsc::channel::<Vec<jetstream::Message>>(1);
+    let gather = async move {
+        loop {
+            // Wait for one message, then gather what arrives within the gathering window, up
+            // to the batch size: a few milliseconds of lag buy far fewer transactions.
+            let Some(first) = messages.next().await else { return Ok(()) };
+            let mut batch = vec![first?];
+            let until = tokio::time::Instant::now() + GATHER;
+            while batch.len() < batch_size {
+                let next = match messages.next().now_or_never() {
+                    Some(next) => next,
+                    None => match tokio::time::timeout_at(until, messages.next()).await {
+                        Ok(next) => next,
+                        Err(_) => break,
+                    },
+                };
+                match next {
+                    Some(message) => batch.push(message?),
+                    None => break,
                 }
             }
-        };
-        stats.projected.fetch_add(outcome.projected, Ordering::Relaxed);
-        stats.committed.notify_waiters();
-        stats.duplicates.fetch_add(outcome.duplicates, Ordering::Relaxed);
-        stats.rejected.fetch_add(outcome.rejected, Ordering::Relaxed);
-        for message in &batch {
-            if let Err(e) = message.ack().await {
-                tracing::warn!(error = %e, "ack failed; the event will be redelivered and skipped as a duplicate");
+            if let Some(Ok(info)) = batch.last().map(|m| m.info()) {
+                stats.lag.store(info.pending, Ordering::Relaxed);
             }
+            if hand_over.send(batch).await.is_err() {
+                return Ok(());
+            }
+        }
+    };
+    let write = async {
+        while let Some(batch) = batches.recv().await {
+            write(db, &batch, stats, control).await;
+        }
+    };
+    // When gathering stops (an error, or the stream ended), what it handed over is still
+    // written and acknowledged before the consumer is opened again.
+    let (gathered, ()) = tokio::join!(gather, write);
+    gathered
+}
+
+/// Write one batch (retrying while the database is away, never dropping it), then acknowledge
+/// its messages.
+async fn write(db: &PgPool, batch: &[jetstream::Message], stats: &ProjectorStats, control: &ControlPublicKey) {
+    let mut delay = Duration::from_millis(100);
+    let outcome = loop {
+        match apply::write_batch(db, batch, control).await {
+            Ok(outcome) => break outcome,
+            Err(e) => {
+                tracing::warn!(error = %e, events = batch.len(), "projection batch failed; retrying");
+                for message in batch {
+                    let _ = message.ack_with(AckKind::Progress).await;
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    };
+    stats.projected.fetch_add(outcome.projected, Ordering::Relaxed);
+    stats.committed.notify_waiters();
+    stats.duplicates.fetch_add(outcome.duplicates, Ordering::Relaxed);
+    stats.rejected.fetch_add(outcome.rejected, Ordering::Relaxed);
+    for message in batch {
+        if let Err(e) = message.ack().await {
+            tracing::warn!(error = %e, "ack failed; the event will be redelivered and skipped as a duplicate");
         }
     }
 }
