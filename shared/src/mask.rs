@@ -343,24 +343,51 @@ struct Shape {
     base64_run: usize,
 }
 
+/// Byte classes for [`Shape::of`], one table lookup per byte.
+const LETTER: u8 = 1;
+const DIGIT: u8 = 2;
+/// Letters, digits and `+/_=-` (API tokens).
+const TOKEN: u8 = 4;
+/// Letters, digits and `+/=` and line breaks (base64).
+const BASE64: u8 = 8;
+
+const CLASSES: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        let mut class = 0;
+        if c.is_ascii_alphabetic() {
+            class |= LETTER | TOKEN | BASE64;
+        } else if c.is_ascii_digit() {
+            class |= DIGIT | TOKEN | BASE64;
+        }
+        if matches!(c, b'+' | b'/' | b'_' | b'=' | b'-') {
+            class |= TOKEN;
+        }
+        if matches!(c, b'+' | b'/' | b'=' | b'\r' | b'\n') {
+            class |= BASE64;
+        }
+        table[b] = class;
+        b += 1;
+    }
+    table
+};
+
 impl Shape {
     fn of(text: &[u8]) -> Shape {
         let mut shape = Shape::default();
         let (mut digit_run, mut alnum_run, mut token_run, mut base64_run) = (0, 0, 0, 0);
         let (mut digit_sep, mut alnum_sep) = (false, false);
-        // The classes of the last three bytes: letter (1) or digit (2), for the IBAN start.
-        let mut last = [0u8; 3];
+        // The letter (1) / digit (2) / other (0) classes of the last three bytes, two bits each,
+        // for the IBAN start: letter, letter, digit, then this digit.
+        let mut last = 0u8;
         for &b in text {
-            let class = if b.is_ascii_alphabetic() {
-                1
-            } else if b.is_ascii_digit() {
-                2
-            } else {
-                0
-            };
-            shape.letters_digits |= class == 2 && last == [1, 1, 2];
-            last = [last[1], last[2], class];
-            if b.is_ascii_digit() {
+            let classes = CLASSES[b as usize];
+            let class = classes & (LETTER | DIGIT);
+            shape.letters_digits |= class == DIGIT && last == 0b01_01_10;
+            last = ((last << 2) | class) & 0b11_11_11;
+            if class == DIGIT {
                 shape.digits += 1;
                 digit_run += 1;
                 digit_sep = false;
@@ -370,7 +397,7 @@ impl Shape {
                 digit_run = 0;
                 digit_sep = false;
             }
-            if b.is_ascii_alphanumeric() {
+            if class != 0 {
                 alnum_run += 1;
                 alnum_sep = false;
             } else if b == b' ' && alnum_run > 0 && !alnum_sep {
@@ -379,8 +406,8 @@ impl Shape {
                 alnum_run = 0;
                 alnum_sep = false;
             }
-            token_run = if b.is_ascii_alphanumeric() || b"+/_=-".contains(&b) { token_run + 1 } else { 0 };
-            base64_run = if b.is_ascii_alphanumeric() || b"+/=\r\n".contains(&b) { base64_run + 1 } else { 0 };
+            token_run = if classes & TOKEN != 0 { token_run + 1 } else { 0 };
+            base64_run = if classes & BASE64 != 0 { base64_run + 1 } else { 0 };
             shape.digit_run = shape.digit_run.max(digit_run);
             shape.alnum_run = shape.alnum_run.max(alnum_run);
             shape.token_run = shape.token_run.max(token_run);
