@@ -281,6 +281,12 @@ impl SessionRecorder {
         self.submit(events).wait().await
     }
 
+    /// Publish the session's last event and wait until it is stored, even after a loss: it
+    /// runs nothing, and it says how the session ended (a gap before it shows in the chain).
+    pub async fn durable_last(&self, events: Vec<SealedEvent>) -> Result<(), RecordError> {
+        self.publisher.durable(events).await
+    }
+
     /// Publish the session's events; the answer says when they (and every event of the session
     /// before them) are stored.
     pub fn submit(&self, events: Vec<SealedEvent>) -> Stored {

@@ -118,4 +118,7 @@ async fn a_statement_too_large_to_record_is_refused_before_it_runs_and_harms_no_
     let log = stack.pg.database_log("demo");
     assert!(log.contains("'bystander-' || 'after'") && log.contains("'huge-' || 'before'"), "the log is the right one");
     assert!(!log.contains("'huge-' || 'marker'"), "the statement that could not be recorded ran upstream");
+    // The refused session's end is on record, with why.
+    let sessions = stack.ended_sessions(1).await;
+    assert!(sessions.iter().any(|s| s["end_reason"] == "recording_failed" && s["commands"] == 1), "{sessions:?}");
 }

@@ -111,7 +111,7 @@ async fn end_session(recorder: &SessionRecorder, reason: EndReason, detail: Opti
             return;
         }
     };
-    if let Err(e) = recorder.durable(vec![sealed]).await {
+    if let Err(e) = recorder.durable_last(vec![sealed]).await {
         tracing::warn!(session = %recorder.session(), error = %e, "session.ended not recorded");
     }
 }
