@@ -148,3 +148,42 @@ async fn a_batch_is_read_line_by_line_and_never_carries_a_control_event() {
     let decided = stack.pg.admin_sql("tollgate", &format!("select count(*) from events where id = '{}'", forged.id));
     assert_eq!(decided.trim(), "0");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_sessions_are_counted_exactly_when_batches_are_written_in_parallel() {
+    const SESSIONS: usize = 8;
+    const STATEMENTS: usize = 60;
+    let stack = Stack::start().await;
+    let mut tasks = Vec::new();
+    for n in 0..SESSIONS {
+        let client = stack.agent_client(&stack.agent_token(&format!("bot-parallel-{n}"))).await.unwrap();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..STATEMENTS {
+                client.simple_query(&format!("select {n}, {i}")).await.expect("runs");
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let sessions = stack.ended_sessions(SESSIONS).await;
+    // Every event each session has on the stream, counted there...
+    let mut on_stream: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
+    for event in
+        stack.stream_messages().await.iter().filter_map(|m| serde_json::from_slice::<serde_json::Value>(m).ok())
+    {
+        if let Some(session) = event["session"].as_str() {
+            *on_stream.entry(session.to_owned()).or_default() += 1;
+        }
+    }
+    // ...equals what the views counted, however the batches were split and interleaved.
+    for session in
+        sessions.iter().filter(|s| s["agent"]["name"].as_str().is_some_and(|n| n.starts_with("bot-parallel-")))
+    {
+        let id = session["id"].as_str().unwrap();
+        assert_eq!(session["commands"].as_i64(), Some(STATEMENTS as i64), "{session}");
+        assert_eq!(session["events"].as_i64(), on_stream.get(id).copied(), "{session}");
+    }
+    let counted = sessions.iter().filter(|s| s["commands"].as_i64() == Some(STATEMENTS as i64)).count();
+    assert_eq!(counted, SESSIONS);
+}
