@@ -115,10 +115,10 @@ async fn consume(
         }
     };
     let write = async {
-        // Batches of per-statement events only (commands and results, whose effects commute:
-        // inserts and counter bumps) are written on up to WRITERS connections at once; any other
-        // batch waits for those to commit and is written alone, so lifecycle and approval
-        // events apply in stream order.
+        // Full batches of per-statement events only (commands and results, whose effects
+        // commute: inserts and counter bumps) are written on up to WRITERS connections at once;
+        // any other batch waits for those to commit and is written alone, so lifecycle and
+        // approval events apply in stream order.
         let mut running = futures_util::stream::FuturesUnordered::new();
         loop {
             // The running writes make progress only while polled: poll them while waiting.
@@ -127,7 +127,10 @@ async fn consume(
                 batch = batches.recv() => batch,
             };
             let Some(batch) = batch else { break };
-            if batch.iter().all(|m| per_statement(&m.subject)) {
+            // In parallel only when batches come full (a backlog): under live traffic one
+            // writer at a time lets the next batch grow while this one is written, which costs
+            // the database far less per event than more, smaller transactions.
+            if batch.len() >= batch_size && batch.iter().all(|m| per_statement(&m.subject)) {
                 while running.len() >= WRITERS {
                     running.next().await;
                 }
