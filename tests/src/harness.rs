@@ -15,7 +15,7 @@ pub mod wire;
 pub use leaks::leaked;
 pub use logs::captured_logs;
 pub use nats::NatsServer;
-pub use pgbouncer::{pgbench, PgBouncer};
+pub use pgbouncer::{pgbench, pgbench_init, PgBouncer};
 pub use postgres::PgServer;
 pub use stack::{default_policy, start_issuer, Stack, AGENT_AUDIENCE, REVIEWER_AUDIENCE};
 pub use tap::Tap;

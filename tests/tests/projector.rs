@@ -4,9 +4,7 @@ use tollgate_control_plane::Control;
 use tollgate_tests::{eventually, Stack};
 
 async fn metric(stack: &Stack, name: &str) -> u64 {
-    let response = reqwest::get(format!("http://{}/metrics", stack.control.addr)).await.expect("metrics endpoint");
-    let text = response.text().await.expect("metrics text");
-    text.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or(0)
+    stack.metric(name).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,7 +16,6 @@
 //!
 //! `PROFILE=1 [CLIENTS=n] [MODE=simple|extended|prepared]` runs Tollgate alone (for `perf`).
 
-use std::process::Command;
 use tollgate_control_plane::Control;
 use tollgate_tests::{PgBouncer, Stack};
 
@@ -213,11 +212,7 @@ async fn main() {
     .await;
 
     let pw = stack.upstream_password.clone();
-    let init = Command::new(stack.pg.bin("pgbench"))
-        .args(["-i", "-q", "-s", "10", &stack.pg.url("app", &pw, "demo")])
-        .output()
-        .expect("pgbench -i");
-    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    tollgate_tests::pgbench_init(&stack.pg, "app", &pw, "demo", 10);
     let bouncer = PgBouncer::start(&stack.pg, "demo", "app", &pw);
     let token = stack.agent_token("bench");
     let proxy_port = stack.proxy.postgres_addr.port();

@@ -7,7 +7,6 @@
 //! SECONDS is how long pgbench fills the backlog (default 15); `BATCH=n` sets the projector's
 //! batch size (messages per transaction).
 
-use std::process::Command;
 use std::time::Instant;
 use tollgate_control_plane::Control;
 use tollgate_tests::Stack;
@@ -15,10 +14,7 @@ use tollgate_tests::Stack;
 /// Events the running control plane has projected (its metrics counter: reading it costs the
 /// database nothing, unlike counting rows while they are written).
 async fn projected(stack: &Stack) -> u64 {
-    let name = "tollgate_projector_events_total{result=\"projected\"}";
-    let Ok(response) = reqwest::get(format!("http://{}/metrics", stack.control.addr)).await else { return 0 };
-    let text = response.text().await.unwrap_or_default();
-    text.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or(0)
+    stack.metric("tollgate_projector_events_total{result=\"projected\"}").await
 }
 
 #[tokio::main]
@@ -27,11 +23,7 @@ async fn main() {
     let mut stack = Stack::start().await;
     stack.skip_log_check_at_drop();
     let pw = stack.upstream_password.clone();
-    let init = Command::new(stack.pg.bin("pgbench"))
-        .args(["-i", "-q", "-s", "10", &stack.pg.url("app", &pw, "demo")])
-        .output()
-        .expect("pgbench -i");
-    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    tollgate_tests::pgbench_init(&stack.pg, "app", &pw, "demo", 10);
 
     let projected_before: u64 =
         stack.pg.admin_sql("tollgate", "select count(*) from events").trim().parse().unwrap_or(0);

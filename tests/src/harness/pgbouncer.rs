@@ -71,6 +71,15 @@ impl Drop for PgBouncer {
 
 /// Run pgbench (`clients` clients, `-j` up to 2, for `seconds`) with `args` (workload and
 /// connection); returns (TPS, average latency in ms).
+/// `pgbench -i` at `scale` into `database`, as `user` (the tables every pgbench benchmark reads).
+pub fn pgbench_init(pg: &PgServer, user: &str, password: &str, database: &str, scale: u32) {
+    let init = Command::new(pg.bin("pgbench"))
+        .args(["-i", "-q", "-s", &scale.to_string(), &pg.url(user, password, database)])
+        .output()
+        .expect("pgbench -i");
+    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+}
+
 pub fn pgbench(pg: &super::PgServer, args: &[String], password: &str, clients: u32, seconds: u32) -> (f64, f64) {
     let out = std::process::Command::new(pg.bin("pgbench"))
         .args(["-n", "-c", &clients.to_string(), "-j", &clients.min(2).to_string(), "-T", &seconds.to_string()])

@@ -223,6 +223,14 @@ impl Stack {
     }
 
     /// GET an API path with a reviewer token.
+    /// A value of the control plane's `/metrics` (0 when the line is absent).
+    pub async fn metric(&self, name: &str) -> u64 {
+        let response =
+            self.http.get(format!("http://{}/metrics", self.control.addr)).send().await.expect("metrics endpoint");
+        let text = response.text().await.expect("metrics text");
+        text.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or(0)
+    }
+
     pub async fn api(&self, path: &str) -> (u16, Value) {
         self.api_as(path, Some(&self.reviewer_token())).await
     }
