@@ -9,7 +9,6 @@ use axum::routing::post;
 use axum::{Json, Router};
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 use tollgate_control_plane::config::{ControlConfig, InboundWebhookConfig, PersonConfig, SlackConfig, WebhookConfig};
 use tollgate_control_plane::signing::sign_hex;
 use tollgate_shared::config::SecretRef;
@@ -206,7 +205,6 @@ async fn slack_buttons_decide_and_every_bad_callback_is_refused() {
         403,
         "own request"
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!stack.pg.database_log("demo").contains("DROP TABLE victims"), "still held");
 
     let signed_at = now();

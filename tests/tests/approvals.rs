@@ -73,7 +73,6 @@ async fn held_drop_runs_once_approved_over_rest() {
     assert_eq!(request["rule"], "destructive");
     assert_eq!(request["agent"]["name"], "deploy-bot");
     assert_eq!(request["classes"], json!(["drop"]));
-    tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!ran(&stack, "DROP TABLE victims"), "held: not at the upstream yet");
 
     let (status, accepted) = decide(&stack, &id, "approve", "alice@example.com", &["approvers", "dba"]).await;

@@ -133,14 +133,43 @@ impl PgServer {
         file.lines().next()?.trim().parse().ok()
     }
 
-    /// The server's log: every statement it ran and every connection it accepted.
+    /// The server's log: every statement it ran and every connection it accepted, up to now
+    /// (see `settle`).
     pub fn server_log(&self) -> String {
+        self.settle();
         std::fs::read_to_string(self.dir.path().join("log/server.log")).unwrap_or_default()
     }
 
-    /// The server's log as JSON records, one per line (`jsonlog`).
+    /// The server's log as JSON records, one per line (`jsonlog`), up to now (see `settle`).
     pub fn json_log(&self) -> std::io::Result<String> {
+        self.settle();
         std::fs::read_to_string(self.dir.path().join("log/server.json"))
+    }
+
+    /// Wait until the log files hold every line logged before this call. Backends hand their
+    /// lines to the logging collector through a pipe and the collector writes them when it
+    /// gets to them, so a statement that has completed may not be in the file yet. A marker
+    /// statement logged now lands behind every earlier line: once both files show it, they
+    /// hold everything before it. A log that never shows the marker fails the test (the
+    /// evidence could not be read).
+    fn settle(&self) {
+        let marker = format!("log settled {}", uuid::Uuid::new_v4().simple());
+        let mut c = Command::new(self.bin.join("psql"));
+        c.args(["-X", "-v", "ON_ERROR_STOP=1", "-At", "-d"]).arg(self.superuser_url("postgres")).args([
+            "-c",
+            "SET log_statement = 'all'",
+            "-c",
+            &format!("SELECT '{marker}'"),
+        ]);
+        run(c, "psql (log marker)");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let holds = |file: &str| {
+            std::fs::read_to_string(self.dir.path().join("log").join(file)).is_ok_and(|log| log.contains(&marker))
+        };
+        while !(holds("server.log") && holds("server.json")) {
+            assert!(std::time::Instant::now() < deadline, "the upstream's log never showed {marker}");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
     }
 
     /// The log lines of sessions on `database` only (not the control plane's projections).
