@@ -14,6 +14,8 @@
 
 mod checks;
 mod detectors;
+mod stream;
+pub use stream::StreamMasker;
 
 use crate::event::MaskCount;
 use crate::identity::mapping::glob_match;

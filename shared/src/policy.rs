@@ -4,6 +4,7 @@
 //!
 //! Pure data and validation. Distribution and enforcement live in the planes.
 
+pub mod command;
 mod diff;
 mod evaluate;
 mod model;
@@ -116,6 +117,18 @@ use crate::mask::Masker;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+/// The classes of SSH commands: guardrails and approval rules of SSH resources may name only
+/// these (`exec`: a command run by an exec request).
+pub const SSH_CLASSES: &[&str] = &["exec"];
+
+/// The classes a resource of this kind's commands can have.
+pub fn classes_for(kind: crate::identity::ResourceKind) -> &'static [&'static str] {
+    match kind {
+        crate::identity::ResourceKind::Ssh => SSH_CLASSES,
+        _ => STATEMENT_CLASSES,
+    }
+}
+
 /// The statement classes the data plane's classifier produces; guardrails and approval rules
 /// may name only these.
 pub const STATEMENT_CLASSES: &[&str] = &[
@@ -213,8 +226,24 @@ impl PolicyDocument {
             if !names.insert(r.name.as_str()) {
                 problem(format!("{at}.name"), format!("resource {:?} is defined twice", r.name));
             }
+            let classes = classes_for(r.kind);
+            let ssh = r.kind == crate::identity::ResourceKind::Ssh;
+            let patterns = |at: String, list: &[String], problem: &mut dyn FnMut(String, String)| {
+                for (j, pattern) in list.iter().enumerate() {
+                    if !ssh {
+                        problem(format!("{at}[{j}]"), "command patterns apply to ssh resources only".into());
+                    } else if let Err(e) = command::Pattern::parse(pattern) {
+                        problem(format!("{at}[{j}]"), format!("{pattern:?} is not a command pattern: {e}"));
+                    }
+                }
+            };
+            patterns(format!("{at}.guardrails.deny_commands"), &r.guardrails.deny_commands, &mut problem);
+            patterns(format!("{at}.guardrails.allow_commands"), &r.guardrails.allow_commands, &mut problem);
+            for (j, rule) in r.approvals.iter().enumerate() {
+                patterns(format!("{at}.approvals[{j}].commands"), &rule.commands, &mut problem);
+            }
             for (j, class) in r.guardrails.deny_classes.iter().enumerate() {
-                if !STATEMENT_CLASSES.contains(&class.as_str()) {
+                if !classes.contains(&class.as_str()) {
                     problem(format!("{at}.guardrails.deny_classes[{j}]"), format!("unknown statement class {class:?}"));
                 }
             }
@@ -237,7 +266,7 @@ impl PolicyDocument {
                     problem(format!("{at}.hold_classes"), "name the statement classes to hold".into());
                 }
                 for (k, class) in rule.hold_classes.iter().enumerate() {
-                    if !STATEMENT_CLASSES.contains(&class.as_str()) && class != evaluate::UNBOUNDED_WRITE {
+                    if !classes.contains(&class.as_str()) && class != evaluate::UNBOUNDED_WRITE {
                         problem(format!("{at}.hold_classes[{k}]"), format!("unknown statement class {class:?}"));
                     }
                 }

@@ -102,6 +102,8 @@ fn relation_named_in(rules: &[String], used: &std::collections::BTreeSet<String>
 /// A pseudo-class approval rules may hold: DELETE or UPDATE without WHERE, anywhere.
 pub const UNBOUNDED_WRITE: &str = "unbounded_write";
 
+use super::command::{CommandLine, Pattern};
+
 impl ResourcePolicy {
     /// The first approval rule that holds this statement for an agent in these groups.
     pub fn hold(&self, agent_groups: &[String], c: &crate::event::Classification) -> Option<&ApprovalRule> {
@@ -111,18 +113,63 @@ impl ResourcePolicy {
     /// Every approval rule that holds this statement for an agent in these groups: each needs
     /// its own quorum (or a standing approval granted under it).
     pub fn holds(&self, agent_groups: &[String], c: &crate::event::Classification) -> Vec<&ApprovalRule> {
+        self.holds_line(agent_groups, c, None)
+    }
+
+    /// `holds`, for a command line too: a rule naming commands holds only lines matching one.
+    pub fn holds_line(
+        &self,
+        agent_groups: &[String],
+        c: &crate::event::Classification,
+        line: Option<&CommandLine>,
+    ) -> Vec<&ApprovalRule> {
         self.approvals
             .iter()
             .filter(|rule| {
+                let command = rule.commands.is_empty()
+                    || line.is_some_and(|line| {
+                        rule.commands.iter().filter_map(|p| Pattern::parse(p).ok()).any(|p| line.matches(&p))
+                    });
                 let class = rule
                     .hold_classes
                     .iter()
                     .any(|h| c.classes.contains(h) || (h == UNBOUNDED_WRITE && c.unbounded_write));
                 let relation = rule.relations.is_empty() || relation_named_in(&rule.relations, &c.relations).is_some();
                 let agent = rule.agent_groups.is_empty() || rule.agent_groups.iter().any(|g| agent_groups.contains(g));
-                class && relation && agent
+                class && relation && agent && command
             })
             .collect()
+    }
+
+    /// Judge a command line under this resource's command rules: a line matching a denied
+    /// pattern is refused, and so is a line the rules cannot see into (opaque) wherever there
+    /// are command rules to see with.
+    pub fn deny_line(&self, line: &CommandLine) -> Option<Denial> {
+        let patterns = &self.guardrails.deny_commands;
+        if let Some(pattern) = patterns.iter().find(|p| Pattern::parse(p).is_ok_and(|p| line.matches(&p))) {
+            return Some(Denial {
+                rule: format!("deny_commands:{pattern}"),
+                reason: format!("commands like {pattern:?} are not allowed on {}", self.name),
+            });
+        }
+        let allowed = &self.guardrails.allow_commands;
+        if !allowed.is_empty() {
+            let allowed: Vec<Pattern> = allowed.iter().filter_map(|p| Pattern::parse(p).ok()).collect();
+            if let Some(why) = line.outside(&allowed) {
+                return Some(Denial {
+                    rule: "allow_commands".into(),
+                    reason: format!("{why}; only allowed commands run on {}", self.name),
+                });
+            }
+        }
+        let has_rules = !patterns.is_empty() || self.approvals.iter().any(|r| !r.commands.is_empty());
+        match &line.opaque {
+            Some(why) if has_rules => Some(Denial {
+                rule: "opaque_command".into(),
+                reason: format!("{why}: the command rules of {} cannot judge it; run the command itself", self.name),
+            }),
+            _ => None,
+        }
     }
 
     /// Judge one classified statement under this resource's guardrails and the session's access.

@@ -48,6 +48,14 @@ pub struct Guardrails {
     /// Relation names, bare or schema-qualified.
     #[serde(default)]
     pub deny_relations: Vec<String>,
+    /// SSH: command patterns refused (see `policy::command::Pattern`), e.g. `rm -rf /`,
+    /// `shutdown`, `curl * | sh`.
+    #[serde(default)]
+    pub deny_commands: Vec<String>,
+    /// SSH: when set, only commands these patterns allow run (matched word by word, `...` for
+    /// any words); variables, redirections to files and opaque lines are refused.
+    #[serde(default)]
+    pub allow_commands: Vec<String>,
 }
 
 /// Commands held until people approve them.
@@ -61,6 +69,9 @@ pub struct ApprovalRule {
     /// Hold only statements touching these relations (all, when empty).
     #[serde(default)]
     pub relations: Vec<String>,
+    /// SSH: hold only commands matching one of these patterns (all, when empty).
+    #[serde(default)]
+    pub commands: Vec<String>,
     /// Hold only for agents in these groups (all, when empty).
     #[serde(default)]
     pub agent_groups: Vec<String>,
