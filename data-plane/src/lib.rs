@@ -13,6 +13,8 @@ mod node_key;
 pub mod pg;
 pub mod policy;
 pub mod recorder;
+pub mod session;
+pub mod ssh;
 mod tls;
 
 use anyhow::Context;
@@ -25,9 +27,12 @@ use tokio::task::JoinHandle;
 /// [`Proxy::shutdown`] lets sessions end on the record first.
 pub struct Proxy {
     pub postgres_addr: SocketAddr,
+    /// Where agents reach SSH hosts, when this node serves SSH.
+    pub ssh_addr: Option<SocketAddr>,
     pub node_key: String,
     tasks: Vec<JoinHandle<()>>,
-    listener: Option<JoinHandle<()>>,
+    /// One accept loop per protocol.
+    listeners: Vec<JoinHandle<()>>,
     shutdown: tokio::sync::watch::Sender<bool>,
     policy: policy::PolicyReceiver,
     standing: Arc<grants::StandingApprovals>,
@@ -36,7 +41,7 @@ pub struct Proxy {
 
 impl Drop for Proxy {
     fn drop(&mut self) {
-        for task in self.tasks.iter().chain(&self.listener) {
+        for task in self.tasks.iter().chain(&self.listeners) {
             task.abort();
         }
     }
@@ -88,7 +93,9 @@ impl Proxy {
             Duration::from_millis(config.nats.publish_timeout_ms),
         ));
         let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
-        let services = pg::NodeServices {
+        let services = Arc::new(session::NodeServices {
+            node: config.node.name.clone(),
+            approval_url: config.approvals.url.clone(),
             verifier,
             publisher,
             signer,
@@ -96,16 +103,28 @@ impl Proxy {
             policy: policy.clone(),
             approvals,
             standing: standing.clone(),
+        });
+        let ctx = Arc::new(pg::PgContext::new(&config, services.clone())?);
+        let ssh = match &config.ssh {
+            Some(listen) => Some(Arc::new(ssh::SshContext::new(&config, listen, services)?)),
+            None => None,
         };
-        let ctx = Arc::new(pg::PgContext::new(&config, services)?);
 
         let listener = tokio::net::TcpListener::bind(&config.postgres.listen)
             .await
             .with_context(|| format!("binding PostgreSQL listener {}", config.postgres.listen))?;
         let postgres_addr = listener.local_addr()?;
-        tracing::info!(node = %config.node.name, %postgres_addr, node_key = %node_key, "tollgate-proxy listening");
-        let listener = Some(tokio::spawn(pg::serve(listener, ctx)));
-        Ok(Proxy { postgres_addr, node_key, tasks, listener, shutdown, policy, standing, trust })
+        let mut listeners = vec![tokio::spawn(pg::serve(listener, ctx))];
+        let mut ssh_addr = None;
+        if let Some(ssh) = ssh {
+            let listener = tokio::net::TcpListener::bind(&ssh.listener.listen)
+                .await
+                .with_context(|| format!("binding SSH listener {}", ssh.listener.listen))?;
+            ssh_addr = Some(listener.local_addr()?);
+            listeners.push(tokio::spawn(ssh::serve(listener, ssh)));
+        }
+        tracing::info!(node = %config.node.name, %postgres_addr, ssh_addr = ?ssh_addr, node_key = %node_key, "tollgate-proxy listening");
+        Ok(Proxy { postgres_addr, ssh_addr, node_key, tasks, listeners, shutdown, policy, standing, trust })
     }
 
     /// How many standing approvals this node has loaded.
@@ -128,10 +147,9 @@ impl Proxy {
     /// to `grace` for each to record its end. Sessions still running then are cut off.
     pub async fn shutdown(mut self, grace: Duration) {
         let _ = self.shutdown.send(true);
-        if let Some(listener) = self.listener.take() {
-            if tokio::time::timeout(grace, listener).await.is_err() {
-                tracing::warn!(?grace, "sessions did not end in time; cutting them off");
-            }
+        let listeners = futures_util::future::join_all(std::mem::take(&mut self.listeners));
+        if tokio::time::timeout(grace, listeners).await.is_err() {
+            tracing::warn!(?grace, "sessions did not end in time; cutting them off");
         }
     }
 }

@@ -7,6 +7,7 @@ mod nats;
 mod pgbouncer;
 pub(crate) mod postgres;
 pub mod python;
+mod ssh;
 mod stack;
 mod tap;
 pub mod upstream_log;
@@ -17,6 +18,7 @@ pub use logs::captured_logs;
 pub use nats::NatsServer;
 pub use pgbouncer::{pgbench, pgbench_init, PgBouncer};
 pub use postgres::PgServer;
+pub use ssh::{agent_ssh, agent_ssh_command, SshHost};
 pub use stack::{default_policy, start_issuer, Stack, AGENT_AUDIENCE, REVIEWER_AUDIENCE};
 pub use tap::Tap;
 

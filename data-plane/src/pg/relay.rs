@@ -22,7 +22,7 @@ use crate::recorder::SessionRecorder;
 use bytes::Bytes;
 use std::sync::{Mutex, MutexGuard};
 use tokio::io::AsyncWriteExt;
-use tollgate_shared::event::{kind, ApprovalExpired, EndReason, ExpiryReason};
+use tollgate_shared::event::{kind, EndReason, ExpiryReason};
 use tracker::Tracker;
 
 /// How a relay ended.
@@ -138,8 +138,5 @@ pub async fn run(
 }
 
 async fn expire(recorder: &SessionRecorder, approval_id: uuid::Uuid, reason: ExpiryReason) {
-    match recorder.seal(kind::APPROVAL_EXPIRED, &ApprovalExpired { approval_id, reason }) {
-        Ok(event) => recorder.background(event),
-        Err(e) => tracing::error!(error = %e, "cannot seal approval.expired"),
-    }
+    crate::session::hold::record_expiry(recorder, approval_id, reason);
 }

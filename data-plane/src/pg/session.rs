@@ -7,17 +7,16 @@ use super::startup::{read_first_packet, FirstPacket};
 use super::upstream::{self, Upstream};
 use super::{lexical, mask, relay, Io, PgContext};
 use crate::recorder::SessionRecorder;
+use crate::session::admit::{admit, record_end, record_start, Admitted, Attempt, RefusalKind, Refused};
 use bytes::Bytes;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
-use tollgate_shared::event::{kind, AuthFailed, Chain, EndReason, SessionStarted, UpstreamTarget};
+use tollgate_shared::event::{EndReason, SessionStarted, UpstreamTarget};
 use tollgate_shared::identity::{AgentIdentity, ResourceKind, ResourceRef};
-use tollgate_shared::policy::{Access, Judgement};
-use tollgate_shared::token::TokenError;
-use uuid::Uuid;
+use tollgate_shared::policy::Access;
 
 /// Startup parameters relayed to the upstream; anything else (notably `options`, which could
 /// change server settings) stays at the proxy.
@@ -82,38 +81,26 @@ pub async fn run(ctx: Arc<PgContext>, tcp: TcpStream, peer: SocketAddr) {
     let Some(opened) = open(&ctx, peer, greeted).await else { return };
     let Opened { mut agent, mut upstream, recorder, cancel_key, resource, access, identity, catalog, recording } =
         opened;
+    let services = &ctx.services;
     let guard = relay::Guard {
         classifier: &ctx.classifier,
-        policy: &ctx.policy,
+        policy: &services.policy,
         resource: &resource,
         access,
         agent: &identity,
-        standing: &ctx.standing,
+        standing: &services.standing,
         withdraw: cancel_key.and_then(|key| ctx.cancels.withdrawals(key)),
-        approvals: &ctx.approvals,
-        approval_url: ctx.approval_url.as_deref(),
+        approvals: &services.approvals,
+        approval_url: services.approval_url.as_deref(),
         max_prepared: ctx.listener.max_prepared_statements,
         catalog: &catalog,
     };
-    let outcome = relay::run(&recorder, &guard, recording, &mut agent, &mut upstream, ctx.shutdown.clone()).await;
+    let outcome = relay::run(&recorder, &guard, recording, &mut agent, &mut upstream, services.shutdown.clone()).await;
     if let Some(key) = cancel_key {
         ctx.cancels.remove(key);
     }
     tracing::info!(session = %recorder.session(), reason = ?outcome.reason, commands = outcome.commands, "session ended");
-    end_session(&recorder, outcome.reason, outcome.detail, outcome.commands).await;
-}
-
-async fn end_session(recorder: &SessionRecorder, reason: EndReason, detail: Option<String>, commands: u64) {
-    let sealed = match recorder.seal_end(reason, detail, commands) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot seal session.ended");
-            return;
-        }
-    };
-    if let Err(e) = recorder.durable_last(vec![sealed]).await {
-        tracing::warn!(session = %recorder.session(), error = %e, "session.ended not recorded");
-    }
+    record_end(&recorder, outcome.reason, outcome.detail, outcome.commands).await;
 }
 
 async fn refuse(writer: &mut WriteHalf<Box<dyn Io>>, code: &str, message: &str) {
@@ -241,56 +228,13 @@ fn find_param(params: &[(String, String)], name: &str) -> Option<String> {
     params.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
 }
 
-/// What is known of an agent that is being refused.
-struct Attempt<'a> {
-    peer: SocketAddr,
-    tls: bool,
-    client_user: String,
-    resource: &'a str,
-    token: &'a str,
-}
-
-/// Publish `auth.failed` so reviews see refused attempts too. It is a one-event chain of its
-/// own; nothing waits for it (the agent is refused either way). `agent` is set only when the
-/// token verified; otherwise the token's claims are reported as claimed, never trusted.
-async fn record_refusal(
-    ctx: &PgContext,
-    attempt: &Attempt<'_>,
-    reason: &str,
-    code: &str,
-    agent: Option<AgentIdentity>,
-) {
-    let claimed = tollgate_shared::token::peek_claims(attempt.token).ok();
-    let claim = |name: &str| {
-        claimed
-            .as_ref()
-            .and_then(|c| c.get(name))
-            .and_then(|v| v.as_str())
-            .map(|v| v.chars().take(256).collect::<String>())
-    };
-    let payload = AuthFailed {
-        reason: reason.to_owned(),
-        code: code.to_owned(),
-        client_addr: attempt.peer.to_string(),
-        client_tls: attempt.tls,
-        client_user: attempt.client_user.chars().take(256).collect(),
-        requested_resource: attempt.resource.chars().take(256).collect(),
-        verified: agent.is_some(),
-        claimed_issuer: claim("iss"),
-        claimed_subject: claim("sub"),
-    };
-    let agent = agent.unwrap_or(AgentIdentity {
-        issuer: String::new(),
-        subject: String::new(),
-        name: String::new(),
-        groups: Vec::new(),
-        attributes: Default::default(),
-    });
-    let resource = ResourceRef { name: payload.requested_resource.clone(), kind: ResourceKind::Postgres };
-    let mut chain = Chain::new(Uuid::now_v7(), ctx.node.clone(), agent, resource);
-    match chain.seal(kind::AUTH_FAILED, &payload) {
-        Ok(event) => ctx.publisher.background(event),
-        Err(e) => tracing::error!(error = %e, "cannot seal auth.failed"),
+/// How PostgreSQL names each refusal.
+fn refusal_code(kind: RefusalKind) -> &'static str {
+    match kind {
+        RefusalKind::BadToken => sqlstate::INVALID_PASSWORD,
+        RefusalKind::NotAuthorized => sqlstate::INVALID_AUTHORIZATION,
+        RefusalKind::UnknownResource => sqlstate::UNKNOWN_DATABASE,
+        RefusalKind::Unsupported => sqlstate::FEATURE_NOT_SUPPORTED,
     }
 }
 
@@ -298,75 +242,37 @@ async fn record_refusal(
 async fn open(ctx: &PgContext, peer: SocketAddr, greeted: Greeted) -> Option<Opened> {
     let Greeted { reader, mut writer, params, resource_name, tls, token } = greeted;
     let param = |name: &str| find_param(&params, name);
-    let attempt =
-        Attempt { peer, tls, client_user: param("user").unwrap_or_default(), resource: &resource_name, token: &token };
-    let (verified, agent) = match ctx.verifier.identify(&token).await {
-        Ok(v) => v,
-        Err(e) => {
-            // A token that verified but matched no identity rule is an authorization failure.
-            let code = match e {
-                TokenError::Identity(_) => sqlstate::INVALID_AUTHORIZATION,
-                _ => sqlstate::INVALID_PASSWORD,
-            };
-            tracing::info!(%peer, resource = %resource_name, reason = %e, "agent authentication failed");
-            refuse(&mut writer, code, &format!("tollgate: {e}")).await;
-            record_refusal(ctx, &attempt, &e.to_string(), code, None).await;
+    let services = &ctx.services;
+    let client_user = param("user").unwrap_or_default();
+    let attempt = Attempt {
+        peer,
+        tls,
+        client_user: &client_user,
+        resource: &resource_name,
+        token: &token,
+        kind: ResourceKind::Postgres,
+        code: refusal_code,
+    };
+    let find = |_: &AgentIdentity| {
+        let resource = ctx
+            .resource(&resource_name)
+            .ok_or_else(|| Refused::new(RefusalKind::UnknownResource, format!("unknown resource {resource_name:?}")))?;
+        lexical::check_startup(&params).map_err(|reason| Refused::new(RefusalKind::Unsupported, reason))?;
+        Ok(resource)
+    };
+    let admitted = match admit(services, &attempt, find, |r| &r.name).await {
+        Ok(admitted) => admitted,
+        Err(refused) => {
+            refuse(&mut writer, refusal_code(refused.kind), &format!("tollgate: {}", refused.reason)).await;
             return None;
         }
     };
-    let Some(resource) = ctx.resource(&resource_name) else {
-        tracing::info!(%peer, resource = %resource_name, agent = %agent.name, "unknown resource");
-        let reason = format!("unknown resource {resource_name:?}");
-        refuse(&mut writer, sqlstate::UNKNOWN_DATABASE, &format!("tollgate: {reason}")).await;
-        record_refusal(ctx, &attempt, &reason, sqlstate::UNKNOWN_DATABASE, Some(agent)).await;
-        return None;
-    };
-
-    // The policy decides: no policy, no resource in it, or no grant → refused (fail closed).
-    if let Err(reason) = lexical::check_startup(&params) {
-        refuse(&mut writer, sqlstate::FEATURE_NOT_SUPPORTED, &format!("tollgate: {reason}")).await;
-        record_refusal(ctx, &attempt, &reason, sqlstate::FEATURE_NOT_SUPPORTED, Some(agent)).await;
-        return None;
-    }
-    let policy = ctx.policy.borrow().clone();
-    let Some(policy) = policy else {
-        let reason = "no policy is loaded on this proxy; agents are refused until one arrives".to_owned();
-        refuse(&mut writer, sqlstate::INVALID_AUTHORIZATION, &format!("tollgate: {reason}")).await;
-        record_refusal(ctx, &attempt, &reason, sqlstate::INVALID_AUTHORIZATION, Some(agent)).await;
-        return None;
-    };
-    let (access, grant) = match policy.document.judge(&agent, &resource.name, chrono::Utc::now()) {
-        Judgement::Allowed { access, grant, .. } => (access, grant.name.clone()),
-        judgement => {
-            let reason = match judgement {
-                Judgement::UnknownResource => {
-                    format!("resource {:?} is not in the policy (version {})", resource.name, policy.version)
-                }
-                _ => format!(
-                    "no grant gives agent {:?} access to resource {:?} (policy version {})",
-                    agent.name, resource.name, policy.version
-                ),
-            };
-            tracing::info!(%peer, agent = %agent.name, resource = %resource.name, %reason, "agent refused by policy");
-            refuse(&mut writer, sqlstate::INVALID_AUTHORIZATION, &format!("tollgate: {reason}")).await;
-            record_refusal(ctx, &attempt, &reason, sqlstate::INVALID_AUTHORIZATION, Some(agent)).await;
-            return None;
-        }
-    };
-
-    let session = Uuid::now_v7();
+    let Admitted { agent, subject, resource, access, grant, policy_version } = admitted;
     let identity = agent.clone();
-    let chain = Chain::new(
-        session,
-        ctx.node.clone(),
-        agent,
-        ResourceRef { name: resource.name.clone(), kind: ResourceKind::Postgres },
-    );
-    let recorder = SessionRecorder::new(chain, ctx.publisher.clone(), ctx.signer.clone());
     let started = SessionStarted {
         client_addr: peer.to_string(),
         client_tls: tls,
-        client_user: param("user").unwrap_or_default(),
+        client_user,
         application_name: param("application_name"),
         upstream: UpstreamTarget {
             host: resource.host.clone(),
@@ -374,27 +280,28 @@ async fn open(ctx: &PgContext, peer: SocketAddr, greeted: Greeted) -> Option<Ope
             database: resource.database.clone(),
             user: if access == Access::ReadOnly { resource.read_only().user.clone() } else { resource.user.clone() },
         },
-        node_key: ctx.signer.public_hex(),
-        policy_version: Some(policy.version),
+        node_key: services.signer.public_hex(),
+        policy_version: Some(policy_version),
         grant: Some(grant),
         access: Some(access),
     };
     // Nothing happens upstream before the session is on record.
-    let recorded = match recorder.seal(kind::SESSION_STARTED, &started) {
-        Ok(event) => recorder.durable(vec![event]).await,
-        Err(e) => Err(e),
+    let where_ = ResourceRef { name: resource.name.clone(), kind: ResourceKind::Postgres };
+    let recorder = match record_start(services, agent, where_, &started).await {
+        Ok(recorder) => recorder,
+        Err(e) => {
+            tracing::warn!(error = %e, "session.started not recorded; refusing the agent");
+            refuse(
+                &mut writer,
+                sqlstate::SYSTEM_ERROR,
+                "tollgate: the session cannot be recorded (audit stream unavailable); refusing to connect",
+            )
+            .await;
+            return None;
+        }
     };
-    if let Err(e) = recorded {
-        tracing::warn!(%session, error = %e, "session.started not recorded; refusing the agent");
-        refuse(
-            &mut writer,
-            sqlstate::SYSTEM_ERROR,
-            "tollgate: the session cannot be recorded (audit stream unavailable); refusing to connect",
-        )
-        .await;
-        return None;
-    }
-    tracing::info!(%session, %peer, resource = %resource.name, agent = %verified.subject, "session started");
+    let session = recorder.session();
+    tracing::info!(%session, %peer, resource = %resource.name, agent = %subject, "session started");
 
     let mut relayed: Vec<(String, String)> =
         params.iter().filter(|(k, _)| RELAYED_PARAMS.contains(&k.as_str())).cloned().collect();
@@ -421,7 +328,7 @@ async fn open(ctx: &PgContext, peer: SocketAddr, greeted: Greeted) -> Option<Ope
                 &format!("tollgate: cannot open resource {:?}", resource.name),
             )
             .await;
-            end_session(&recorder, EndReason::UpstreamFailed, Some(e.to_string()), 0).await;
+            record_end(&recorder, EndReason::UpstreamFailed, Some(e.to_string()), 0).await;
             return None;
         }
     };
@@ -434,15 +341,17 @@ async fn open(ctx: &PgContext, peer: SocketAddr, greeted: Greeted) -> Option<Ope
     if let Err(reason) = catalog.ensure().await {
         tracing::warn!(%session, resource = %resource.name, %reason, "function catalog unavailable");
         refuse(&mut writer, sqlstate::CANNOT_CONNECT, &format!("tollgate: {reason}")).await;
-        end_session(&recorder, EndReason::UpstreamFailed, Some(reason), 0).await;
+        record_end(&recorder, EndReason::UpstreamFailed, Some(reason), 0).await;
         return None;
     }
-    let greeting = match relay_greeting(&upstream.greeting, &policy.masker(&resource.name)) {
+    let masker = services.policy.borrow().as_ref().map(|p| p.masker(&resource.name));
+    let masker = masker.unwrap_or_else(tollgate_shared::mask::Masker::strict);
+    let greeting = match relay_greeting(&upstream.greeting, &masker) {
         Ok(greeting) => greeting,
         Err(reason) => {
             tracing::warn!(%session, resource = %resource.name, %reason, "upstream session refused");
             refuse(&mut writer, sqlstate::FEATURE_NOT_SUPPORTED, &format!("tollgate: {reason}")).await;
-            end_session(&recorder, EndReason::UpstreamFailed, Some(reason), 0).await;
+            record_end(&recorder, EndReason::UpstreamFailed, Some(reason), 0).await;
             return None;
         }
     };
@@ -459,12 +368,12 @@ async fn open(ctx: &PgContext, peer: SocketAddr, greeted: Greeted) -> Option<Ope
     let greeting = frames;
     for frame in &greeting {
         if writer.write_all(frame).await.is_err() {
-            end_session(&recorder, EndReason::ClientClosed, None, 0).await;
+            record_end(&recorder, EndReason::ClientClosed, None, 0).await;
             return None;
         }
     }
     if writer.flush().await.is_err() {
-        end_session(&recorder, EndReason::ClientClosed, None, 0).await;
+        record_end(&recorder, EndReason::ClientClosed, None, 0).await;
         return None;
     }
     let (read, buffered) = reader.into_parts();

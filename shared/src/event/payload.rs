@@ -46,6 +46,8 @@ pub enum Protocol {
     Simple,
     /// `Parse`/`Bind`/`Execute` of the extended protocol.
     Extended,
+    /// An SSH exec request: the command line a host's shell runs.
+    Exec,
 }
 
 /// What the proxy decided about a command before forwarding it.
@@ -193,6 +195,25 @@ pub struct CommandResult {
     /// Binary-format values that held a finding: they cannot carry a marker, so they became NULL.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub nulled: u64,
+    /// A command run on a host (SSH): how its program ended and what it wrote.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<ExecOutput>,
+}
+
+/// How a program run on a host ended, and what it wrote back.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ExecOutput {
+    /// Its exit status; absent when it ended by a signal or the session ended first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_status: Option<u32>,
+    /// The signal that ended it, when one did (`TERM`, `KILL`...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_signal: Option<String>,
+    /// Bytes it wrote to standard output and to standard error, as the host sent them.
+    pub stdout_bytes: u64,
+    pub stderr_bytes: u64,
+    /// The start of its output (both streams, in arrival order) as the agent received it, masked.
+    pub sample: String,
 }
 
 fn is_zero(n: &u64) -> bool {

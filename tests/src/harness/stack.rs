@@ -144,6 +144,23 @@ impl Stack {
         proxy_config(&self.pg, &self.nats, &self.nats_urls(), &self.issuer, &setup, node)
     }
 
+    /// Restart proxy-a (same node key) serving SSH too, with `host` as resource `name`, its
+    /// host key pinned as `pinned` (the host's own key unless a test says otherwise).
+    pub async fn serve_ssh(&mut self, host: &super::SshHost, name: &str, pinned: Option<&str>) {
+        let mut config = self.proxy_config("proxy-a");
+        config.node.key_file = Some(self.dir.path().join("proxy-a.key"));
+        config.ssh = Some(toml::from_str(r#"listen = "127.0.0.1:0""#).expect("ssh listener config"));
+        let resource = format!(
+            "name = \"{name}\"\nhost = \"127.0.0.1\"\nport = {port}\nuser = \"{user}\"\nkey = \"file:{key}\"\nhost_key = \"{pinned}\"\n",
+            port = host.port,
+            user = host.user,
+            key = host.gateway_key.display(),
+            pinned = pinned.unwrap_or(&host.host_key),
+        );
+        config.ssh_resources = vec![toml::from_str(&resource).expect("ssh resource config")];
+        self.proxy = Proxy::start(config).await.expect("proxy with SSH starts");
+    }
+
     /// Configuration for another control-plane replica (same database, NATS and issuer).
     pub fn control_config(&self) -> ControlConfig {
         control_config(&self.pg, &self.nats, &self.nats_urls(), &self.issuer, &self.dir.path().join("control.key"))

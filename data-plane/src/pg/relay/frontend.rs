@@ -429,7 +429,8 @@ where
                 self.expect(Expect::Exec(Box::new(pending)));
                 self.end_segment(Expect::QueryEnd);
             }
-            Protocol::Extended => {
+            // (`Exec` is SSH's: no PostgreSQL statement has it.)
+            Protocol::Extended | Protocol::Exec => {
                 self.expect(Expect::Exec(Box::new(pending)));
             }
         }
@@ -600,7 +601,7 @@ where
         let event = self.outbox.seal(self.recorder, kind::COMMAND, &command)?;
         self.outbox.seal(self.recorder, kind::APPROVAL_REQUESTED, &hold.request(&command, event.id))?;
         self.flush().await?;
-        let _ = self.inject.send(hold.notice(self.guard.approval_url)).await;
+        let _ = self.inject.send(hold::notice(&hold, self.guard.approval_url)).await;
         tracing::info!(session = %self.recorder.session(), approval = %hold.approval_id, rule = %hold.rule.name, "statement held for approval");
 
         let Forward { protocol, stand_in, mut pending, changes } = forward;

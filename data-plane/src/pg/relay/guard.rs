@@ -9,16 +9,17 @@ use super::super::classify::{self, Analysis, ClassifyCache, ParseError, Setting,
 use super::super::names::Prepared;
 use super::super::session::INSUFFICIENT_PRIVILEGE;
 use super::super::{lexical, mask::mask_statement, messages};
-use super::hold::Hold;
 use crate::approvals::ApprovalHub;
 use crate::grants::StandingApprovals;
 use crate::policy::PolicyReceiver;
+use crate::session::hold::Hold;
+use crate::session::judge::{Asker, Verdict};
 use bytes::Bytes;
 use std::sync::Arc;
 use tollgate_shared::event::{Classification, Command, Decision, Executed, Protocol, Step};
 use tollgate_shared::identity::AgentIdentity;
 use tollgate_shared::mask::{Masker, Tally};
-use tollgate_shared::policy::{Access, ApprovalRule, Covered, Denial, ResourcePolicy, StandingApproval};
+use tollgate_shared::policy::{Access, Denial};
 
 /// What judges each statement: its classification (cached by text) against the live policy's
 /// guardrails and approval rules for this resource and the session's grant.
@@ -115,57 +116,17 @@ impl Guard<'_> {
         };
         // Approval rules hold what runs, never a Parse or a Bind. Every rule that holds it needs
         // its own quorum, or a standing approval granted under that rule.
-        let (held_by, standing) = match (&denial, &classification, resource, subject.step) {
-            (None, Some(c), Some(resource), None) => self.held_by(resource, c),
-            _ => (None, None),
-        };
-        let hold = held_by.map(Hold::new);
+        let asker = Asker { agent: self.agent, resource: self.resource, standing: self.standing };
+        let verdict =
+            Verdict::of(&asker, denial.as_ref(), classification.as_ref(), resource, None, subject.step.is_none());
         let refusal = denial.as_ref().map(|d| self.denial_error(&d.rule, &d.reason));
-        let (decision, rule_name) = match (&denial, &hold, &standing) {
-            (Some(d), _, _) => (Decision::Deny, Some(d.rule.clone())),
-            (None, Some(h), _) => (Decision::Hold, Some(format!("approval:{}", h.rule.name))),
-            (None, None, Some(s)) => (Decision::Allow, Some(format!("standing_approval:{}", s.rule))),
-            (None, None, None) => (Decision::Allow, None),
-        };
-        let record = Record { subject: &subject, classification, decision, rule: rule_name };
+        let approval_id = verdict.approval_id();
+        let record = Record { subject: &subject, classification, decision: verdict.decision, rule: verdict.rule };
         let mut command = record.masked(&masker);
         command.policy_version = policy.map(|p| p.version);
-        command.approval_id = hold.as_ref().map(|h| h.approval_id).or(standing.map(|s| s.approval_id));
+        command.approval_id = approval_id;
+        let hold = verdict.hold;
         Judged { command, refusal, hold }
-    }
-
-    /// The rule a statement is held under (the strictest one no standing approval covers), and
-    /// the standing approval it runs under when every rule holding it is covered.
-    fn held_by<'p>(
-        &self,
-        resource: &'p ResourcePolicy,
-        c: &Classification,
-    ) -> (Option<&'p ApprovalRule>, Option<StandingApproval>) {
-        let classes: Vec<&str> = c.classes.iter().map(String::as_str).collect();
-        let relations: Vec<&str> = c.relations.iter().map(String::as_str).collect();
-        let mut standing = None;
-        let mut uncovered: Option<&ApprovalRule> = None;
-        for rule in resource.holds(&self.agent.groups, c) {
-            let wanted = Covered {
-                issuer: &self.agent.issuer,
-                agent: &self.agent.name,
-                resource: self.resource,
-                rule: &rule.name,
-                classes: &classes,
-                relations: &relations,
-            };
-            match self.standing.covering(&wanted) {
-                Some(covering) => {
-                    standing.get_or_insert(covering);
-                }
-                None if uncovered.is_none_or(|u| rule.quorum > u.quorum) => uncovered = Some(rule),
-                None => {}
-            }
-        }
-        match uncovered {
-            Some(rule) => (Some(rule), None),
-            None => (None, standing),
-        }
     }
 
     /// A Bind or Execute of a name the proxy does not know, refused before any judgement.

@@ -177,6 +177,7 @@ impl Pending {
             error: self.error,
             masked: self.found.tally.into_counts(),
             nulled: self.found.nulled,
+            exec: None,
         }
     }
 }

@@ -1,0 +1,252 @@
+//! One agent connection: the SSH handshake, the token as the password (admitted by the session
+//! core), the session's record and the login to the host, then one task per channel
+//! (`exec.rs`), and `session.ended` once every channel has finished.
+
+use super::{exec, upstream, SshContext};
+use crate::config::SshResource;
+use crate::recorder::SessionRecorder;
+use crate::session::admit::{admit, record_end, record_start, Admitted, Attempt, RefusalKind, Refused};
+use russh::server::{Auth, Msg, Session};
+use russh::{Channel, ChannelId};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::task::JoinSet;
+use tollgate_shared::event::{EndReason, SessionStarted, UpstreamTarget};
+use tollgate_shared::identity::{AgentIdentity, ResourceKind, ResourceRef};
+use tollgate_shared::policy::Access;
+
+/// Channels one connection may have open at once.
+const MAX_CHANNELS: usize = 10;
+
+/// A session opened for an authenticated agent.
+pub struct Opened {
+    pub recorder: SessionRecorder,
+    pub resource: Arc<SshResource>,
+    pub agent: AgentIdentity,
+    pub access: Access,
+    /// The logged-in host, or why the gateway could not log in.
+    pub host: Result<upstream::Host, String>,
+    pub commands: AtomicU64,
+    channels: Mutex<JoinSet<()>>,
+}
+
+/// How SSH names each refusal in `auth.failed.code`.
+fn refusal_code(kind: RefusalKind) -> &'static str {
+    match kind {
+        RefusalKind::BadToken => "ssh:bad_token",
+        RefusalKind::NotAuthorized => "ssh:not_authorized",
+        RefusalKind::UnknownResource => "ssh:unknown_resource",
+        RefusalKind::Unsupported => "ssh:unsupported",
+    }
+}
+
+/// The russh handler of one connection.
+struct Agent {
+    ctx: Arc<SshContext>,
+    peer: SocketAddr,
+    opened: Arc<OnceLock<Arc<Opened>>>,
+}
+
+pub async fn run(ctx: Arc<SshContext>, tcp: TcpStream, peer: SocketAddr) {
+    let _ = tcp.set_nodelay(true);
+    let opened = Arc::new(OnceLock::new());
+    let handler = Agent { ctx: ctx.clone(), peer, opened: opened.clone() };
+    // A peer that never says hello holds a connection permit only until the deadline.
+    let limit = Duration::from_millis(ctx.listener.auth_timeout_ms);
+    let started = tokio::time::timeout(limit, russh::server::run_stream(ctx.server.clone(), tcp, handler));
+    let mut stopping = ctx.services.shutdown.clone();
+    let running = tokio::select! {
+        started = started => match started {
+            Ok(Ok(running)) => running,
+            Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "SSH handshake failed"),
+            Err(_) => return tracing::debug!(%peer, "SSH handshake timed out"),
+        },
+        _ = stopping.wait_for(|stop| *stop) => return,
+    };
+    let handle = running.handle();
+    let mut shutdown = ctx.services.shutdown.clone();
+    let auth_deadline = tokio::time::sleep(limit);
+    tokio::pin!(running, auth_deadline);
+    let mut reason = EndReason::ClientClosed;
+    let goodbye = loop {
+        tokio::select! {
+            ended = &mut running => {
+                if let Err(e) = ended {
+                    tracing::debug!(%peer, error = %e, "SSH connection ended with an error");
+                }
+                break None;
+            }
+            _ = &mut auth_deadline, if opened.get().is_none() => {
+                // Woken at the deadline: only an agent still not authenticated is sent away.
+                if opened.get().is_none() {
+                    tracing::info!(%peer, "SSH agent did not authenticate in time");
+                    break Some("tollgate: authentication timed out");
+                }
+            }
+            _ = shutdown.wait_for(|stop| *stop) => {
+                reason = EndReason::Shutdown;
+                break Some("tollgate: the proxy is shutting down");
+            }
+        }
+    };
+    if let Some(message) = goodbye {
+        let _ = handle.disconnect(russh::Disconnect::ByApplication, message.into(), "en".into()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut running).await;
+    }
+    let Some(opened) = opened.get() else { return };
+    // Every channel's result is on record before the session's end: the agent is gone, so its
+    // commands' host channels are being closed; their ends are awaited for a while.
+    let mut channels = std::mem::take(&mut *opened.channels.lock().unwrap_or_else(|p| p.into_inner()));
+    let drained = async { while channels.join_next().await.is_some() {} };
+    if tokio::time::timeout(Duration::from_secs(15), drained).await.is_err() {
+        tracing::warn!(session = %opened.recorder.session(), "commands still running after the agent left; cut off");
+        channels.abort_all();
+        while channels.join_next().await.is_some() {}
+    }
+    let (reason, detail) = match &opened.host {
+        Err(e) => (EndReason::UpstreamFailed, Some(e.clone())),
+        Ok(_) => (reason, None),
+    };
+    let commands = opened.commands.load(Ordering::Relaxed);
+    tracing::info!(session = %opened.recorder.session(), ?reason, commands, "session ended");
+    record_end(&opened.recorder, reason, detail, commands).await;
+}
+
+impl Agent {
+    /// Admit the agent, put the session on record and log in to the host.
+    async fn open(&self, user: &str, token: &str) -> Result<Arc<Opened>, Refused> {
+        let services = &self.ctx.services;
+        let attempt = Attempt {
+            peer: self.peer,
+            tls: true,
+            client_user: user,
+            resource: user.split('+').next().unwrap_or(user),
+            token,
+            kind: ResourceKind::Ssh,
+            code: refusal_code,
+        };
+        let find =
+            |_: &AgentIdentity| self.ctx.resource(user).map_err(|e| Refused::new(RefusalKind::UnknownResource, e));
+        let Admitted { agent, subject, resource, access, grant, policy_version } =
+            admit(services, &attempt, find, |r| &r.name).await?;
+        let started = SessionStarted {
+            client_addr: self.peer.to_string(),
+            client_tls: true,
+            client_user: user.to_owned(),
+            application_name: None,
+            upstream: UpstreamTarget {
+                host: resource.host.clone(),
+                port: resource.port,
+                database: String::new(),
+                user: resource.user.clone(),
+            },
+            node_key: services.signer.public_hex(),
+            policy_version: Some(policy_version),
+            grant: Some(grant),
+            access: Some(access),
+        };
+        let where_ = ResourceRef { name: resource.name.clone(), kind: ResourceKind::Ssh };
+        let recorder = record_start(services, agent.clone(), where_, &started).await.map_err(|e| {
+            tracing::warn!(error = %e, "session.started not recorded; refusing the agent");
+            Refused::new(RefusalKind::NotAuthorized, "the session cannot be recorded")
+        })?;
+        tracing::info!(session = %recorder.session(), peer = %self.peer, resource = %resource.name, agent = %subject, "session started");
+        let host = upstream::connect(&resource, Duration::from_millis(self.ctx.listener.auth_timeout_ms)).await;
+        if let Err(e) = &host {
+            tracing::warn!(session = %recorder.session(), resource = %resource.name, error = %e, "upstream login failed");
+        }
+        Ok(Arc::new(Opened {
+            recorder,
+            resource,
+            agent,
+            access,
+            host,
+            commands: AtomicU64::new(0),
+            channels: Mutex::new(JoinSet::new()),
+        }))
+    }
+}
+
+impl russh::server::Handler for Agent {
+    type Error = russh::Error;
+
+    async fn auth_password(&mut self, user: &str, password: &str) -> Result<Auth, Self::Error> {
+        if self.opened.get().is_some() {
+            return Ok(Auth::reject());
+        }
+        match self.open(user, password.trim()).await {
+            Ok(opened) => {
+                let _ = self.opened.set(opened);
+                Ok(Auth::Accept)
+            }
+            Err(refused) => {
+                tracing::info!(peer = %self.peer, reason = %refused.reason, "SSH agent refused");
+                Ok(Auth::reject())
+            }
+        }
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: russh::server::ChannelOpenHandle,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let Some(opened) = self.opened.get().cloned() else { return Ok(()) };
+        let full = {
+            let mut channels = opened.channels.lock().unwrap_or_else(|p| p.into_inner());
+            while channels.try_join_next().is_some() {}
+            channels.len() >= MAX_CHANNELS
+        };
+        if full {
+            // Dropping the reply refuses the channel.
+            tracing::info!(session = %opened.recorder.session(), "too many channels open at once; refused one");
+            return Ok(());
+        }
+        reply.accept().await;
+        let task = exec::serve_channel(self.ctx.clone(), opened.clone(), channel, session.handle());
+        opened.channels.lock().unwrap_or_else(|p| p.into_inner()).spawn(task);
+        Ok(())
+    }
+
+    // Requests the gateway does not serve are refused here; exec requests are answered by the
+    // channel's task once judged. Agent forwarding is refused by russh's default (false).
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        _term: &str,
+        _col_width: u32,
+        _row_height: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        _modes: &[(russh::Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_failure(channel)
+    }
+
+    async fn x11_request(
+        &mut self,
+        channel: ChannelId,
+        _single_connection: bool,
+        _x11_auth_protocol: &str,
+        _x11_auth_cookie: &str,
+        _x11_screen_number: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_failure(channel)
+    }
+
+    async fn env_request(
+        &mut self,
+        channel: ChannelId,
+        _variable_name: &str,
+        _variable_value: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_failure(channel)
+    }
+}

@@ -1,0 +1,305 @@
+//! SSH through Tollgate, with the real `ssh` client and a real OpenSSH host: the agent logs
+//! in with its token, the gateway with the key it holds; each exec is judged on its command
+//! line, recorded before it runs, its output masked; denied commands never run and held ones
+//! run only once approved. The host's own command log (written by a forced command before
+//! anything runs) is the proof of what ran.
+
+use serde_json::{json, Value};
+use std::process::Output;
+use tollgate_tests::{agent_ssh, agent_ssh_command, eventually, SshHost, Stack};
+
+fn policy() -> Value {
+    json!({
+        "resources": [
+            { "name": "demo", "kind": "postgres", "labels": { "env": "test" } },
+            { "name": "web-1", "kind": "ssh", "labels": { "env": "test" },
+              "guardrails": { "deny_commands": ["touch *denied*", "shutdown"] },
+              "approvals": [{ "name": "changes", "hold_classes": ["exec"], "commands": ["touch *held*"],
+                              "approver_groups": ["ops"], "timeout_secs": 60 }] }
+        ],
+        "grants": [{ "name": "everyone", "who": { "agents": ["*"] }, "resources": { "labels": { "env": "test" } }, "access": "admin" }]
+    })
+}
+
+async fn stack_with(host: &SshHost, pinned: Option<&str>) -> Stack {
+    let mut stack = Stack::start().await;
+    let version = stack.put_policy(&policy()).await;
+    stack.serve_ssh(host, "web-1", pinned).await;
+    eventually(10, "the proxy to load the SSH policy", || async {
+        (stack.proxy.policy_version() == Some(version)).then_some(())
+    })
+    .await;
+    stack
+}
+
+fn ssh(stack: &Stack, token: &str, command: &str) -> Output {
+    let gateway = stack.proxy.ssh_addr.expect("the proxy serves SSH");
+    agent_ssh(gateway, "web-1", token, command, None)
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Every event on the stream, parsed.
+async fn events(stack: &Stack) -> Vec<Value> {
+    stack.stream_messages().await.iter().map(|m| serde_json::from_slice(m).expect("an event is JSON")).collect()
+}
+
+/// The `command` events of exec requests, once `n` are on the stream.
+async fn exec_commands(stack: &Stack, n: usize) -> Vec<Value> {
+    eventually(20, "exec commands on the stream", || async {
+        let found: Vec<Value> = events(stack)
+            .await
+            .into_iter()
+            .filter(|e| e["type"] == "command" && e["payload"]["protocol"] == "exec")
+            .collect();
+        (found.len() >= n).then_some(found)
+    })
+    .await
+}
+
+async fn result_of(stack: &Stack, command_id: &str) -> Value {
+    eventually(20, "the command's result on the stream", || async {
+        events(stack)
+            .await
+            .into_iter()
+            .find(|e| e["type"] == "command.result" && e["payload"]["command_id"] == command_id)
+    })
+    .await
+}
+
+/// The SSH sessions, once `n` have ended and are projected.
+async fn ended(stack: &Stack, n: usize) -> Vec<Value> {
+    eventually(30, "SSH sessions to be projected", || async {
+        let (status, page) = stack.api("/api/v1/sessions?resource=web-1").await;
+        let items = page["items"].as_array()?.clone();
+        let ended = items.iter().filter(|s| !s["ended_at"].is_null()).count();
+        (status == 200 && ended >= n).then_some(items)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_runs_on_the_host_with_the_held_key_masked_and_on_record() {
+    let host = SshHost::start();
+    let stack = stack_with(&host, None).await;
+    let token = stack.agent_token("deploy-bot");
+    let notes = "owner: alice@example.com\naws AKIAIOSFODNN7EXAMPLE\nplain\n";
+    std::fs::write(host.work("notes.txt"), notes).expect("seed the host");
+    let out = ssh(&stack, &token, "echo hello from host; cat notes.txt");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.starts_with("hello from host\n"), "{stdout}");
+    assert!(stdout.contains("plain\n"), "{stdout}");
+    assert!(!stdout.contains("alice@example.com") && !stdout.contains("AKIAIOSFODNN7EXAMPLE"), "masked: {stdout}");
+    assert!(stdout.contains("[masked:email]"), "{stdout}");
+    let out = ssh(&stack, &token, "exit 3");
+    assert_eq!(out.status.code(), Some(3), "the program's exit status reaches the agent");
+
+    // The host ran exactly what the record shows, in order.
+    let ran = host.commands();
+    assert_eq!(ran, ["echo hello from host; cat notes.txt", "exit 3"]);
+    let commands = exec_commands(&stack, 2).await;
+    let recorded: Vec<&str> = commands.iter().filter_map(|c| c["payload"]["statement"].as_str()).collect();
+    assert_eq!(recorded, ran);
+    assert!(commands.iter().all(|c| c["payload"]["decision"] == "allow" && c["resource"]["kind"] == "ssh"));
+    let result = result_of(&stack, commands[0]["id"].as_str().unwrap()).await;
+    let exec = &result["payload"]["exec"];
+    assert_eq!(exec["exit_status"], 0, "{result}");
+    assert_eq!(exec["stdout_bytes"], "hello from host\n".len() + notes.len(), "bytes as the host sent them: {result}");
+    let sample = exec["sample"].as_str().unwrap();
+    assert!(sample.contains("[masked:email]") && !sample.contains("alice@example.com"), "{sample}");
+    let result = result_of(&stack, commands[1]["id"].as_str().unwrap()).await;
+    assert_eq!(result["payload"]["exec"]["exit_status"], 3);
+    assert_eq!(result["payload"]["outcome"], "error");
+
+    // The key the gateway holds reached neither the agent nor the record.
+    let key = std::fs::read_to_string(&host.gateway_key).expect("gateway key");
+    let body: String = key.lines().filter(|l| !l.starts_with("-----")).collect();
+    let stream: Vec<u8> = stack.stream_messages().await.concat();
+    assert!(!text(&stream).contains(&body[..40]) && !stdout.contains(&body[..40]));
+    let sessions = ended(&stack, 2).await;
+    assert!(sessions.iter().all(|s| s["resource_kind"] == "ssh"), "{sessions:?}");
+    assert_eq!(host.check_against(&events(&stack).await), Ok(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denied_and_opaque_commands_never_run() {
+    let host = SshHost::start();
+    let stack = stack_with(&host, None).await;
+    let token = stack.agent_token("deploy-bot");
+
+    let out = ssh(&stack, &token, "touch denied-1");
+    assert_eq!(out.status.code(), Some(126));
+    assert!(text(&out.stderr).contains("denied by rule deny_commands:touch *denied*"), "{}", text(&out.stderr));
+    let out = ssh(&stack, &token, "sh -c 'touch denied-2'");
+    assert_eq!(out.status.code(), Some(126));
+    assert!(text(&out.stderr).contains("opaque_command"), "{}", text(&out.stderr));
+    let out = ssh(&stack, &token, "t=touch; $t denied-3");
+    assert_eq!(out.status.code(), Some(126), "a program named by a variable: {}", text(&out.stderr));
+    let out = ssh(&stack, &token, "echo 'unterminated");
+    assert_eq!(out.status.code(), Some(126), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("unparsable"));
+
+    // Positive control: an allowed command after them ran, and is the only one the host saw.
+    let out = ssh(&stack, &token, "touch allowed-1");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(host.commands(), ["touch allowed-1"]);
+    assert!(host.work("allowed-1").exists());
+    for marker in ["denied-1", "denied-2", "denied-3"] {
+        assert!(!host.work(marker).exists(), "{marker}");
+    }
+    let commands = exec_commands(&stack, 5).await;
+    let decisions: Vec<(&str, &str)> = commands
+        .iter()
+        .map(|c| (c["payload"]["decision"].as_str().unwrap(), c["payload"]["rule"].as_str().unwrap_or("")))
+        .collect();
+    assert_eq!(
+        decisions,
+        [
+            ("deny", "deny_commands:touch *denied*"),
+            ("deny", "opaque_command"),
+            ("deny", "opaque_command"),
+            ("deny", "unparsable"),
+            ("allow", "")
+        ]
+    );
+    assert_eq!(host.check_against(&events(&stack).await), Ok(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_exec_runs_only_once_approved() {
+    let host = SshHost::start();
+    let stack = stack_with(&host, None).await;
+    let gateway = stack.proxy.ssh_addr.unwrap();
+    let child = agent_ssh_command(gateway, "web-1", &stack.agent_token("deploy-bot"), "touch held-1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("ssh");
+    let request = eventually(20, "a pending approval request", || async {
+        let (status, list) = stack.api("/api/v1/approvals?status=pending").await;
+        let items = list.as_array()?.clone();
+        (status == 200 && items.len() == 1).then(|| items[0].clone())
+    })
+    .await;
+    assert_eq!(request["statement"], "touch held-1");
+    assert_eq!(request["rule"], "changes");
+    assert!(host.commands().is_empty(), "held: not on the host");
+
+    let id = request["id"].as_str().unwrap();
+    let approver = stack.person_token("olga@example.com", &["approvers", "ops"]);
+    let body = json!({ "reason": "planned change" });
+    let (status, _) =
+        stack.api_send("POST", &format!("/api/v1/approvals/{id}/approve"), Some(&approver), Some(&body)).await;
+    assert_eq!(status, 202);
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().expect("ssh ends")).await.expect("join");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains(&format!("waiting for approval {id}")), "{}", text(&out.stderr));
+    assert_eq!(host.commands(), ["touch held-1"]);
+    assert!(host.work("held-1").exists());
+    let released = eventually(20, "approval.released on the stream", || async {
+        events(&stack).await.into_iter().find(|e| e["type"] == "approval.released")
+    })
+    .await;
+    assert_eq!(released["payload"]["approval_id"], id);
+    assert_eq!(host.check_against(&events(&stack).await), Ok(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_token_is_refused_and_recorded() {
+    let host = SshHost::start();
+    let stack = stack_with(&host, None).await;
+    let out = ssh(&stack, "not-a-token", "touch never");
+    assert_eq!(out.status.code(), Some(255), "{}", text(&out.stderr));
+    let failed = eventually(20, "auth.failed on the stream", || async {
+        events(&stack).await.into_iter().find(|e| e["type"] == "auth.failed")
+    })
+    .await;
+    assert_eq!(failed["payload"]["code"], "ssh:bad_token");
+    assert_eq!(failed["payload"]["requested_resource"], "web-1");
+    assert_eq!(failed["resource"]["kind"], "ssh");
+    // Positive control: a good token after it runs, and only that command reached the host.
+    let out = ssh(&stack, &stack.agent_token("deploy-bot"), "touch after");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(host.commands(), ["touch after"]);
+    assert_eq!(host.check_against(&events(&stack).await), Ok(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_with_another_key_is_refused() {
+    let host = SshHost::start();
+    let impostor = SshHost::start();
+    // The gateway pins the impostor's key; the real host presents its own.
+    let stack = stack_with(&host, Some(&impostor.host_key)).await;
+    let out = ssh(&stack, &stack.agent_token("deploy-bot"), "touch never");
+    assert_eq!(out.status.code(), Some(255));
+    assert!(text(&out.stderr).contains("host key mismatch"), "{}", text(&out.stderr));
+    let sessions = ended(&stack, 1).await;
+    assert_eq!(sessions[0]["end_reason"], "upstream_failed", "{sessions:?}");
+    assert!(host.commands().is_empty() && !host.work("never").exists());
+    // Positive control: the host's log shows the gateway reached it and was never let in.
+    assert!(
+        host.log().contains("Connection from 127.0.0.1") || host.log().contains("connection from"),
+        "{}",
+        host.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shell_reading_its_input_and_unserved_requests_are_refused_and_recorded() {
+    let host = SshHost::start();
+    let stack = stack_with(&host, None).await;
+    let gateway = stack.proxy.ssh_addr.unwrap();
+    let token = stack.agent_token("deploy-bot");
+    // A shell given its script on standard input: the record would show only `bash`.
+    let out = agent_ssh(gateway, "web-1", &token, "bash", Some(b"touch denied-by-stdin\n"));
+    assert_eq!(out.status.code(), Some(126), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("opaque_command"), "{}", text(&out.stderr));
+    // No command at all asks for a shell, which is not served yet.
+    let out = agent_ssh(gateway, "web-1", &token, "", None);
+    assert_eq!(out.status.code(), Some(126));
+    assert!(text(&out.stderr).contains("interactive shells are not served yet"), "{}", text(&out.stderr));
+    let out = ssh(&stack, &token, "touch allowed-after");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let commands = exec_commands(&stack, 3).await;
+    let seen: Vec<(&str, &str)> = commands
+        .iter()
+        .map(|c| (c["payload"]["statement"].as_str().unwrap(), c["payload"]["decision"].as_str().unwrap()))
+        .collect();
+    assert_eq!(seen, [("bash", "deny"), ("<shell>", "deny"), ("touch allowed-after", "allow")]);
+    assert!(!host.work("denied-by-stdin").exists());
+    assert_eq!(host.check_against(&events(&stack).await), Ok(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_allow_list_runs_only_what_it_names() {
+    let host = SshHost::start();
+    let mut stack = Stack::start().await;
+    let mut document = policy();
+    document["resources"][1]["guardrails"] = json!({ "allow_commands": ["ls ...", "touch allowed-*"] });
+    let version = stack.put_policy(&document).await;
+    stack.serve_ssh(&host, "web-1", None).await;
+    eventually(10, "the proxy to load the SSH policy", || async {
+        (stack.proxy.policy_version() == Some(version)).then_some(())
+    })
+    .await;
+    let token = stack.agent_token("deploy-bot");
+    for (line, reason) in [
+        ("touch other", "is not an allowed command"),
+        ("touch allowed-1 > /tmp/elsewhere", "redirects to a file"),
+        ("X=1 touch allowed-1", "sets environment variables"),
+        ("./deploy.sh", "is not an allowed command"),
+        ("touch allowed-1; rm -rf x", "is not an allowed command"),
+    ] {
+        let out = ssh(&stack, &token, line);
+        assert_eq!(out.status.code(), Some(126), "{line}");
+        assert!(text(&out.stderr).contains(reason), "{line}: {}", text(&out.stderr));
+    }
+    let out = ssh(&stack, &token, "touch allowed-2 && ls");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "allowed-2\n");
+    assert_eq!(host.check_against(&events(&stack).await), Ok(1));
+}
