@@ -8,8 +8,12 @@ use serde_json::{json, Value};
 const ISS: &str = "https://issuer.test";
 
 /// jsonwebtoken reads the system clock, so the tests do too.
+/// One instant for the whole test run: tokens are made and verified at the same `now`, so a
+/// second ticking between signing (slow in debug builds) and verifying changes no expected
+/// figure (CI once saw `Expired(3601)` for a token made an hour stale).
 fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+    static NOW: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *NOW.get_or_init(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs())
 }
 
 /// An RSA key made by openssl for this test run: (private PEM, public PEM, JWK).
