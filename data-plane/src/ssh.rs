@@ -10,6 +10,7 @@
 //! channels (exec) → `session.ended` (signed).
 
 mod exec;
+mod forward;
 mod server;
 mod upstream;
 

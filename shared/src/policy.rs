@@ -118,8 +118,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 /// The classes of SSH commands: guardrails and approval rules of SSH resources may name only
-/// these (`exec`: a command run by an exec request).
-pub const SSH_CLASSES: &[&str] = &["exec"];
+/// these (`exec`: a command run by an exec request; `forward`: a forwarded connection).
+pub const SSH_CLASSES: &[&str] = &["exec", "forward"];
 
 /// The classes a resource of this kind's commands can have.
 pub fn classes_for(kind: crate::identity::ResourceKind) -> &'static [&'static str] {
@@ -241,6 +241,14 @@ impl PolicyDocument {
             patterns(format!("{at}.guardrails.allow_commands"), &r.guardrails.allow_commands, &mut problem);
             for (j, rule) in r.approvals.iter().enumerate() {
                 patterns(format!("{at}.approvals[{j}].commands"), &rule.commands, &mut problem);
+            }
+            for (j, destination) in r.guardrails.allow_forwarding.iter().enumerate() {
+                let at = format!("{at}.guardrails.allow_forwarding[{j}]");
+                if !ssh {
+                    problem(at, "forwarding applies to ssh resources only".into());
+                } else if destination.rsplit_once(':').is_none_or(|(h, p)| h.is_empty() || p.is_empty()) {
+                    problem(at, format!("{destination:?} is not host:port (globs allowed)"));
+                }
             }
             for (j, class) in r.guardrails.deny_classes.iter().enumerate() {
                 if !classes.contains(&class.as_str()) {

@@ -6,7 +6,7 @@
 
 use serde_json::{json, Value};
 use std::process::Output;
-use tollgate_tests::{agent_ssh, agent_ssh_command, eventually, SshHost, Stack};
+use tollgate_tests::{agent_ssh, agent_ssh_command, agent_ssh_with, eventually, SshHost, Stack};
 
 fn policy() -> Value {
     json!({
@@ -302,4 +302,77 @@ async fn an_allow_list_runs_only_what_it_names() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "allowed-2\n");
     assert_eq!(host.check_against(&events(&stack).await), Ok(1));
+}
+
+/// `ssh -N -L`: a local port forwarded through the host to `to_port` on the host's loopback.
+fn forward(stack: &Stack, token: &str, local: u16, to_port: u16) -> std::process::Child {
+    let gateway = stack.proxy.ssh_addr.expect("the proxy serves SSH");
+    let spec = format!("127.0.0.1:{local}:127.0.0.1:{to_port}");
+    agent_ssh_with(gateway, "web-1", token, &["-N", "-o", "ExitOnForwardFailure=yes", "-L", &spec], None)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("ssh -L")
+}
+
+/// The first bytes a connection to the forwarded port reads, or why none came.
+async fn first_bytes(local: u16) -> Result<Vec<u8>, String> {
+    use tokio::io::AsyncReadExt;
+    let mut tcp = eventually(20, "the forwarded port to listen", || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", local)).await.ok()
+    })
+    .await;
+    let mut buffer = vec![0u8; 64];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), tcp.read(&mut buffer)).await;
+    match read {
+        Ok(Ok(n)) if n > 0 => Ok(buffer[..n].to_vec()),
+        other => Err(format!("{other:?}")),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_reaches_only_destinations_the_policy_names() {
+    let host = SshHost::start();
+    let mut stack = Stack::start().await;
+    let mut document = policy();
+    // The host's own sshd port may be reached through it; nothing else.
+    document["resources"][1]["guardrails"]["allow_forwarding"] = json!([format!("127.0.0.1:{}", host.port)]);
+    let version = stack.put_policy(&document).await;
+    stack.serve_ssh(&host, "web-1", None).await;
+    eventually(10, "the proxy to load the SSH policy", || async {
+        (stack.proxy.policy_version() == Some(version)).then_some(())
+    })
+    .await;
+    let token = stack.agent_token("deploy-bot");
+
+    let local = tollgate_tests::free_port();
+    let mut allowed = forward(&stack, &token, local, host.port);
+    let banner = first_bytes(local).await.expect("bytes through the forward");
+    assert!(banner.starts_with(b"SSH-2.0-OpenSSH"), "{}", text(&banner));
+    let _ = allowed.kill();
+    let _ = allowed.wait();
+
+    let refused_port = stack.pg.port;
+    let local = tollgate_tests::free_port();
+    let mut refused = forward(&stack, &token, local, refused_port);
+    assert!(first_bytes(local).await.is_err(), "PostgreSQL is not an allowed destination");
+    let _ = refused.kill();
+    let _ = refused.wait();
+
+    let forwards: Vec<Value> = eventually(20, "both forwards on the stream", || async {
+        let found: Vec<Value> = events(&stack)
+            .await
+            .into_iter()
+            .filter(|e| e["type"] == "command" && e["payload"]["protocol"] == "forward")
+            .collect();
+        (found.len() >= 2).then_some(found)
+    })
+    .await;
+    assert_eq!(forwards[0]["payload"]["statement"], format!("forward 127.0.0.1:{}", host.port));
+    assert_eq!(forwards[0]["payload"]["decision"], "allow");
+    assert_eq!(forwards[1]["payload"]["statement"], format!("forward 127.0.0.1:{refused_port}"));
+    assert_eq!(forwards[1]["payload"]["decision"], "deny");
+    assert_eq!(forwards[1]["payload"]["rule"], "allow_forwarding");
+    let result = result_of(&stack, forwards[0]["id"].as_str().unwrap()).await;
+    assert!(result["payload"]["forwarded"]["to_agent"].as_u64().unwrap() >= 15, "{result}");
 }

@@ -203,6 +203,7 @@ async fn exec(ctx: &SshContext, opened: &Opened, agent: &mut AgentSide, command:
         masked: output.tally.into_counts(),
         nulled: 0,
         exec: Some(output.exec),
+        forwarded: None,
     };
     match recorder.seal(kind::COMMAND_RESULT, &result) {
         Ok(event) => {

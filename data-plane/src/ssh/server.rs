@@ -2,7 +2,7 @@
 //! core), the session's record and the login to the host, then one task per channel
 //! (`exec.rs`), and `session.ended` once every channel has finished.
 
-use super::{exec, upstream, SshContext};
+use super::{exec, forward, upstream, SshContext};
 use crate::config::SshResource;
 use crate::recorder::SessionRecorder;
 use crate::session::admit::{admit, record_end, record_start, Admitted, Attempt, RefusalKind, Refused};
@@ -170,6 +170,22 @@ impl Agent {
     }
 }
 
+impl Agent {
+    /// The opened session, when it may open one more channel (finished ones are reaped
+    /// first). `None` refuses the channel: its reply is dropped.
+    fn channel_room(&self) -> Option<Arc<Opened>> {
+        let opened = self.opened.get().cloned()?;
+        let mut channels = opened.channels.lock().unwrap_or_else(|p| p.into_inner());
+        while channels.try_join_next().is_some() {}
+        if channels.len() >= MAX_CHANNELS {
+            tracing::info!(session = %opened.recorder.session(), "too many channels open at once; refused one");
+            return None;
+        }
+        drop(channels);
+        Some(opened)
+    }
+}
+
 impl russh::server::Handler for Agent {
     type Error = russh::Error;
 
@@ -195,19 +211,32 @@ impl russh::server::Handler for Agent {
         reply: russh::server::ChannelOpenHandle,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let Some(opened) = self.opened.get().cloned() else { return Ok(()) };
-        let full = {
-            let mut channels = opened.channels.lock().unwrap_or_else(|p| p.into_inner());
-            while channels.try_join_next().is_some() {}
-            channels.len() >= MAX_CHANNELS
-        };
-        if full {
-            // Dropping the reply refuses the channel.
-            tracing::info!(session = %opened.recorder.session(), "too many channels open at once; refused one");
-            return Ok(());
-        }
+        let Some(opened) = self.channel_room() else { return Ok(()) };
         reply.accept().await;
         let task = exec::serve_channel(self.ctx.clone(), opened.clone(), channel, session.handle());
+        opened.channels.lock().unwrap_or_else(|p| p.into_inner()).spawn(task);
+        Ok(())
+    }
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        host_to_connect: &str,
+        port_to_connect: u32,
+        originator_address: &str,
+        originator_port: u32,
+        reply: russh::server::ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let Some(opened) = self.channel_room() else { return Ok(()) };
+        let to = forward::Destination {
+            host: host_to_connect.to_owned(),
+            port: port_to_connect,
+            originator: originator_address.to_owned(),
+            originator_port,
+        };
+        // Judged, recorded and opened on its own task; the reply waits for that.
+        let task = forward::serve(self.ctx.clone(), opened.clone(), channel, reply, to);
         opened.channels.lock().unwrap_or_else(|p| p.into_inner()).spawn(task);
         Ok(())
     }

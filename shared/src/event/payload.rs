@@ -48,6 +48,8 @@ pub enum Protocol {
     Extended,
     /// An SSH exec request: the command line a host's shell runs.
     Exec,
+    /// A connection an SSH agent forwards through the host (`ssh -L`): `forward host:port`.
+    Forward,
 }
 
 /// What the proxy decided about a command before forwarding it.
@@ -198,6 +200,16 @@ pub struct CommandResult {
     /// A command run on a host (SSH): how its program ended and what it wrote.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exec: Option<ExecOutput>,
+    /// A forwarded connection (SSH): bytes each way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forwarded: Option<Forwarded>,
+}
+
+/// Bytes a forwarded connection carried, each way.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Forwarded {
+    pub to_destination: u64,
+    pub to_agent: u64,
 }
 
 /// How a program run on a host ended, and what it wrote back.

@@ -141,6 +141,21 @@ impl ResourcePolicy {
             .collect()
     }
 
+    /// Judge a forwarded connection to `host:port`: only destinations the resource allows.
+    pub fn deny_forward(&self, host: &str, port: u32) -> Option<Denial> {
+        let destination = format!("{host}:{port}");
+        let allowed = self.guardrails.allow_forwarding.iter().any(|pattern| {
+            pattern.rsplit_once(':').is_some_and(|(h, p)| {
+                crate::identity::mapping::glob_match(h, host)
+                    && crate::identity::mapping::glob_match(p, &port.to_string())
+            })
+        });
+        (!allowed).then(|| Denial {
+            rule: "allow_forwarding".into(),
+            reason: format!("forwarding to {destination} is not allowed on {}", self.name),
+        })
+    }
+
     /// Judge a command line under this resource's command rules: a line matching a denied
     /// pattern is refused, and so is a line the rules cannot see into (opaque) wherever there
     /// are command rules to see with.

@@ -56,6 +56,10 @@ pub struct Guardrails {
     /// any words); variables, redirections to files and opaque lines are refused.
     #[serde(default)]
     pub allow_commands: Vec<String>,
+    /// SSH: the `host:port` destinations (globs) agents may forward to through the host
+    /// (`ssh -L`); none when empty.
+    #[serde(default)]
+    pub allow_forwarding: Vec<String>,
 }
 
 /// Commands held until people approve them.

@@ -172,6 +172,18 @@ pub fn agent_ssh(gateway: SocketAddr, user: &str, token: &str, command: &str, st
 
 /// The `ssh` command of `agent_ssh`, to spawn and wait on.
 pub fn agent_ssh_command(gateway: SocketAddr, user: &str, token: &str, command: &str) -> Command {
+    agent_ssh_with(gateway, user, token, &[], Some(command))
+}
+
+/// `ssh` as an agent runs it, with extra `options` before the destination, and a command or
+/// none (`-N`).
+pub fn agent_ssh_with(
+    gateway: SocketAddr,
+    user: &str,
+    token: &str,
+    options: &[&str],
+    command: Option<&str>,
+) -> Command {
     static ASKPASS: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
     let dir = ASKPASS.get_or_init(|| {
         let dir = tempfile::tempdir().expect("askpass dir");
@@ -187,9 +199,10 @@ pub fn agent_ssh_command(gateway: SocketAddr, user: &str, token: &str, command: 
         .args(["-F", "/dev/null", "-T", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"])
         .args(["-o", "PreferredAuthentications=password", "-o", "PubkeyAuthentication=no", "-o", "LogLevel=ERROR"])
         .args(["-o", "NumberOfPasswordPrompts=1", "-o", "ConnectTimeout=20"])
+        .args(options)
         .arg("-p")
         .arg(gateway.port().to_string())
-        .arg(format!("{user}@{}", gateway.ip()))
-        .arg(command);
+        .arg(format!("{user}@{}", gateway.ip()));
+    c.args(command);
     c
 }

@@ -429,8 +429,8 @@ where
                 self.expect(Expect::Exec(Box::new(pending)));
                 self.end_segment(Expect::QueryEnd);
             }
-            // (`Exec` is SSH's: no PostgreSQL statement has it.)
-            Protocol::Extended | Protocol::Exec => {
+            // (`Exec` and `Forward` are SSH's: no PostgreSQL statement has them.)
+            Protocol::Extended | Protocol::Exec | Protocol::Forward => {
                 self.expect(Expect::Exec(Box::new(pending)));
             }
         }

@@ -178,6 +178,7 @@ impl Pending {
             masked: self.found.tally.into_counts(),
             nulled: self.found.nulled,
             exec: None,
+            forwarded: None,
         }
     }
 }
