@@ -12,6 +12,7 @@
 mod exec;
 mod forward;
 mod server;
+mod sftp;
 mod upstream;
 
 use crate::config::{ProxyConfig, SshListenerConfig, SshResource};

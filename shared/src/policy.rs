@@ -118,8 +118,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 /// The classes of SSH commands: guardrails and approval rules of SSH resources may name only
-/// these (`exec`: a command run by an exec request; `forward`: a forwarded connection).
-pub const SSH_CLASSES: &[&str] = &["exec", "forward"];
+/// these (`exec`: a command run by an exec request; `forward`: a forwarded connection;
+/// `sftp_read`, `sftp_write`: sftp operations that only read, or change something).
+pub const SSH_CLASSES: &[&str] = &["exec", "forward", "sftp_read", "sftp_write"];
 
 /// The classes a resource of this kind's commands can have.
 pub fn classes_for(kind: crate::identity::ResourceKind) -> &'static [&'static str] {
@@ -241,6 +242,9 @@ impl PolicyDocument {
             patterns(format!("{at}.guardrails.allow_commands"), &r.guardrails.allow_commands, &mut problem);
             for (j, rule) in r.approvals.iter().enumerate() {
                 patterns(format!("{at}.approvals[{j}].commands"), &rule.commands, &mut problem);
+            }
+            if !ssh && !r.guardrails.deny_paths.is_empty() {
+                problem(format!("{at}.guardrails.deny_paths"), "paths apply to ssh resources only".into());
             }
             for (j, destination) in r.guardrails.allow_forwarding.iter().enumerate() {
                 let at = format!("{at}.guardrails.allow_forwarding[{j}]");

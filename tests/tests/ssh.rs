@@ -376,3 +376,78 @@ async fn forwarding_reaches_only_destinations_the_policy_names() {
     let result = result_of(&stack, forwards[0]["id"].as_str().unwrap()).await;
     assert!(result["payload"]["forwarded"]["to_agent"].as_u64().unwrap() >= 15, "{result}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scp_both_ways_over_sftp_every_file_operation_judged_and_recorded() {
+    let host = SshHost::start();
+    let mut stack = Stack::start().await;
+    let mut document = policy();
+    document["resources"][1]["guardrails"]["deny_paths"] = json!(["*/private/*"]);
+    let version = stack.put_policy(&document).await;
+    stack.serve_ssh(&host, "web-1", None).await;
+    eventually(10, "the proxy to load the SSH policy", || async {
+        (stack.proxy.policy_version() == Some(version)).then_some(())
+    })
+    .await;
+    let gateway = stack.proxy.ssh_addr.expect("ssh");
+    let token = stack.agent_token("deploy-bot");
+    let local = tempfile::tempdir().expect("agent dir");
+    let artifact: Vec<u8> = (0..300_000u32).flat_map(|i| i.to_le_bytes()).collect();
+    std::fs::write(local.path().join("artifact.bin"), &artifact).expect("artifact");
+
+    // Upload, then download what the host holds.
+    let from = local.path().join("artifact.bin").display().to_string();
+    let out = tollgate_tests::agent_scp(gateway, &token, &from, &format!("web-1@{}:artifact.bin", gateway.ip()));
+    assert!(out.status.success(), "upload: {}", text(&out.stderr));
+    assert_eq!(std::fs::read(host.work("artifact.bin")).expect("uploaded"), artifact);
+    std::fs::write(host.work("report.txt"), "build ok\n").expect("seed");
+    let to = local.path().join("report.txt").display().to_string();
+    let out = tollgate_tests::agent_scp(gateway, &token, &format!("web-1@{}:report.txt", gateway.ip()), &to);
+    assert!(out.status.success(), "download: {}", text(&out.stderr));
+    assert_eq!(std::fs::read_to_string(&to).expect("downloaded"), "build ok\n");
+
+    // A path the policy puts off limits is never opened on the host.
+    std::fs::create_dir(host.work("private")).expect("private dir");
+    std::fs::write(host.work("private/key.txt"), "secret\n").expect("seed");
+    let to = local.path().join("key.txt").display().to_string();
+    let out = tollgate_tests::agent_scp(gateway, &token, &format!("web-1@{}:private/key.txt", gateway.ip()), &to);
+    assert!(!out.status.success(), "off limits");
+    assert!(!std::path::Path::new(&to).exists());
+
+    let work = host.work("").display().to_string();
+    let operations: Vec<Value> = eventually(20, "the sftp operations on the stream", || async {
+        let found: Vec<Value> = events(&stack)
+            .await
+            .into_iter()
+            .filter(|e| e["type"] == "command" && e["payload"]["protocol"] == "sftp")
+            .collect();
+        found.iter().any(|e| e["payload"]["decision"] == "deny").then_some(found)
+    })
+    .await;
+    let opens: Vec<(String, &str)> = operations
+        .iter()
+        .filter(|e| e["payload"]["statement"].as_str().unwrap().starts_with("open "))
+        .map(|e| {
+            (
+                e["payload"]["statement"].as_str().unwrap().replace(&work, "WORK/"),
+                e["payload"]["decision"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        opens[..2],
+        [("open WORK/artifact.bin write".to_owned(), "allow"), ("open WORK/report.txt read".to_owned(), "allow")]
+    );
+    // (The random directory name reads as a secret to the masking of the record.)
+    assert!(opens[2].0.ends_with(".txt read") && opens[2].1 == "deny", "{opens:?}");
+    let denied = operations.iter().find(|e| e["payload"]["decision"] == "deny").unwrap();
+    assert_eq!(denied["payload"]["rule"], "deny_paths:*/private/*");
+    let upload =
+        operations.iter().find(|e| e["payload"]["statement"].as_str().unwrap().ends_with("artifact.bin write"));
+    let result = result_of(&stack, upload.unwrap()["id"].as_str().unwrap()).await;
+    assert_eq!(result["payload"]["file"]["written"], artifact.len(), "{result}");
+    // The host's own sftp log: it opened exactly the two allowed files, never the private one.
+    let host_opens: Vec<String> = host.file_operations().into_iter().filter(|op| op.starts_with("open ")).collect();
+    assert_eq!(host_opens.len(), 2, "{host_opens:?}");
+    assert!(host_opens[0].contains("artifact.bin") && host_opens[1].contains("report.txt"), "{host_opens:?}");
+}

@@ -47,6 +47,9 @@ pub async fn serve_channel(ctx: Arc<SshContext>, opened: Arc<Opened>, channel: C
                 let why = "interactive shells are not served yet; use exec";
                 return refuse_request(&ctx, &opened, &handle, id, &to_agent, "<shell>", why).await;
             }
+            ChannelMsg::RequestSubsystem { name, .. } if name == "sftp" => {
+                return serve_sftp(ctx, opened, from_agent, to_agent, handle, id).await;
+            }
             ChannelMsg::RequestSubsystem { name, .. } => {
                 let why = format!("the {name} subsystem is not served yet");
                 return refuse_request(&ctx, &opened, &handle, id, &to_agent, &format!("<subsystem {name}>"), &why)
@@ -64,6 +67,43 @@ pub async fn serve_channel(ctx: Arc<SshContext>, opened: Arc<Opened>, channel: C
             _ => {}
         }
     }
+}
+
+/// The sftp subsystem, relayed to the host's with every operation judged and recorded.
+async fn serve_sftp(
+    ctx: Arc<SshContext>,
+    opened: Arc<Opened>,
+    mut from: russh::ChannelReadHalf,
+    to: russh::ChannelWriteHalf<Msg>,
+    handle: Handle,
+    id: russh::ChannelId,
+) {
+    let opening = async {
+        let host = opened.host.as_ref().map_err(|e| format!("cannot open resource {:?}: {e}", opened.resource.name))?;
+        let mut channel = host.channel_open_session().await.map_err(|e| format!("the host refused a channel: {e}"))?;
+        channel.request_subsystem(true, "sftp").await.map_err(|e| e.to_string())?;
+        loop {
+            match channel.wait().await {
+                Some(ChannelMsg::Success) => return Ok(channel),
+                Some(ChannelMsg::Failure) | None => return Err("the host does not serve sftp".to_owned()),
+                Some(_) => {}
+            }
+        }
+    };
+    let channel = match opening.await {
+        Ok(channel) => channel,
+        Err(why) => {
+            let _ = to.extended_data_bytes(STDERR, Bytes::from(format!("tollgate: {why}\r\n"))).await;
+            let _ = handle.channel_failure(id).await;
+            let _ = to.close().await;
+            return;
+        }
+    };
+    let _ = handle.channel_success(id).await;
+    super::sftp::Sftp::new(ctx, opened).relay(&mut from, &to, channel).await;
+    let _ = to.exit_status(0).await;
+    let _ = to.eof().await;
+    let _ = to.close().await;
 }
 
 /// Refuse a request the gateway does not serve, on record as a denied command.
@@ -204,6 +244,7 @@ async fn exec(ctx: &SshContext, opened: &Opened, agent: &mut AgentSide, command:
         nulled: 0,
         exec: Some(output.exec),
         forwarded: None,
+        file: None,
     };
     match recorder.seal(kind::COMMAND_RESULT, &result) {
         Ok(event) => {

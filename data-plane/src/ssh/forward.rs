@@ -108,6 +108,7 @@ pub async fn serve(
         nulled: 0,
         exec: None,
         forwarded,
+        file: None,
     };
     match recorder.seal(kind::COMMAND_RESULT, &result) {
         Ok(event) => recorder.background(event),

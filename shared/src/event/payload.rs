@@ -50,6 +50,8 @@ pub enum Protocol {
     Exec,
     /// A connection an SSH agent forwards through the host (`ssh -L`): `forward host:port`.
     Forward,
+    /// An sftp operation (sftp, scp): `open /path write`, `remove /path`, `rename /a /b`...
+    Sftp,
 }
 
 /// What the proxy decided about a command before forwarding it.
@@ -203,6 +205,16 @@ pub struct CommandResult {
     /// A forwarded connection (SSH): bytes each way.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forwarded: Option<Forwarded>,
+    /// An sftp operation (SSH): bytes read from and written to the file it opened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<FileBytes>,
+}
+
+/// Bytes an sftp client read from and wrote to one open file.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FileBytes {
+    pub read: u64,
+    pub written: u64,
 }
 
 /// Bytes a forwarded connection carried, each way.

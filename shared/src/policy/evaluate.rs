@@ -141,6 +141,32 @@ impl ResourcePolicy {
             .collect()
     }
 
+    /// Judge the paths an sftp operation touches against `deny_paths`. Paths are compared in
+    /// their plain absolute form (`//` and `.` collapsed, `..` resolved); a relative path cannot
+    /// be placed, so where there are path rules it is refused. (Symbolic links on the host can
+    /// still lead elsewhere: path rules are guardrails, file permissions are the boundary.)
+    pub fn deny_paths(&self, paths: &[String]) -> Option<Denial> {
+        let patterns = &self.guardrails.deny_paths;
+        if patterns.is_empty() {
+            return None;
+        }
+        for path in paths {
+            let Some(plain) = plain_path(path) else {
+                return Some(Denial {
+                    rule: "deny_paths".into(),
+                    reason: format!("{path:?} is not an absolute path; path rules on {} need one", self.name),
+                });
+            };
+            if let Some(pattern) = patterns.iter().find(|p| crate::identity::mapping::glob_match(p, &plain)) {
+                return Some(Denial {
+                    rule: format!("deny_paths:{pattern}"),
+                    reason: format!("{plain} is off limits on {}", self.name),
+                });
+            }
+        }
+        None
+    }
+
     /// Judge a forwarded connection to `host:port`: only destinations the resource allows.
     pub fn deny_forward(&self, host: &str, port: u32) -> Option<Denial> {
         let destination = format!("{host}:{port}");
@@ -220,4 +246,22 @@ impl ResourcePolicy {
         }
         None
     }
+}
+
+/// An absolute path with `//` and `.` collapsed and `..` resolved; `None` for a relative one.
+fn plain_path(path: &str) -> Option<String> {
+    if !path.starts_with('/') {
+        return None;
+    }
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            part => parts.push(part),
+        }
+    }
+    Some(format!("/{}", parts.join("/")))
 }

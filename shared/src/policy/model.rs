@@ -60,6 +60,9 @@ pub struct Guardrails {
     /// (`ssh -L`); none when empty.
     #[serde(default)]
     pub allow_forwarding: Vec<String>,
+    /// SSH: paths (globs) no sftp operation may touch, e.g. `/etc/*`, `*/.ssh/*`.
+    #[serde(default)]
+    pub deny_paths: Vec<String>,
 }
 
 /// Commands held until people approve them.

@@ -8,6 +8,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
+/// The host's sftp server (openssh-sftp-server, which openssh-server depends on).
+const SFTP_SERVER: &str = "/usr/lib/openssh/sftp-server";
+
 pub struct SshHost {
     pub port: u16,
     /// The login on the host (the user running the tests).
@@ -48,8 +51,10 @@ impl SshHost {
         std::fs::write(
             &script,
             format!(
-                "#!/bin/sh\n# The host's command log: one base64 line per command line, written before it runs.\nprintf '%s' \"$SSH_ORIGINAL_COMMAND\" | base64 -w0 >> {log}\necho >> {log}\ncd {work}\nexec /bin/sh -c \"$SSH_ORIGINAL_COMMAND\"\n",
+                "#!/bin/sh\ncd {work}\n# The sftp subsystem logs each file operation itself.\nif [ \"$SSH_ORIGINAL_COMMAND\" = {sftp_server} ]; then\n  exec {sftp_server} -e -l INFO -d {work} 2>>{sftp_log}\nfi\n# The host's command log: one base64 line per command line, written before it runs.\nprintf '%s' \"$SSH_ORIGINAL_COMMAND\" | base64 -w0 >> {log}\necho >> {log}\nexec /bin/sh -c \"$SSH_ORIGINAL_COMMAND\"\n",
                 log = d.join("commands.log").display(),
+                sftp_log = d.join("sftp.log").display(),
+                sftp_server = SFTP_SERVER,
                 work = work.display()
             ),
         )
@@ -66,7 +71,7 @@ impl SshHost {
         std::fs::write(
             d.join("sshd_config"),
             format!(
-                "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_ed25519\nPidFile {d}/sshd.pid\nAuthorizedKeysFile {d}/authorized_keys\nPubkeyAuthentication yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\nLogLevel VERBOSE\nSubsystem sftp internal-sftp\n",
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_ed25519\nPidFile {d}/sshd.pid\nAuthorizedKeysFile {d}/authorized_keys\nPubkeyAuthentication yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\nLogLevel VERBOSE\nSubsystem sftp {SFTP_SERVER}\n",
                 d = d.display()
             ),
         )
@@ -137,6 +142,16 @@ impl SshHost {
         Ok(ran.len())
     }
 
+    /// The file operations the host's sftp server logged (`open "/path" flags ...`,
+    /// `remove name "/path"`...), one per line.
+    pub fn file_operations(&self) -> Vec<String> {
+        let log = std::fs::read_to_string(self.dir.path().join("sftp.log")).unwrap_or_default();
+        log.lines()
+            .filter_map(|l| l.split_once("]: ").map(|(_, op)| op.to_owned()).or(Some(l.to_owned())))
+            .filter(|op| ["open ", "remove ", "rename ", "mkdir ", "rmdir ", "set "].iter().any(|p| op.starts_with(p)))
+            .collect()
+    }
+
     /// A path in the directory commands run in.
     pub fn work(&self, name: &str) -> PathBuf {
         self.dir.path().join("work").join(name)
@@ -175,6 +190,35 @@ pub fn agent_ssh_command(gateway: SocketAddr, user: &str, token: &str, command: 
     agent_ssh_with(gateway, user, token, &[], Some(command))
 }
 
+/// `scp` as an agent runs it (over sftp, OpenSSH's default), the token as the password.
+pub fn agent_scp(gateway: SocketAddr, token: &str, from: &str, to: &str) -> Output {
+    let mut c = Command::new("scp");
+    askpass(&mut c, token)
+        .args(["-F", "/dev/null", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"])
+        .args(["-o", "PreferredAuthentications=password", "-o", "PubkeyAuthentication=no", "-o", "LogLevel=ERROR"])
+        .arg("-P")
+        .arg(gateway.port().to_string())
+        .args([from, to])
+        .stdin(Stdio::null())
+        .output()
+        .expect("scp runs")
+}
+
+/// The token as the password, through SSH_ASKPASS as a pipeline would give it.
+fn askpass<'c>(c: &'c mut Command, token: &str) -> &'c mut Command {
+    static ASKPASS: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    let dir = ASKPASS.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("askpass dir");
+        let script = dir.path().join("askpass.sh");
+        std::fs::write(&script, "#!/bin/sh\nprintf '%s\\n' \"$TOLLGATE_TEST_TOKEN\"\n").expect("askpass");
+        set_mode(&script, 0o755);
+        dir
+    });
+    c.env("SSH_ASKPASS", dir.path().join("askpass.sh"))
+        .env("SSH_ASKPASS_REQUIRE", "force")
+        .env("TOLLGATE_TEST_TOKEN", token)
+}
+
 /// `ssh` as an agent runs it, with extra `options` before the destination, and a command or
 /// none (`-N`).
 pub fn agent_ssh_with(
@@ -184,18 +228,8 @@ pub fn agent_ssh_with(
     options: &[&str],
     command: Option<&str>,
 ) -> Command {
-    static ASKPASS: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
-    let dir = ASKPASS.get_or_init(|| {
-        let dir = tempfile::tempdir().expect("askpass dir");
-        let script = dir.path().join("askpass.sh");
-        std::fs::write(&script, "#!/bin/sh\nprintf '%s\\n' \"$TOLLGATE_TEST_TOKEN\"\n").expect("askpass");
-        set_mode(&script, 0o755);
-        dir
-    });
     let mut c = Command::new("ssh");
-    c.env("SSH_ASKPASS", dir.path().join("askpass.sh"))
-        .env("SSH_ASKPASS_REQUIRE", "force")
-        .env("TOLLGATE_TEST_TOKEN", token)
+    askpass(&mut c, token)
         .args(["-F", "/dev/null", "-T", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"])
         .args(["-o", "PreferredAuthentications=password", "-o", "PubkeyAuthentication=no", "-o", "LogLevel=ERROR"])
         .args(["-o", "NumberOfPasswordPrompts=1", "-o", "ConnectTimeout=20"])

@@ -429,8 +429,8 @@ where
                 self.expect(Expect::Exec(Box::new(pending)));
                 self.end_segment(Expect::QueryEnd);
             }
-            // (`Exec` and `Forward` are SSH's: no PostgreSQL statement has them.)
-            Protocol::Extended | Protocol::Exec | Protocol::Forward => {
+            // (`Exec`, `Forward` and `Sftp` are SSH's: no PostgreSQL statement has them.)
+            Protocol::Extended | Protocol::Exec | Protocol::Forward | Protocol::Sftp => {
                 self.expect(Expect::Exec(Box::new(pending)));
             }
         }

@@ -179,6 +179,7 @@ impl Pending {
             nulled: self.found.nulled,
             exec: None,
             forwarded: None,
+            file: None,
         }
     }
 }
