@@ -57,7 +57,7 @@ impl SshContext {
         }
         let server = russh::server::Config {
             keys: vec![host_key],
-            methods: russh::MethodSet::from(&[russh::MethodKind::Password][..]),
+            methods: russh::MethodSet::from(&[russh::MethodKind::Password, russh::MethodKind::KeyboardInteractive][..]),
             auth_rejection_time: std::time::Duration::from_millis(300),
             auth_rejection_time_initial: Some(std::time::Duration::ZERO),
             max_auth_attempts: 3,

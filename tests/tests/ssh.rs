@@ -221,11 +221,19 @@ async fn a_bad_token_is_refused_and_recorded() {
     assert_eq!(failed["payload"]["code"], "ssh:bad_token");
     assert_eq!(failed["payload"]["requested_resource"], "web-1");
     assert_eq!(failed["resource"]["kind"], "ssh");
-    // Positive control: a good token after it runs, and only that command reached the host.
+    // Positive control: a good token after it runs, and only that command reached the host;
+    // the token also works as the answer of keyboard-interactive authentication.
     let out = ssh(&stack, &stack.agent_token("deploy-bot"), "touch after");
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(host.commands(), ["touch after"]);
-    assert_eq!(host.check_against(&events(&stack).await), Ok(1));
+    let gateway = stack.proxy.ssh_addr.expect("ssh");
+    let interactive = ["-o", "PreferredAuthentications=keyboard-interactive"];
+    let out = agent_ssh_with(gateway, "web-1", &stack.agent_token("deploy-bot"), &interactive, Some("touch answered"))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("ssh");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(host.commands(), ["touch after", "touch answered"]);
+    assert_eq!(host.check_against(&events(&stack).await), Ok(2));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -436,14 +444,17 @@ async fn scp_both_ways_over_sftp_every_file_operation_judged_and_recorded() {
         .collect();
     assert_eq!(
         opens[..2],
-        [("open WORK/artifact.bin write".to_owned(), "allow"), ("open WORK/report.txt read".to_owned(), "allow")]
+        [
+            ("open \"WORK/artifact.bin\" write".to_owned(), "allow"),
+            ("open \"WORK/report.txt\" read".to_owned(), "allow")
+        ]
     );
     // (The random directory name reads as a secret to the masking of the record.)
-    assert!(opens[2].0.ends_with(".txt read") && opens[2].1 == "deny", "{opens:?}");
+    assert!(opens[2].0.ends_with(".txt\" read") && opens[2].1 == "deny", "{opens:?}");
     let denied = operations.iter().find(|e| e["payload"]["decision"] == "deny").unwrap();
     assert_eq!(denied["payload"]["rule"], "deny_paths:*/private/*");
     let upload =
-        operations.iter().find(|e| e["payload"]["statement"].as_str().unwrap().ends_with("artifact.bin write"));
+        operations.iter().find(|e| e["payload"]["statement"].as_str().unwrap().ends_with("artifact.bin\" write"));
     let result = result_of(&stack, upload.unwrap()["id"].as_str().unwrap()).await;
     assert_eq!(result["payload"]["file"]["written"], artifact.len(), "{result}");
     // The host's own sftp log: it opened exactly the two allowed files, never the private one.

@@ -120,7 +120,7 @@ async fn refuse_request(
     let policy_version = ctx.services.policy.borrow().as_ref().map(|p| p.version);
     let record = Command {
         protocol: Protocol::Exec,
-        statement: what.to_owned(),
+        statement: super::forward::masked(&ctx.services.policy.borrow().clone(), &opened.resource.name, what),
         params: None,
         prepared: None,
         executes: Vec::new(),

@@ -45,7 +45,7 @@ pub async fn serve(
     };
     let record = Command {
         protocol: Protocol::Forward,
-        statement: format!("forward {}:{}", to.host, to.port),
+        statement: masked(&policy, &opened.resource.name, &format!("forward {}:{}", to.host, to.port)),
         params: None,
         prepared: None,
         executes: Vec::new(),
@@ -114,6 +114,15 @@ pub async fn serve(
         Ok(event) => recorder.background(event),
         Err(e) => tracing::error!(error = %e, "cannot seal a forward's result"),
     }
+}
+
+/// Agent-given text as the record holds it: masked with the resource's masking.
+pub fn masked(policy: &Option<Arc<tollgate_shared::policy::Snapshot>>, resource: &str, text: &str) -> String {
+    let masker = match policy {
+        Some(snapshot) => snapshot.masker(resource),
+        None => tollgate_shared::mask::Masker::strict(),
+    };
+    masker.mask_str(text, None, &mut tollgate_shared::mask::Tally::default()).into_owned()
 }
 
 /// Bytes both ways until either end closes; the two directions run apart.

@@ -116,6 +116,23 @@ pub async fn run(ctx: Arc<SshContext>, tcp: TcpStream, peer: SocketAddr) {
 }
 
 impl Agent {
+    /// The token (a password or an answer) admits the agent or not; one session per connection.
+    async fn authenticate(&self, user: &str, token: &str) -> Auth {
+        if self.opened.get().is_some() {
+            return Auth::reject();
+        }
+        match self.open(user, token.trim()).await {
+            Ok(opened) => {
+                let _ = self.opened.set(opened);
+                Auth::Accept
+            }
+            Err(refused) => {
+                tracing::info!(peer = %self.peer, reason = %refused.reason, "SSH agent refused");
+                Auth::reject()
+            }
+        }
+    }
+
     /// Admit the agent, put the session on record and log in to the host.
     async fn open(&self, user: &str, token: &str) -> Result<Arc<Opened>, Refused> {
         let services = &self.ctx.services;
@@ -190,19 +207,25 @@ impl russh::server::Handler for Agent {
     type Error = russh::Error;
 
     async fn auth_password(&mut self, user: &str, password: &str) -> Result<Auth, Self::Error> {
-        if self.opened.get().is_some() {
-            return Ok(Auth::reject());
-        }
-        match self.open(user, password.trim()).await {
-            Ok(opened) => {
-                let _ = self.opened.set(opened);
-                Ok(Auth::Accept)
-            }
-            Err(refused) => {
-                tracing::info!(peer = %self.peer, reason = %refused.reason, "SSH agent refused");
-                Ok(Auth::reject())
-            }
-        }
+        Ok(self.authenticate(user, password).await)
+    }
+
+    /// The token as the answer to one prompt, for clients that offer keyboard-interactive.
+    async fn auth_keyboard_interactive<'a>(
+        &'a mut self,
+        user: &str,
+        _submethods: &str,
+        response: Option<russh::server::Response<'a>>,
+    ) -> Result<Auth, Self::Error> {
+        let Some(mut answers) = response else {
+            return Ok(Auth::Partial {
+                name: "Tollgate".into(),
+                instructions: "Give the agent's OIDC token.".into(),
+                prompts: vec![("Token: ".into(), false)].into(),
+            });
+        };
+        let answer = answers.next().map(|a| String::from_utf8_lossy(&a).into_owned()).unwrap_or_default();
+        Ok(self.authenticate(user, &answer).await)
     }
 
     async fn channel_open_session(

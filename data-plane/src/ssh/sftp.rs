@@ -69,6 +69,8 @@ const READING_EXTENSIONS: &[&str] = &[
 
 /// A recorded operation waiting for the host's answer, or an open file.
 struct Recorded {
+    /// The (first) path it names.
+    path: String,
     command_id: Uuid,
     command_seq: u64,
     started: Instant,
@@ -93,10 +95,29 @@ enum Judged {
     /// Forward as it is (reads of data and metadata, counted where they belong).
     Pass,
     /// Record this operation, then forward (or refuse) it.
-    Operation { id: u32, statement: String, writes: bool, paths: Vec<String> },
+    Operation(Operation),
     /// Not sftp the gateway can read: the channel ends.
     Unreadable(String),
 }
+
+/// An operation to judge and record: `verb "path"... suffix`.
+struct Operation {
+    id: u32,
+    verb: String,
+    paths: Vec<String>,
+    /// ` read`/` write` for an open.
+    suffix: &'static str,
+    writes: bool,
+    /// It makes a link or moves something: a way around path rules.
+    relinks: bool,
+}
+
+/// Extended requests whose paths the gateway knows: how many paths they begin with.
+const PATH_EXTENSIONS: &[(&str, usize)] =
+    &[("posix-rename@openssh.com", 2), ("hardlink@openssh.com", 2), ("lsetstat@openssh.com", 1)];
+
+/// Refused operations after which a channel ends (the record is not a place to flood).
+const MAX_REFUSALS: u32 = 100;
 
 pub struct Sftp {
     ctx: Arc<SshContext>,
@@ -141,6 +162,7 @@ impl Sftp {
         let (mut from_host, to_host) = host.split();
         let upload = async {
             let mut buffer = BytesMut::new();
+            let mut refusals = 0u32;
             while let Some(message) = from_agent.wait().await {
                 match message {
                     ChannelMsg::Data { data } => buffer.extend_from_slice(&data),
@@ -162,11 +184,16 @@ impl Sftp {
                         Judged::Unreadable(why) => {
                             return tracing::info!(%why, "sftp from the agent cannot be read; channel ends")
                         }
-                        Judged::Operation { id, statement, writes, paths } => {
-                            match self.record(id, statement, writes, paths).await {
+                        Judged::Operation(operation) => {
+                            let id = operation.id;
+                            match self.record(operation).await {
                                 Ok(None) => {}
                                 Ok(Some(refusal)) => {
                                     let _ = to_agent.data_bytes(status(id, fxp::PERMISSION_DENIED, &refusal)).await;
+                                    refusals += 1;
+                                    if refusals >= MAX_REFUSALS {
+                                        return tracing::info!("too many refused sftp operations; channel ends");
+                                    }
                                     continue;
                                 }
                                 Err(why) => {
@@ -233,15 +260,22 @@ impl Sftp {
         if id == HOME_REQUEST {
             return Judged::Unreadable(format!("request id {id} is the gateway's"));
         }
-        let op =
-            |statement: String, writes: bool, paths: Vec<String>| Judged::Operation { id, statement, writes, paths };
+        {
+            // One request per id at a time: a reused id would pair answers with the wrong record.
+            let state = self.state();
+            if state.pending.contains_key(&id) || state.reads.contains_key(&id) || state.closes.contains_key(&id) {
+                return Judged::Unreadable(format!("request id {id} is already waiting for an answer"));
+            }
+        }
+        let op = |verb: &str, paths: Vec<String>, suffix: &'static str, writes: bool, relinks: bool| {
+            Judged::Operation(Operation { id, verb: verb.to_owned(), paths, suffix, writes, relinks })
+        };
         let path = |p: &mut Reader| p.string().map(|s| String::from_utf8_lossy(s).into_owned());
         match kind {
             fxp::OPEN => match (path(&mut p), p.u32()) {
                 (Some(name), Some(flags)) => {
                     let writes = flags & fxp::WRITES != 0;
-                    let how = if writes { "write" } else { "read" };
-                    op(format!("open {name} {how}"), writes, vec![name])
+                    op("open", vec![name], if writes { " write" } else { " read" }, writes, false)
                 }
                 _ => Judged::Unreadable("an OPEN without its fields".into()),
             },
@@ -268,7 +302,7 @@ impl Sftp {
             }
             fxp::LSTAT | fxp::FSTAT | fxp::READDIR | fxp::REALPATH | fxp::STAT | fxp::READLINK => Judged::Pass,
             fxp::OPENDIR => match path(&mut p) {
-                Some(name) => op(format!("opendir {name}"), false, vec![name]),
+                Some(name) => op("opendir", vec![name], "", false, false),
                 None => Judged::Unreadable("an OPENDIR without a path".into()),
             },
             fxp::REMOVE | fxp::MKDIR | fxp::RMDIR | fxp::SETSTAT => {
@@ -279,18 +313,22 @@ impl Sftp {
                     _ => "setstat",
                 };
                 match path(&mut p) {
-                    Some(name) => op(format!("{verb} {name}"), true, vec![name]),
+                    Some(name) => op(verb, vec![name], "", true, false),
                     None => Judged::Unreadable(format!("a {verb} without a path")),
                 }
             }
             fxp::RENAME | fxp::SYMLINK => {
                 let verb = if kind == fxp::RENAME { "rename" } else { "symlink" };
                 match (path(&mut p), path(&mut p)) {
-                    (Some(a), Some(b)) => op(format!("{verb} {a} {b}"), true, vec![a, b]),
+                    (Some(a), Some(b)) => op(verb, vec![a, b], "", true, true),
                     _ => Judged::Unreadable(format!("a {verb} without its paths")),
                 }
             }
-            fxp::FSETSTAT => op("fsetstat".into(), true, Vec::new()),
+            fxp::FSETSTAT => {
+                // Named by the file its handle opened.
+                let opened = p.string().and_then(|h| self.state().handles.get(h).map(|r| r.path.clone()));
+                op("fsetstat", opened.into_iter().collect(), "", true, false)
+            }
             fxp::EXTENDED => {
                 let Some(name) = p.string().map(|s| String::from_utf8_lossy(s).into_owned()) else {
                     return Judged::Unreadable("an EXTENDED without a name".into());
@@ -298,12 +336,15 @@ impl Sftp {
                 if READING_EXTENSIONS.contains(&name.as_str()) {
                     return Judged::Pass;
                 }
-                // Paths where the extension has them (posix-rename, hardlink: two).
+                let count = PATH_EXTENSIONS.iter().find(|(n, _)| *n == name).map_or(0, |(_, count)| *count);
                 let mut paths = Vec::new();
-                while let Some(path) = path(&mut p) {
-                    paths.push(path);
+                for _ in 0..count {
+                    match path(&mut p) {
+                        Some(path) => paths.push(path),
+                        None => return Judged::Unreadable(format!("{name} without its paths")),
+                    }
                 }
-                op(format!("extended {name} {}", paths.join(" ")).trim_end().to_owned(), true, paths)
+                op(&format!("extended {name}"), paths, "", true, count == 2)
             }
             other => Judged::Unreadable(format!("sftp request type {other}")),
         }
@@ -311,25 +352,19 @@ impl Sftp {
 
     /// Judge and record an operation (durably, before the host sees it). `Some(reason)` when
     /// it is refused.
-    async fn record(
-        &self,
-        id: u32,
-        statement: String,
-        writes: bool,
-        paths: Vec<String>,
-    ) -> Result<Option<String>, String> {
+    async fn record(&self, operation: Operation) -> Result<Option<String>, String> {
+        let Operation { id, verb, paths, suffix, writes, relinks } = operation;
         let opened = &self.opened;
-        // The record names absolute paths: `open {path} ...` with each path resolved.
-        let mut statement = statement;
+        // Judged and recorded as absolute paths, quoted (a path may hold spaces).
+        // (A symbolic link's target is kept as written: the host resolves it from the link's
+        // directory, so a relative one cannot be placed, and path rules refuse it.)
         let mut absolute = Vec::with_capacity(paths.len());
         for path in paths {
-            let full = self.absolute(path.clone()).await?;
-            if full != path {
-                statement = statement.replacen(&format!(" {path}"), &format!(" {full}"), 1);
-            }
-            absolute.push(full);
+            absolute.push(if verb == "symlink" { path } else { self.absolute(path).await? });
         }
         let paths = absolute;
+        let quoted: Vec<String> = paths.iter().map(|p| format!("{p:?}")).collect();
+        let statement = format!("{verb} {}{suffix}", quoted.join(" ")).trim_end().to_owned();
         opened.commands.fetch_add(1, Ordering::Relaxed);
         let policy = self.ctx.services.policy.borrow().clone();
         let resource = policy.as_ref().and_then(|p| p.document.resource(&opened.resource.name));
@@ -342,7 +377,7 @@ impl Sftp {
                 Some(Denial { rule: "resource_not_in_policy".into(), reason: "the resource left the policy".into() })
             }
             (Some(_), Some(resource)) => {
-                resource.deny_paths(&paths).or_else(|| resource.deny(opened.access, &classification))
+                resource.deny_paths(&paths, relinks).or_else(|| resource.deny(opened.access, &classification))
             }
         };
         let mut tally = tollgate_shared::mask::Tally::default();
@@ -374,7 +409,8 @@ impl Sftp {
                 denial.rule, opened.resource.name, denial.reason
             )));
         }
-        let recorded = Recorded { command_id, command_seq, started: Instant::now(), read: 0, written: 0 };
+        let path = paths.into_iter().next().unwrap_or_default();
+        let recorded = Recorded { command_id, command_seq, started: Instant::now(), read: 0, written: 0, path };
         self.state().pending.insert(id, recorded);
         Ok(None)
     }

@@ -145,7 +145,9 @@ impl ResourcePolicy {
     /// their plain absolute form (`//` and `.` collapsed, `..` resolved); a relative path cannot
     /// be placed, so where there are path rules it is refused. (Symbolic links on the host can
     /// still lead elsewhere: path rules are guardrails, file permissions are the boundary.)
-    pub fn deny_paths(&self, paths: &[String]) -> Option<Denial> {
+    /// An operation that `relinks` (rename, symlink, hardlink) could move a denied path, or
+    /// make a way to one: refused when a path is, or is an ancestor of, what a rule covers.
+    pub fn deny_paths(&self, paths: &[String], relinks: bool) -> Option<Denial> {
         let patterns = &self.guardrails.deny_paths;
         if patterns.is_empty() {
             return None;
@@ -163,6 +165,20 @@ impl ResourcePolicy {
                     reason: format!("{plain} is off limits on {}", self.name),
                 });
             }
+            if relinks {
+                let inside = format!("{}/", plain.trim_end_matches('/'));
+                let covers = |pattern: &&String| {
+                    let literal = &pattern[..pattern.find(['*', '?']).unwrap_or(pattern.len())];
+                    crate::identity::mapping::glob_match(pattern, &format!("{inside}x"))
+                        || (!literal.is_empty() && literal.starts_with(&inside))
+                };
+                if let Some(pattern) = patterns.iter().find(covers) {
+                    return Some(Denial {
+                        rule: format!("deny_paths:{pattern}"),
+                        reason: format!("{plain} holds what {pattern} puts off limits on {}", self.name),
+                    });
+                }
+            }
         }
         None
     }
@@ -170,12 +186,26 @@ impl ResourcePolicy {
     /// Judge a forwarded connection to `host:port`: only destinations the resource allows.
     pub fn deny_forward(&self, host: &str, port: u32) -> Option<Denial> {
         let destination = format!("{host}:{port}");
-        let allowed = self.guardrails.allow_forwarding.iter().any(|pattern| {
-            pattern.rsplit_once(':').is_some_and(|(h, p)| {
-                crate::identity::mapping::glob_match(h, host)
-                    && crate::identity::mapping::glob_match(p, &port.to_string())
-            })
-        });
+        // A host name is matched label by label (`*` never spans a dot, so `db-*` is not
+        // `db-x.attacker.example`); a pattern of digits is matched only by an IPv4 address;
+        // a name with anything but letters, digits, `.`, `-`, `_`, `:` matches nothing.
+        let host = host.to_ascii_lowercase();
+        let plain =
+            !host.is_empty() && host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':'));
+        let host_matches = |pattern: &str| {
+            let numeric = pattern.chars().all(|c| c.is_ascii_digit() || matches!(c, '.' | '*'));
+            if numeric && host.parse::<std::net::Ipv4Addr>().is_err() {
+                return false;
+            }
+            let (want, have): (Vec<&str>, Vec<&str>) = (pattern.split('.').collect(), host.split('.').collect());
+            want.len() == have.len() && want.iter().zip(&have).all(|(w, h)| crate::identity::mapping::glob_match(w, h))
+        };
+        let allowed = plain
+            && self.guardrails.allow_forwarding.iter().any(|pattern| {
+                pattern.rsplit_once(':').is_some_and(|(h, p)| {
+                    host_matches(&h.to_ascii_lowercase()) && crate::identity::mapping::glob_match(p, &port.to_string())
+                })
+            });
         (!allowed).then(|| Denial {
             rule: "allow_forwarding".into(),
             reason: format!("forwarding to {destination} is not allowed on {}", self.name),

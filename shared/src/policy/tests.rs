@@ -197,3 +197,41 @@ fn standing_approvals_cover_relations_exactly() {
     assert!(!covered(&["evil.orders"]));
     assert!(!covered(&["public.orders", "public.customers"]), "every relation must be approved");
 }
+
+fn ssh_resource(guardrails: serde_json::Value) -> ResourcePolicy {
+    serde_json::from_value(serde_json::json!({ "name": "web-1", "kind": "ssh", "guardrails": guardrails })).unwrap()
+}
+
+#[test]
+fn forwarding_matches_hosts_label_by_label_and_addresses_only_as_addresses() {
+    let r = ssh_resource(serde_json::json!({ "allow_forwarding": ["db-*:5432", "10.0.0.*:*", "*.internal:443"] }));
+    let allowed = |host: &str, port: u32| r.deny_forward(host, port).is_none();
+    assert!(allowed("db-1", 5432));
+    assert!(allowed("DB-1", 5432));
+    assert!(!allowed("db-1", 5433));
+    assert!(!allowed("db-x.attacker.example", 5432), "a star never spans a dot");
+    assert!(allowed("10.0.0.7", 22));
+    assert!(!allowed("10.0.0.1.169.254.169.254.nip.io", 22), "digits match addresses only");
+    assert!(allowed("api.internal", 443));
+    assert!(!allowed("a.b.internal", 443));
+    assert!(!allowed("169.254.169.254\0.internal", 443), "no control characters in a host");
+    assert!(ssh_resource(serde_json::json!({})).deny_forward("db-1", 5432).is_some(), "none unless named");
+}
+
+#[test]
+fn path_rules_see_absolute_paths_and_moves_of_what_they_cover() {
+    let r = ssh_resource(serde_json::json!({ "deny_paths": ["/home/u/.ssh/*", "*/private/*"] }));
+    let denied = |paths: &[&str], relinks: bool| {
+        let paths: Vec<String> = paths.iter().map(|p| p.to_string()).collect();
+        r.deny_paths(&paths, relinks).is_some()
+    };
+    assert!(denied(&["/home/u/.ssh/authorized_keys"], false));
+    assert!(denied(&["/home/u/x/../.ssh//authorized_keys"], false), "normalised first");
+    assert!(denied(&["relative/path"], false), "a relative path cannot be placed");
+    assert!(!denied(&["/home/u/notes.txt"], false));
+    assert!(denied(&["/home/u/.ssh", "/home/u/s"], true), "renaming the folder a rule covers");
+    assert!(denied(&["/home/u", "/home/v"], true), "renaming an ancestor");
+    assert!(denied(&["/srv/private", "/srv/open"], true));
+    assert!(!denied(&["/srv/a", "/srv/b"], true));
+    assert!(!denied(&["/home/u/.ssh"], false), "the folder itself is not in it");
+}

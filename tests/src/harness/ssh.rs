@@ -229,11 +229,12 @@ pub fn agent_ssh_with(
     command: Option<&str>,
 ) -> Command {
     let mut c = Command::new("ssh");
+    // ssh takes the first value it is given for an option: the caller's come first.
     askpass(&mut c, token)
+        .args(options)
         .args(["-F", "/dev/null", "-T", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"])
         .args(["-o", "PreferredAuthentications=password", "-o", "PubkeyAuthentication=no", "-o", "LogLevel=ERROR"])
         .args(["-o", "NumberOfPasswordPrompts=1", "-o", "ConnectTimeout=20"])
-        .args(options)
         .arg("-p")
         .arg(gateway.port().to_string())
         .arg(format!("{user}@{}", gateway.ip()));
