@@ -22,6 +22,7 @@ command -v cc >/dev/null 2>&1 || need+=(build-essential)
 # SSH: the end-to-end tests start their own sshd (a real host) and drive the real ssh client.
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v ssh >/dev/null 2>&1 || need+=(openssh-client)
+command -v rsync >/dev/null 2>&1 || need+=(rsync)
 # pg_query builds PostgreSQL's parser from C and generates bindings with libclang.
 dpkg -s libclang-dev >/dev/null 2>&1 || need+=(libclang-dev)
 if [ "${#need[@]}" -gt 0 ]; then

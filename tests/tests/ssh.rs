@@ -462,3 +462,81 @@ async fn scp_both_ways_over_sftp_every_file_operation_judged_and_recorded() {
     assert_eq!(host_opens.len(), 2, "{host_opens:?}");
     assert!(host_opens[0].contains("artifact.bin") && host_opens[1].contains("report.txt"), "{host_opens:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rsync_runs_by_exec_where_no_command_rules_apply_and_a_denied_hold_never_runs() {
+    let host = SshHost::start();
+    let mut stack = Stack::start().await;
+    let mut document = policy();
+    // No command rules: rsync's server side runs by exec like any command.
+    document["resources"][1]["guardrails"] = json!({});
+    document["resources"][1]["approvals"] = json!([]);
+    let version = stack.put_policy(&document).await;
+    stack.serve_ssh(&host, "web-1", None).await;
+    eventually(10, "the proxy to load the SSH policy", || async {
+        (stack.proxy.policy_version() == Some(version)).then_some(())
+    })
+    .await;
+    let gateway = stack.proxy.ssh_addr.expect("ssh");
+    let token = stack.agent_token("deploy-bot");
+
+    let local = tempfile::tempdir().expect("agent dir");
+    std::fs::create_dir(local.path().join("site")).expect("site");
+    std::fs::write(local.path().join("site/index.html"), "<h1>release 1.2</h1>\n").expect("page");
+    let ssh_command = agent_ssh_with(gateway, "web-1", &token, &[], None);
+    let mut transport: Vec<String> = vec!["ssh".into()];
+    // rsync's -e takes the ssh command line; the destination and command are rsync's own.
+    let args: Vec<String> = ssh_command.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+    transport.extend(args[..args.len() - 1].iter().cloned());
+    let mut rsync = std::process::Command::new("rsync");
+    for (k, v) in ssh_command.get_envs() {
+        if let Some(v) = v {
+            rsync.env(k, v);
+        }
+    }
+    let out = rsync
+        .args(["-a", "-e", &transport.join(" ")])
+        .arg(format!("{}/site/", local.path().display()))
+        .arg(format!("web-1@{}:site/", gateway.ip()))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("rsync runs");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(std::fs::read_to_string(host.work("site/index.html")).expect("synced"), "<h1>release 1.2</h1>\n");
+
+    // With a rule holding restarts (a command rule: rsync's opaque line would now be refused),
+    // a held restart that an approver denies never reaches the host.
+    document["resources"][1]["approvals"] = json!([{ "name": "restarts", "hold_classes": ["exec"],
+        "commands": ["systemctl restart *"], "approver_groups": ["ops"], "timeout_secs": 60 }]);
+    let version = stack.put_policy(&document).await;
+    eventually(10, "the proxy to load the hold rule", || async {
+        (stack.proxy.policy_version() == Some(version)).then_some(())
+    })
+    .await;
+    let child = agent_ssh_command(gateway, "web-1", &token, "systemctl restart nginx")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("ssh");
+    let request = eventually(20, "a pending approval request", || async {
+        let (status, list) = stack.api("/api/v1/approvals?status=pending").await;
+        let items = list.as_array()?.clone();
+        (status == 200 && items.len() == 1).then(|| items[0].clone())
+    })
+    .await;
+    let id = request["id"].as_str().expect("id");
+    let approver = stack.person_token("olga@example.com", &["approvers", "ops"]);
+    let body = json!({ "reason": "not during business hours" });
+    let (status, _) =
+        stack.api_send("POST", &format!("/api/v1/approvals/{id}/deny"), Some(&approver), Some(&body)).await;
+    assert_eq!(status, 202);
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().expect("ssh ends")).await.expect("join");
+    assert_eq!(out.status.code(), Some(126));
+    assert!(text(&out.stderr).contains("not during business hours"), "{}", text(&out.stderr));
+    // Positive control: the host ran rsync's server and nothing after it.
+    let ran = host.commands();
+    assert_eq!(ran.len(), 1, "{ran:?}");
+    assert!(ran[0].starts_with("rsync --server"), "{ran:?}");
+    assert_eq!(host.check_against(&events(&stack).await), Ok(1));
+}

@@ -30,6 +30,8 @@ const MAX_EARLY_INPUT: usize = 1024 * 1024;
 /// cannot be executed, as a shell reports it).
 const NOT_RUN: u32 = 126;
 const STDERR: u32 = 1;
+/// How long output may wait for the rest of its line before it goes out anyway.
+const FLUSH_AFTER: std::time::Duration = std::time::Duration::from_millis(20);
 
 pub async fn serve_channel(ctx: Arc<SshContext>, opened: Arc<Opened>, channel: Channel<Msg>, handle: Handle) {
     let id = channel.id();
@@ -374,7 +376,25 @@ async fn relay(agent: &mut AgentSide, host: Channel<russh::client::Msg>, masker:
             sample: String::new(),
         };
         let mut sample = Vec::new();
-        while let Some(message) = from_host.wait().await {
+        loop {
+            // Output waits for its line to end, but not for long: a program that writes a
+            // prompt, or speaks a binary protocol (rsync), must not stall on the masking.
+            let message = if streams.iter().any(|s| s.held() > 0) {
+                match tokio::time::timeout(FLUSH_AFTER, from_host.wait()).await {
+                    Ok(message) => message,
+                    Err(_) => {
+                        for (i, stream) in streams.iter_mut().enumerate() {
+                            let out = stream.finish(&mut tally);
+                            let to_agent = if masks_agent { Bytes::from(out.clone()) } else { Bytes::new() };
+                            send(to, (i == 1).then_some(STDERR), to_agent, &out, &mut sample).await;
+                        }
+                        continue;
+                    }
+                }
+            } else {
+                from_host.wait().await
+            };
+            let Some(message) = message else { break };
             let (stream, ext, data) = match message {
                 ChannelMsg::Data { data } => {
                     exec.stdout_bytes += data.len() as u64;
