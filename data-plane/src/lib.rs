@@ -114,14 +114,23 @@ impl Proxy {
             .await
             .with_context(|| format!("binding PostgreSQL listener {}", config.postgres.listen))?;
         let postgres_addr = listener.local_addr()?;
+        // Every listener bound before any serves: a failed bind leaves nothing running.
+        let ssh = match ssh {
+            Some(ssh) => {
+                let bound = tokio::net::TcpListener::bind(&ssh.listener.listen)
+                    .await
+                    .with_context(|| format!("binding SSH listener {}", ssh.listener.listen))?;
+                Some((bound, ssh))
+            }
+            None => None,
+        };
+        let ssh_addr = match &ssh {
+            Some((bound, _)) => Some(bound.local_addr()?),
+            None => None,
+        };
         let mut listeners = vec![tokio::spawn(pg::serve(listener, ctx))];
-        let mut ssh_addr = None;
-        if let Some(ssh) = ssh {
-            let listener = tokio::net::TcpListener::bind(&ssh.listener.listen)
-                .await
-                .with_context(|| format!("binding SSH listener {}", ssh.listener.listen))?;
-            ssh_addr = Some(listener.local_addr()?);
-            listeners.push(tokio::spawn(ssh::serve(listener, ssh)));
+        if let Some((bound, ssh)) = ssh {
+            listeners.push(tokio::spawn(ssh::serve(bound, ssh)));
         }
         tracing::info!(node = %config.node.name, %postgres_addr, ssh_addr = ?ssh_addr, node_key = %node_key, "tollgate-proxy listening");
         Ok(Proxy { postgres_addr, ssh_addr, node_key, tasks, listeners, shutdown, policy, standing, trust })
@@ -147,9 +156,12 @@ impl Proxy {
     /// to `grace` for each to record its end. Sessions still running then are cut off.
     pub async fn shutdown(mut self, grace: Duration) {
         let _ = self.shutdown.send(true);
+        let aborts: Vec<_> = self.listeners.iter().map(JoinHandle::abort_handle).collect();
         let listeners = futures_util::future::join_all(std::mem::take(&mut self.listeners));
         if tokio::time::timeout(grace, listeners).await.is_err() {
             tracing::warn!(?grace, "sessions did not end in time; cutting them off");
+            // Aborting a listener drops its sessions' tasks with it.
+            aborts.iter().for_each(tokio::task::AbortHandle::abort);
         }
     }
 }

@@ -204,7 +204,9 @@ impl Sftp {
                             }
                         }
                     }
+                    // Version 3 is the one read here (later versions lay OPEN out differently).
                     let init = packet.get(4) == Some(&fxp::INIT);
+                    let packet = if init { init_v3() } else { packet };
                     if to_host.data_bytes(packet).await.is_err() {
                         return;
                     }
@@ -232,8 +234,10 @@ impl Sftp {
                         Ok(None) => break,
                         Err(why) => return tracing::warn!(%why, "sftp from the host cannot be read; channel ends"),
                     };
-                    if !self.answered(&packet) {
-                        continue;
+                    match self.answered(&packet) {
+                        Ok(true) => {}
+                        Ok(false) => continue,
+                        Err(why) => return tracing::warn!(%why, "sftp from the host cannot be read; channel ends"),
                     }
                     if to_agent.data_bytes(packet).await.is_err() {
                         return;
@@ -417,11 +421,12 @@ impl Sftp {
 
     /// A host's answer: a handle for an open, data for a read, the status of an operation.
     /// False for the answer to the gateway's own request (the agent never sees it).
-    fn answered(&self, packet: &[u8]) -> bool {
+    fn answered(&self, packet: &[u8]) -> Result<bool, String> {
         let mut p = Reader(&packet[4..]);
-        let (Some(kind), Some(id)) = (p.u8(), p.u32()) else { return true };
+        let (Some(kind), Some(id)) = (p.u8(), p.u32()) else { return Ok(true) };
         if kind == fxp::VERSION {
-            return true;
+            // (Its second field is the version.)
+            return if id == 3 { Ok(true) } else { Err(format!("the host speaks sftp version {id}, not 3")) };
         }
         if id == HOME_REQUEST {
             let home = (kind == fxp::NAME && p.u32().is_some_and(|n| n >= 1))
@@ -430,7 +435,7 @@ impl Sftp {
                 .filter(|h| h.starts_with('/'));
             // Unknown stays unknown: relative paths are then refused, not guessed.
             self.home.send_replace(home.or(Some(String::new())));
-            return false;
+            return Ok(false);
         }
         let mut state = self.state();
         match kind {
@@ -462,7 +467,7 @@ impl Sftp {
                 state.pending.remove(&id);
             }
         }
-        true
+        Ok(true)
     }
 
     /// The channel ended: what is still open or unanswered ends unfinished.
@@ -512,6 +517,15 @@ fn next_packet(buffer: &mut BytesMut) -> Result<Option<Bytes>, String> {
         return Ok(None);
     }
     Ok(Some(buffer.split_to(4 + len).freeze()))
+}
+
+/// An SSH_FXP_INIT asking for version 3.
+fn init_v3() -> Bytes {
+    let mut packet = BytesMut::with_capacity(9);
+    packet.put_u32(5);
+    packet.put_u8(fxp::INIT);
+    packet.put_u32(3);
+    packet.freeze()
 }
 
 /// An SSH_FXP_REALPATH request.
