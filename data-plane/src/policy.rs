@@ -21,6 +21,14 @@ use tollgate_shared::policy::Snapshot;
 /// The live policy, or `None` before the first one arrives.
 pub type PolicyReceiver = watch::Receiver<Option<Arc<Snapshot>>>;
 
+/// A resource's masking under `policy`; every detector when no policy is loaded (fail closed).
+pub fn masker(policy: Option<&Snapshot>, resource: &str) -> Arc<tollgate_shared::mask::Masker> {
+    match policy {
+        Some(snapshot) => snapshot.masker(resource),
+        None => tollgate_shared::mask::Masker::strict(),
+    }
+}
+
 /// Watch the bucket until the task is aborted.
 pub fn spawn_watcher(
     js: jetstream::Context,

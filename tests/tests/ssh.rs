@@ -22,14 +22,45 @@ fn policy() -> Value {
 }
 
 async fn stack_with(host: &SshHost, pinned: Option<&str>) -> Stack {
+    stack_under(host, &policy(), pinned).await
+}
+
+/// A stack serving `host` as web-1 under `document`.
+async fn stack_under(host: &SshHost, document: &Value, pinned: Option<&str>) -> Stack {
     let mut stack = Stack::start().await;
-    let version = stack.put_policy(&policy()).await;
     stack.serve_ssh(host, "web-1", pinned).await;
+    enforce(&stack, document).await;
+    stack
+}
+
+/// Make `document` the policy, once the proxy enforces it.
+async fn enforce(stack: &Stack, document: &Value) {
+    let version = stack.put_policy(document).await;
     eventually(10, "the proxy to load the SSH policy", || async {
         (stack.proxy.policy_version() == Some(version)).then_some(())
     })
     .await;
-    stack
+}
+
+/// An agent's `ssh` running `command` in the background (to be held).
+fn ssh_spawn(stack: &Stack, token: &str, command: &str) -> std::process::Child {
+    let gateway = stack.proxy.ssh_addr.expect("the proxy serves SSH");
+    agent_ssh_command(gateway, "web-1", token, command)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("ssh")
+}
+
+/// The one pending approval request, once projected.
+async fn pending(stack: &Stack) -> Value {
+    eventually(20, "a pending approval request", || async {
+        let (status, list) = stack.api("/api/v1/approvals?status=pending").await;
+        let items = list.as_array()?.clone();
+        (status == 200 && items.len() == 1).then(|| items[0].clone())
+    })
+    .await
 }
 
 fn ssh(stack: &Stack, token: &str, command: &str) -> Output {
@@ -172,19 +203,8 @@ async fn denied_and_opaque_commands_never_run() {
 async fn a_held_exec_runs_only_once_approved() {
     let host = SshHost::start();
     let stack = stack_with(&host, None).await;
-    let gateway = stack.proxy.ssh_addr.unwrap();
-    let child = agent_ssh_command(gateway, "web-1", &stack.agent_token("deploy-bot"), "touch held-1")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("ssh");
-    let request = eventually(20, "a pending approval request", || async {
-        let (status, list) = stack.api("/api/v1/approvals?status=pending").await;
-        let items = list.as_array()?.clone();
-        (status == 200 && items.len() == 1).then(|| items[0].clone())
-    })
-    .await;
+    let child = ssh_spawn(&stack, &stack.agent_token("deploy-bot"), "touch held-1");
+    let request = pending(&stack).await;
     assert_eq!(request["statement"], "touch held-1");
     assert_eq!(request["rule"], "changes");
     assert!(host.commands().is_empty(), "held: not on the host");
@@ -285,15 +305,9 @@ async fn a_shell_reading_its_input_and_unserved_requests_are_refused_and_recorde
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_allow_list_runs_only_what_it_names() {
     let host = SshHost::start();
-    let mut stack = Stack::start().await;
     let mut document = policy();
     document["resources"][1]["guardrails"] = json!({ "allow_commands": ["ls ...", "touch allowed-*"] });
-    let version = stack.put_policy(&document).await;
-    stack.serve_ssh(&host, "web-1", None).await;
-    eventually(10, "the proxy to load the SSH policy", || async {
-        (stack.proxy.policy_version() == Some(version)).then_some(())
-    })
-    .await;
+    let stack = stack_under(&host, &document, None).await;
     let token = stack.agent_token("deploy-bot");
     for (line, reason) in [
         ("touch other", "is not an allowed command"),
@@ -341,16 +355,10 @@ async fn first_bytes(local: u16) -> Result<Vec<u8>, String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarding_reaches_only_destinations_the_policy_names() {
     let host = SshHost::start();
-    let mut stack = Stack::start().await;
     let mut document = policy();
     // The host's own sshd port may be reached through it; nothing else.
     document["resources"][1]["guardrails"]["allow_forwarding"] = json!([format!("127.0.0.1:{}", host.port)]);
-    let version = stack.put_policy(&document).await;
-    stack.serve_ssh(&host, "web-1", None).await;
-    eventually(10, "the proxy to load the SSH policy", || async {
-        (stack.proxy.policy_version() == Some(version)).then_some(())
-    })
-    .await;
+    let stack = stack_under(&host, &document, None).await;
     let token = stack.agent_token("deploy-bot");
 
     let local = tollgate_tests::free_port();
@@ -388,15 +396,9 @@ async fn forwarding_reaches_only_destinations_the_policy_names() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scp_both_ways_over_sftp_every_file_operation_judged_and_recorded() {
     let host = SshHost::start();
-    let mut stack = Stack::start().await;
     let mut document = policy();
     document["resources"][1]["guardrails"]["deny_paths"] = json!(["*/private/*"]);
-    let version = stack.put_policy(&document).await;
-    stack.serve_ssh(&host, "web-1", None).await;
-    eventually(10, "the proxy to load the SSH policy", || async {
-        (stack.proxy.policy_version() == Some(version)).then_some(())
-    })
-    .await;
+    let stack = stack_under(&host, &document, None).await;
     let gateway = stack.proxy.ssh_addr.expect("ssh");
     let token = stack.agent_token("deploy-bot");
     let local = tempfile::tempdir().expect("agent dir");
@@ -466,17 +468,11 @@ async fn scp_both_ways_over_sftp_every_file_operation_judged_and_recorded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rsync_runs_by_exec_where_no_command_rules_apply_and_a_denied_hold_never_runs() {
     let host = SshHost::start();
-    let mut stack = Stack::start().await;
     let mut document = policy();
     // No command rules: rsync's server side runs by exec like any command.
     document["resources"][1]["guardrails"] = json!({});
     document["resources"][1]["approvals"] = json!([]);
-    let version = stack.put_policy(&document).await;
-    stack.serve_ssh(&host, "web-1", None).await;
-    eventually(10, "the proxy to load the SSH policy", || async {
-        (stack.proxy.policy_version() == Some(version)).then_some(())
-    })
-    .await;
+    let stack = stack_under(&host, &document, None).await;
     let gateway = stack.proxy.ssh_addr.expect("ssh");
     let token = stack.agent_token("deploy-bot");
 
@@ -508,23 +504,9 @@ async fn rsync_runs_by_exec_where_no_command_rules_apply_and_a_denied_hold_never
     // a held restart that an approver denies never reaches the host.
     document["resources"][1]["approvals"] = json!([{ "name": "restarts", "hold_classes": ["exec"],
         "commands": ["systemctl restart *"], "approver_groups": ["ops"], "timeout_secs": 60 }]);
-    let version = stack.put_policy(&document).await;
-    eventually(10, "the proxy to load the hold rule", || async {
-        (stack.proxy.policy_version() == Some(version)).then_some(())
-    })
-    .await;
-    let child = agent_ssh_command(gateway, "web-1", &token, "systemctl restart nginx")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("ssh");
-    let request = eventually(20, "a pending approval request", || async {
-        let (status, list) = stack.api("/api/v1/approvals?status=pending").await;
-        let items = list.as_array()?.clone();
-        (status == 200 && items.len() == 1).then(|| items[0].clone())
-    })
-    .await;
+    enforce(&stack, &document).await;
+    let child = ssh_spawn(&stack, &token, "systemctl restart nginx");
+    let request = pending(&stack).await;
     let id = request["id"].as_str().expect("id");
     let approver = stack.person_token("olga@example.com", &["approvers", "ops"]);
     let body = json!({ "reason": "not during business hours" });

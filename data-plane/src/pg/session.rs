@@ -344,8 +344,7 @@ async fn open(ctx: &PgContext, peer: SocketAddr, greeted: Greeted) -> Option<Ope
         record_end(&recorder, EndReason::UpstreamFailed, Some(reason), 0).await;
         return None;
     }
-    let masker = services.policy.borrow().as_ref().map(|p| p.masker(&resource.name));
-    let masker = masker.unwrap_or_else(tollgate_shared::mask::Masker::strict);
+    let masker = crate::policy::masker(services.policy.borrow().as_deref(), &resource.name);
     let greeting = match relay_greeting(&upstream.greeting, &masker) {
         Ok(greeting) => greeting,
         Err(reason) => {

@@ -476,10 +476,7 @@ struct Judged {
 fn judge(ctx: &SshContext, opened: &Opened, command: &[u8]) -> (Judged, Arc<Masker>) {
     let policy = ctx.services.policy.borrow().clone();
     let resource = policy.as_ref().and_then(|p| p.document.resource(&opened.resource.name));
-    let masker = match &policy {
-        Some(snapshot) => snapshot.masker(&opened.resource.name),
-        None => Masker::strict(),
-    };
+    let masker = crate::policy::masker(policy.as_deref(), &opened.resource.name);
     let text = std::str::from_utf8(command).map_err(|_| "the command line is not UTF-8".to_owned());
     let line = text.clone().and_then(CommandLine::parse);
     let classification = line.as_ref().ok().map(|line| Classification {

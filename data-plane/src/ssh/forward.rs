@@ -118,10 +118,7 @@ pub async fn serve(
 
 /// Agent-given text as the record holds it: masked with the resource's masking.
 pub fn masked(policy: &Option<Arc<tollgate_shared::policy::Snapshot>>, resource: &str, text: &str) -> String {
-    let masker = match policy {
-        Some(snapshot) => snapshot.masker(resource),
-        None => tollgate_shared::mask::Masker::strict(),
-    };
+    let masker = crate::policy::masker(policy.as_deref(), resource);
     masker.mask_str(text, None, &mut tollgate_shared::mask::Tally::default()).into_owned()
 }
 
@@ -131,40 +128,8 @@ async fn pump(agent: Channel<Msg>, host: Channel<russh::client::Msg>) -> Forward
     let (mut from_host, to_host) = host.split();
     // Counted as they pass, so a direction cut off at the end keeps its count.
     let (up_bytes, down_bytes) = (AtomicU64::new(0), AtomicU64::new(0));
-    let up = async {
-        while let Some(message) = from_agent.wait().await {
-            match message {
-                ChannelMsg::Data { data } => {
-                    up_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
-                    if to_host.data_bytes(data).await.is_err() {
-                        break;
-                    }
-                }
-                ChannelMsg::Eof => {
-                    let _ = to_host.eof().await;
-                }
-                ChannelMsg::Close => break,
-                _ => {}
-            }
-        }
-    };
-    let down = async {
-        while let Some(message) = from_host.wait().await {
-            match message {
-                ChannelMsg::Data { data } => {
-                    down_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
-                    if to_agent.data_bytes(data).await.is_err() {
-                        break;
-                    }
-                }
-                ChannelMsg::Eof => {
-                    let _ = to_agent.eof().await;
-                }
-                ChannelMsg::Close => break,
-                _ => {}
-            }
-        }
-    };
+    let up = copy(&mut from_agent, &to_host, &up_bytes);
+    let down = copy(&mut from_host, &to_agent, &down_bytes);
     tokio::pin!(up, down);
     // Whichever end closes first closes the other, which gets a moment to finish.
     let grace = std::time::Duration::from_secs(5);
@@ -181,4 +146,26 @@ async fn pump(agent: Channel<Msg>, host: Channel<russh::client::Msg>) -> Forward
     let _ = to_agent.close().await;
     let _ = to_host.close().await;
     Forwarded { to_destination: up_bytes.load(Ordering::Relaxed), to_agent: down_bytes.load(Ordering::Relaxed) }
+}
+
+/// One direction: data (counted into `bytes`) and EOF, until the sender closes.
+async fn copy<S>(from: &mut russh::ChannelReadHalf, to: &russh::ChannelWriteHalf<S>, bytes: &AtomicU64)
+where
+    S: From<(russh::ChannelId, ChannelMsg)> + Send + Sync + 'static,
+{
+    while let Some(message) = from.wait().await {
+        match message {
+            ChannelMsg::Data { data } => {
+                bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+                if to.data_bytes(data).await.is_err() {
+                    break;
+                }
+            }
+            ChannelMsg::Eof => {
+                let _ = to.eof().await;
+            }
+            ChannelMsg::Close => break,
+            _ => {}
+        }
+    }
 }

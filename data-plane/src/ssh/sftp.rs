@@ -385,10 +385,7 @@ impl Sftp {
             }
         };
         let mut tally = tollgate_shared::mask::Tally::default();
-        let masker = match &policy {
-            Some(snapshot) => snapshot.masker(&opened.resource.name),
-            None => tollgate_shared::mask::Masker::strict(),
-        };
+        let masker = crate::policy::masker(policy.as_deref(), &opened.resource.name);
         let record = Command {
             protocol: Protocol::Sftp,
             statement: masker.mask_str(&statement, None, &mut tally).into_owned(),

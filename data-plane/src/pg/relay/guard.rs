@@ -73,10 +73,7 @@ pub struct Judged {
 impl Guard<'_> {
     /// The live masking for this resource (every detector when no policy is loaded).
     pub fn masker(&self) -> Arc<Masker> {
-        match self.policy.borrow().as_ref() {
-            Some(snapshot) => snapshot.masker(self.resource),
-            None => Masker::strict(),
-        }
+        crate::policy::masker(self.policy.borrow().as_deref(), self.resource)
     }
 
     pub fn judge(&self, subject: Subject<'_>) -> Judged {
@@ -96,10 +93,7 @@ impl Guard<'_> {
             calls = Some(self.catalog.current().expand(&mut c, &runs, self.access == Access::ReadOnly));
             c
         });
-        let masker = match &policy {
-            Some(snapshot) => snapshot.masker(self.resource),
-            None => Masker::strict(),
-        };
+        let masker = crate::policy::masker(policy.as_deref(), self.resource);
         let denial = match (&subject.refusal, subject.analysis, &classification) {
             (Some(r), _, _) => Some(Denial { rule: r.rule.into(), reason: r.reason.clone() }),
             // Refuse what cannot be parsed: nobody can say what it would do.
