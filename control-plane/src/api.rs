@@ -58,6 +58,7 @@ pub struct AppState {
         sessions::session_events,
         sessions::session_commands,
         sessions::verify_session,
+        sessions::session_asciicast,
         agents::list_agents,
         auth_failures::list_auth_failures,
         approvals::list_approvals,
@@ -109,6 +110,7 @@ pub fn router(state: AppState) -> Router {
         .route("/sessions/{id}/events", get(sessions::session_events))
         .route("/sessions/{id}/commands", get(sessions::session_commands))
         .route("/sessions/{id}/verify", get(sessions::verify_session))
+        .route("/sessions/{id}/asciicast", get(sessions::session_asciicast))
         .route("/agents", get(agents::list_agents))
         .route("/auth-failures", get(auth_failures::list_auth_failures))
         .route("/policy", get(policy::get_policy))

@@ -13,6 +13,7 @@ mod exec;
 mod forward;
 mod server;
 mod sftp;
+mod shell;
 mod upstream;
 
 use crate::config::{ProxyConfig, SshListenerConfig, SshResource};

@@ -34,6 +34,8 @@ pub mod kind {
     pub const APPROVAL_RELEASED: &str = "approval.released";
     pub const NODE_STARTED: &str = "node.started";
     pub const NODE_DECIDED: &str = "node.decided";
+    pub const TERMINAL_STARTED: &str = "terminal.started";
+    pub const TERMINAL_OUTPUT: &str = "terminal.output";
 }
 
 /// One fact, as published on JetStream. `P` is the payload; readers that do not care about the

@@ -286,10 +286,10 @@ async fn a_shell_reading_its_input_and_unserved_requests_are_refused_and_recorde
     let out = agent_ssh(gateway, "web-1", &token, "bash", Some(b"touch denied-by-stdin\n"));
     assert_eq!(out.status.code(), Some(126), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("opaque_command"), "{}", text(&out.stderr));
-    // No command at all asks for a shell, which is not served yet.
-    let out = agent_ssh(gateway, "web-1", &token, "", None);
+    // A subsystem other than sftp.
+    let out = agent_ssh_with(gateway, "web-1", &token, &["-s"], Some("netconf")).output().expect("ssh -s");
     assert_eq!(out.status.code(), Some(126));
-    assert!(text(&out.stderr).contains("interactive shells are not served yet"), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("the netconf subsystem is not served"), "{}", text(&out.stderr));
     let out = ssh(&stack, &token, "touch allowed-after");
     assert!(out.status.success(), "{}", text(&out.stderr));
     let commands = exec_commands(&stack, 3).await;
@@ -297,9 +297,138 @@ async fn a_shell_reading_its_input_and_unserved_requests_are_refused_and_recorde
         .iter()
         .map(|c| (c["payload"]["statement"].as_str().unwrap(), c["payload"]["decision"].as_str().unwrap()))
         .collect();
-    assert_eq!(seen, [("bash", "deny"), ("<shell>", "deny"), ("touch allowed-after", "allow")]);
+    assert_eq!(seen, [("bash", "deny"), ("<subsystem netconf>", "deny"), ("touch allowed-after", "allow")]);
     assert!(!host.work("denied-by-stdin").exists());
     assert_eq!(host.check_against(&events(&stack).await), Ok(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shell_on_a_terminal_runs_line_by_line_as_recorded_and_replays() {
+    use std::io::{Read, Write};
+    let host = SshHost::start();
+    let stack = stack_with(&host, None).await;
+    let gateway = stack.proxy.ssh_addr.unwrap();
+    let token = stack.agent_token("deploy-bot");
+    std::fs::write(host.work("notes.txt"), "owner: alice@example.com\n").expect("seed the host");
+    let mut child = agent_ssh_with(gateway, "web-1", &token, &["-tt"], None)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("ssh -tt");
+    // Typed as a terminal sends it: lines end with CR; one uses Tab, one is corrected.
+    let mut keys = child.stdin.take().expect("stdin");
+    keys.write_all(b"echo hello from a shell\rcat notes.txt\rtouch denied-in-shell\rtouch held-in-shell\r")
+        .expect("type");
+    keys.write_all(b"touch ta\tb-edited\rtouch aftx\x7fer-approval\rexit\r").expect("type");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let screen = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let _ = stdout.read_to_end(&mut seen);
+        seen
+    });
+
+    // The held line waits; what was typed after it waits behind it.
+    let request = pending(&stack).await;
+    assert_eq!(request["statement"], "touch held-in-shell");
+    assert!(!host.work("held-in-shell").exists() && !host.work("after-approval").exists());
+    let id = request["id"].as_str().unwrap();
+    let approver = stack.person_token("olga@example.com", &["approvers", "ops"]);
+    let body = json!({ "reason": "planned change" });
+    let (status, _) =
+        stack.api_send("POST", &format!("/api/v1/approvals/{id}/approve"), Some(&approver), Some(&body)).await;
+    assert_eq!(status, 202);
+    let status = tokio::task::spawn_blocking(move || child.wait().expect("ssh ends")).await.expect("join");
+    drop(keys);
+    let seen = text(&screen.join().expect("screen"));
+    assert!(status.success(), "{seen}");
+    assert!(seen.contains("hello from a shell") && seen.contains("[masked:email]"), "{seen}");
+    assert!(!seen.contains("alice@example.com"), "masked on the agent's terminal: {seen}");
+    assert!(seen.contains("command denied by rule") && seen.contains("line_editing"), "{seen}");
+    assert!(seen.contains(&format!("waiting for approval {id}")), "{seen}");
+
+    // The host's shell read exactly the lines the record allowed, as recorded.
+    assert!(
+        host.work("held-in-shell").exists() && host.work("after-approval").exists(),
+        "{seen}\n{:?}",
+        host.shell_lines()
+    );
+    assert!(!host.work("denied-in-shell").exists() && !host.work("tab-edited").exists());
+    let lines = host.shell_lines();
+    assert_eq!(
+        lines,
+        ["echo hello from a shell", "cat notes.txt", "touch held-in-shell", "touch after-approval", "exit"]
+    );
+    let all = eventually(20, "the shell's result on the stream", || async {
+        let all = events(&stack).await;
+        all.iter().any(|e| e["type"] == "command.result" && !e["payload"]["exec"].is_null()).then_some(all)
+    })
+    .await;
+    let released: Vec<&str> = all
+        .iter()
+        .filter(|e| e["type"] == "approval.released")
+        .filter_map(|e| e["payload"]["command_id"].as_str())
+        .collect();
+    let shell: Vec<(&str, &str)> = all
+        .iter()
+        .filter(|e| e["type"] == "command" && e["payload"]["protocol"] == "shell")
+        .map(|e| (e["payload"]["statement"].as_str().unwrap(), e["payload"]["decision"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        shell,
+        [
+            ("<shell>", "allow"),
+            ("echo hello from a shell", "allow"),
+            ("cat notes.txt", "allow"),
+            ("touch denied-in-shell", "deny"),
+            ("touch held-in-shell", "hold"),
+            ("touch tab-edited", "deny"),
+            ("touch after-approval", "allow"),
+            ("exit", "allow"),
+        ]
+    );
+    let ran: Vec<&str> = all
+        .iter()
+        .filter(|e| e["type"] == "command" && e["payload"]["protocol"] == "shell")
+        .filter(|e| {
+            e["payload"]["decision"] == "allow" && e["payload"]["statement"] != "<shell>"
+                || e["id"].as_str().is_some_and(|id| released.contains(&id))
+        })
+        .filter_map(|e| e["payload"]["statement"].as_str())
+        .collect();
+    assert_eq!(ran, lines, "the host ran exactly what the record allowed");
+    assert!(host.commands().is_empty(), "no exec: the positive control is the shell history above");
+
+    // The recording replays as asciicast v2, masked.
+    let session = all.iter().find(|e| e["type"] == "terminal.started").expect("terminal.started")["session"]
+        .as_str()
+        .expect("session id")
+        .to_owned();
+    let (status, kind, cast) = eventually(20, "the recording to be projected", || async {
+        let got = stack.api_text(&format!("/api/v1/sessions/{session}/asciicast")).await;
+        (got.0 == 200 && got.2.contains("exit")).then_some(got)
+    })
+    .await;
+    assert_eq!((status, kind.as_str()), (200, "application/x-asciicast"));
+    let mut lines = cast.lines();
+    let header: Value = serde_json::from_str(lines.next().expect("header")).expect("header is JSON");
+    assert_eq!(header["version"], 2);
+    assert!(header["width"].as_u64() > Some(0) && header["height"].as_u64() > Some(0), "{header}");
+    let frames: Vec<Value> = lines.map(|l| serde_json::from_str(l).expect("a frame is JSON")).collect();
+    assert!(frames.iter().all(|f| f[0].is_f64() && f[1] == "o"), "{cast}");
+    assert!(frames.windows(2).all(|w| w[0][0].as_f64() <= w[1][0].as_f64()), "in time order");
+    let played: String = frames.iter().filter_map(|f| f[2].as_str()).collect();
+    assert!(played.contains("hello from a shell") && played.contains("[masked:email]"), "{played}");
+    assert!(!played.contains("alice@example.com"));
+    let (status, _) = stack.api(&format!("/api/v1/sessions/{session}/asciicast?terminal=1")).await;
+    assert_eq!(status, 404, "one shell only");
+
+    // Without a terminal, a script on standard input is read the same way, line by line.
+    let out = agent_ssh(gateway, "web-1", &token, "", Some(b"touch piped-ok\ntouch piped-denied\necho done\n"));
+    assert!(text(&out.stderr).contains("command denied by rule"), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim_end(), "done");
+    assert!(host.work("piped-ok").exists() && !host.work("piped-denied").exists());
+    assert_eq!(host.shell_lines()[5..], ["touch piped-ok", "echo done"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,6 +4,7 @@
 use super::{ApiError, AppState};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
+use axum::response::IntoResponse;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -191,6 +192,74 @@ pub async fn session_events(
         })
         .collect::<Result<Vec<_>, ApiError>>()?;
     Ok(Json(events))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct CastQuery {
+    /// Which shell of the session, from 0 (default 0).
+    pub terminal: Option<u32>,
+}
+
+/// A shell of an SSH session as an asciicast v2 recording (masked output, resizes), to play
+/// with `asciinema play`. Built from the stored event bytes.
+#[utoipa::path(get, path = "/api/v1/sessions/{id}/asciicast", tag = "sessions", params(("id" = Uuid, Path), CastQuery),
+    responses((status = 200, description = "asciicast v2: a header line, then one event per line", content_type = "application/x-asciicast", body = String),
+        (status = 404, body = super::error::Problem), (status = 401, body = super::error::Problem), (status = 403, body = super::error::Problem)),
+    security(("bearer" = [])))]
+pub async fn session_asciicast(
+    State(state): State<AppState>,
+    id: Result<Path<Uuid>, axum::extract::rejection::PathRejection>,
+    query: Result<Query<CastQuery>, QueryRejection>,
+) -> Result<axum::response::Response, ApiError> {
+    use tollgate_shared::event::{kind, Envelope, TerminalOutput, TerminalStarted};
+    let id = session_id(id)?;
+    let terminal = query_param(query)?.terminal.unwrap_or(0);
+    load_session(&state, id).await?;
+    let rows = sqlx::query_as::<_, StoredEvent>(
+        "SELECT seq, id, type, at, raw FROM events WHERE session_id = $1 AND type IN ($2, $3) ORDER BY seq, id",
+    )
+    .bind(id)
+    .bind(kind::TERMINAL_STARTED)
+    .bind(kind::TERMINAL_OUTPUT)
+    .fetch_all(&state.db)
+    .await?;
+    let unreadable = |e: &StoredEvent, err: serde_json::Error| {
+        ApiError::Unexpected(anyhow::anyhow!("stored event {} does not parse: {err}", e.id))
+    };
+    let mut cast = String::new();
+    for e in &rows {
+        if e.kind == kind::TERMINAL_STARTED {
+            let event: Envelope<TerminalStarted> = serde_json::from_slice(&e.raw).map_err(|err| unreadable(e, err))?;
+            if event.payload.terminal == terminal {
+                let mut header = serde_json::json!({
+                    "version": 2,
+                    "width": event.payload.width,
+                    "height": event.payload.height,
+                    "timestamp": event.at.timestamp(),
+                    "title": format!("session {id}, shell {terminal}"),
+                });
+                if let Some(term) = &event.payload.term {
+                    header["env"] = serde_json::json!({ "TERM": term });
+                }
+                cast = format!("{header}\n");
+            }
+            continue;
+        }
+        let event: Envelope<TerminalOutput> = serde_json::from_slice(&e.raw).map_err(|err| unreadable(e, err))?;
+        if event.payload.terminal != terminal || cast.is_empty() {
+            continue;
+        }
+        for frame in &event.payload.frames {
+            let line = serde_json::to_string(frame).map_err(|err| unreadable(e, err))?;
+            cast.push_str(&line);
+            cast.push('\n');
+        }
+    }
+    if cast.is_empty() {
+        return Err(ApiError::NotFound(format!("session {id} has no shell {terminal}")));
+    }
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/x-asciicast")], cast).into_response())
 }
 
 #[derive(sqlx::FromRow)]

@@ -1,8 +1,9 @@
 //! One session channel of an agent: an exec request is judged on its command line, held when
 //! an approval rule says so, recorded (durable) before it runs, run on a channel of the host's
 //! connection, its output masked on the way back (a value split across packets is still
-//! found), and its end recorded with the exit status, bytes and a masked sample. Shells,
-//! subsystems and forwarding are refused for now, with the reason on the agent's stderr.
+//! found), and its end recorded with the exit status, bytes and a masked sample. A shell goes
+//! to `shell.rs`, the sftp subsystem to `sftp.rs`; other subsystems are refused, with the
+//! reason on the agent's stderr. A terminal the agent asks for is asked for on the host.
 
 use super::server::Opened;
 use super::SshContext;
@@ -38,22 +39,34 @@ pub async fn serve_channel(ctx: Arc<SshContext>, opened: Arc<Opened>, channel: C
     let (mut from_agent, to_agent) = channel.split();
     let mut early = Vec::new();
     let mut early_eof = false;
+    let mut pty = None;
     while let Some(message) = from_agent.wait().await {
         match message {
             ChannelMsg::Exec { command, .. } => {
-                let mut agent = AgentSide { from: from_agent, to: to_agent, handle, id, early, early_eof };
+                let mut agent = AgentSide { from: from_agent, to: to_agent, handle, id, early, early_eof, pty };
                 exec(&ctx, &opened, &mut agent, command).await;
                 return;
             }
             ChannelMsg::RequestShell { .. } => {
-                let why = "interactive shells are not served yet; use exec";
-                return refuse_request(&ctx, &opened, &handle, id, &to_agent, "<shell>", why).await;
+                let agent = AgentSide { from: from_agent, to: to_agent, handle, id, early, early_eof, pty };
+                return super::shell::serve(&ctx, &opened, agent).await;
+            }
+            ChannelMsg::RequestPty { term, col_width, row_height, pix_width, pix_height, terminal_modes, .. } => {
+                // Asked for on the host with the command or shell that follows.
+                pty = Some(PtyRequest { term, col_width, row_height, pix_width, pix_height, modes: terminal_modes });
+                let _ = handle.channel_success(id).await;
+            }
+            ChannelMsg::WindowChange { col_width, row_height, pix_width, pix_height } => {
+                if let Some(pty) = pty.as_mut() {
+                    (pty.col_width, pty.row_height, pty.pix_width, pty.pix_height) =
+                        (col_width, row_height, pix_width, pix_height);
+                }
             }
             ChannelMsg::RequestSubsystem { name, .. } if name == "sftp" => {
                 return serve_sftp(ctx, opened, from_agent, to_agent, handle, id).await;
             }
             ChannelMsg::RequestSubsystem { name, .. } => {
-                let why = format!("the {name} subsystem is not served yet");
+                let why = format!("the {name} subsystem is not served");
                 return refuse_request(&ctx, &opened, &handle, id, &to_agent, &format!("<subsystem {name}>"), &why)
                     .await;
             }
@@ -71,6 +84,38 @@ pub async fn serve_channel(ctx: Arc<SshContext>, opened: Arc<Opened>, channel: C
     }
 }
 
+/// The terminal an agent asked for, asked for again on the host.
+pub(super) struct PtyRequest {
+    pub term: String,
+    pub col_width: u32,
+    pub row_height: u32,
+    pub pix_width: u32,
+    pub pix_height: u32,
+    pub modes: Vec<(russh::Pty, u32)>,
+}
+
+impl PtyRequest {
+    /// Ask for this terminal on a host channel; false when the host refuses it.
+    pub async fn open_on(&self, channel: &mut Channel<russh::client::Msg>) -> bool {
+        let (w, h, pw, ph) = (self.col_width, self.row_height, self.pix_width, self.pix_height);
+        if channel.request_pty(true, &self.term, w, h, pw, ph, &self.modes).await.is_err() {
+            return false;
+        }
+        answered(channel).await
+    }
+}
+
+/// Wait for the host's answer to a request sent with want-reply.
+pub(super) async fn answered(channel: &mut Channel<russh::client::Msg>) -> bool {
+    loop {
+        match channel.wait().await {
+            Some(ChannelMsg::Success) => return true,
+            Some(ChannelMsg::Failure) | None => return false,
+            Some(_) => {}
+        }
+    }
+}
+
 /// The sftp subsystem, relayed to the host's with every operation judged and recorded.
 async fn serve_sftp(
     ctx: Arc<SshContext>,
@@ -84,12 +129,9 @@ async fn serve_sftp(
         let host = opened.host.as_ref().map_err(|e| format!("cannot open resource {:?}: {e}", opened.resource.name))?;
         let mut channel = host.channel_open_session().await.map_err(|e| format!("the host refused a channel: {e}"))?;
         channel.request_subsystem(true, "sftp").await.map_err(|e| e.to_string())?;
-        loop {
-            match channel.wait().await {
-                Some(ChannelMsg::Success) => return Ok(channel),
-                Some(ChannelMsg::Failure) | None => return Err("the host does not serve sftp".to_owned()),
-                Some(_) => {}
-            }
+        match answered(&mut channel).await {
+            true => Ok(channel),
+            false => Err("the host does not serve sftp".to_owned()),
         }
     };
     let channel = match opening.await {
@@ -149,19 +191,21 @@ async fn refuse_request(
 }
 
 /// The agent's end of one channel.
-struct AgentSide {
-    from: russh::ChannelReadHalf,
-    to: russh::ChannelWriteHalf<Msg>,
-    handle: Handle,
-    id: russh::ChannelId,
+pub(super) struct AgentSide {
+    pub from: russh::ChannelReadHalf,
+    pub to: russh::ChannelWriteHalf<Msg>,
+    pub handle: Handle,
+    pub id: russh::ChannelId,
     /// Input sent before the command ran, and whether the agent already ended its input.
-    early: Vec<Bytes>,
-    early_eof: bool,
+    pub early: Vec<Bytes>,
+    pub early_eof: bool,
+    /// The terminal the agent asked for, if any.
+    pub pty: Option<PtyRequest>,
 }
 
 impl AgentSide {
     /// Tell the agent on stderr, give it `status`, and close the channel.
-    async fn end_with(&self, message: &str, status: u32) {
+    pub async fn end_with(&self, message: &str, status: u32) {
         let _ = self.to.extended_data_bytes(STDERR, Bytes::from(format!("{message}\r\n"))).await;
         let _ = self.to.exit_status(status).await;
         let _ = self.to.eof().await;
@@ -184,7 +228,7 @@ async fn exec(ctx: &SshContext, opened: &Opened, agent: &mut AgentSide, command:
             return;
         }
     };
-    let (judged, masker) = judge(ctx, opened, &command);
+    let (judged, masker) = judge(ctx, opened, &command, Protocol::Exec, None);
     let Judged { record, verdict, denial } = judged;
     // On record before anything runs (or is refused).
     let event = match recorder.seal(kind::COMMAND, &record) {
@@ -218,13 +262,19 @@ async fn exec(ctx: &SshContext, opened: &Opened, agent: &mut AgentSide, command:
         }
     }
     let started = Instant::now();
-    let channel = match host.channel_open_session().await {
+    let mut channel = match host.channel_open_session().await {
         Ok(channel) => channel,
         Err(e) => {
             agent.end_with(&format!("tollgate: the host refused a channel: {e}"), 255).await;
             return;
         }
     };
+    if let Some(pty) = &agent.pty {
+        if !pty.open_on(&mut channel).await {
+            agent.end_with("tollgate: the host refused a terminal", 255).await;
+            return;
+        }
+    }
     if let Err(e) = channel.exec(true, command).await {
         agent.end_with(&format!("tollgate: the host refused the command: {e}"), 255).await;
         return;
@@ -258,7 +308,7 @@ async fn exec(ctx: &SshContext, opened: &Opened, agent: &mut AgentSide, command:
     }
 }
 
-async fn recording_failed(agent: &AgentSide, why: &str) {
+pub(super) async fn recording_failed(agent: &AgentSide, why: &str) {
     tracing::warn!(error = %why, "command not recorded; not running it");
     agent.end_with("tollgate: the command cannot be recorded (audit stream unavailable); it was not run", 255).await;
 }
@@ -355,6 +405,9 @@ async fn relay(agent: &mut AgentSide, host: Channel<russh::client::Msg>, masker:
                 }
                 Some(ChannelMsg::Eof) => {
                     let _ = to_host.eof().await;
+                }
+                Some(ChannelMsg::WindowChange { col_width, row_height, pix_width, pix_height }) => {
+                    let _ = to_host.window_change(col_width, row_height, pix_width, pix_height).await;
                 }
                 Some(ChannelMsg::Close) | None => {
                     let _ = to_host.close().await;
@@ -465,15 +518,22 @@ async fn send(to: &russh::ChannelWriteHalf<Msg>, ext: Option<u32>, data: Bytes, 
     };
 }
 
-struct Judged {
-    record: Command,
-    verdict: Verdict,
-    denial: Option<Denial>,
+pub(super) struct Judged {
+    pub record: Command,
+    pub verdict: Verdict,
+    pub denial: Option<Denial>,
 }
 
-/// Judge a command line: what cannot be read is refused; then the resource's command rules,
-/// its guardrails for the `exec` class and the grant; then the approval rules.
-fn judge(ctx: &SshContext, opened: &Opened, command: &[u8]) -> (Judged, Arc<Masker>) {
+/// Judge a command line (an exec's, or a line typed into a shell): `refused` first, then what
+/// cannot be read is refused; then the resource's command rules, its guardrails for the `exec`
+/// class and the grant; then the approval rules.
+pub(super) fn judge(
+    ctx: &SshContext,
+    opened: &Opened,
+    command: &[u8],
+    protocol: Protocol,
+    refused: Option<Denial>,
+) -> (Judged, Arc<Masker>) {
     let policy = ctx.services.policy.borrow().clone();
     let resource = policy.as_ref().and_then(|p| p.document.resource(&opened.resource.name));
     let masker = crate::policy::masker(policy.as_deref(), &opened.resource.name);
@@ -486,6 +546,7 @@ fn judge(ctx: &SshContext, opened: &Opened, command: &[u8]) -> (Judged, Arc<Mask
         ..Default::default()
     });
     let denial = match (&line, &policy, resource) {
+        _ if refused.is_some() => refused,
         (Err(e), _, _) => Some(Denial { rule: "unparsable".into(), reason: e.clone() }),
         (_, None, _) => Some(Denial { rule: "no_policy".into(), reason: "no policy is loaded".into() }),
         (_, Some(_), None) => {
@@ -510,7 +571,7 @@ fn judge(ctx: &SshContext, opened: &Opened, command: &[u8]) -> (Judged, Arc<Mask
         Err(_) => masker.mask_str(&String::from_utf8_lossy(command), None, &mut tally).into_owned(),
     };
     let record = Command {
-        protocol: Protocol::Exec,
+        protocol,
         statement: shown,
         params: None,
         prepared: None,

@@ -9,7 +9,7 @@ use crate::session::admit::{admit, record_end, record_start, Admitted, Attempt, 
 use russh::server::{Auth, Msg, Session};
 use russh::{Channel, ChannelId};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -30,6 +30,8 @@ pub struct Opened {
     /// The logged-in host, or why the gateway could not log in.
     pub host: Result<upstream::Host, String>,
     pub commands: AtomicU64,
+    /// Shells opened so far (each one's number in its recording).
+    pub terminals: AtomicU32,
     channels: Mutex<JoinSet<()>>,
 }
 
@@ -182,6 +184,7 @@ impl Agent {
             access,
             host,
             commands: AtomicU64::new(0),
+            terminals: AtomicU32::new(0),
             channels: Mutex::new(JoinSet::new()),
         }))
     }
@@ -264,22 +267,9 @@ impl russh::server::Handler for Agent {
         Ok(())
     }
 
-    // Requests the gateway does not serve are refused here; exec requests are answered by the
-    // channel's task once judged. Agent forwarding is refused by russh's default (false).
-    async fn pty_request(
-        &mut self,
-        channel: ChannelId,
-        _term: &str,
-        _col_width: u32,
-        _row_height: u32,
-        _pix_width: u32,
-        _pix_height: u32,
-        _modes: &[(russh::Pty, u32)],
-        session: &mut Session,
-    ) -> Result<(), Self::Error> {
-        session.channel_failure(channel)
-    }
-
+    // A terminal is answered by the channel's task (asked for on the host with what follows);
+    // X11 and environment requests are refused here. Agent forwarding is refused by russh's
+    // default (false).
     async fn x11_request(
         &mut self,
         channel: ChannelId,

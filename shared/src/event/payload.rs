@@ -52,6 +52,8 @@ pub enum Protocol {
     Forward,
     /// An sftp operation (sftp, scp): `open /path write`, `remove /path`, `rename /a /b`...
     Sftp,
+    /// An SSH shell: `<shell>` when it opens, then each line the agent typed into it.
+    Shell,
 }
 
 /// What the proxy decided about a command before forwarding it.
@@ -239,6 +241,33 @@ pub struct ExecOutput {
     /// The start of its output (both streams, in arrival order) as the agent received it, masked.
     pub sample: String,
 }
+
+/// `terminal.started`: a shell opened on an SSH channel; its output follows in
+/// `terminal.output` chunks that together are an asciicast v2 recording.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TerminalStarted {
+    /// The shell's number in its session, from 0.
+    pub terminal: u32,
+    /// The `<shell>` command event that opened it.
+    pub command_id: Uuid,
+    /// The terminal type the agent asked for (`TERM`); absent without a pty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub term: Option<String>,
+    pub width: u32,
+    pub height: u32,
+}
+
+/// `terminal.output`: a stretch of a shell's output, masked, as asciicast v2 frames.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TerminalOutput {
+    pub terminal: u32,
+    pub frames: Vec<Frame>,
+}
+
+/// One asciicast v2 event: seconds since the shell opened, `o` (output) or `r` (resize,
+/// `COLSxROWS`), and its data.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Frame(pub f64, pub String, pub String);
 
 fn is_zero(n: &u64) -> bool {
     *n == 0

@@ -51,8 +51,9 @@ impl SshHost {
         std::fs::write(
             &script,
             format!(
-                "#!/bin/sh\ncd {work}\n# The sftp subsystem logs each file operation itself.\nif [ \"$SSH_ORIGINAL_COMMAND\" = {sftp_server} ]; then\n  exec {sftp_server} -e -l INFO -d {work} 2>>{sftp_log}\nfi\n# The host's command log: one base64 line per command line, written before it runs.\nprintf '%s' \"$SSH_ORIGINAL_COMMAND\" | base64 -w0 >> {log}\necho >> {log}\nexec /bin/sh -c \"$SSH_ORIGINAL_COMMAND\"\n",
+                "#!/bin/sh\ncd {work}\n# A shell: bash, appending every line it reads to the shell history at each prompt and at its exit.\nif [ -z \"$SSH_ORIGINAL_COMMAND\" ]; then\n  exec env PS1='$ ' PROMPT_COMMAND='history -a' HISTFILE={history} HISTCONTROL= HISTSIZE=10000 bash --norc --noprofile -O histappend -i\nfi\n# The sftp subsystem logs each file operation itself.\nif [ \"$SSH_ORIGINAL_COMMAND\" = {sftp_server} ]; then\n  exec {sftp_server} -e -l INFO -d {work} 2>>{sftp_log}\nfi\n# The host's command log: one base64 line per command line, written before it runs.\nprintf '%s' \"$SSH_ORIGINAL_COMMAND\" | base64 -w0 >> {log}\necho >> {log}\nexec /bin/sh -c \"$SSH_ORIGINAL_COMMAND\"\n",
                 log = d.join("commands.log").display(),
+                history = d.join("shell_history").display(),
                 sftp_log = d.join("sftp.log").display(),
                 sftp_server = SFTP_SERVER,
                 work = work.display()
@@ -142,6 +143,13 @@ impl SshHost {
         Ok(ran.len())
     }
 
+    /// Every line the host's shells read, in order (bash's history, written at each prompt
+    /// and when the shell exits).
+    pub fn shell_lines(&self) -> Vec<String> {
+        let history = std::fs::read_to_string(self.dir.path().join("shell_history")).unwrap_or_default();
+        history.lines().map(str::to_owned).collect()
+    }
+
     /// The file operations the host's sftp server logged (`open "/path" flags ...`,
     /// `remove name "/path"`...), one per line.
     pub fn file_operations(&self) -> Vec<String> {
@@ -229,10 +237,13 @@ pub fn agent_ssh_with(
     command: Option<&str>,
 ) -> Command {
     let mut c = Command::new("ssh");
-    // ssh takes the first value it is given for an option: the caller's come first.
+    // ssh takes the first value it is given for an option: the caller's come first. No
+    // terminal unless the caller asks for one (`-tt`).
+    let tty = if options.iter().any(|o| o.starts_with("-t")) { None } else { Some("-T") };
     askpass(&mut c, token)
         .args(options)
-        .args(["-F", "/dev/null", "-T", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"])
+        .args(tty)
+        .args(["-F", "/dev/null", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"])
         .args(["-o", "PreferredAuthentications=password", "-o", "PubkeyAuthentication=no", "-o", "LogLevel=ERROR"])
         .args(["-o", "NumberOfPasswordPrompts=1", "-o", "ConnectTimeout=20"])
         .arg("-p")

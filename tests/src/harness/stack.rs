@@ -256,6 +256,15 @@ impl Stack {
         self.api_send("GET", path, token, None).await
     }
 
+    /// GET an API path as a reviewer, as text: status, content type, body.
+    pub async fn api_text(&self, path: &str) -> (u16, String, String) {
+        let url = format!("http://{}{path}", self.control.addr);
+        let response = self.http.get(url).bearer_auth(self.reviewer_token()).send().await.expect("API reachable");
+        let status = response.status().as_u16();
+        let kind = response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+        (status, kind, response.text().await.expect("a text body"))
+    }
+
     /// Any method, with a JSON body when given.
     pub async fn api_send(&self, method: &str, path: &str, token: Option<&str>, body: Option<&Value>) -> (u16, Value) {
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("HTTP method");

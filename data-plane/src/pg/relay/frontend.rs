@@ -430,7 +430,7 @@ where
                 self.end_segment(Expect::QueryEnd);
             }
             // (`Exec`, `Forward` and `Sftp` are SSH's: no PostgreSQL statement has them.)
-            Protocol::Extended | Protocol::Exec | Protocol::Forward | Protocol::Sftp => {
+            Protocol::Extended | Protocol::Exec | Protocol::Forward | Protocol::Sftp | Protocol::Shell => {
                 self.expect(Expect::Exec(Box::new(pending)));
             }
         }
