@@ -11,6 +11,7 @@ pub mod natsconf;
 pub mod policy;
 pub mod projector;
 pub mod signing;
+pub mod ssh_cert;
 
 use anyhow::Context;
 use std::net::SocketAddr;

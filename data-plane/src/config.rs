@@ -242,6 +242,18 @@ pub struct SshListenerConfig {
     /// Time an agent has to authenticate.
     #[serde(default = "default_ssh_auth_ms")]
     pub auth_timeout_ms: u64,
+    /// The CA (an OpenSSH private key, by reference) that signs agents' certificates in
+    /// exchange for a verified token (`tollgate ssh-cert`), and whose certificates the gateway
+    /// then accepts. Without it agents log in with their token only.
+    #[serde(default)]
+    pub user_ca: Option<SecretRef>,
+    /// The longest an agent's certificate is valid (never past its token's expiry).
+    #[serde(default = "default_certificate_ttl")]
+    pub certificate_ttl_secs: u64,
+}
+
+fn default_certificate_ttl() -> u64 {
+    3600
 }
 
 fn default_ssh_connections() -> usize {
@@ -262,8 +274,13 @@ pub struct SshResource {
     pub port: u16,
     /// The login on the host.
     pub user: String,
-    /// The private key the proxy logs in with (OpenSSH format), by reference.
-    pub key: SecretRef,
+    /// The private key the proxy logs in with (OpenSSH format), by reference; or
+    #[serde(default)]
+    pub key: Option<SecretRef>,
+    /// a CA (OpenSSH private key, by reference) the host trusts: the proxy logs in with a new
+    /// key and a five-minute certificate for `user` signed by it, at every session.
+    #[serde(default)]
+    pub ca: Option<SecretRef>,
     /// The host's public key, pinned, as in known_hosts without the host name
     /// (`ssh-ed25519 AAAA...`). A host presenting another key is refused.
     pub host_key: String,
@@ -340,6 +357,12 @@ impl ProxyConfig {
         for r in &self.ssh_resources {
             crate::ssh::pinned_host_key(&r.host_key)
                 .map_err(|e| Invalid(format!("ssh_resources {:?}: host_key: {e}", r.name)))?;
+            if r.key.is_some() == r.ca.is_some() {
+                return Err(Invalid(format!("ssh_resources {:?}: give either key or ca", r.name)));
+            }
+            if r.name == crate::ssh::certificate::EXCHANGE_USER {
+                return Err(Invalid(format!("ssh_resources {:?}: the name is reserved for certificates", r.name)));
+            }
         }
         for issuer in &self.agent_issuers {
             issuer.clone().resolve().map_err(Invalid)?;

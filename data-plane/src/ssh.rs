@@ -9,6 +9,7 @@
 //! token → admission (session core) → `session.started` (durable) → log in to the host →
 //! channels (exec) → `session.ended` (signed).
 
+pub mod certificate;
 mod exec;
 mod forward;
 mod server;
@@ -28,6 +29,8 @@ pub struct SshContext {
     pub services: Arc<NodeServices>,
     pub listener: SshListenerConfig,
     pub resources: Vec<Arc<SshResource>>,
+    /// Signs agents' certificates and checks them at login, when configured.
+    pub user_ca: Option<certificate::UserCa>,
     server: Arc<russh::server::Config>,
 }
 
@@ -53,12 +56,25 @@ impl SshContext {
         let mut resources = Vec::new();
         for resource in &config.ssh_resources {
             // Refuse to start with a key that cannot be read, rather than at an agent's login.
-            upstream::load_key(resource).map_err(|e| anyhow::anyhow!("ssh_resources {:?}: {e}", resource.name))?;
+            upstream::Credential::load(resource)
+                .map_err(|e| anyhow::anyhow!("ssh_resources {:?}: {e}", resource.name))?;
             resources.push(Arc::new(resource.clone()));
+        }
+        let user_ca = match &listener.user_ca {
+            Some(reference) => {
+                let text = reference.resolve().context("ssh.user_ca")?;
+                let key = certificate::load_ca(&text).map_err(|e| anyhow::anyhow!("ssh.user_ca: {e}"))?;
+                Some(certificate::UserCa::new(key, listener.certificate_ttl_secs))
+            }
+            None => None,
+        };
+        let mut methods = vec![russh::MethodKind::Password, russh::MethodKind::KeyboardInteractive];
+        if user_ca.is_some() {
+            methods.push(russh::MethodKind::PublicKey);
         }
         let server = russh::server::Config {
             keys: vec![host_key],
-            methods: russh::MethodSet::from(&[russh::MethodKind::Password, russh::MethodKind::KeyboardInteractive][..]),
+            methods: russh::MethodSet::from(&methods[..]),
             auth_rejection_time: std::time::Duration::from_millis(300),
             auth_rejection_time_initial: Some(std::time::Duration::ZERO),
             max_auth_attempts: 3,
@@ -66,7 +82,7 @@ impl SshContext {
             nodelay: true,
             ..Default::default()
         };
-        Ok(SshContext { services, listener: listener.clone(), resources, server: Arc::new(server) })
+        Ok(SshContext { services, listener: listener.clone(), resources, user_ca, server: Arc::new(server) })
     }
 
     /// The resource an SSH user names: `resource`, or `resource+login` (the login must be the

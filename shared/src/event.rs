@@ -36,6 +36,7 @@ pub mod kind {
     pub const NODE_DECIDED: &str = "node.decided";
     pub const TERMINAL_STARTED: &str = "terminal.started";
     pub const TERMINAL_OUTPUT: &str = "terminal.output";
+    pub const CERTIFICATE_ISSUED: &str = "certificate.issued";
 }
 
 /// One fact, as published on JetStream. `P` is the payload; readers that do not care about the

@@ -11,6 +11,8 @@ pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
 
 /// The node name the control plane publishes its events under.
 pub const CONTROL_NODE: &str = "control";
+/// The SSH user an agent logs in to the gateway as to trade its token for a certificate.
+pub const SSH_CERTIFICATE_USER: &str = "tollgate-certificate";
 
 /// The subject an event of type `kind` from `node` is published on, e.g.
 /// `tollgate.events.proxy-a.command.result`: NATS permissions let each node publish under its

@@ -18,7 +18,7 @@ pub use logs::captured_logs;
 pub use nats::NatsServer;
 pub use pgbouncer::{pgbench, pgbench_init, PgBouncer};
 pub use postgres::PgServer;
-pub use ssh::{agent_scp, agent_ssh, agent_ssh_command, agent_ssh_with, SshHost};
+pub use ssh::{agent_scp, agent_ssh, agent_ssh_command, agent_ssh_with, keygen as ssh_keygen, SshHost};
 pub use stack::{default_policy, start_issuer, Stack, AGENT_AUDIENCE, REVIEWER_AUDIENCE};
 pub use tap::Tap;
 

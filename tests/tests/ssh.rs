@@ -651,3 +651,111 @@ async fn rsync_runs_by_exec_where_no_command_rules_apply_and_a_denied_hold_never
     assert!(ran[0].starts_with("rsync --server"), "{ran:?}");
     assert_eq!(host.check_against(&events(&stack).await), Ok(1));
 }
+
+/// `tollgate ssh-cert`'s exchange for `token`, certifying the key at `key`.
+async fn certificate_for(stack: &Stack, token: &str, key: &std::path::Path) -> Result<String, String> {
+    let gateway = stack.proxy.ssh_addr.expect("the proxy serves SSH").to_string();
+    let public_key = std::fs::read_to_string(key.with_extension("pub")).expect("the agent's public key");
+    let gateway_key = stack.ssh_gateway_key();
+    let ask = tollgate_control_plane::ssh_cert::Ask {
+        gateway: &gateway,
+        gateway_key: &gateway_key,
+        token,
+        public_key: &public_key,
+    };
+    tollgate_control_plane::ssh_cert::request(&ask).await.map_err(|e| e.to_string())
+}
+
+/// `ssh` with a key and its certificate, no password.
+fn ssh_with_key(stack: &Stack, user: &str, key: &std::path::Path, command: &str) -> Output {
+    let gateway = stack.proxy.ssh_addr.expect("the proxy serves SSH");
+    let cert = format!("CertificateFile={}-cert.pub", key.display());
+    let key = key.display().to_string();
+    let options = [
+        "-i",
+        &key,
+        "-o",
+        &cert,
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "PreferredAuthentications=publickey",
+        "-o",
+        "PubkeyAuthentication=yes",
+        "-o",
+        "BatchMode=yes",
+    ];
+    agent_ssh_with(gateway, user, "no password", &options, Some(command)).output().expect("ssh")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_trades_its_token_for_a_certificate_and_the_gateway_logs_in_with_its_own_ca() {
+    let host = SshHost::start_trusting_ca();
+    let stack = stack_with(&host, None).await;
+    let keys = tempfile::tempdir().expect("agent keys");
+    let key = keys.path().join("id_ed25519");
+    tollgate_tests::ssh_keygen(&key);
+
+    // Refused tokens get nothing, and are on record.
+    let refused = certificate_for(&stack, "not-a-token", &key).await.expect_err("a bad token");
+    assert!(refused.contains("refused the token"), "{refused}");
+    let cert = certificate_for(&stack, &stack.agent_token("deploy-bot"), &key).await.expect("a certificate");
+    assert!(cert.starts_with("ssh-ed25519-cert-v01@openssh.com "), "{cert}");
+    std::fs::write(keys.path().join("id_ed25519-cert.pub"), &cert).expect("save the certificate");
+    let all = events(&stack).await;
+    let issued = all.iter().find(|e| e["type"] == "certificate.issued").expect("certificate.issued");
+    assert_eq!(issued["payload"]["principals"], json!(["web-1"]));
+    assert_eq!(issued["agent"]["subject"], "deploy-bot");
+    let before = issued["payload"]["valid_before"].as_u64().unwrap();
+    assert!(before - issued["payload"]["valid_after"].as_u64().unwrap() <= 600 + 60, "no longer than the token");
+    let failed: Vec<&Value> = all.iter().filter(|e| e["type"] == "auth.failed").collect();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0]["payload"]["requested_resource"], "tollgate-certificate");
+
+    // The key and its certificate log in; the host sees the gateway's own certificate login.
+    let out = ssh_with_key(&stack, "web-1", &key, "echo via certificate");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "via certificate\n");
+    assert!(host.log().contains("Accepted publickey") && host.log().contains("ED25519-CERT"), "{}", host.log());
+    let started = eventually(20, "the certificate's session", || async {
+        events(&stack).await.into_iter().find(|e| e["type"] == "session.started" && e["resource"]["name"] == "web-1")
+    })
+    .await;
+    assert_eq!(started["agent"]["subject"], "deploy-bot", "the identity inside the certificate");
+
+    // The key alone, or a certificate from another CA, does not.
+    let other_ca = keys.path().join("other_ca");
+    tollgate_tests::ssh_keygen(&other_ca);
+    let forged = keys.path().join("forged");
+    tollgate_tests::ssh_keygen(&forged);
+    let signed = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-s"])
+        .arg(&other_ca)
+        .args(["-I", "forged", "-n", "web-1", "-V", "-5m:+5m"])
+        .arg(forged.with_extension("pub"))
+        .output()
+        .expect("ssh-keygen -s");
+    assert!(signed.status.success(), "{}", text(&signed.stderr));
+    let out = ssh_with_key(&stack, "web-1", &forged, "touch forged-login");
+    assert_eq!(out.status.code(), Some(255), "{}", text(&out.stderr));
+    // Revoking the grant ends the certificate's use at once.
+    let mut revoked = policy();
+    revoked["grants"] = json!([{ "name": "others", "who": { "agents": ["someone-else"] }, "resources": { "labels": { "env": "test" } }, "access": "admin" }]);
+    enforce(&stack, &revoked).await;
+    let out = ssh_with_key(&stack, "web-1", &key, "touch after-revocation");
+    assert_eq!(out.status.code(), Some(255), "{}", text(&out.stderr));
+    assert!(!host.work("forged-login").exists() && !host.work("after-revocation").exists());
+    let reasons = eventually(20, "the refusals on record", || async {
+        let reasons: Vec<String> = events(&stack)
+            .await
+            .iter()
+            .filter(|e| e["type"] == "auth.failed" && e["payload"]["requested_resource"] == "web-1")
+            .filter_map(|e| e["payload"]["reason"].as_str().map(str::to_owned))
+            .collect();
+        (reasons.len() >= 2).then_some(reasons)
+    })
+    .await;
+    assert!(reasons.iter().any(|r| r.contains("not signed by this gateway's CA")), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("no grant gives agent")), "{reasons:?}");
+    assert_eq!(host.check_against(&events(&stack).await), Ok(1));
+}

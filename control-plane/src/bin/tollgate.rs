@@ -1,5 +1,6 @@
 //! `tollgate`: the admin CLI. `tollgate policy apply -f FILE`, `tollgate policy diff -f FILE`,
-//! `tollgate policy get`.
+//! `tollgate policy get`; and for agents, `tollgate ssh-cert` (a token traded for an SSH
+//! certificate).
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -22,6 +23,19 @@ struct Args {
 enum Command {
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Trade the agent's token (--token-file or TOLLGATE_TOKEN) for a short-lived SSH user
+    /// certificate signed by the gateway; prints it (save it as <key>-cert.pub).
+    SshCert {
+        /// The gateway's SSH listener, host:port.
+        #[arg(long)]
+        gateway: String,
+        /// The gateway's host key (`ssh-ed25519 AAAA...`, or file:PATH): any other is refused.
+        #[arg(long)]
+        gateway_key: String,
+        /// The public key to certify (OpenSSH format), e.g. ~/.ssh/id_ed25519.pub.
+        #[arg(short = 'i', long = "identity")]
+        identity: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -40,6 +54,25 @@ enum PolicyCommand {
     },
     /// Print the live policy.
     Get,
+}
+
+async fn ssh_cert(
+    gateway: &str,
+    gateway_key: &str,
+    identity: &std::path::Path,
+    token: &str,
+) -> Result<String, cli::CliError> {
+    let read = |path: &std::path::Path| {
+        std::fs::read_to_string(path).map_err(|e| cli::CliError::Input(format!("{}: {e}", path.display())))
+    };
+    let gateway_key = match gateway_key.strip_prefix("file:") {
+        Some(path) => read(std::path::Path::new(path))?,
+        None => gateway_key.to_owned(),
+    };
+    let public_key = read(identity)?;
+    let ask =
+        tollgate_control_plane::ssh_cert::Ask { gateway, gateway_key: &gateway_key, token, public_key: &public_key };
+    tollgate_control_plane::ssh_cert::request(&ask).await
 }
 
 #[tokio::main]
@@ -62,6 +95,9 @@ async fn main() -> std::process::ExitCode {
     };
     let api = Api::new(&args.api, &token);
     let result = match args.command {
+        Command::SshCert { gateway, gateway_key, identity } => {
+            ssh_cert(&gateway, &gateway_key, &identity, &token).await
+        }
         Command::Policy(PolicyCommand::Apply { file, comment }) => cli::apply(&api, &file, comment.as_deref()).await,
         Command::Policy(PolicyCommand::Diff { file }) => cli::diff(&api, &file).await,
         Command::Policy(PolicyCommand::Get) => cli::get(&api).await,

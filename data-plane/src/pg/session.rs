@@ -7,7 +7,7 @@ use super::startup::{read_first_packet, FirstPacket};
 use super::upstream::{self, Upstream};
 use super::{lexical, mask, relay, Io, PgContext};
 use crate::recorder::SessionRecorder;
-use crate::session::admit::{admit, record_end, record_start, Admitted, Attempt, RefusalKind, Refused};
+use crate::session::admit::{admit, record_end, record_start, Admitted, Attempt, Credential, RefusalKind, Refused};
 use bytes::Bytes;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -249,7 +249,7 @@ async fn open(ctx: &PgContext, peer: SocketAddr, greeted: Greeted) -> Option<Ope
         tls,
         client_user: &client_user,
         resource: &resource_name,
-        token: &token,
+        credential: Credential::Token(&token),
         kind: ResourceKind::Postgres,
         code: refusal_code,
     };

@@ -47,10 +47,20 @@ pub struct Attempt<'a> {
     /// The user name the agent's client sent (informational).
     pub client_user: &'a str,
     pub resource: &'a str,
-    pub token: &'a str,
+    pub credential: Credential<'a>,
     pub kind: ResourceKind,
     /// How the protocol names each refusal in `auth.failed.code` (a SQLSTATE for PostgreSQL).
     pub code: fn(RefusalKind) -> &'static str,
+}
+
+/// What the agent proves who it is with.
+#[derive(Clone, Copy)]
+pub enum Credential<'a> {
+    /// Its OIDC token, verified here.
+    Token(&'a str),
+    /// An identity the gateway's own CA vouched for (an SSH certificate it signed for a
+    /// verified token, checked by the protocol).
+    Vouched(&'a AgentIdentity),
 }
 
 /// An agent let in: who, to what, under which grant.
@@ -73,7 +83,11 @@ pub async fn admit<R>(
     find: impl FnOnce(&AgentIdentity) -> Result<R, Refused>,
     name_of: impl Fn(&R) -> &str,
 ) -> Result<Admitted<R>, Refused> {
-    let (verified, agent) = match node.verifier.identify(attempt.token).await {
+    let identified = match attempt.credential {
+        Credential::Token(token) => node.verifier.identify(token).await.map(|(v, agent)| (v.subject, agent)),
+        Credential::Vouched(agent) => Ok((agent.subject.clone(), agent.clone())),
+    };
+    let (subject, agent) = match identified {
         Ok(v) => v,
         Err(e) => {
             // A token that verified but matched no identity rule is an authorization failure.
@@ -114,14 +128,9 @@ pub async fn admit<R>(
         return Err(refused);
     }
     match policy.document.judge(&agent, &name, chrono::Utc::now()) {
-        Judgement::Allowed { access, grant, .. } => Ok(Admitted {
-            grant: grant.name.clone(),
-            agent,
-            subject: verified.subject,
-            resource,
-            access,
-            policy_version: policy.version,
-        }),
+        Judgement::Allowed { access, grant, .. } => {
+            Ok(Admitted { grant: grant.name.clone(), agent, subject, resource, access, policy_version: policy.version })
+        }
         judgement => {
             let reason = match judgement {
                 Judgement::UnknownResource => {
@@ -144,7 +153,15 @@ pub async fn admit<R>(
 /// token verified; otherwise the token's claims are reported as claimed, never trusted.
 pub fn record_refusal(node: &NodeServices, attempt: &Attempt<'_>, refused: &Refused, agent: Option<AgentIdentity>) {
     tracing::info!(peer = %attempt.peer, resource = %attempt.resource, reason = %refused.reason, "agent refused");
-    let claimed = tollgate_shared::token::peek_claims(attempt.token).ok();
+    let claimed = match attempt.credential {
+        Credential::Token(token) => tollgate_shared::token::peek_claims(token).ok(),
+        Credential::Vouched(agent) => {
+            let mut claims = serde_json::Map::new();
+            claims.insert("iss".into(), agent.issuer.clone().into());
+            claims.insert("sub".into(), agent.subject.clone().into());
+            Some(claims)
+        }
+    };
     let claim = |name: &str| {
         claimed
             .as_ref()

@@ -2,10 +2,13 @@
 //! core), the session's record and the login to the host, then one task per channel
 //! (`exec.rs`), and `session.ended` once every channel has finished.
 
+use super::certificate::{self, Exchange, EXCHANGE_USER};
 use super::{exec, forward, upstream, SshContext};
 use crate::config::SshResource;
 use crate::recorder::SessionRecorder;
-use crate::session::admit::{admit, record_end, record_start, Admitted, Attempt, RefusalKind, Refused};
+use crate::session::admit::{
+    admit, record_end, record_refusal, record_start, Admitted, Attempt, Credential, RefusalKind, Refused,
+};
 use russh::server::{Auth, Msg, Session};
 use russh::{Channel, ChannelId};
 use std::net::SocketAddr;
@@ -50,12 +53,15 @@ struct Agent {
     ctx: Arc<SshContext>,
     peer: SocketAddr,
     opened: Arc<OnceLock<Arc<Opened>>>,
+    /// Set instead when the agent logged in to trade its token for a certificate (which it
+    /// must finish within the authentication deadline).
+    exchange: Option<Arc<Exchange>>,
 }
 
 pub async fn run(ctx: Arc<SshContext>, tcp: TcpStream, peer: SocketAddr) {
     let _ = tcp.set_nodelay(true);
     let opened = Arc::new(OnceLock::new());
-    let handler = Agent { ctx: ctx.clone(), peer, opened: opened.clone() };
+    let handler = Agent { ctx: ctx.clone(), peer, opened: opened.clone(), exchange: None };
     // A peer that never says hello holds a connection permit only until the deadline.
     let limit = Duration::from_millis(ctx.listener.auth_timeout_ms);
     let started = tokio::time::timeout(limit, russh::server::run_stream(ctx.server.clone(), tcp, handler));
@@ -119,11 +125,19 @@ pub async fn run(ctx: Arc<SshContext>, tcp: TcpStream, peer: SocketAddr) {
 
 impl Agent {
     /// The token (a password or an answer) admits the agent or not; one session per connection.
-    async fn authenticate(&self, user: &str, token: &str) -> Auth {
-        if self.opened.get().is_some() {
+    async fn authenticate(&mut self, user: &str, token: &str) -> Auth {
+        if self.opened.get().is_some() || self.exchange.is_some() {
             return Auth::reject();
         }
-        match self.open(user, token.trim()).await {
+        if user == EXCHANGE_USER {
+            return self.exchange(token.trim()).await;
+        }
+        self.admit(user, Credential::Token(token.trim())).await
+    }
+
+    /// Admit the agent to the resource its SSH user names.
+    async fn admit(&self, user: &str, credential: Credential<'_>) -> Auth {
+        match self.open(user, credential).await {
             Ok(opened) => {
                 let _ = self.opened.set(opened);
                 Auth::Accept
@@ -135,15 +149,50 @@ impl Agent {
         }
     }
 
+    /// A token traded for a certificate: verified and mapped like any other; the certificate's
+    /// principals are judged when it is signed.
+    async fn exchange(&mut self, token: &str) -> Auth {
+        let services = &self.ctx.services;
+        let attempt = Attempt {
+            peer: self.peer,
+            tls: true,
+            client_user: EXCHANGE_USER,
+            resource: EXCHANGE_USER,
+            credential: Credential::Token(token),
+            kind: ResourceKind::Ssh,
+            code: refusal_code,
+        };
+        if self.ctx.user_ca.is_none() {
+            let refused = Refused::new(RefusalKind::Unsupported, "this gateway signs no certificates (no ssh.user_ca)");
+            record_refusal(services, &attempt, &refused, None);
+            return Auth::reject();
+        }
+        match services.verifier.identify(token).await {
+            Ok((verified, agent)) => {
+                let token_expiry = verified.claims.get("exp").and_then(serde_json::Value::as_u64);
+                self.exchange = Some(Arc::new(Exchange { agent, token_expiry }));
+                Auth::Accept
+            }
+            Err(e) => {
+                let kind = match e {
+                    tollgate_shared::token::TokenError::Identity(_) => RefusalKind::NotAuthorized,
+                    _ => RefusalKind::BadToken,
+                };
+                record_refusal(services, &attempt, &Refused::new(kind, e.to_string()), None);
+                Auth::reject()
+            }
+        }
+    }
+
     /// Admit the agent, put the session on record and log in to the host.
-    async fn open(&self, user: &str, token: &str) -> Result<Arc<Opened>, Refused> {
+    async fn open(&self, user: &str, credential: Credential<'_>) -> Result<Arc<Opened>, Refused> {
         let services = &self.ctx.services;
         let attempt = Attempt {
             peer: self.peer,
             tls: true,
             client_user: user,
             resource: user.split('+').next().unwrap_or(user),
-            token,
+            credential,
             kind: ResourceKind::Ssh,
             code: refusal_code,
         };
@@ -231,12 +280,56 @@ impl russh::server::Handler for Agent {
         Ok(self.authenticate(user, &answer).await)
     }
 
+    /// A user certificate the gateway's CA signed: the identity inside is admitted like a
+    /// token's, its grant judged under the policy of the moment.
+    async fn auth_openssh_certificate(
+        &mut self,
+        user: &str,
+        certificate: &russh::keys::Certificate,
+    ) -> Result<Auth, Self::Error> {
+        if self.opened.get().is_some() || self.exchange.is_some() {
+            return Ok(Auth::reject());
+        }
+        let resource = user.split('+').next().unwrap_or(user);
+        let vouched = match &self.ctx.user_ca {
+            Some(ca) => ca.vouch(certificate, resource, certificate::now()),
+            None => Err("this gateway accepts no certificates".into()),
+        };
+        match vouched {
+            Ok(agent) => Ok(self.admit(user, Credential::Vouched(&agent)).await),
+            Err(why) => {
+                // Who the certificate claims to be, never trusted: for the record only.
+                let claimed = tollgate_shared::identity::AgentIdentity {
+                    issuer: String::new(),
+                    subject: certificate.key_id().chars().take(256).collect(),
+                    ..Default::default()
+                };
+                let attempt = Attempt {
+                    peer: self.peer,
+                    tls: true,
+                    client_user: user,
+                    resource,
+                    credential: Credential::Vouched(&claimed),
+                    kind: ResourceKind::Ssh,
+                    code: refusal_code,
+                };
+                record_refusal(&self.ctx.services, &attempt, &Refused::new(RefusalKind::BadToken, why), None);
+                Ok(Auth::reject())
+            }
+        }
+    }
+
     async fn channel_open_session(
         &mut self,
         channel: Channel<Msg>,
         reply: russh::server::ChannelOpenHandle,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        if let Some(exchange) = &self.exchange {
+            reply.accept().await;
+            tokio::spawn(certificate::serve(self.ctx.clone(), exchange.clone(), channel));
+            return Ok(());
+        }
         let Some(opened) = self.channel_room() else { return Ok(()) };
         reply.accept().await;
         let task = exec::serve_channel(self.ctx.clone(), opened.clone(), channel, session.handle());

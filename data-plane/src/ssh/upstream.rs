@@ -38,17 +38,31 @@ impl russh::client::Handler for Pinned {
     }
 }
 
-/// The resource's private key.
-pub fn load_key(resource: &SshResource) -> Result<PrivateKey, String> {
-    let text = resource.key.resolve().map_err(|e| format!("key: {e}"))?;
-    PrivateKey::from_openssh(text.trim()).map_err(|e| format!("key is not an OpenSSH private key ({e})"))
+/// What the gateway logs in to a host with: the key it holds, or a CA the host trusts.
+pub enum Credential {
+    Key(PrivateKey),
+    Ca(PrivateKey),
+}
+
+impl Credential {
+    pub fn load(resource: &SshResource) -> Result<Credential, String> {
+        let (reference, what) = match (&resource.key, &resource.ca) {
+            (Some(key), None) => (key, "key"),
+            (None, Some(ca)) => (ca, "ca"),
+            _ => return Err("give either key or ca".into()),
+        };
+        let text = reference.resolve().map_err(|e| format!("{what}: {e}"))?;
+        let key =
+            PrivateKey::from_openssh(text.trim()).map_err(|e| format!("{what} is not an OpenSSH private key ({e})"))?;
+        Ok(if what == "key" { Credential::Key(key) } else { Credential::Ca(key) })
+    }
 }
 
 /// Connect and log in as the resource's user with its key.
 pub async fn connect(resource: &SshResource, timeout: Duration) -> Result<Host, String> {
     let login = async {
         let expected = super::pinned_host_key(&resource.host_key)?;
-        let key = load_key(resource)?;
+        let credential = Credential::load(resource)?;
         let tcp = tokio::net::TcpStream::connect((resource.host.as_str(), resource.port))
             .await
             .map_err(|e| format!("cannot reach {}:{}: {e}", resource.host, resource.port))?;
@@ -66,11 +80,19 @@ pub async fn connect(resource: &SshResource, timeout: Duration) -> Result<Host, 
                 });
             }
         };
-        let hash = host.best_supported_rsa_hash().await.map_err(|e| e.to_string())?.flatten();
-        let auth = host
-            .authenticate_publickey(resource.user.clone(), PrivateKeyWithHashAlg::new(Arc::new(key), hash))
-            .await
-            .map_err(|e| format!("login failed: {e}"))?;
+        let auth = match credential {
+            Credential::Key(key) => {
+                let hash = host.best_supported_rsa_hash().await.map_err(|e| e.to_string())?.flatten();
+                host.authenticate_publickey(resource.user.clone(), PrivateKeyWithHashAlg::new(Arc::new(key), hash))
+                    .await
+            }
+            Credential::Ca(ca) => {
+                let key_id = format!("tollgate {} for {}", resource.name, resource.user);
+                let (key, certificate) = super::certificate::login_certificate(&ca, &resource.user, &key_id)?;
+                host.authenticate_openssh_cert(resource.user.clone(), Arc::new(key), certificate).await
+            }
+        }
+        .map_err(|e| format!("login failed: {e}"))?;
         if !auth.success() {
             return Err(format!("the host refused the key held for {:?}", resource.user));
         }

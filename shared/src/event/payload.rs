@@ -269,6 +269,22 @@ pub struct TerminalOutput {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Frame(pub f64, pub String, pub String);
 
+/// `certificate.issued`: the gateway's SSH CA signed a user certificate for an agent, in
+/// exchange for its verified token (a one-event chain of its own).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CertificateIssued {
+    /// The certificate's serial, hex.
+    pub serial: String,
+    pub key_id: String,
+    /// The SSH resources it may log in to.
+    pub principals: Vec<String>,
+    /// Its validity, Unix seconds.
+    pub valid_after: u64,
+    pub valid_before: u64,
+    /// The SHA-256 fingerprint of the agent's public key it certifies.
+    pub public_key: String,
+}
+
 fn is_zero(n: &u64) -> bool {
     *n == 0
 }

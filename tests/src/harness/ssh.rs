@@ -19,6 +19,9 @@ pub struct SshHost {
     pub host_key: String,
     /// The private key only the gateway holds.
     pub gateway_key: PathBuf,
+    /// When the host trusts a user CA instead of the gateway's key: that CA's private key
+    /// (the gateway holds it).
+    pub ca_key: Option<PathBuf>,
     pub dir: tempfile::TempDir,
     child: Child,
 }
@@ -30,7 +33,8 @@ impl Drop for SshHost {
     }
 }
 
-fn keygen(path: &Path) {
+/// An ed25519 key pair at `path` and `path.pub`, without a passphrase.
+pub fn keygen(path: &Path) {
     let out = Command::new("ssh-keygen")
         .args(["-q", "-t", "ed25519", "-N", "", "-C", "tollgate-test", "-f"])
         .arg(path)
@@ -41,6 +45,16 @@ fn keygen(path: &Path) {
 
 impl SshHost {
     pub fn start() -> SshHost {
+        Self::start_with(false)
+    }
+
+    /// A host that trusts a user CA (`cert-authority` in authorized_keys, with the same forced
+    /// command) instead of one key: the gateway logs in with certificates it signs.
+    pub fn start_trusting_ca() -> SshHost {
+        Self::start_with(true)
+    }
+
+    fn start_with(trust_ca: bool) -> SshHost {
         let dir = tempfile::tempdir().expect("ssh host dir");
         let d = dir.path();
         keygen(&d.join("host_ed25519"));
@@ -61,10 +75,24 @@ impl SshHost {
         )
         .expect("forced command");
         set_mode(&script, 0o755);
-        let gateway_pub = std::fs::read_to_string(d.join("gateway_ed25519.pub")).expect("gateway public key");
+        let ca_key = trust_ca.then(|| {
+            keygen(&d.join("user_ca"));
+            d.join("user_ca")
+        });
+        let trusted = match &ca_key {
+            Some(ca) => format!(
+                "cert-authority,{}",
+                std::fs::read_to_string(ca.with_extension("pub")).expect("CA public key").trim()
+            ),
+            None => {
+                std::fs::read_to_string(d.join("gateway_ed25519.pub")).expect("gateway public key").trim().to_owned()
+            }
+        };
+        let (options, key) =
+            trusted.split_once("ssh-ed25519").map(|(o, k)| (o, format!("ssh-ed25519{k}"))).expect("a key");
         std::fs::write(
             d.join("authorized_keys"),
-            format!("command=\"{}\",no-agent-forwarding,no-X11-forwarding {}", script.display(), gateway_pub.trim()),
+            format!("{options}command=\"{}\",no-agent-forwarding,no-X11-forwarding {key}", script.display()),
         )
         .expect("authorized_keys");
         set_mode(&d.join("authorized_keys"), 0o600);
@@ -97,7 +125,15 @@ impl SshHost {
         let host_key = std::fs::read_to_string(d.join("host_ed25519.pub")).expect("host public key");
         let user =
             String::from_utf8_lossy(&Command::new("id").arg("-un").output().expect("id").stdout).trim().to_owned();
-        SshHost { port, user, host_key: host_key.trim().to_owned(), gateway_key: d.join("gateway_ed25519"), dir, child }
+        SshHost {
+            port,
+            user,
+            host_key: host_key.trim().to_owned(),
+            gateway_key: d.join("gateway_ed25519"),
+            ca_key,
+            dir,
+            child,
+        }
     }
 
     /// Every command line the host was asked to run, in order. Each is logged before it runs,

@@ -149,16 +149,38 @@ impl Stack {
     pub async fn serve_ssh(&mut self, host: &super::SshHost, name: &str, pinned: Option<&str>) {
         let mut config = self.proxy_config("proxy-a");
         config.node.key_file = Some(self.dir.path().join("proxy-a.key"));
-        config.ssh = Some(toml::from_str(r#"listen = "127.0.0.1:0""#).expect("ssh listener config"));
+        // The gateway's own host key (for `ssh-cert` to pin) and its user CA, made once.
+        let (host_key, user_ca) = (self.dir.path().join("ssh_gateway_host"), self.dir.path().join("ssh_user_ca"));
+        for key in [&host_key, &user_ca] {
+            if !key.exists() {
+                super::ssh::keygen(key);
+            }
+        }
+        let listener = format!(
+            "listen = \"127.0.0.1:0\"\nhost_key = \"file:{}\"\nuser_ca = \"file:{}\"\n",
+            host_key.display(),
+            user_ca.display()
+        );
+        config.ssh = Some(toml::from_str(&listener).expect("ssh listener config"));
+        // The gateway logs in with the key it holds, or with a certificate from the host's CA.
+        let credential = match &host.ca_key {
+            Some(ca) => format!("ca = \"file:{}\"", ca.display()),
+            None => format!("key = \"file:{}\"", host.gateway_key.display()),
+        };
         let resource = format!(
-            "name = \"{name}\"\nhost = \"127.0.0.1\"\nport = {port}\nuser = \"{user}\"\nkey = \"file:{key}\"\nhost_key = \"{pinned}\"\n",
+            "name = \"{name}\"\nhost = \"127.0.0.1\"\nport = {port}\nuser = \"{user}\"\n{credential}\nhost_key = \"{pinned}\"\n",
             port = host.port,
             user = host.user,
-            key = host.gateway_key.display(),
             pinned = pinned.unwrap_or(&host.host_key),
         );
         config.ssh_resources = vec![toml::from_str(&resource).expect("ssh resource config")];
         self.proxy = Proxy::start(config).await.expect("proxy with SSH starts");
+    }
+
+    /// The SSH gateway's host key (public, OpenSSH format), once `serve_ssh` ran.
+    pub fn ssh_gateway_key(&self) -> String {
+        let path = self.dir.path().join("ssh_gateway_host.pub");
+        std::fs::read_to_string(path).expect("the gateway's host key (serve_ssh first)").trim().to_owned()
     }
 
     /// Configuration for another control-plane replica (same database, NATS and issuer).
