@@ -1,8 +1,13 @@
-//! Added latency of a trivial SSH exec through the gateway: N runs of `ssh host true`, straight
-//! to the host (the gateway's key, the same forced command) and through the gateway (token as
-//! the password, the command judged and recorded before it runs, its result after), each a
-//! fresh `ssh` process as a pipeline step would be. Reports p50 and p95 of both and the
-//! difference.
+//! SSH through the gateway against straight to the host, in one run:
+//! - added latency of a trivial exec: N runs of `ssh host true`, straight to the host (the
+//!   gateway's key, the same forced command) and through the gateway (token as the password,
+//!   the command judged and recorded before it runs, its result after), each a fresh `ssh`
+//!   process as a pipeline step would be; p50 and p95 of both and the difference;
+//! - scp of one large file (SCP_MB, default 1024) both ways, each operation judged and
+//!   recorded: MB/s of both and the ratio;
+//! - memory per idle session: IDLE sessions (default 50) logged in through the gateway
+//!   (`ssh -N`, each with its own login to the host), the growth of this process's resident
+//!   memory (it holds the proxy) divided by their number.
 //!
 //! ```sh
 //! cargo run --release -p tollgate-tests --bin bench_ssh [-- N]
@@ -78,4 +83,107 @@ async fn main() {
     println!("| through Tollgate (strict recording) | {:.1} | {:.1} |", ms(g50), ms(g95));
     println!("| added | {:+.1} | {:+.1} |", ms(g50) - ms(d50), ms(g95) - ms(d95));
     assert_eq!(host.commands().len(), 2 * (n + 1), "every run reached the host");
+
+    // scp, both ways, one large file.
+    let mb: u64 = std::env::var("SCP_MB").ok().and_then(|s| s.parse().ok()).unwrap_or(1024);
+    let local = tempfile::tempdir().expect("local dir");
+    let big = local.path().join("big.bin");
+    {
+        use std::io::Write;
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&big).expect("big file"));
+        let mut block = vec![0u8; 1 << 20];
+        for i in 0..mb {
+            // Not all zeros, not compressible by accident.
+            for (j, b) in block.iter_mut().enumerate() {
+                *b = (i as usize * 31 + j * 7 + j / 251) as u8;
+            }
+            file.write_all(&block).expect("write");
+        }
+    }
+    let cipher = "Ciphers=aes128-gcm@openssh.com";
+    let scp_direct = |from: &str, to: &str| {
+        let mut c = Command::new("scp");
+        c.args(["-q", "-F", "/dev/null", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"])
+            .args(["-o", "BatchMode=yes", "-o", KEX, "-o", cipher, "-i"])
+            .arg(&host.gateway_key)
+            .arg("-P")
+            .arg(host.port.to_string())
+            .args([from, to]);
+        c
+    };
+    let scp_gateway = |from: &str, to: &str| {
+        let mut c = tollgate_tests::agent_ssh_with(gateway, "web-1", &token, &[], None);
+        let ssh_args: Vec<String> = c.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        let envs: Vec<(std::ffi::OsString, std::ffi::OsString)> =
+            c.get_envs().filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned()))).collect();
+        c = Command::new("scp");
+        c.envs(envs).args(["-q", "-o", KEX, "-o", cipher]);
+        // ssh's options, without its -p/-T and destination (scp takes -P and its own).
+        let mut args = ssh_args.iter().peekable();
+        while let Some(a) = args.next() {
+            match a.as_str() {
+                "-T" => {}
+                "-p" => {
+                    args.next();
+                }
+                "-F" | "-o" => {
+                    c.arg(a).arg(args.next().expect("a value"));
+                }
+                _ => {}
+            }
+        }
+        c.arg("-P").arg(gateway.port().to_string()).args([from, to]);
+        c
+    };
+    let big_path = big.display().to_string();
+    let back = local.path().join("back.bin").display().to_string();
+    let mbps = |d: Duration| mb as f64 / d.as_secs_f64();
+    let up_direct = timed(scp_direct(&big_path, &format!("{}@127.0.0.1:up-direct.bin", host.user)));
+    let up_gateway = timed(scp_gateway(&big_path, &format!("web-1@{}:up-gateway.bin", gateway.ip())));
+    let down_direct = timed(scp_direct(&format!("{}@127.0.0.1:up-direct.bin", host.user), &back));
+    let down_gateway = timed(scp_gateway(&format!("web-1@{}:up-gateway.bin", gateway.ip()), &back));
+    assert_eq!(std::fs::metadata(host.work("up-gateway.bin")).expect("uploaded").len(), mb << 20);
+    println!();
+    println!("scp of a {mb} MiB file (aes128-gcm, curve25519)");
+    println!("| direction | direct MB/s | through Tollgate MB/s | ratio |");
+    println!("|---|---|---|---|");
+    for (what, d, g) in [("upload", up_direct, up_gateway), ("download", down_direct, down_gateway)] {
+        println!("| {what} | {:.0} | {:.0} | {:.2} |", mbps(d), mbps(g), mbps(g) / mbps(d));
+    }
+    drop(local);
+
+    // Memory per idle session.
+    let idle: usize = std::env::var("IDLE").ok().and_then(|s| s.parse().ok()).unwrap_or(50);
+    let rss = || {
+        let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches(" kB").parse::<u64>().ok())
+            .expect("VmRSS")
+    };
+    let open_sessions = || async {
+        let (_, page) = stack.api("/api/v1/sessions?resource=web-1&limit=500").await;
+        page["items"].as_array().map(|items| items.iter().filter(|s| s["ended_at"].is_null()).count()).unwrap_or(0)
+    };
+    let before = rss();
+    let mut children = Vec::new();
+    for _ in 0..idle {
+        let child = tollgate_tests::agent_ssh_with(gateway, "web-1", &token, &["-N"], None)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("ssh -N");
+        children.push(child);
+    }
+    eventually(60, "every idle session open", || async { (open_sessions().await >= idle).then_some(()) }).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = rss();
+    println!();
+    println!("{idle} idle SSH sessions (each logged in to the host too): resident memory {} KiB before, {} KiB after: {:.0} KiB per session", before, after, (after.saturating_sub(before)) as f64 / idle as f64);
+    for mut child in children {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 }
