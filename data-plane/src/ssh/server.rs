@@ -56,12 +56,13 @@ struct Agent {
     /// Set instead when the agent logged in to trade its token for a certificate (which it
     /// must finish within the authentication deadline).
     exchange: Option<Arc<Exchange>>,
+    exchanged: bool,
 }
 
 pub async fn run(ctx: Arc<SshContext>, tcp: TcpStream, peer: SocketAddr) {
     let _ = tcp.set_nodelay(true);
     let opened = Arc::new(OnceLock::new());
-    let handler = Agent { ctx: ctx.clone(), peer, opened: opened.clone(), exchange: None };
+    let handler = Agent { ctx: ctx.clone(), peer, opened: opened.clone(), exchange: None, exchanged: false };
     // A peer that never says hello holds a connection permit only until the deadline.
     let limit = Duration::from_millis(ctx.listener.auth_timeout_ms);
     let started = tokio::time::timeout(limit, russh::server::run_stream(ctx.server.clone(), tcp, handler));
@@ -326,6 +327,10 @@ impl russh::server::Handler for Agent {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         if let Some(exchange) = &self.exchange {
+            // One certificate per login.
+            if std::mem::replace(&mut self.exchanged, true) {
+                return Ok(());
+            }
             reply.accept().await;
             tokio::spawn(certificate::serve(self.ctx.clone(), exchange.clone(), channel));
             return Ok(());

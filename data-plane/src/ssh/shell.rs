@@ -117,14 +117,31 @@ impl LineReader {
     }
 }
 
-/// Whether the host's last output line asks for a secret: the line typed next is recorded
-/// hidden (it is still judged).
+/// Whether the host's last output line asks for a secret (logged, never used to hide the line:
+/// the agent writes its own prompt).
 pub fn asks_secret(tail: &[u8]) -> bool {
     let last = tail.rsplit(|&b| b == b'\n' || b == b'\r').next().unwrap_or_default();
     let text = String::from_utf8_lossy(last).to_lowercase();
     let text = text.trim_end();
     text.ends_with(':')
         && ["password", "passphrase", "passcode", "pin", "token", "secret"].iter().any(|w| text.contains(w))
+}
+
+/// A line the host's shell would run as something other than its text: a trailing backslash
+/// joins it to the next line, `!` and a leading `^` are history expansion, and `stty` or `bind`
+/// change how the following keys are read.
+fn rewritten(text: &[u8]) -> Option<Denial> {
+    let backslashes = text.iter().rev().take_while(|&&b| b == b'\\').count();
+    let why = if backslashes % 2 == 1 {
+        "it continues on the next line (a trailing backslash); send the whole command on one line"
+    } else if text.contains(&b'!') || text.first() == Some(&b'^') {
+        "the shell would rewrite it by history expansion (`!`, `^`)"
+    } else if String::from_utf8_lossy(text).split_whitespace().any(|w| w == "stty" || w == "bind") {
+        "it changes how the terminal reads the next lines (stty, bind)"
+    } else {
+        return None;
+    };
+    Some(Denial { rule: "shell_rewrites".into(), reason: why.into() })
 }
 
 /// The recording of one shell, gathered into chunks.
@@ -539,12 +556,14 @@ impl Typist<'_> {
                     "the line was edited with {key}; the gateway sends only lines it read whole, type it again"
                 ),
             }),
-            (None, false) => None,
+            (None, false) => rewritten(&text),
         };
         let (judged, _) = exec::judge(ctx, opened, &text, Protocol::Shell, refused);
-        let exec::Judged { mut record, verdict, denial } = judged;
+        let exec::Judged { record, verdict, denial } = judged;
         if asks_secret(&lock(self.tail)) {
-            record.statement = format!("[hidden: {} bytes typed at a password prompt]", text.len());
+            // The host's last line asks for a secret, but the agent controls that line (its
+            // prompt): the text stays on record, masked by the detectors only.
+            tracing::debug!(session = %opened.recorder.session(), "a line typed at what looks like a password prompt");
         }
         let recorder = &opened.recorder;
         let event = match recorder.seal(kind::COMMAND, &record) {

@@ -81,3 +81,13 @@ fn the_recording_never_cuts_a_character() {
     assert_eq!(data, [("o", "caf"), ("o", "\u{e9} ok"), ("r", "100x40")]);
     assert!(cast.take(true).is_none());
 }
+
+#[test]
+fn lines_the_shell_would_rewrite_are_refused() {
+    for line in ["sudo shutdow\\", "!!:2 -rf /data", "^echo ^", "stty erase q", "echo hi; bind -x x"] {
+        assert!(rewritten(line.as_bytes()).is_some(), "{line}");
+    }
+    for line in ["echo a\\\\", "ls -l", "grep -c x file"] {
+        assert!(rewritten(line.as_bytes()).is_none(), "{line}");
+    }
+}
