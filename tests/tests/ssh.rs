@@ -769,7 +769,9 @@ async fn an_ansible_ad_hoc_command_runs_through_the_gateway_with_a_certificate()
     // real values; the record is masked.
     document["resources"][1]["guardrails"] = json!({});
     document["resources"][1]["approvals"] = json!([]);
-    document["resources"][1]["masking"] = json!({ "apply_to": "records_only" });
+    // The check below compares the record's text with the host's exactly, and Ansible's random
+    // paths can trip the entropy detector in the record: no detectors for this resource.
+    document["resources"][1]["masking"] = json!({ "apply_to": "records_only", "detectors": [] });
     let stack = stack_under(&host, &document, None).await;
     let gateway = stack.proxy.ssh_addr.expect("ssh");
     let keys = tempfile::tempdir().expect("agent keys");
