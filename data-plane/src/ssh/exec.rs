@@ -280,10 +280,22 @@ async fn exec(ctx: &SshContext, opened: &Opened, agent: &mut AgentSide, command:
         return;
     }
     let output = relay(agent, channel, masker).await;
+    let masked = output.tally.into_counts();
+    record_result(&opened.recorder, (command_id, command_seq), output.exec, started, masked).await;
+}
+
+/// Record how a program run on the host (an exec, or a shell) ended, durably.
+pub(super) async fn record_result(
+    recorder: &crate::recorder::SessionRecorder,
+    (command_id, command_seq): (uuid::Uuid, u64),
+    exec: ExecOutput,
+    started: Instant,
+    masked: Vec<tollgate_shared::event::MaskCount>,
+) {
     let result = CommandResult {
         command_id,
         command_seq,
-        outcome: match (output.exit_status, &output.exec.exit_signal) {
+        outcome: match (exec.exit_status, &exec.exit_signal) {
             (Some(0), _) => Outcome::Ok,
             (Some(_), _) | (None, Some(_)) => Outcome::Error,
             (None, None) => Outcome::Unfinished,
@@ -292,9 +304,9 @@ async fn exec(ctx: &SshContext, opened: &Opened, agent: &mut AgentSide, command:
         rows: 0,
         duration_us: started.elapsed().as_micros() as u64,
         error: None,
-        masked: output.tally.into_counts(),
+        masked,
         nulled: 0,
-        exec: Some(output.exec),
+        exec: Some(exec),
         forwarded: None,
         file: None,
     };
@@ -377,7 +389,6 @@ async fn await_approval(
 /// What a command wrote back, and how it ended.
 struct Relayed {
     exec: ExecOutput,
-    exit_status: Option<u32>,
     tally: Tally,
 }
 
@@ -499,8 +510,8 @@ async fn relay(agent: &mut AgentSide, host: Channel<russh::client::Msg>, masker:
     }
     let _ = to.eof().await;
     let _ = to.close().await;
-    let exit_status = exec.exit_status;
-    Relayed { exec, exit_status, tally }
+
+    Relayed { exec, tally }
 }
 
 /// Send `data` to the agent (stdout, or the extended stream `ext`); keep the start of the

@@ -21,8 +21,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tollgate_shared::event::{
-    kind, ApprovalReleased, Command, CommandResult, Decision, ExecOutput, ExpiryReason, Frame, Outcome, Protocol,
-    TerminalOutput, TerminalStarted,
+    kind, ApprovalReleased, Command, Decision, ExecOutput, ExpiryReason, Frame, Protocol, TerminalOutput,
+    TerminalStarted,
 };
 use tollgate_shared::mask::{StreamMasker, Tally};
 use tollgate_shared::policy::{Access, Denial};
@@ -258,32 +258,7 @@ pub(super) async fn serve(ctx: &SshContext, opened: &Opened, agent: AgentSide) {
         return agent.end_with("tollgate: the host refused a shell", 255).await;
     }
     let output = relay(ctx, opened, agent, channel, terminal).await;
-    let result = CommandResult {
-        command_id,
-        command_seq,
-        outcome: match (output.exit_status, &output.exit_signal) {
-            (Some(0), _) => Outcome::Ok,
-            (Some(_), _) | (None, Some(_)) => Outcome::Error,
-            (None, None) => Outcome::Unfinished,
-        },
-        tags: Vec::new(),
-        rows: 0,
-        duration_us: started_at.elapsed().as_micros() as u64,
-        error: None,
-        masked: Vec::new(),
-        nulled: 0,
-        exec: Some(output),
-        forwarded: None,
-        file: None,
-    };
-    match recorder.seal(kind::COMMAND_RESULT, &result) {
-        Ok(event) => {
-            if let Err(e) = recorder.durable(vec![event]).await {
-                tracing::warn!(session = %recorder.session(), error = %e, "the shell's result not recorded");
-            }
-        }
-        Err(e) => tracing::error!(error = %e, "cannot seal the shell's result"),
-    }
+    exec::record_result(recorder, (command_id, command_seq), output, started_at, Vec::new()).await;
 }
 
 /// The `<shell>` command: any program can change the host, so a read-only grant opens none.
