@@ -184,6 +184,8 @@ pub enum TokenError {
     WrongIssuer,
     #[error("token lacks the required claim {0:?}")]
     MissingClaim(String),
+    #[error("token claim {0:?} is not a whole number of seconds")]
+    BadTime(String),
     #[error("keys of issuer {0:?} are unavailable")]
     KeysUnavailable(String),
     #[error("{0}")]
@@ -195,6 +197,8 @@ pub enum TokenError {
 pub struct VerifiedToken {
     pub issuer: String,
     pub subject: String,
+    /// When the token stops being valid (its `exp`, Unix seconds).
+    pub expires_at: u64,
     pub claims: serde_json::Map<String, serde_json::Value>,
 }
 
@@ -301,6 +305,15 @@ pub fn verify(config: &IssuerConfig, keys: &JwkSet, token: &str, now: u64) -> Re
     let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(token, &key, &validation)
         .map_err(|e| explain(e, &peeked, now))?;
     let claims = data.claims;
+    // Whatever the library accepted, every use of a time claim reads it as whole seconds: a
+    // fraction or a string would be read differently in different places, so refuse it here.
+    let time = |name: &str| match claims.get(name) {
+        None => Ok(None),
+        Some(v) => v.as_u64().map(Some).ok_or_else(|| TokenError::BadTime(name.into())),
+    };
+    let expires_at = time("exp")?.ok_or_else(|| TokenError::MissingClaim("exp".into()))?;
+    time("nbf")?;
+    time("iat")?;
     if let Some(iat) = claims.get("iat").and_then(serde_json::Value::as_u64) {
         if iat > now.saturating_add(config.leeway_secs) {
             return Err(TokenError::IssuedInFuture(iat - now));
@@ -310,7 +323,7 @@ pub fn verify(config: &IssuerConfig, keys: &JwkSet, token: &str, now: u64) -> Re
         Some(s) if !s.is_empty() => s.to_owned(),
         _ => return Err(TokenError::MissingClaim("sub".into())),
     };
-    Ok(VerifiedToken { issuer: config.issuer.clone(), subject, claims })
+    Ok(VerifiedToken { issuer: config.issuer.clone(), subject, expires_at, claims })
 }
 
 fn explain(

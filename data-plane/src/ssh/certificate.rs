@@ -64,7 +64,7 @@ pub struct Request<'a> {
     /// The SSH resources its grants reach now.
     pub principals: Vec<String>,
     /// When its token expires (Unix seconds).
-    pub token_expiry: Option<u64>,
+    pub token_expiry: u64,
 }
 
 impl UserCa {
@@ -81,10 +81,7 @@ impl UserCa {
         if request.principals.is_empty() {
             return Err("no grant gives this agent any SSH resource".into());
         }
-        let until = match request.token_expiry {
-            Some(expiry) => expiry.min(now + self.ttl_secs),
-            None => now + self.ttl_secs,
-        };
+        let until = request.token_expiry.min(now.saturating_add(self.ttl_secs));
         if until <= now {
             return Err("the token has expired".into());
         }
@@ -152,7 +149,7 @@ pub fn login_certificate(ca: &PrivateKey, user: &str, key_id: &str) -> Result<(P
 /// An agent logged in to trade its token.
 pub struct Exchange {
     pub agent: AgentIdentity,
-    pub token_expiry: Option<u64>,
+    pub token_expiry: u64,
 }
 
 /// Serve the exchange's one channel: `sign <public key>` → the certificate on stdout.

@@ -170,8 +170,7 @@ impl Agent {
         }
         match services.verifier.identify(token).await {
             Ok((verified, agent)) => {
-                let token_expiry = verified.claims.get("exp").and_then(serde_json::Value::as_u64);
-                self.exchange = Some(Arc::new(Exchange { agent, token_expiry }));
+                self.exchange = Some(Arc::new(Exchange { agent, token_expiry: verified.expires_at }));
                 Auth::Accept
             }
             Err(e) => {

@@ -31,6 +31,8 @@ use tollgate_shared::policy::{Access, Denial};
 const MAX_LINE: usize = 64 * 1024;
 /// Input kept while a line waits for approval; more sends the agent away.
 const MAX_BACKLOG: usize = 1024 * 1024;
+/// Messages of any kind kept while a line is held.
+const MAX_BACKLOG_MESSAGES: usize = 16 * 1024;
 /// A recording chunk is published once it holds this much, or is this old, or the host has
 /// been quiet for `QUIET`.
 const CHUNK_BYTES: usize = 32 * 1024;
@@ -569,12 +571,26 @@ impl Typist<'_> {
             self.tell(&hold.notice(ctx.services.approval_url.as_deref())).await;
             let (from, backlog) = (&mut *self.from, &mut self.backlog);
             let gone = async {
+                let mut size: usize =
+                    backlog.iter().map(|m| if let ChannelMsg::Data { data } = m { data.len() } else { 0 }).sum();
                 while let Some(message) = from.wait().await {
-                    let size: usize =
-                        backlog.iter().map(|m| if let ChannelMsg::Data { data } = m { data.len() } else { 0 }).sum();
                     match message {
                         ChannelMsg::Close => return,
+                        // Only the last size of the window matters; a flood of them is not kept.
+                        ChannelMsg::WindowChange { .. }
+                            if matches!(backlog.back(), Some(ChannelMsg::WindowChange { .. })) =>
+                        {
+                            backlog.pop_back();
+                            backlog.push_back(message);
+                        }
+                        // Over the limit (in bytes or in messages): the agent is sent away and
+                        // the held line never runs.
+                        _ if backlog.len() >= MAX_BACKLOG_MESSAGES => return,
                         ChannelMsg::Data { data } if size + data.len() > MAX_BACKLOG => return,
+                        ChannelMsg::Data { data } => {
+                            size += data.len();
+                            backlog.push_back(ChannelMsg::Data { data });
+                        }
                         message => backlog.push_back(message),
                     }
                 }

@@ -157,6 +157,16 @@ fn bad_token_corpus_is_refused_for_the_right_reason() {
             MissingClaim("exp".into()),
         ),
         (
+            "exp as a fraction",
+            sign_rs(&private, "k1", Algorithm::RS256, &with(claims(), "exp", json!(now() as f64 + 600.5))),
+            BadTime("exp".into()),
+        ),
+        (
+            "nbf as a string",
+            sign_rs(&private, "k1", Algorithm::RS256, &with(claims(), "nbf", json!("0"))),
+            BadTime("nbf".into()),
+        ),
+        (
             "missing sub",
             sign_rs(&private, "k1", Algorithm::RS256, &without(claims(), "sub")),
             MissingClaim("sub".into()),

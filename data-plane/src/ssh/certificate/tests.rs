@@ -13,7 +13,7 @@ fn agent() -> AgentIdentity {
     }
 }
 
-fn request<'a>(agent: &'a AgentIdentity, public_key: &'a str, expiry: Option<u64>) -> Request<'a> {
+fn request<'a>(agent: &'a AgentIdentity, public_key: &'a str, expiry: u64) -> Request<'a> {
     Request { agent, public_key, principals: vec!["web-1".into(), "web-2".into()], token_expiry: expiry }
 }
 
@@ -24,7 +24,7 @@ fn a_signed_certificate_vouches_for_its_agent_on_its_resources_until_it_expires(
     let ca = UserCa::new(key(1), 3600);
     let agent = agent();
     let public = key(2).public_key().to_openssh().unwrap();
-    let cert = ca.sign(&request(&agent, &public, Some(NOW + 600)), NOW).unwrap();
+    let cert = ca.sign(&request(&agent, &public, NOW + 600), NOW).unwrap();
     // The token's expiry comes first; a minute's skew before.
     assert_eq!((cert.valid_after(), cert.valid_before()), (NOW - 60, NOW + 600));
     assert_eq!(cert.valid_principals(), ["web-1", "web-2"]);
@@ -33,10 +33,10 @@ fn a_signed_certificate_vouches_for_its_agent_on_its_resources_until_it_expires(
     assert!(ca.vouch(&cert, "db-1", NOW).unwrap_err().contains("not valid for resource"));
     assert!(ca.vouch(&cert, "web-1", NOW + 600).is_err(), "expired");
     // Another CA's certificate for the same agent is refused.
-    let other = UserCa::new(key(3), 3600).sign(&request(&agent, &public, None), NOW).unwrap();
+    let other = UserCa::new(key(3), 3600).sign(&request(&agent, &public, NOW + 86_400), NOW).unwrap();
     assert!(ca.vouch(&other, "web-1", NOW).unwrap_err().contains("not signed by this gateway's CA"));
-    // Without a token expiry, the TTL bounds it.
-    let cert = ca.sign(&request(&agent, &public, None), NOW).unwrap();
+    // A token valid for longer than the TTL: the TTL bounds it.
+    let cert = ca.sign(&request(&agent, &public, NOW + 86_400), NOW).unwrap();
     assert_eq!(cert.valid_before(), NOW + 3600);
 }
 
@@ -45,12 +45,12 @@ fn nothing_is_signed_for_no_resource_an_expired_token_or_a_bad_key() {
     let ca = UserCa::new(key(1), 3600);
     let agent = agent();
     let public = key(2).public_key().to_openssh().unwrap();
-    let mut none = request(&agent, &public, None);
+    let mut none = request(&agent, &public, NOW + 86_400);
     none.principals.clear();
     assert!(ca.sign(&none, NOW).unwrap_err().contains("no grant"));
-    assert!(ca.sign(&request(&agent, &public, Some(NOW)), NOW).unwrap_err().contains("expired"));
+    assert!(ca.sign(&request(&agent, &public, NOW), NOW).unwrap_err().contains("expired"));
     assert!(ca
-        .sign(&request(&agent, "ssh-ed25519 nope", None), NOW)
+        .sign(&request(&agent, "ssh-ed25519 nope", NOW + 600), NOW)
         .unwrap_err()
         .contains("not an OpenSSH public key"));
 }
