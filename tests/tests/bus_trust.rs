@@ -221,7 +221,12 @@ async fn sessions_are_trusted_only_under_trusted_node_keys() {
         client_tls: false,
         client_user: "ci".into(),
         application_name: None,
-        upstream: UpstreamTarget { host: "127.0.0.1".into(), port: 5432, database: "demo".into(), user: "app".into() },
+        upstream: UpstreamTarget {
+            host: "127.0.0.1".into(),
+            port: 5432,
+            database: Some("demo".into()),
+            user: "app".into(),
+        },
         node_key: forger.public_hex(),
         policy_version: Some(1),
         grant: Some("everyone".into()),

@@ -185,11 +185,12 @@ async fn binary_results_mask_text_and_null_what_cannot_carry_a_marker() {
     let messages = stack.stream_messages().await;
     assert!(leaked(&messages.concat(), &["carol@example.net", "4111111111111111"]).is_empty());
     let commands = events_of(&messages, "command");
-    let echoed = commands.iter().find(|c| c["payload"]["params"][0].is_string()).expect("the bound command");
+    let echoed =
+        commands.iter().find(|c| c["payload"]["postgres"]["params"][0].is_string()).expect("the bound command");
     // tokio-postgres binds in binary format: recorded as hex, which decodes to an email, so the
     // whole parameter is masked; the integer stays readable.
     assert_eq!(
-        echoed["payload"]["params"],
+        echoed["payload"]["postgres"]["params"],
         json!(["[masked:encoded]", "\\x00000002"]),
         "parameters are recorded masked"
     );

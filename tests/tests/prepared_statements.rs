@@ -86,7 +86,7 @@ async fn a_prepared_statement_is_judged_by_its_text_however_it_runs() {
     let recorded = commands(&stack).await;
     let execute = recorded.iter().find(|c| c["statement"] == "EXECUTE wipe").expect("EXECUTE wipe on record");
     assert_eq!(execute["decision"], "deny");
-    assert_eq!(execute["executes"], json!([{ "name": "wipe", "statement": "delete from orders" }]));
+    assert_eq!(execute["postgres"]["executes"], json!([{ "name": "wipe", "statement": "delete from orders" }]));
     assert!(execute["classification"]["classes"].as_array().unwrap().contains(&json!("delete")), "{execute}");
     let evil = recorded.iter().find(|c| c["statement"] == "EXECUTE evil").expect("EXECUTE evil on record");
     assert_eq!(evil["rule"], "unknown_prepared_statement");
@@ -149,7 +149,7 @@ async fn names_are_what_the_server_confirmed() {
     assert!(statements.contains(&"PREPARE s3 AS select 4"), "{statements:?}");
     assert!(statements.contains(&"PREPARE counted AS select count(*) from orders"), "{statements:?}");
     let executed = recorded.iter().find(|c| c["statement"] == "EXECUTE s1").expect("EXECUTE s1");
-    assert_eq!(executed["executes"][0]["statement"], "select 'first'");
+    assert_eq!(executed["postgres"]["executes"][0]["statement"], "select 'first'");
     // Proven against the server: every statement it ran is on record as allowed, this text.
     let matched = stack.check_upstream_log().expect("the statement log matches the record");
     assert!(matched >= 7, "{matched} statements matched");

@@ -135,6 +135,10 @@ async fn exec_runs_on_the_host_with_the_held_key_masked_and_on_record() {
     let recorded: Vec<&str> = commands.iter().filter_map(|c| c["payload"]["statement"].as_str()).collect();
     assert_eq!(recorded, ran);
     assert!(commands.iter().all(|c| c["payload"]["decision"] == "allow" && c["resource"]["kind"] == "ssh"));
+    // An SSH command is an event of its own kind: nothing PostgreSQL-only on it.
+    assert!(commands.iter().all(|c| c["payload"].get("postgres").is_none()), "{commands:?}");
+    let started = events(&stack).await.into_iter().find(|e| e["type"] == "session.started").expect("session.started");
+    assert_eq!(started["payload"]["upstream"].get("database"), None, "{started}");
     let result = result_of(&stack, commands[0]["id"].as_str().unwrap()).await;
     let exec = &result["payload"]["exec"];
     assert_eq!(exec["exit_status"], 0, "{result}");

@@ -314,6 +314,8 @@ async fn insert_commands(tx: &mut Transaction<'_, Postgres>, events: &[&Decoded<
     if commands.is_empty() {
         return Ok(());
     }
+    // What only PostgreSQL commands carry keeps its own columns in the view.
+    let postgres = || commands.iter().map(|(_, c)| c.postgres.as_ref());
     sqlx::query(
         "INSERT INTO commands (event_id, session_id, seq, at, agent_id, resource, protocol, statement, params, prepared, decision,
                                classification, parse_error, rule, policy_version, executes, step)
@@ -329,8 +331,12 @@ async fn insert_commands(tx: &mut Transaction<'_, Postgres>, events: &[&Decoded<
     .bind(commands.iter().map(|(e, _)| e.envelope.resource.name.as_str()).collect::<Vec<_>>())
     .bind(commands.iter().map(|(_, c)| enum_text(&c.protocol)).collect::<Vec<_>>())
     .bind(commands.iter().map(|(_, c)| c.statement.as_str()).collect::<Vec<_>>())
-    .bind(commands.iter().map(|(_, c)| c.params.as_ref().map(|p| serde_json::to_value(p).unwrap_or_default())).collect::<Vec<_>>())
-    .bind(commands.iter().map(|(_, c)| c.prepared.as_deref()).collect::<Vec<_>>())
+    .bind(
+        postgres()
+            .map(|pg| pg.and_then(|pg| pg.params.as_ref()).map(|p| serde_json::to_value(p).unwrap_or_default()))
+            .collect::<Vec<_>>(),
+    )
+    .bind(postgres().map(|pg| pg.and_then(|pg| pg.prepared.as_deref())).collect::<Vec<_>>())
     .bind(commands.iter().map(|(_, c)| enum_text(&c.decision)).collect::<Vec<_>>())
     .bind(
         commands
@@ -342,12 +348,13 @@ async fn insert_commands(tx: &mut Transaction<'_, Postgres>, events: &[&Decoded<
     .bind(commands.iter().map(|(_, c)| c.rule.as_deref()).collect::<Vec<_>>())
     .bind(commands.iter().map(|(_, c)| c.policy_version.and_then(|v| i64::try_from(v).ok())).collect::<Vec<_>>())
     .bind(
-        commands
-            .iter()
-            .map(|(_, c)| (!c.executes.is_empty()).then(|| serde_json::to_value(&c.executes).unwrap_or_default()))
+        postgres()
+            .map(|pg| {
+                pg.filter(|pg| !pg.executes.is_empty()).map(|pg| serde_json::to_value(&pg.executes).unwrap_or_default())
+            })
             .collect::<Vec<_>>(),
     )
-    .bind(commands.iter().map(|(_, c)| c.step.as_ref().map(enum_text)).collect::<Vec<_>>())
+    .bind(postgres().map(|pg| pg.and_then(|pg| pg.step.as_ref()).map(enum_text)).collect::<Vec<_>>())
     .execute(&mut **tx)
     .await?;
     Ok(())

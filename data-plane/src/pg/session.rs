@@ -277,7 +277,7 @@ async fn open(ctx: &PgContext, peer: SocketAddr, greeted: Greeted) -> Option<Ope
         upstream: UpstreamTarget {
             host: resource.host.clone(),
             port: resource.port,
-            database: resource.database.clone(),
+            database: Some(resource.database.clone()),
             user: if access == Access::ReadOnly { resource.read_only().user.clone() } else { resource.user.clone() },
         },
         node_key: services.signer.public_hex(),

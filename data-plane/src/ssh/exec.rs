@@ -162,20 +162,11 @@ async fn refuse_request(
 ) {
     opened.commands.fetch_add(1, Ordering::Relaxed);
     let policy_version = ctx.services.policy.borrow().as_ref().map(|p| p.version);
+    let statement = super::forward::masked(&ctx.services.policy.borrow().clone(), &opened.resource.name, what);
     let record = Command {
-        protocol: Protocol::Exec,
-        statement: super::forward::masked(&ctx.services.policy.borrow().clone(), &opened.resource.name, what),
-        params: None,
-        prepared: None,
-        executes: Vec::new(),
-        step: None,
-        classification: None,
-        parse_error: None,
-        decision: Decision::Deny,
         rule: Some("not_served".into()),
         policy_version,
-        approval_id: None,
-        masked: Vec::new(),
+        ..Command::new(Protocol::Exec, statement, Decision::Deny)
     };
     match opened.recorder.seal(kind::COMMAND, &record) {
         Ok(event) => opened.recorder.background(event),
@@ -584,10 +575,7 @@ pub(super) fn judge(
     let record = Command {
         protocol,
         statement: shown,
-        params: None,
-        prepared: None,
-        executes: Vec::new(),
-        step: None,
+        postgres: None,
         classification,
         parse_error: line.as_ref().err().cloned(),
         decision: verdict.decision,

@@ -46,10 +46,7 @@ pub async fn serve(
     let record = Command {
         protocol: Protocol::Forward,
         statement: masked(&policy, &opened.resource.name, &format!("forward {}:{}", to.host, to.port)),
-        params: None,
-        prepared: None,
-        executes: Vec::new(),
-        step: None,
+        postgres: None,
         classification: Some(Classification {
             statements: 1,
             classes: ["forward".to_owned()].into(),

@@ -208,7 +208,7 @@ impl Agent {
             upstream: UpstreamTarget {
                 host: resource.host.clone(),
                 port: resource.port,
-                database: String::new(),
+                database: None,
                 user: resource.user.clone(),
             },
             node_key: services.signer.public_hex(),

@@ -389,10 +389,7 @@ impl Sftp {
         let record = Command {
             protocol: Protocol::Sftp,
             statement: masker.mask_str(&statement, None, &mut tally).into_owned(),
-            params: None,
-            prepared: None,
-            executes: Vec::new(),
-            step: None,
+            postgres: None,
             classification: Some(classification),
             parse_error: None,
             decision: if denial.is_some() { Decision::Deny } else { Decision::Allow },

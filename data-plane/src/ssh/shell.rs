@@ -273,20 +273,11 @@ fn opening(ctx: &SshContext, opened: &Opened) -> Command {
         _ if opened.access == Access::ReadOnly => Some("read_only_grant"),
         _ => None,
     };
+    let decision = if rule.is_some() { Decision::Deny } else { Decision::Allow };
     Command {
-        protocol: Protocol::Shell,
-        statement: "<shell>".into(),
-        params: None,
-        prepared: None,
-        executes: Vec::new(),
-        step: None,
-        classification: None,
-        parse_error: None,
-        decision: if rule.is_some() { Decision::Deny } else { Decision::Allow },
         rule: rule.map(str::to_owned),
         policy_version: policy.as_ref().map(|p| p.version),
-        approval_id: None,
-        masked: Vec::new(),
+        ..Command::new(Protocol::Shell, "<shell>".into(), decision)
     }
 }
 

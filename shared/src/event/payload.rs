@@ -34,7 +34,9 @@ pub struct SessionStarted {
 pub struct UpstreamTarget {
     pub host: String,
     pub port: u16,
-    pub database: String,
+    /// The database (PostgreSQL only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
     pub user: String,
 }
 
@@ -92,22 +94,13 @@ pub struct Classification {
 /// `command`: one statement (or request, or exec) an agent sent, recorded before it runs.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Command {
+    /// How it reached the gateway (which also says which protocol it belongs to).
     pub protocol: Protocol,
+    /// The command as the upstream runs it: a SQL text, a command line, a shell input line.
     pub statement: String,
-    /// Bind parameters in text form (`None` = SQL NULL); binary ones as `\x` hex.
+    /// What only a PostgreSQL statement carries; absent when it carried none of it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub params: Option<Vec<Option<String>>>,
-    /// Name of the prepared statement, when it had one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub prepared: Option<String>,
-    /// The prepared statements a SQL `EXECUTE` in `statement` runs, as the server stores them
-    /// (masked); judged as part of this command.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub executes: Vec<Executed>,
-    /// Extended protocol: the message judged when it was not an Execute (a statement refused
-    /// when it was prepared, or a Bind of a statement the proxy does not know).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub step: Option<Step>,
+    pub postgres: Option<PgCommand>,
     /// What the statement does; absent when it did not parse (see `parse_error`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub classification: Option<Classification>,
@@ -123,10 +116,54 @@ pub struct Command {
     /// For a held command: the approval request that holds it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval_id: Option<Uuid>,
-    /// What masking replaced in `statement`, `params` and `parse_error` (they are recorded
-    /// masked; the upstream receives the statement as the agent sent it).
+    /// What masking replaced in `statement`, `postgres.params`, `postgres.executes` and
+    /// `parse_error` (they are recorded masked; the upstream receives them as the agent sent them).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub masked: Vec<MaskCount>,
+}
+
+impl Command {
+    /// A command judged `decision`, with nothing else known about it yet.
+    pub fn new(protocol: Protocol, statement: String, decision: Decision) -> Self {
+        Command {
+            protocol,
+            statement,
+            postgres: None,
+            classification: None,
+            parse_error: None,
+            decision,
+            rule: None,
+            policy_version: None,
+            approval_id: None,
+            masked: Vec::new(),
+        }
+    }
+}
+
+/// The parts of a command only PostgreSQL has.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct PgCommand {
+    /// Bind parameters in text form (`None` = SQL NULL); binary ones as `\x` hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params: Option<Vec<Option<String>>>,
+    /// Name of the prepared statement, when it had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prepared: Option<String>,
+    /// The prepared statements a SQL `EXECUTE` in the statement runs, as the server stores
+    /// them (masked); judged as part of this command.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub executes: Vec<Executed>,
+    /// Extended protocol: the message judged when it was not an Execute (a statement refused
+    /// when it was prepared, or a Bind of a statement the proxy does not know).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<Step>,
+}
+
+impl PgCommand {
+    /// `None` when there is nothing to say (a plain simple-protocol statement).
+    pub fn unless_empty(self) -> Option<Self> {
+        (self != PgCommand::default()).then_some(self)
+    }
 }
 
 /// A prepared statement run by a SQL `EXECUTE`.

@@ -20,27 +20,14 @@ fn sealed_session(signer: &SessionSigner) -> Vec<SealedEvent> {
         client_tls: false,
         client_user: "ci".into(),
         application_name: None,
-        upstream: UpstreamTarget { host: "db".into(), port: 5432, database: "orders".into(), user: "app".into() },
+        upstream: UpstreamTarget { host: "db".into(), port: 5432, database: Some("orders".into()), user: "app".into() },
         node_key: signer.public_hex(),
         policy_version: Some(1),
         grant: Some("ci".into()),
         access: Some(crate::policy::Access::ReadOnly),
     };
-    let command = Command {
-        protocol: Protocol::Simple,
-        statement: "select 1".into(),
-        params: None,
-        prepared: None,
-        executes: Vec::new(),
-        step: None,
-        classification: None,
-        parse_error: None,
-        decision: Decision::Allow,
-        rule: None,
-        policy_version: Some(1),
-        approval_id: None,
-        masked: Vec::new(),
-    };
+    let command =
+        Command { policy_version: Some(1), ..Command::new(Protocol::Simple, "select 1".into(), Decision::Allow) };
     let a = chain.seal(kind::SESSION_STARTED, &started).unwrap();
     let b = chain.seal(kind::COMMAND, &command).unwrap();
     let seq = chain.next_seq();

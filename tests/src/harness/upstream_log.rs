@@ -83,7 +83,7 @@ fn allowed(events: &[Value]) -> Vec<Allowed> {
         .map(|e| Allowed {
             protocol: e["payload"]["protocol"].as_str().unwrap_or_default().to_owned(),
             statement: e["payload"]["statement"].as_str().unwrap_or_default().to_owned(),
-            executes: e["payload"]["executes"]
+            executes: e["payload"]["postgres"]["executes"]
                 .as_array()
                 .into_iter()
                 .flatten()

@@ -16,7 +16,7 @@ use crate::session::hold::Hold;
 use crate::session::judge::{Asker, Verdict};
 use bytes::Bytes;
 use std::sync::Arc;
-use tollgate_shared::event::{Classification, Command, Decision, Executed, Protocol, Step};
+use tollgate_shared::event::{Classification, Command, Decision, Executed, PgCommand, Protocol, Step};
 use tollgate_shared::identity::AgentIdentity;
 use tollgate_shared::mask::{Masker, Tally};
 use tollgate_shared::policy::{Access, Denial};
@@ -125,20 +125,13 @@ impl Guard<'_> {
 
     /// A Bind or Execute of a name the proxy does not know, refused before any judgement.
     pub fn refused(&self, step: Option<Step>, prepared: &str, refusal: Refusal) -> Judged {
+        let postgres =
+            PgCommand { prepared: (!prepared.is_empty()).then(|| prepared.to_owned()), step, ..Default::default() };
         let command = Command {
-            protocol: Protocol::Extended,
-            statement: String::new(),
-            params: None,
-            prepared: (!prepared.is_empty()).then(|| prepared.to_owned()),
-            executes: Vec::new(),
-            step,
-            classification: None,
-            parse_error: None,
-            decision: Decision::Deny,
+            postgres: postgres.unless_empty(),
             rule: Some(refusal.rule.into()),
             policy_version: self.policy.borrow().as_ref().map(|p| p.version),
-            approval_id: None,
-            masked: Vec::new(),
+            ..Command::new(Protocol::Extended, String::new(), Decision::Deny)
         };
         Judged { command, refusal: Some(self.denial_error(refusal.rule, &refusal.reason)), hold: None }
     }
@@ -228,20 +221,14 @@ impl Record<'_, '_> {
             params.into_iter().map(|p| p.map(|p| masker.mask_str(&p, None, &mut tally).into_owned())).collect()
         });
         let parse_error = subject.analysis.err().map(|e| masker.mask_str(&e.0, None, &mut tally).into_owned());
+        let postgres = PgCommand { params, prepared: subject.prepared.clone(), executes, step: subject.step };
         Command {
-            protocol: subject.protocol,
-            statement,
-            params,
-            prepared: subject.prepared.clone(),
-            executes,
-            step: subject.step,
+            postgres: postgres.unless_empty(),
             classification: self.classification,
             parse_error,
-            decision: self.decision,
             rule: self.rule,
-            policy_version: None,
-            approval_id: None,
             masked: tally.into_counts(),
+            ..Command::new(subject.protocol, statement, self.decision)
         }
     }
 }
