@@ -69,7 +69,7 @@ pub async fn connect(resource: &SshResource, timeout: Duration) -> Result<Host, 
         let _ = tcp.set_nodelay(true);
         let mismatch = Arc::new(std::sync::Mutex::new(None));
         let handler = Pinned { expected, mismatch: mismatch.clone() };
-        let config = Arc::new(russh::client::Config { nodelay: true, ..Default::default() });
+        let config = Arc::new(russh::client::Config { nodelay: true, preferred: preferred(), ..Default::default() });
         let mut host = match russh::client::connect_stream(config, tcp, handler).await {
             Ok(host) => host,
             Err(e) => {
@@ -99,4 +99,13 @@ pub async fn connect(resource: &SshResource, timeout: Duration) -> Result<Host, 
         Ok(host)
     };
     tokio::time::timeout(timeout, login).await.unwrap_or_else(|_| Err("login timed out".into()))
+}
+
+/// Algorithms the gateway asks hosts for, AES-GCM first: with the processor's AES instructions
+/// it moves bulk data (scp, rsync) faster than ChaCha20 does here.
+fn preferred() -> russh::Preferred {
+    use russh::cipher;
+    const CIPHERS: &[cipher::Name] =
+        &[cipher::AES_256_GCM, cipher::CHACHA20_POLY1305, cipher::AES_256_CTR, cipher::AES_128_CTR];
+    russh::Preferred { cipher: std::borrow::Cow::Borrowed(CIPHERS), ..Default::default() }
 }
