@@ -294,16 +294,56 @@ async fn a_shell_reading_its_input_and_unserved_requests_are_refused_and_recorde
     let out = agent_ssh_with(gateway, "web-1", &token, &["-s"], Some("netconf")).output().expect("ssh -s");
     assert_eq!(out.status.code(), Some(126));
     assert!(text(&out.stderr).contains("the netconf subsystem is not served"), "{}", text(&out.stderr));
+    // Agent forwarding and X11 are refused: the command runs, without the agent's socket or a
+    // display on the host.
+    let agent_dir = tempfile::tempdir().expect("agent dir");
+    let agent_socket = agent_dir.path().join("agent.sock");
+    let mut ssh_agent = std::process::Command::new("ssh-agent")
+        .arg("-D")
+        .arg("-a")
+        .arg(&agent_socket)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("ssh-agent");
+    eventually(10, "ssh-agent's socket", || async { agent_socket.exists().then_some(()) }).await;
+    let show = "env";
+    let out = agent_ssh_with(gateway, "web-1", &token, &["-A", "-X", "-o", "LogLevel=INFO"], Some(show))
+        .env("SSH_AUTH_SOCK", &agent_socket)
+        .env("DISPLAY", ":99")
+        .output()
+        .expect("ssh -A -X");
+    let _ = ssh_agent.kill();
+    let _ = ssh_agent.wait();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let env = text(&out.stdout);
+    assert!(env.contains("SSH_CONNECTION="), "the host's environment: {env}");
+    assert!(!env.contains("SSH_AUTH_SOCK") && !env.contains("DISPLAY="), "{env}");
+    assert!(text(&out.stderr).contains("X11 forwarding request failed"), "{}", text(&out.stderr));
+    // A remote forward (`-R`): the gateway opens no port for the agent.
+    let out = agent_ssh_with(
+        gateway,
+        "web-1",
+        &token,
+        &["-N", "-o", "ExitOnForwardFailure=yes", "-R", "127.0.0.1:0:127.0.0.1:9"],
+        None,
+    )
+    .output()
+    .expect("ssh -R");
+    assert_eq!(out.status.code(), Some(255), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("remote port forwarding failed"), "{}", text(&out.stderr));
     let out = ssh(&stack, &token, "touch allowed-after");
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let commands = exec_commands(&stack, 3).await;
+    let commands = exec_commands(&stack, 4).await;
     let seen: Vec<(&str, &str)> = commands
         .iter()
         .map(|c| (c["payload"]["statement"].as_str().unwrap(), c["payload"]["decision"].as_str().unwrap()))
         .collect();
-    assert_eq!(seen, [("bash", "deny"), ("<subsystem netconf>", "deny"), ("touch allowed-after", "allow")]);
+    assert_eq!(
+        seen,
+        [("bash", "deny"), ("<subsystem netconf>", "deny"), (show, "allow"), ("touch allowed-after", "allow")]
+    );
     assert!(!host.work("denied-by-stdin").exists());
-    assert_eq!(host.check_against(&events(&stack).await), Ok(1));
+    assert_eq!(host.check_against(&events(&stack).await), Ok(2));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
