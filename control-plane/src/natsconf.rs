@@ -61,7 +61,11 @@ fn user_key(dir: &Path, component: &str) -> Result<String, String> {
 fn route_secret(dir: &Path) -> Result<String, String> {
     let path = dir.join("route.secret");
     let (secret, _) = tollgate_shared::keys::load_or_create(&path, || {
-        Ok(format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple()).into_bytes())
+        // From the operating system's generator (ids come from a faster one).
+        let mut bytes = [0u8; 32];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+            .map_err(|_| "no randomness for the route secret".to_owned())?;
+        Ok(hex::encode(bytes).into_bytes())
     })?;
     let secret = String::from_utf8(secret).map_err(|_| format!("{}: not a route secret", path.display()))?;
     let secret = secret.trim().to_owned();

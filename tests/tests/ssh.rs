@@ -156,6 +156,14 @@ async fn exec_runs_on_the_host_with_the_held_key_masked_and_on_record() {
     assert!(!text(&stream).contains(&body[..40]) && !stdout.contains(&body[..40]));
     let sessions = ended(&stack, 2).await;
     assert!(sessions.iter().all(|s| s["resource_kind"] == "ssh"), "{sessions:?}");
+    for session in &sessions {
+        let (_, verify) = stack.api(&format!("/api/v1/sessions/{}/verify", session["id"].as_str().unwrap())).await;
+        assert_eq!(
+            (verify["views_match"].as_bool(), verify["trusted"].as_bool()),
+            (Some(true), Some(true)),
+            "{verify}"
+        );
+    }
     assert_eq!(host.check_against(&events(&stack).await), Ok(2));
 }
 

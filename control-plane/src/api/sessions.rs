@@ -2,6 +2,7 @@
 //! commands with their results, and verification of its hash chain.
 
 use super::{ApiError, AppState};
+use crate::projector::rows::{self, CommandRow, ResultRow, COMMAND_COLUMNS, RESULT_COLUMNS};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::response::IntoResponse;
@@ -339,7 +340,11 @@ pub struct VerifyView {
     /// How the key that signed stands: trusted, retired (after this session), pending (never
     /// trusted), unknown (no proxy announced it), revoked.
     pub node_trust: Option<super::nodes::KeyTrust>,
-    /// Complete, linked, and signed by a node key that is trusted for this session.
+    /// The commands and results the API serves for this session say exactly what the stored
+    /// events say (no row edited, added or removed behind the record's back).
+    pub views_match: bool,
+    /// Complete, linked, signed by a node key that is trusted for this session, and served
+    /// as recorded.
     pub trusted: bool,
     pub head: String,
     pub problems: Vec<String>,
@@ -354,12 +359,29 @@ pub async fn verify_session(
 ) -> Result<Json<VerifyView>, ApiError> {
     let id = session_id(id)?;
     load_session(&state, id).await?;
+    // One snapshot for the events and the views, so a batch the projector commits meanwhile
+    // cannot look like a difference.
+    let mut tx = state.db.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *tx).await?;
     let raws: Vec<(Vec<u8>,)> = sqlx::query_as("SELECT raw FROM events WHERE session_id = $1 ORDER BY seq, id")
         .bind(id)
-        .fetch_all(&state.db)
+        .fetch_all(&mut *tx)
         .await?;
+    let commands: Vec<CommandRow> =
+        sqlx::query_as(&format!("SELECT {COMMAND_COLUMNS} FROM commands WHERE session_id = $1"))
+            .bind(id)
+            .fetch_all(&mut *tx)
+            .await?;
+    let results: Vec<ResultRow> =
+        sqlx::query_as(&format!("SELECT {RESULT_COLUMNS} FROM command_results WHERE session_id = $1"))
+            .bind(id)
+            .fetch_all(&mut *tx)
+            .await?;
+    tx.commit().await?;
     let slices: Vec<&[u8]> = raws.iter().map(|(r,)| r.as_slice()).collect();
     let report = tollgate_shared::event::verify_chain(&slices);
+    let view_problems = rows::compare(&rows::expected(&slices), &commands, &results);
+    let views_match = view_problems.is_empty();
     let started: Option<(Option<DateTime<Utc>>,)> =
         sqlx::query_as("SELECT started_at FROM sessions WHERE id = $1").bind(id).fetch_optional(&state.db).await?;
     let node_trust = match &report.node_key {
@@ -367,6 +389,7 @@ pub async fn verify_session(
         None => None,
     };
     let mut problems = report.problems;
+    problems.extend(view_problems);
     let key_trusted = node_trust.as_ref().is_some_and(|t| t.trusted());
     if !key_trusted {
         problems.push(format!(
@@ -379,7 +402,8 @@ pub async fn verify_session(
         events: report.events,
         linked: report.linked,
         complete: report.complete,
-        trusted: report.linked && report.complete && key_trusted,
+        views_match,
+        trusted: report.linked && report.complete && key_trusted && views_match,
         node_key: report.node_key,
         node_trust,
         head: report.head,

@@ -16,6 +16,8 @@ use tollgate_shared::event::{
 use tollgate_shared::identity::AgentIdentity;
 use uuid::Uuid;
 
+use super::rows::{enum_text, CommandRow, ResultRow, COMMAND_COLUMNS, RESULT_COLUMNS};
+
 #[derive(Default)]
 pub struct BatchOutcome {
     pub projected: u64,
@@ -30,14 +32,14 @@ pub fn agent_id(agent: &AgentIdentity) -> Uuid {
 }
 
 /// A message that decoded into an event with a payload of the shape its type promises.
-struct Decoded<'a> {
-    envelope: Envelope<&'a RawValue>,
-    seq: i64,
+pub(super) struct Decoded<'a> {
+    pub(super) envelope: Envelope<&'a RawValue>,
+    pub(super) seq: i64,
     raw: &'a [u8],
-    payload: Payload,
+    pub(super) payload: Payload,
 }
 
-enum Payload {
+pub(super) enum Payload {
     Started(SessionStarted),
     Command(Command),
     Result(CommandResult),
@@ -60,7 +62,7 @@ fn typed<'a, T: Deserialize<'a>>(envelope: &Envelope<&'a RawValue>) -> Result<T,
 }
 
 /// Parse an event once: the envelope, and the payload in the shape its type promises.
-fn decode(raw: &[u8]) -> Result<Decoded<'_>, String> {
+pub(super) fn decode(raw: &[u8]) -> Result<Decoded<'_>, String> {
     let envelope: Envelope<&RawValue> =
         serde_json::from_slice(raw).map_err(|e| format!("not an event envelope: {e}"))?;
     let seq = i64::try_from(envelope.seq).map_err(|_| "seq out of range".to_owned())?;
@@ -81,14 +83,6 @@ fn decode(raw: &[u8]) -> Result<Decoded<'_>, String> {
         _ => Payload::Other,
     };
     Ok(Decoded { envelope, seq, raw, payload })
-}
-
-/// The serde name of a unit enum variant (`Outcome::Ok` → "ok").
-fn enum_text<T: serde::Serialize>(value: &T) -> String {
-    match serde_json::to_value(value) {
-        Ok(serde_json::Value::String(s)) => s,
-        _ => String::new(),
-    }
 }
 
 /// Whether an event is one only the control plane publishes (so it must carry its signature):
@@ -304,91 +298,74 @@ async fn upsert_sessions(tx: &mut Transaction<'_, Postgres>, events: &[&Decoded<
 }
 
 async fn insert_commands(tx: &mut Transaction<'_, Postgres>, events: &[&Decoded<'_>]) -> sqlx::Result<()> {
-    let commands: Vec<(&Decoded, &Command)> = events
+    let rows: Vec<CommandRow> = events
         .iter()
         .filter_map(|e| match &e.payload {
-            Payload::Command(c) => Some((*e, c)),
+            Payload::Command(c) => Some(CommandRow::of(&e.envelope, e.seq, c)),
             _ => None,
         })
         .collect();
-    if commands.is_empty() {
+    if rows.is_empty() {
         return Ok(());
     }
-    // What only PostgreSQL commands carry keeps its own columns in the view.
-    let postgres = || commands.iter().map(|(_, c)| c.postgres.as_ref());
-    sqlx::query(
-        "INSERT INTO commands (event_id, session_id, seq, at, agent_id, resource, protocol, statement, params, prepared, decision,
-                               classification, parse_error, rule, policy_version, executes, step)
+    let column = |f: fn(&CommandRow) -> Option<&str>| rows.iter().map(f).collect::<Vec<_>>();
+    sqlx::query(&format!(
+        "INSERT INTO commands ({COMMAND_COLUMNS})
          SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::int8[], $4::timestamptz[], $5::uuid[], $6::text[], $7::text[],
                               $8::text[], $9::jsonb[], $10::text[], $11::text[], $12::jsonb[], $13::text[], $14::text[], $15::int8[],
-                              $16::jsonb[], $17::text[])",
-    )
-    .bind(commands.iter().map(|(e, _)| e.envelope.id).collect::<Vec<_>>())
-    .bind(commands.iter().map(|(e, _)| e.envelope.session).collect::<Vec<_>>())
-    .bind(commands.iter().map(|(e, _)| e.seq).collect::<Vec<_>>())
-    .bind(commands.iter().map(|(e, _)| e.envelope.at).collect::<Vec<_>>())
-    .bind(commands.iter().map(|(e, _)| agent_id(&e.envelope.agent)).collect::<Vec<_>>())
-    .bind(commands.iter().map(|(e, _)| e.envelope.resource.name.as_str()).collect::<Vec<_>>())
-    .bind(commands.iter().map(|(_, c)| enum_text(&c.protocol)).collect::<Vec<_>>())
-    .bind(commands.iter().map(|(_, c)| c.statement.as_str()).collect::<Vec<_>>())
-    .bind(
-        postgres()
-            .map(|pg| pg.and_then(|pg| pg.params.as_ref()).map(|p| serde_json::to_value(p).unwrap_or_default()))
-            .collect::<Vec<_>>(),
-    )
-    .bind(postgres().map(|pg| pg.and_then(|pg| pg.prepared.as_deref())).collect::<Vec<_>>())
-    .bind(commands.iter().map(|(_, c)| enum_text(&c.decision)).collect::<Vec<_>>())
-    .bind(
-        commands
-            .iter()
-            .map(|(_, c)| c.classification.as_ref().map(|k| serde_json::to_value(k).unwrap_or_default()))
-            .collect::<Vec<_>>(),
-    )
-    .bind(commands.iter().map(|(_, c)| c.parse_error.as_deref()).collect::<Vec<_>>())
-    .bind(commands.iter().map(|(_, c)| c.rule.as_deref()).collect::<Vec<_>>())
-    .bind(commands.iter().map(|(_, c)| c.policy_version.and_then(|v| i64::try_from(v).ok())).collect::<Vec<_>>())
-    .bind(
-        postgres()
-            .map(|pg| {
-                pg.filter(|pg| !pg.executes.is_empty()).map(|pg| serde_json::to_value(&pg.executes).unwrap_or_default())
-            })
-            .collect::<Vec<_>>(),
-    )
-    .bind(postgres().map(|pg| pg.and_then(|pg| pg.step.as_ref()).map(enum_text)).collect::<Vec<_>>())
+                              $16::jsonb[], $17::text[])"
+    ))
+    .bind(rows.iter().map(|r| r.event_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.session_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.seq).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.at).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.agent_id).collect::<Vec<_>>())
+    .bind(column(|r| Some(&r.resource)))
+    .bind(column(|r| Some(&r.protocol)))
+    .bind(column(|r| Some(&r.statement)))
+    .bind(rows.iter().map(|r| r.params.as_ref()).collect::<Vec<_>>())
+    .bind(column(|r| r.prepared.as_deref()))
+    .bind(column(|r| Some(&r.decision)))
+    .bind(rows.iter().map(|r| r.classification.as_ref()).collect::<Vec<_>>())
+    .bind(column(|r| r.parse_error.as_deref()))
+    .bind(column(|r| r.rule.as_deref()))
+    .bind(rows.iter().map(|r| r.policy_version).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.executes.as_ref()).collect::<Vec<_>>())
+    .bind(column(|r| r.step.as_deref()))
     .execute(&mut **tx)
     .await?;
     Ok(())
 }
 
 async fn insert_results(tx: &mut Transaction<'_, Postgres>, events: &[&Decoded<'_>]) -> sqlx::Result<()> {
-    let results: Vec<(&Decoded, &CommandResult)> = events
+    let rows: Vec<ResultRow> = events
         .iter()
         .filter_map(|e| match &e.payload {
-            Payload::Result(r) => Some((*e, r)),
+            Payload::Result(r) => Some(ResultRow::of(&e.envelope, r)),
             _ => None,
         })
         .collect();
-    if results.is_empty() {
+    if rows.is_empty() {
         return Ok(());
     }
-    sqlx::query(
-        "INSERT INTO command_results (event_id, command_id, session_id, at, outcome, tags, rows, duration_us, error_code, error_message)
+    sqlx::query(&format!(
+        "INSERT INTO command_results ({RESULT_COLUMNS})
          SELECT u.event_id, u.command_id, u.session_id, u.at, u.outcome, ARRAY(SELECT jsonb_array_elements_text(u.tags)),
                 u.rows, u.duration_us, u.error_code, u.error_message
          FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::timestamptz[], $5::text[], $6::jsonb[], $7::int8[], $8::int8[],
                      $9::text[], $10::text[])
-              AS u(event_id, command_id, session_id, at, outcome, tags, rows, duration_us, error_code, error_message)",
-    )
-    .bind(results.iter().map(|(e, _)| e.envelope.id).collect::<Vec<_>>())
-    .bind(results.iter().map(|(_, r)| r.command_id).collect::<Vec<_>>())
-    .bind(results.iter().map(|(e, _)| e.envelope.session).collect::<Vec<_>>())
-    .bind(results.iter().map(|(e, _)| e.envelope.at).collect::<Vec<_>>())
-    .bind(results.iter().map(|(_, r)| enum_text(&r.outcome)).collect::<Vec<_>>())
-    .bind(results.iter().map(|(_, r)| serde_json::to_value(&r.tags).unwrap_or_default()).collect::<Vec<_>>())
-    .bind(results.iter().map(|(_, r)| i64::try_from(r.rows).unwrap_or(i64::MAX)).collect::<Vec<_>>())
-    .bind(results.iter().map(|(_, r)| i64::try_from(r.duration_us).unwrap_or(i64::MAX)).collect::<Vec<_>>())
-    .bind(results.iter().map(|(_, r)| r.error.as_ref().map(|e| e.code.as_str())).collect::<Vec<_>>())
-    .bind(results.iter().map(|(_, r)| r.error.as_ref().map(|e| e.message.as_str())).collect::<Vec<_>>())
+              AS u(event_id, command_id, session_id, at, outcome, tags, rows, duration_us, error_code, error_message)"
+    ))
+    .bind(rows.iter().map(|r| r.event_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.command_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.session_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.at).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.outcome.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| serde_json::to_value(&r.tags).unwrap_or_default()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.rows).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.duration_us).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.error_code.as_deref()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.error_message.as_deref()).collect::<Vec<_>>())
     .execute(&mut **tx)
     .await?;
     Ok(())

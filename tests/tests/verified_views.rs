@@ -1,0 +1,75 @@
+//! The views cannot lie: a row of the commands or results view edited, added or removed behind
+//! the record's back is reported by a session's verification, which re-derives the rows from the
+//! stored event bytes.
+
+use serde_json::Value;
+use tollgate_tests::Stack;
+
+async fn verify(stack: &Stack, session: &str) -> Value {
+    let (status, report) = stack.api(&format!("/api/v1/sessions/{session}/verify")).await;
+    assert_eq!(status, 200, "{report}");
+    report
+}
+
+fn problems(report: &Value) -> Vec<String> {
+    report["problems"].as_array().expect("problems").iter().filter_map(|p| p.as_str().map(str::to_owned)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edited_added_and_removed_view_rows_are_reported() {
+    let stack = Stack::start().await;
+    let client = stack.agent_client(&stack.agent_token("bot-views")).await.expect("connect");
+    client.simple_query("create table victims (id int)").await.expect("create");
+    client.simple_query("insert into victims values (1), (2)").await.expect("insert");
+    client.simple_query("delete from victims where id = 1").await.expect("delete");
+    drop(client);
+    let session = stack.ended_sessions(1).await.remove(0);
+    let id = session["id"].as_str().expect("id").to_owned();
+    let sql = |q: &str| stack.pg.admin_sql("tollgate", q);
+
+    // Positive control: as projected, the views say what the events say.
+    let clean = verify(&stack, &id).await;
+    assert_eq!((clean["views_match"].as_bool(), clean["trusted"].as_bool()), (Some(true), Some(true)), "{clean}");
+    assert_eq!(sql(&format!("select count(*) from commands where session_id = '{id}'")).trim(), "3");
+
+    // A reviewer would read an innocent statement where the agent deleted rows.
+    let deleted = sql("select event_id from commands where statement like 'delete%'").trim().to_owned();
+    assert!(!deleted.is_empty(), "the delete is in the view");
+    sql(&format!("update commands set statement = 'select 1', decision = 'deny' where event_id = '{deleted}'"));
+    let report = verify(&stack, &id).await;
+    assert_eq!((report["views_match"].as_bool(), report["trusted"].as_bool()), (Some(false), Some(false)), "{report}");
+    assert_eq!(report["linked"], true, "the events themselves are intact: {report}");
+    let found = problems(&report);
+    assert!(
+        found.iter().any(|p| p.contains(&deleted) && p.ends_with("in: statement, decision")),
+        "the edited row and its columns are named: {found:?}"
+    );
+
+    // A result row removed, and one edited (rows affected).
+    let insert = sql("select event_id from commands where statement like 'insert%'").trim().to_owned();
+    let removed = sql(&format!("delete from command_results where command_id = '{insert}' returning event_id"));
+    let removed = removed.lines().next().unwrap_or_default().trim().to_owned();
+    assert!(!removed.is_empty(), "a result was removed");
+    sql(&format!("update command_results set rows = 0 where command_id = '{deleted}'"));
+    // A command the agent never sent, added to the view.
+    let forged = "00000000-0000-7000-8000-000000000001";
+    sql(&format!(
+        "insert into commands (event_id, session_id, seq, at, agent_id, resource, protocol, statement, decision)
+         select '{forged}', session_id, 99, at, agent_id, resource, protocol, 'select harmless', 'allow'
+         from commands where event_id = '{deleted}'"
+    ));
+    let report = verify(&stack, &id).await;
+    let found = problems(&report);
+    assert!(found.iter().any(|p| p.contains(&removed) && p.contains("missing from the results view")), "{found:?}");
+    assert!(
+        found.iter().any(|p| p.contains(&deleted) && p.contains("results view differs") && p.ends_with("in: rows")),
+        "{found:?}"
+    );
+    assert!(found.iter().any(|p| p.contains(forged) && p.contains("no stored event records")), "{found:?}");
+    assert_eq!(report["trusted"], false);
+
+    // A command row removed from the view.
+    sql(&format!("delete from commands where event_id = '{insert}'"));
+    let found = problems(&verify(&stack, &id).await);
+    assert!(found.iter().any(|p| p.contains(&insert) && p.contains("missing from the commands view")), "{found:?}");
+}
