@@ -73,3 +73,48 @@ async fn edited_added_and_removed_view_rows_are_reported() {
     let found = problems(&verify(&stack, &id).await);
     assert!(found.iter().any(|p| p.contains(&insert) && p.contains("missing from the commands view")), "{found:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edited_a_deleted_and_two_reordered_events_are_reported() {
+    let stack = Stack::start().await;
+    let token = stack.agent_token("bot-chain");
+    for n in 0..3 {
+        let client = stack.agent_client(&token).await.expect("connect");
+        client.simple_query(&format!("select {n}")).await.expect("select");
+        client.simple_query("select 'second'").await.expect("select");
+        drop(client);
+        stack.ended_sessions(n + 1).await;
+    }
+    let sessions = stack.ended_sessions(3).await;
+    let ids: Vec<String> = sessions.iter().map(|s| s["id"].as_str().expect("id").to_owned()).collect();
+    let sql = |q: &str| stack.pg.admin_sql("tollgate", q);
+    for id in &ids {
+        let clean = verify(&stack, id).await;
+        assert_eq!(clean["trusted"], true, "positive control: {clean}");
+    }
+
+    // Edited: the stored bytes of a command say something else.
+    sql(&format!(
+        "update events set raw = convert_to(replace(convert_from(raw, 'UTF8'), 'second', 'edited'), 'UTF8')
+         where session_id = '{}' and type = 'command' and convert_from(raw, 'UTF8') like '%second%'",
+        ids[0]
+    ));
+    let report = verify(&stack, &ids[0]).await;
+    assert_eq!((report["linked"].as_bool(), report["trusted"].as_bool()), (Some(false), Some(false)), "{report}");
+    assert!(problems(&report).iter().any(|p| p.contains("does not link to the event before it")), "{report}");
+
+    // Deleted: one event gone.
+    sql(&format!("delete from events where session_id = '{}' and seq = 2", ids[1]));
+    let report = verify(&stack, &ids[1]).await;
+    assert_eq!(report["trusted"], false, "{report}");
+    assert!(problems(&report).iter().any(|p| p.contains("expected seq 2, found 3")), "{report}");
+
+    // Reordered: two events swap places.
+    sql(&format!(
+        "update events set seq = case seq when 1 then 2 else 1 end where session_id = '{}' and seq in (1, 2)",
+        ids[2]
+    ));
+    let report = verify(&stack, &ids[2]).await;
+    assert_eq!(report["trusted"], false, "{report}");
+    assert!(problems(&report).iter().any(|p| p.contains("expected seq 1, found 2")), "{report}");
+}
