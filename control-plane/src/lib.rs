@@ -46,6 +46,20 @@ impl Drop for Control {
     }
 }
 
+/// Connect to NATS as the control plane.
+pub async fn connect_nats(nats: &config::NatsConfig) -> anyhow::Result<async_nats::Client> {
+    tollgate_shared::stream::connect_options(
+        "tollgate-control",
+        tollgate_shared::names::CONTROL_NODE,
+        nats.nkey.as_ref(),
+        nats.ca_file.as_deref(),
+    )
+    .map_err(anyhow::Error::msg)?
+    .connect(tollgate_shared::stream::servers(&nats.url))
+    .await
+    .with_context(|| format!("NATS at {}", nats.url))
+}
+
 impl Control {
     pub async fn start(config: config::ControlConfig) -> anyhow::Result<Control> {
         let control_key = Arc::new(load_signing_key(&config.signing_key_file)?);
@@ -62,16 +76,7 @@ impl Control {
         if config.reviewer_issuers.is_empty() {
             tracing::warn!("no reviewer_issuers configured: every API call will be refused");
         }
-        let nats = tollgate_shared::stream::connect_options(
-            "tollgate-control",
-            tollgate_shared::names::CONTROL_NODE,
-            config.nats.nkey.as_ref(),
-            config.nats.ca_file.as_deref(),
-        )
-        .map_err(anyhow::Error::msg)?
-        .connect(tollgate_shared::stream::servers(&config.nats.url))
-        .await
-        .with_context(|| format!("NATS at {}", config.nats.url))?;
+        let nats = connect_nats(&config.nats).await?;
         let js = async_nats::jetstream::new(nats.clone());
         let api_js = js.clone();
         let reviewers =

@@ -1,4 +1,4 @@
-//! `tollgate-control serve | public-key | nats-config | openapi | dev-issuer serve | dev-issuer mint`
+//! `tollgate-control serve | public-key | nats-config | rebuild | openapi | dev-issuer serve | dev-issuer mint`
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -56,6 +56,15 @@ enum Cmd {
         /// Another server's route URL (`nats-route://nats-2:6222`; repeat for each).
         #[arg(long = "route", requires = "cluster_listen")]
         routes: Vec<String>,
+    },
+    /// Recreate every projection from the event stream into a new, empty schema of the
+    /// projections database (the live views go on); prints what it wrote as JSON.
+    Rebuild {
+        #[arg(long, short, env = "TOLLGATE_CONTROL_CONFIG")]
+        config: Option<PathBuf>,
+        /// The schema to create and fill (it must not exist yet).
+        #[arg(long)]
+        schema: String,
     },
     /// Print the OpenAPI document (what openapi/openapi.json holds).
     Openapi,
@@ -119,6 +128,11 @@ async fn main() -> anyhow::Result<()> {
                 _ = term.recv() => {}
             }
             tracing::info!("shutting down");
+        }
+        Cmd::Rebuild { config, schema } => {
+            let config = ControlConfig::load(config.as_deref())?;
+            let rebuilt = tollgate_control_plane::projector::rebuild::rebuild(&config, &schema).await?;
+            println!("{}", serde_json::to_string_pretty(&rebuilt)?);
         }
         Cmd::Openapi => print!("{}", api::openapi_json()),
         Cmd::NatsConfig { dir, nodes, listen, store_dir, tls_cert, tls_key, server_name, cluster_listen, routes } => {

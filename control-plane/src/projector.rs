@@ -5,6 +5,7 @@
 //! the batch and the duplicates are skipped). Every control-plane replica shares the consumer.
 
 mod apply;
+pub mod rebuild;
 pub mod rows;
 
 use async_nats::jetstream::{self, consumer::pull, AckKind};
