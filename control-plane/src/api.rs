@@ -11,6 +11,7 @@ mod health;
 pub mod nodes;
 mod policy;
 mod sessions;
+mod transcript;
 
 use crate::projector::ProjectorStats;
 use axum::routing::get;
@@ -59,6 +60,7 @@ pub struct AppState {
         sessions::session_commands,
         sessions::verify_session,
         sessions::session_asciicast,
+        transcript::session_transcript,
         agents::list_agents,
         auth_failures::list_auth_failures,
         approvals::list_approvals,
@@ -111,6 +113,7 @@ pub fn router(state: AppState) -> Router {
         .route("/sessions/{id}/commands", get(sessions::session_commands))
         .route("/sessions/{id}/verify", get(sessions::verify_session))
         .route("/sessions/{id}/asciicast", get(sessions::session_asciicast))
+        .route("/sessions/{id}/transcript", get(transcript::session_transcript))
         .route("/agents", get(agents::list_agents))
         .route("/auth-failures", get(auth_failures::list_auth_failures))
         .route("/policy", get(policy::get_policy))

@@ -122,7 +122,7 @@ pub async fn list_sessions(
     Ok(Json(SessionPage { items, next_cursor }))
 }
 
-async fn load_session(state: &AppState, id: Uuid) -> Result<SessionView, ApiError> {
+pub(super) async fn load_session(state: &AppState, id: Uuid) -> Result<SessionView, ApiError> {
     sqlx::query_as::<_, SessionView>(&format!(
         "SELECT {SESSION_COLUMNS} FROM sessions s JOIN agents a ON a.id = s.agent_id WHERE s.id = $1"
     ))
@@ -132,7 +132,7 @@ async fn load_session(state: &AppState, id: Uuid) -> Result<SessionView, ApiErro
     .ok_or_else(|| ApiError::NotFound(format!("no session {id}")))
 }
 
-fn session_id(id: Result<Path<Uuid>, axum::extract::rejection::PathRejection>) -> Result<Uuid, ApiError> {
+pub(super) fn session_id(id: Result<Path<Uuid>, axum::extract::rejection::PathRejection>) -> Result<Uuid, ApiError> {
     id.map(|Path(id)| id).map_err(|_| ApiError::BadRequest("the session id must be a UUID".into()))
 }
 
@@ -359,6 +359,12 @@ pub async fn verify_session(
 ) -> Result<Json<VerifyView>, ApiError> {
     let id = session_id(id)?;
     load_session(&state, id).await?;
+    Ok(Json(verification(&state, id).await?))
+}
+
+/// Check a session's chain, its signature and the key behind it, and its views against its
+/// stored events.
+pub(super) async fn verification(state: &AppState, id: Uuid) -> Result<VerifyView, ApiError> {
     // One snapshot for the events and the views, so a batch the projector commits meanwhile
     // cannot look like a difference.
     let mut tx = state.db.begin().await?;
@@ -385,7 +391,7 @@ pub async fn verify_session(
     let started: Option<(Option<DateTime<Utc>>,)> =
         sqlx::query_as("SELECT started_at FROM sessions WHERE id = $1").bind(id).fetch_optional(&state.db).await?;
     let node_trust = match &report.node_key {
-        Some(key) => Some(super::nodes::trust_of(&state, key, started.and_then(|(s,)| s)).await?),
+        Some(key) => Some(super::nodes::trust_of(state, key, started.and_then(|(s,)| s)).await?),
         None => None,
     };
     let mut problems = report.problems;
@@ -397,7 +403,7 @@ pub async fn verify_session(
             node_trust.as_ref().map_or("none".into(), |t| format!("{t:?}").to_lowercase())
         ));
     }
-    Ok(Json(VerifyView {
+    Ok(VerifyView {
         session: id,
         events: report.events,
         linked: report.linked,
@@ -408,5 +414,5 @@ pub async fn verify_session(
         node_trust,
         head: report.head,
         problems,
-    }))
+    })
 }
