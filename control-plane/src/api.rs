@@ -10,6 +10,7 @@ mod error;
 mod health;
 pub mod nodes;
 mod policy;
+mod reviews;
 mod sessions;
 mod transcript;
 
@@ -61,6 +62,7 @@ pub struct AppState {
         sessions::verify_session,
         sessions::session_asciicast,
         transcript::session_transcript,
+        reviews::agents,
         agents::list_agents,
         auth_failures::list_auth_failures,
         approvals::list_approvals,
@@ -82,7 +84,7 @@ pub struct AppState {
         health::readyz,
     ),
     modifiers(&BearerAuth),
-    tags((name = "sessions"), (name = "agents"), (name = "approvals"), (name = "policy"), (name = "nodes"), (name = "health"))
+    tags((name = "sessions"), (name = "agents"), (name = "approvals"), (name = "policy"), (name = "nodes"), (name = "reviews"), (name = "health"))
 )]
 pub struct ApiDoc;
 
@@ -115,6 +117,7 @@ pub fn router(state: AppState) -> Router {
         .route("/sessions/{id}/asciicast", get(sessions::session_asciicast))
         .route("/sessions/{id}/transcript", get(transcript::session_transcript))
         .route("/agents", get(agents::list_agents))
+        .route("/reviews/agents", get(reviews::agents))
         .route("/auth-failures", get(auth_failures::list_auth_failures))
         .route("/policy", get(policy::get_policy))
         .route("/policy/versions", get(policy::list_versions))

@@ -1,0 +1,107 @@
+//! Access-review reports: a scripted scenario (two bots; allowed, denied, held and approved
+//! commands; a refused login) and the rows the per-agent report must show, exactly, as JSON and
+//! CSV, page by page.
+
+use serde_json::{json, Value};
+use tollgate_tests::{eventually, Stack};
+
+fn by_name<'a>(items: &'a [Value], name: &str) -> &'a Value {
+    items.iter().find(|r| r["agent_name"] == name).unwrap_or_else(|| panic!("{name} in {items:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_report_counts_what_each_bot_did() {
+    let stack = Stack::start().await;
+    let from = chrono::Utc::now() - chrono::Duration::seconds(1);
+    stack.pg.admin_sql("demo", "CREATE TABLE victims (id int); ALTER TABLE victims OWNER TO app");
+    let policy = json!({
+        "resources": [{ "name": "demo", "kind": "postgres",
+            "guardrails": { "deny_classes": ["truncate"] },
+            "approvals": [{ "name": "destructive", "hold_classes": ["drop"], "approver_groups": ["dba"], "timeout_secs": 60 }] }],
+        "grants": [{ "name": "everyone", "who": { "agents": ["*"] }, "resources": { "names": ["demo"] }, "access": "admin" }]
+    });
+    let version = stack.put_policy(&policy).await;
+    eventually(10, "the policy", || async { (stack.proxy.policy_version() == Some(version)).then_some(()) }).await;
+
+    let reader = stack.agent_client(&stack.agent_token("reader-bot")).await.expect("connect");
+    reader.simple_query("select 1").await.expect("select");
+    reader.simple_query("select 2").await.expect("select");
+    reader.simple_query("TRUNCATE victims").await.expect_err("denied");
+    drop(reader);
+    let deploy_token = stack.agent_token("deploy-bot");
+    let child = stack.psql_spawn(&deploy_token, None, &["-c", "DROP TABLE victims"]);
+    let pending = eventually(20, "the held DROP", || async {
+        let (_, list) = stack.api("/api/v1/approvals?status=pending").await;
+        list.as_array().and_then(|items| items.first().cloned())
+    })
+    .await;
+    let approver = stack.person_token("alice@example.com", &["approvers", "dba"]);
+    let path = format!("/api/v1/approvals/{}/approve", pending["id"].as_str().expect("id"));
+    let (status, _) = stack.api_send("POST", &path, Some(&approver), Some(&json!({ "reason": "ok" }))).await;
+    assert_eq!(status, 202);
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().expect("psql")).await.expect("join");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // A login its token verified for, on a database no grant gives it.
+    let refused = stack.agent_dsn(&deploy_token).replace("dbname=demo", "dbname=elsewhere");
+    assert!(tokio_postgres::connect(&refused, tokio_postgres::NoTls).await.is_err());
+    stack.ended_sessions(2).await;
+
+    let to = chrono::Utc::now() + chrono::Duration::seconds(60);
+    let range = format!("from={}&to={}", from.format("%Y-%m-%dT%H:%M:%S%.fZ"), to.format("%Y-%m-%dT%H:%M:%S%.fZ"));
+    let report = eventually(20, "the report to count the refused login and the release", || async {
+        let (status, page) = stack.api(&format!("/api/v1/reviews/agents?{range}")).await;
+        let items = page["items"].as_array()?.clone();
+        let deploy = items.iter().find(|r| r["agent_name"] == "deploy-bot")?;
+        (status == 200 && deploy["refused_logins"] == 1 && deploy["approved"] == 1).then_some(page)
+    })
+    .await;
+    let items = report["items"].as_array().expect("items");
+    assert_eq!(items.len(), 2, "{report}");
+    let fields = |r: &Value| {
+        json!({
+            "resources": r["resources"], "sessions": r["sessions"], "commands": r["commands"],
+            "allowed": r["allowed"], "denied": r["denied"], "held": r["held"], "approved": r["approved"],
+            "classes": r["classes"], "refused_logins": r["refused_logins"], "policy_versions": r["policy_versions"],
+        })
+    };
+    assert_eq!(
+        fields(by_name(items, "reader-bot")),
+        json!({ "resources": ["demo"], "sessions": 1, "commands": 3, "allowed": 2, "denied": 1, "held": 0, "approved": 0,
+                "classes": { "select": 2, "truncate": 1 }, "refused_logins": 0, "policy_versions": [version] })
+    );
+    assert_eq!(
+        fields(by_name(items, "deploy-bot")),
+        json!({ "resources": ["demo"], "sessions": 1, "commands": 1, "allowed": 0, "denied": 0, "held": 1, "approved": 1,
+                "classes": { "drop": 1 }, "refused_logins": 1, "policy_versions": [version] })
+    );
+    let reader = by_name(items, "reader-bot");
+    assert!(reader["first_use"].as_str() <= reader["last_use"].as_str() && !reader["first_use"].is_null());
+
+    // Page by page, and the same as CSV.
+    let (_, first) = stack.api(&format!("/api/v1/reviews/agents?{range}&limit=1")).await;
+    let cursor = first["next_cursor"].as_str().expect("a next page").to_owned();
+    let (_, second) = stack.api(&format!("/api/v1/reviews/agents?{range}&limit=1&cursor={cursor}")).await;
+    assert!(second["next_cursor"].is_null(), "{second}");
+    let paged = [first["items"][0]["agent_name"].clone(), second["items"][0]["agent_name"].clone()];
+    assert!(paged.contains(&json!("reader-bot")) && paged.contains(&json!("deploy-bot")), "{paged:?}");
+    let (status, content_type, csv) = stack.api_text(&format!("/api/v1/reviews/agents?{range}&format=csv")).await;
+    assert_eq!(status, 200, "{csv}");
+    assert!(content_type.starts_with("text/csv"), "{content_type}");
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 3, "{csv}");
+    assert!(lines[0].starts_with("agent_id,agent_name,issuer,subject,resources,sessions,commands,allowed,denied"));
+    let reader_line = lines.iter().find(|l| l.contains(",reader-bot,")).expect("reader-bot's row");
+    assert!(reader_line.contains(",demo,1,3,2,1,0,0,select=2;truncate=1,0,"), "{reader_line}");
+    assert!(reader_line.ends_with(&format!(",{version}")), "{reader_line}");
+
+    // Bad requests are refused with a reason.
+    for bad in [
+        "/api/v1/reviews/agents".to_owned(),
+        format!("/api/v1/reviews/agents?{range}&format=xml"),
+        format!("/api/v1/reviews/agents?{range}&limit=0"),
+        format!("/api/v1/reviews/agents?from={}&to={}", to.to_rfc3339(), from.to_rfc3339()).replace('+', "%2B"),
+    ] {
+        let (status, body) = stack.api(&bad).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
+}
