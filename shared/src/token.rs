@@ -309,7 +309,7 @@ pub fn verify(config: &IssuerConfig, keys: &JwkSet, token: &str, now: u64) -> Re
     // fraction or a string would be read differently in different places, so refuse it here.
     let time = |name: &str| match claims.get(name) {
         None => Ok(None),
-        Some(v) => v.as_u64().map(Some).ok_or_else(|| TokenError::BadTime(name.into())),
+        Some(v) => whole_seconds(v).map(Some).ok_or_else(|| TokenError::BadTime(name.into())),
     };
     let expires_at = time("exp")?.ok_or_else(|| TokenError::MissingClaim("exp".into()))?;
     time("nbf")?;
@@ -326,13 +326,23 @@ pub fn verify(config: &IssuerConfig, keys: &JwkSet, token: &str, now: u64) -> Re
     Ok(VerifiedToken { issuer: config.issuer.clone(), subject, expires_at, claims })
 }
 
+/// A NumericDate as whole seconds: an integer, or a number written with a zero fraction
+/// (`1700000000.0`, `1.7e9`), which RFC 7519 allows; not a fraction, a string or a negative.
+fn whole_seconds(value: &serde_json::Value) -> Option<u64> {
+    if let Some(n) = value.as_u64() {
+        return Some(n);
+    }
+    let f = value.as_f64()?;
+    (f >= 0.0 && f.fract() == 0.0 && f < u64::MAX as f64).then_some(f as u64)
+}
+
 fn explain(
     e: jsonwebtoken::errors::Error,
     claims: &serde_json::Map<String, serde_json::Value>,
     now: u64,
 ) -> TokenError {
     use jsonwebtoken::errors::ErrorKind;
-    let time = |name: &str| claims.get(name).and_then(|v| v.as_u64()).unwrap_or(now);
+    let time = |name: &str| claims.get(name).and_then(whole_seconds).unwrap_or(now);
     match e.kind() {
         ErrorKind::ExpiredSignature => TokenError::Expired(now.saturating_sub(time("exp"))),
         ErrorKind::ImmatureSignature => TokenError::NotYetValid(time("nbf").saturating_sub(now)),

@@ -72,6 +72,7 @@ async fn rebuilt_views_equal_the_live_ones() {
         tollgate_control_plane::projector::rebuild::rebuild(&stack.control_config(), "rebuilt").await.expect("rebuild");
     let stream = stack.stream_messages().await.len() as u64;
     assert!(rebuilt.messages > 0 && rebuilt.projected >= stream, "{rebuilt:?} ({stream} events on the stream)");
+    assert_eq!((rebuilt.first_sequence, rebuilt.messages), (1, rebuilt.last_sequence), "the whole stream: {rebuilt:?}");
 
     // Every table equal, both ways (positive control: each holds rows).
     for (table, left_out) in TABLES {

@@ -58,8 +58,22 @@ async fn edited_added_and_removed_view_rows_are_reported() {
          select '{forged}', session_id, 99, at, agent_id, resource, protocol, 'select harmless', 'allow'
          from commands where event_id = '{deleted}'"
     ));
+    // A result planted under another session, naming the insert (whose own result is gone).
+    let planted = "00000000-0000-7000-8000-000000000002";
+    sql(&format!(
+        "insert into command_results (event_id, command_id, session_id, at, outcome, tags, rows, duration_us)
+         values ('{planted}', '{insert}', '00000000-0000-7000-8000-0000000000ff', now(), 'ok', '{{}}', 0, 0)"
+    ));
+    let (_, served) = stack.api(&format!("/api/v1/sessions/{id}/commands")).await;
+    let served_insert = served.as_array().and_then(|c| c.iter().find(|c| c["event_id"] == insert.as_str()).cloned());
+    assert_eq!(
+        served_insert.map(|c| c["outcome"].clone()),
+        Some(Value::Null),
+        "another session's result is not served"
+    );
     let report = verify(&stack, &id).await;
     let found = problems(&report);
+    assert!(found.iter().any(|p| p.contains(planted) && p.contains("no stored event records")), "{found:?}");
     assert!(found.iter().any(|p| p.contains(&removed) && p.contains("missing from the results view")), "{found:?}");
     assert!(
         found.iter().any(|p| p.contains(&deleted) && p.contains("results view differs") && p.ends_with("in: rows")),

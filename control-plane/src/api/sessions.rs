@@ -379,7 +379,13 @@ pub(super) async fn verification(state: &AppState, id: Uuid) -> Result<VerifyVie
             .fetch_all(&mut *tx)
             .await?;
     let results: Vec<ResultRow> =
-        sqlx::query_as(&format!("SELECT {RESULT_COLUMNS} FROM command_results WHERE session_id = $1"))
+        // Every result row that names one of the session's commands, wherever it claims to be
+        // from, so one planted under another session is seen too.
+        sqlx::query_as(&format!(
+            "SELECT {RESULT_COLUMNS} FROM command_results WHERE session_id = $1
+             UNION SELECT {RESULT_COLUMNS} FROM command_results
+             WHERE command_id IN (SELECT event_id FROM commands WHERE session_id = $1)"
+        ))
             .bind(id)
             .fetch_all(&mut *tx)
             .await?;

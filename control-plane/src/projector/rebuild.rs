@@ -16,7 +16,11 @@ const BATCH: usize = 500;
 #[derive(Debug, serde::Serialize)]
 pub struct Rebuilt {
     pub schema: String,
-    /// Stream messages read (the stream's last sequence when the rebuild began).
+    /// The stream's first and last sequence when the rebuild began: what came before the
+    /// first (removed by the stream's limits) cannot be rebuilt.
+    pub first_sequence: u64,
+    pub last_sequence: u64,
+    /// Stream messages read.
     pub messages: u64,
     pub projected: u64,
     pub duplicates: u64,
@@ -62,9 +66,18 @@ pub async fn rebuild(config: &crate::config::ControlConfig, schema: &str) -> any
     let nats = crate::connect_nats(&config.nats).await?;
     let js = jetstream::new(nats);
     let mut stream = tollgate_shared::stream::open_event_stream(&js).await.map_err(anyhow::Error::msg)?;
-    let last = stream.info().await.context("reading the event stream's state")?.state.last_sequence;
-    let mut rebuilt = Rebuilt { schema: schema.to_owned(), messages: 0, projected: 0, duplicates: 0, rejected: 0 };
-    if last == 0 {
+    let state = stream.info().await.context("reading the event stream's state")?.state.clone();
+    let last = state.last_sequence;
+    let mut rebuilt = Rebuilt {
+        schema: schema.to_owned(),
+        first_sequence: state.first_sequence,
+        last_sequence: last,
+        messages: 0,
+        projected: 0,
+        duplicates: 0,
+        rejected: 0,
+    };
+    if state.messages == 0 {
         return Ok(rebuilt);
     }
     // A consumer of its own, unacknowledged and forgotten a minute after the rebuild stops: the
@@ -89,9 +102,11 @@ pub async fn rebuild(config: &crate::config::ControlConfig, schema: &str) -> any
             Some(message) => message.map_err(|e| anyhow::anyhow!("reading the event stream: {e}"))?,
             None => anyhow::bail!("the event stream ended before its last message"),
         };
-        let sequence =
-            message.info().map_err(|e| anyhow::anyhow!("a stream message without its metadata: {e}"))?.stream_sequence;
-        done = sequence >= last;
+        let info = message.info().map_err(|e| anyhow::anyhow!("a stream message without its metadata: {e}"))?;
+        let sequence = info.stream_sequence;
+        // Past the last message as of the start, or nothing after this one (the last may have
+        // been removed meanwhile).
+        done = sequence >= last || info.pending == 0;
         if sequence <= last {
             batch.push(message);
             rebuilt.messages += 1;

@@ -582,7 +582,10 @@ impl Typist<'_> {
                             size += data.len();
                             backlog.push_back(ChannelMsg::Data { data });
                         }
-                        message => backlog.push_back(message),
+                        message @ (ChannelMsg::Eof | ChannelMsg::WindowChange { .. }) => backlog.push_back(message),
+                        // What a running shell ignores anyway (extended data, requests) is not
+                        // kept: it would be memory the byte limit does not count.
+                        _ => {}
                     }
                 }
             };

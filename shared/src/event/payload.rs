@@ -93,6 +93,7 @@ pub struct Classification {
 
 /// `command`: one statement (or request, or exec) an agent sent, recorded before it runs.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(from = "CommandWire")]
 pub struct Command {
     /// How it reached the gateway (which also says which protocol it belongs to).
     pub protocol: Protocol,
@@ -120,6 +121,55 @@ pub struct Command {
     /// `parse_error` (they are recorded masked; the upstream receives them as the agent sent them).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub masked: Vec<MaskCount>,
+}
+
+/// A `command` payload as stored: today's layout, or the one before the PostgreSQL-only fields
+/// moved under `postgres` (they were top-level), so events recorded then still read in full.
+#[derive(Deserialize)]
+struct CommandWire {
+    protocol: Protocol,
+    statement: String,
+    #[serde(default)]
+    postgres: Option<PgCommand>,
+    #[serde(default)]
+    params: Option<Vec<Option<String>>>,
+    #[serde(default)]
+    prepared: Option<String>,
+    #[serde(default)]
+    executes: Vec<Executed>,
+    #[serde(default)]
+    step: Option<Step>,
+    #[serde(default)]
+    classification: Option<Classification>,
+    #[serde(default)]
+    parse_error: Option<String>,
+    decision: Decision,
+    #[serde(default)]
+    rule: Option<String>,
+    #[serde(default)]
+    policy_version: Option<u64>,
+    #[serde(default)]
+    approval_id: Option<Uuid>,
+    #[serde(default)]
+    masked: Vec<MaskCount>,
+}
+
+impl From<CommandWire> for Command {
+    fn from(w: CommandWire) -> Self {
+        let earlier = PgCommand { params: w.params, prepared: w.prepared, executes: w.executes, step: w.step };
+        Command {
+            protocol: w.protocol,
+            statement: w.statement,
+            postgres: w.postgres.or_else(|| earlier.unless_empty()),
+            classification: w.classification,
+            parse_error: w.parse_error,
+            decision: w.decision,
+            rule: w.rule,
+            policy_version: w.policy_version,
+            approval_id: w.approval_id,
+            masked: w.masked,
+        }
+    }
 }
 
 impl Command {

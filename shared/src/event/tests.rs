@@ -104,3 +104,20 @@ fn foreign_signature_is_rejected() {
     let report = verify_chain(&raw(&events));
     assert!(report.linked && !report.complete, "{report:?}");
 }
+
+#[test]
+fn a_command_recorded_before_postgres_fields_moved_reads_in_full() {
+    let earlier = serde_json::json!({
+        "protocol": "extended", "statement": "select $1", "params": ["1"], "prepared": "s1",
+        "executes": [{"name": "e", "statement": "select 2"}], "step": "parse", "decision": "deny"
+    });
+    let read: Command = serde_json::from_value(earlier).unwrap();
+    let pg = read.postgres.clone().unwrap();
+    assert_eq!(pg.params, Some(vec![Some("1".to_owned())]));
+    assert_eq!((pg.prepared.as_deref(), pg.step), (Some("s1"), Some(Step::Parse)));
+    assert_eq!(pg.executes, vec![Executed { name: "e".into(), statement: "select 2".into() }]);
+    // Written again, it takes today's layout, and reads back the same.
+    let now = serde_json::to_value(&read).unwrap();
+    assert!(now.get("params").is_none() && now["postgres"]["prepared"] == "s1", "{now}");
+    assert_eq!(serde_json::from_value::<Command>(now).unwrap(), read);
+}

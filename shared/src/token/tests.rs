@@ -223,6 +223,16 @@ fn bad_token_corpus_is_refused_for_the_right_reason() {
 }
 
 #[test]
+fn a_whole_number_of_seconds_written_as_a_float_is_accepted() {
+    let (private, _, jwk) = rsa_key("k1", "RS256");
+    let keys: JwkSet = serde_json::from_value(json!({"keys": [jwk]})).unwrap();
+    let config = IssuerConfig::new(ISS, "tollgate");
+    let exp = now() + 600;
+    let token = sign_rs(&private, "k1", Algorithm::RS256, &with(claims(), "exp", json!(exp as f64)));
+    assert_eq!(verify(&config, &keys, &token, now()).unwrap().expires_at, exp);
+}
+
+#[test]
 fn leeway_tolerates_small_skew_only() {
     let (private, _, jwk) = rsa_key("k1", "RS256");
     let keys: JwkSet = serde_json::from_value(json!({"keys": [jwk]})).unwrap();
