@@ -63,6 +63,9 @@ pub struct AppState {
         sessions::session_asciicast,
         transcript::session_transcript,
         reviews::agents,
+        reviews::resources,
+        reviews::approvals,
+        reviews::statements,
         agents::list_agents,
         auth_failures::list_auth_failures,
         approvals::list_approvals,
@@ -118,6 +121,9 @@ pub fn router(state: AppState) -> Router {
         .route("/sessions/{id}/transcript", get(transcript::session_transcript))
         .route("/agents", get(agents::list_agents))
         .route("/reviews/agents", get(reviews::agents))
+        .route("/reviews/resources", get(reviews::resources))
+        .route("/reviews/approvals", get(reviews::approvals))
+        .route("/reviews/statements", get(reviews::statements))
         .route("/auth-failures", get(auth_failures::list_auth_failures))
         .route("/policy", get(policy::get_policy))
         .route("/policy/versions", get(policy::list_versions))

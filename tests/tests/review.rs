@@ -94,11 +94,89 @@ async fn the_agent_report_counts_what_each_bot_did() {
     assert!(reader_line.contains(",demo,1,3,2,1,0,0,select=2;truncate=1,0,"), "{reader_line}");
     assert!(reader_line.ends_with(&format!(",{version}")), "{reader_line}");
 
+    // Per resource: who reached it, and how.
+    let (status, page) = stack.api(&format!("/api/v1/reviews/resources?{range}")).await;
+    assert_eq!(status, 200, "{page}");
+    let demo = &page["items"][0];
+    assert_eq!(page["items"].as_array().map(Vec::len), Some(1), "{page}");
+    assert_eq!(
+        json!({ "resource": demo["resource"], "kind": demo["resource_kind"], "sessions": demo["sessions"],
+                "commands": demo["commands"], "allowed": demo["allowed"], "denied": demo["denied"], "held": demo["held"],
+                "approved": demo["approved"], "refused_logins": demo["refused_logins"] }),
+        json!({ "resource": "demo", "kind": "postgres", "sessions": 2, "commands": 4, "allowed": 2, "denied": 1,
+                "held": 1, "approved": 1, "refused_logins": 0 }),
+        "the refused login was for another database: {page}"
+    );
+    let per_agent: Vec<Value> = demo["agents"]
+        .as_array()
+        .expect("agents")
+        .iter()
+        .map(|a| json!([a["agent_name"], a["sessions"], a["commands"], a["denied"], a["held"], a["classes"]]))
+        .collect();
+    assert_eq!(
+        per_agent,
+        [
+            json!(["deploy-bot", 1, 1, 0, 1, { "drop": 1 }]),
+            json!(["reader-bot", 1, 3, 1, 0, { "select": 2, "truncate": 1 }])
+        ]
+    );
+
+    // Approvals evidence: who asked, who decided, how, why, how long it waited, what came of it.
+    let (status, page) = stack.api(&format!("/api/v1/reviews/approvals?{range}")).await;
+    assert_eq!(status, 200, "{page}");
+    let evidence = &page["items"][0];
+    assert_eq!(page["items"].as_array().map(Vec::len), Some(1), "{page}");
+    assert_eq!(
+        json!([
+            evidence["agent_name"],
+            evidence["statement"],
+            evidence["rule"],
+            evidence["status"],
+            evidence["decisions"][0]["approver"],
+            evidence["decisions"][0]["verdict"],
+            evidence["decisions"][0]["channel"],
+            evidence["decisions"][0]["reason"]
+        ]),
+        json!([
+            "deploy-bot",
+            "DROP TABLE victims",
+            "destructive",
+            "approved",
+            "alice@example.com",
+            "approve",
+            "rest",
+            "ok"
+        ])
+    );
+    assert!(evidence["waited_ms"].as_i64().is_some_and(|w| w >= 0) && !evidence["released_at"].is_null(), "{evidence}");
+    let (_, _, csv) = stack.api_text(&format!("/api/v1/reviews/approvals?{range}&format=csv")).await;
+    assert!(csv.contains(",deploy-bot,demo,DROP TABLE victims,destructive,drop,1,approved,approve by alice@example.com via rest (ok),"), "{csv}");
+
+    // Who ran this: one request, every agent and session, with the approval behind it.
+    let (status, page) = stack.api(&format!("/api/v1/reviews/statements?{range}&text=DROP%20TABLE%20victims")).await;
+    assert_eq!(status, 200, "{page}");
+    let ran: Vec<Value> = page["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|r| json!([r["agent_name"], r["decision"], r["approval_status"], r["approvers"], r["outcome"]]))
+        .collect();
+    assert_eq!(ran, [json!(["deploy-bot", "hold", "approved", ["alice@example.com"], "ok"])]);
+    let (_, page) = stack.api(&format!("/api/v1/reviews/statements?{range}&contains=select%20")).await;
+    let readers: Vec<&str> =
+        page["items"].as_array().expect("items").iter().filter_map(|r| r["agent_name"].as_str()).collect();
+    assert_eq!(readers, ["reader-bot", "reader-bot"], "{page}");
+    let (_, page) = stack.api(&format!("/api/v1/reviews/statements?{range}&contains=100%25")).await;
+    assert_eq!(page["items"], json!([]), "a % is matched literally: {page}");
+
     // Bad requests are refused with a reason.
     for bad in [
         "/api/v1/reviews/agents".to_owned(),
         format!("/api/v1/reviews/agents?{range}&format=xml"),
         format!("/api/v1/reviews/agents?{range}&limit=0"),
+        format!("/api/v1/reviews/approvals?{range}&cursor=not-a-cursor"),
+        format!("/api/v1/reviews/statements?{range}"),
+        format!("/api/v1/reviews/statements?{range}&text=a&contains=b"),
         format!("/api/v1/reviews/agents?from={}&to={}", to.to_rfc3339(), from.to_rfc3339()).replace('+', "%2B"),
     ] {
         let (status, body) = stack.api(&bad).await;

@@ -11,7 +11,6 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use std::fmt::Write as _;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
@@ -26,7 +25,7 @@ pub struct ReviewQuery {
     /// Rows per page, 1 to 1000 (default 100).
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page.
-    pub cursor: Option<Uuid>,
+    pub cursor: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
@@ -57,24 +56,26 @@ pub struct AgentReview {
     pub policy_versions: Vec<i64>,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
-pub struct AgentReviewPage {
-    pub from: DateTime<Utc>,
-    pub to: DateTime<Utc>,
-    pub items: Vec<AgentReview>,
-    /// Pass as `cursor` for the next page; absent on the last page.
-    pub next_cursor: Option<Uuid>,
+/// The period, format and page a report was asked for.
+struct Asked {
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    csv: bool,
+    limit: u32,
+    cursor: Option<String>,
 }
 
-/// Per agent: what it reached and did in a period.
-#[utoipa::path(get, path = "/api/v1/reviews/agents", tag = "reviews", params(ReviewQuery),
-    responses((status = 200, body = AgentReviewPage, description = "JSON, or text/csv with format=csv (all rows of the page, the cursor in the Link header)"),
-        (status = 400, body = super::error::Problem), (status = 401, body = super::error::Problem), (status = 403, body = super::error::Problem)),
-    security(("bearer" = [])))]
-pub async fn agents(
-    State(state): State<AppState>,
-    query: Result<Query<ReviewQuery>, QueryRejection>,
-) -> Result<Response, ApiError> {
+impl Asked {
+    /// The cursor of a report keyed by id.
+    fn id_cursor(&self) -> Result<Option<Uuid>, ApiError> {
+        self.cursor
+            .as_deref()
+            .map(|c| c.parse().map_err(|_| ApiError::BadRequest("cursor must be the next_cursor of a page".into())))
+            .transpose()
+    }
+}
+
+fn asked(query: Result<Query<ReviewQuery>, QueryRejection>) -> Result<Asked, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let to = q.to.unwrap_or_else(Utc::now);
     if to <= q.from {
@@ -89,7 +90,61 @@ pub async fn agents(
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::BadRequest("limit must be between 1 and 1000".into()));
     }
-    let mut items = sqlx::query_as::<_, AgentReview>(
+    Ok(Asked { from: q.from, to, csv, limit, cursor: q.cursor })
+}
+
+/// A report's rows as CSV.
+trait CsvRow {
+    const HEADER: &'static str;
+    fn key(&self) -> String;
+    fn csv(&self) -> String;
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReportPage<T> {
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    pub items: Vec<T>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// One page (`limit + 1` rows were fetched to know whether another follows), as JSON or CSV.
+fn respond<T: Serialize + CsvRow>(asked: &Asked, mut items: Vec<T>) -> Response {
+    let next_cursor = if items.len() > asked.limit as usize {
+        items.truncate(asked.limit as usize);
+        items.last().map(CsvRow::key)
+    } else {
+        None
+    };
+    if asked.csv {
+        let mut body = format!("{}\n", T::HEADER);
+        for item in &items {
+            body.push_str(&item.csv());
+            body.push('\n');
+        }
+        let mut response = ([(axum::http::header::CONTENT_TYPE, "text/csv; charset=utf-8")], body).into_response();
+        if let Some(cursor) = next_cursor {
+            if let Ok(value) = axum::http::HeaderValue::from_str(&format!("<?cursor={cursor}>; rel=\"next\"")) {
+                response.headers_mut().insert(axum::http::header::LINK, value);
+            }
+        }
+        return response;
+    }
+    Json(ReportPage { from: asked.from, to: asked.to, items, next_cursor }).into_response()
+}
+
+/// Per agent: what it reached and did in a period.
+#[utoipa::path(get, path = "/api/v1/reviews/agents", tag = "reviews", params(ReviewQuery),
+    responses((status = 200, body = ReportPage<AgentReview>, description = "JSON, or text/csv with format=csv (the next page's cursor in the Link header)"),
+        (status = 400, body = super::error::Problem), (status = 401, body = super::error::Problem), (status = 403, body = super::error::Problem)),
+    security(("bearer" = [])))]
+pub async fn agents(
+    State(state): State<AppState>,
+    query: Result<Query<ReviewQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let q = asked(query)?;
+    let items = sqlx::query_as::<_, AgentReview>(
         "WITH c AS (
             SELECT c.agent_id, c.resource, c.decision, c.classification, c.policy_version, c.at,
                    (ap.released_at IS NOT NULL) AS released
@@ -132,28 +187,12 @@ pub async fn agents(
          ORDER BY a.id LIMIT $4",
     )
     .bind(q.from)
-    .bind(to)
-    .bind(q.cursor)
-    .bind(i64::from(limit) + 1)
+    .bind(q.to)
+    .bind(q.id_cursor()?)
+    .bind(i64::from(q.limit) + 1)
     .fetch_all(&state.db)
     .await?;
-    let next_cursor = if items.len() > limit as usize {
-        items.truncate(limit as usize);
-        items.last().map(|r| r.agent_id)
-    } else {
-        None
-    };
-    if csv {
-        let mut response =
-            ([(axum::http::header::CONTENT_TYPE, "text/csv; charset=utf-8")], agents_csv(&items)).into_response();
-        if let Some(cursor) = next_cursor {
-            if let Ok(value) = axum::http::HeaderValue::from_str(&format!("<?cursor={cursor}>; rel=\"next\"")) {
-                response.headers_mut().insert(axum::http::header::LINK, value);
-            }
-        }
-        return Ok(response);
-    }
-    Ok(Json(AgentReviewPage { from: q.from, to, items, next_cursor }).into_response())
+    Ok(respond(&q, items))
 }
 
 /// A CSV field: quoted when it holds a separator, a quote or a line break; a leading `=`, `+`,
@@ -167,38 +206,362 @@ fn field(value: &str) -> String {
     }
 }
 
-fn agents_csv(rows: &[AgentReview]) -> String {
-    let mut out = String::from(
-        "agent_id,agent_name,issuer,subject,resources,sessions,commands,allowed,denied,held,approved,classes,refused_logins,first_use,last_use,policy_versions\n",
-    );
-    for r in rows {
-        let classes = r
-            .classes
-            .as_object()
-            .map(|m| m.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(";"))
-            .unwrap_or_default();
-        let time = |t: &Option<DateTime<Utc>>| t.map(|t| t.to_rfc3339()).unwrap_or_default();
-        let versions = r.policy_versions.iter().map(i64::to_string).collect::<Vec<_>>().join(";");
-        let _ = writeln!(
-            out,
+fn list(values: impl IntoIterator<Item = impl ToString>) -> String {
+    values.into_iter().map(|v| v.to_string()).collect::<Vec<_>>().join(";")
+}
+
+fn time(t: &Option<DateTime<Utc>>) -> String {
+    t.map(|t| t.to_rfc3339()).unwrap_or_default()
+}
+
+/// A `{class: count}` object as `class=count;...`.
+fn counts(value: &serde_json::Value) -> String {
+    value.as_object().map(|m| list(m.iter().map(|(k, v)| format!("{k}={v}")))).unwrap_or_default()
+}
+
+impl CsvRow for AgentReview {
+    const HEADER: &'static str = "agent_id,agent_name,issuer,subject,resources,sessions,commands,allowed,denied,held,approved,classes,refused_logins,first_use,last_use,policy_versions";
+    fn key(&self) -> String {
+        self.agent_id.to_string()
+    }
+    fn csv(&self) -> String {
+        let r = self;
+        format!(
             "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
             r.agent_id,
             field(&r.agent_name),
             field(&r.issuer),
             field(&r.subject),
-            field(&r.resources.join(";")),
+            field(&list(&r.resources)),
             r.sessions,
             r.commands,
             r.allowed,
             r.denied,
             r.held,
             r.approved,
-            field(&classes),
+            field(&counts(&r.classes)),
             r.refused_logins,
             time(&r.first_use),
             time(&r.last_use),
-            versions
-        );
+            list(&r.policy_versions)
+        )
     }
-    out
+}
+
+#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
+pub struct ResourceReview {
+    pub resource: String,
+    pub resource_kind: String,
+    /// Per agent that reached it: `{agent_id, agent_name, sessions, commands, denied, held, classes}`.
+    #[schema(value_type = Vec<Object>)]
+    pub agents: serde_json::Value,
+    pub sessions: i64,
+    pub commands: i64,
+    pub allowed: i64,
+    pub denied: i64,
+    pub held: i64,
+    pub approved: i64,
+    /// Logins to it that were refused (whoever tried).
+    pub refused_logins: i64,
+    pub first_use: Option<DateTime<Utc>>,
+    pub last_use: Option<DateTime<Utc>>,
+}
+
+/// Per resource: which agents reached it, and how.
+#[utoipa::path(get, path = "/api/v1/reviews/resources", tag = "reviews", params(ReviewQuery),
+    responses((status = 200, body = ReportPage<ResourceReview>, description = "JSON, or text/csv with format=csv"),
+        (status = 400, body = super::error::Problem), (status = 401, body = super::error::Problem), (status = 403, body = super::error::Problem)),
+    security(("bearer" = [])))]
+pub async fn resources(
+    State(state): State<AppState>,
+    query: Result<Query<ReviewQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let q = asked(query)?;
+    let items = sqlx::query_as::<_, ResourceReview>(
+        "WITH c AS (
+            SELECT c.agent_id, c.resource, c.decision, c.classification, c.at, (ap.released_at IS NOT NULL) AS released
+            FROM commands c LEFT JOIN approvals ap ON ap.command_id = c.event_id
+            WHERE c.at >= $1 AND c.at < $2
+         ), s AS (
+            SELECT resource, resource_kind, agent_id, count(*) AS sessions FROM sessions
+            WHERE started_at >= $1 AND started_at < $2 GROUP BY resource, resource_kind, agent_id
+         ), pa AS (
+            SELECT agent_id, resource, count(*) AS commands, count(*) FILTER (WHERE decision = 'deny') AS denied,
+                   count(*) FILTER (WHERE decision = 'hold') AS held
+            FROM c GROUP BY agent_id, resource
+         ), pc AS (
+            SELECT agent_id, resource, jsonb_object_agg(class, n ORDER BY class) AS classes FROM (
+                SELECT agent_id, resource, class, count(*) AS n
+                FROM c, jsonb_array_elements_text(COALESCE(c.classification -> 'classes', '[]')) AS class
+                GROUP BY agent_id, resource, class) x
+            GROUP BY agent_id, resource
+         ), per_agent AS (
+            SELECT s.resource, jsonb_agg(jsonb_build_object(
+                       'agent_id', s.agent_id, 'agent_name', a.name, 'sessions', s.sessions,
+                       'commands', COALESCE(pa.commands, 0), 'denied', COALESCE(pa.denied, 0),
+                       'held', COALESCE(pa.held, 0), 'classes', COALESCE(pc.classes, '{}'))
+                   ORDER BY a.name, s.agent_id) AS agents
+            FROM s JOIN agents a ON a.id = s.agent_id
+            LEFT JOIN pa ON pa.agent_id = s.agent_id AND pa.resource = s.resource
+            LEFT JOIN pc ON pc.agent_id = s.agent_id AND pc.resource = s.resource
+            GROUP BY s.resource
+         ), r AS (
+            SELECT resource, min(resource_kind) AS resource_kind, sum(sessions)::int8 AS sessions FROM s GROUP BY resource
+         ), rc AS (
+            SELECT resource, count(*) AS commands, count(*) FILTER (WHERE decision = 'allow') AS allowed,
+                   count(*) FILTER (WHERE decision = 'deny') AS denied, count(*) FILTER (WHERE decision = 'hold') AS held,
+                   count(*) FILTER (WHERE decision = 'hold' AND released) AS approved, min(at) AS first_use, max(at) AS last_use
+            FROM c GROUP BY resource
+         ), f AS (
+            SELECT resource, count(*) AS refused FROM auth_failures WHERE at >= $1 AND at < $2 GROUP BY resource
+         )
+         SELECT r.resource, r.resource_kind, COALESCE(per_agent.agents, '[]') AS agents, r.sessions,
+                COALESCE(rc.commands, 0) AS commands, COALESCE(rc.allowed, 0) AS allowed, COALESCE(rc.denied, 0) AS denied,
+                COALESCE(rc.held, 0) AS held, COALESCE(rc.approved, 0) AS approved, COALESCE(f.refused, 0) AS refused_logins,
+                rc.first_use, rc.last_use
+         FROM r LEFT JOIN per_agent ON per_agent.resource = r.resource LEFT JOIN rc ON rc.resource = r.resource
+         LEFT JOIN f ON f.resource = r.resource
+         WHERE ($3::text IS NULL OR r.resource > $3)
+         ORDER BY r.resource LIMIT $4",
+    )
+    .bind(q.from)
+    .bind(q.to)
+    .bind(q.cursor.as_deref())
+    .bind(i64::from(q.limit) + 1)
+    .fetch_all(&state.db)
+    .await?;
+    Ok(respond(&q, items))
+}
+
+impl CsvRow for ResourceReview {
+    const HEADER: &'static str =
+        "resource,resource_kind,agents,sessions,commands,allowed,denied,held,approved,refused_logins,first_use,last_use";
+    fn key(&self) -> String {
+        self.resource.clone()
+    }
+    fn csv(&self) -> String {
+        let r = self;
+        let agents = r.agents.as_array().map(|a| {
+            list(a.iter().map(|x| {
+                format!("{}={}", x["agent_name"].as_str().unwrap_or("?"), x["commands"].as_i64().unwrap_or(0))
+            }))
+        });
+        format!(
+            "{},{},{},{},{},{},{},{},{},{},{},{}",
+            field(&r.resource),
+            field(&r.resource_kind),
+            field(&agents.unwrap_or_default()),
+            r.sessions,
+            r.commands,
+            r.allowed,
+            r.denied,
+            r.held,
+            r.approved,
+            r.refused_logins,
+            time(&r.first_use),
+            time(&r.last_use)
+        )
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
+pub struct ApprovalEvidence {
+    pub approval_id: Uuid,
+    pub requested_at: DateTime<Utc>,
+    pub agent_name: String,
+    pub resource: String,
+    /// The held command as recorded (masked); nil command id when asked ahead of a run.
+    pub command_id: Uuid,
+    pub statement: String,
+    pub rule: String,
+    pub classes: Vec<String>,
+    pub quorum: i32,
+    pub approver_groups: Vec<String>,
+    /// pending, approved, denied or expired.
+    pub status: String,
+    pub expiry_reason: Option<String>,
+    /// `{at, verdict, channel, approver, reason}` in order.
+    #[schema(value_type = Vec<Object>)]
+    pub decisions: serde_json::Value,
+    pub decided_at: Option<DateTime<Utc>>,
+    /// From the request to its decision, milliseconds.
+    pub waited_ms: Option<i64>,
+    /// When the held command went to the upstream (approved and run).
+    pub released_at: Option<DateTime<Utc>>,
+}
+
+/// Every held command requested in the period: requester, approvers, channel, reason, timing
+/// and outcome.
+#[utoipa::path(get, path = "/api/v1/reviews/approvals", tag = "reviews", params(ReviewQuery),
+    responses((status = 200, body = ReportPage<ApprovalEvidence>, description = "JSON, or text/csv with format=csv"),
+        (status = 400, body = super::error::Problem), (status = 401, body = super::error::Problem), (status = 403, body = super::error::Problem)),
+    security(("bearer" = [])))]
+pub async fn approvals(
+    State(state): State<AppState>,
+    query: Result<Query<ReviewQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let q = asked(query)?;
+    let items = sqlx::query_as::<_, ApprovalEvidence>(
+        "SELECT ap.id AS approval_id, ap.requested_at, COALESCE(ap.agent ->> 'name', '') AS agent_name, ap.resource,
+                ap.command_id, ap.statement, ap.rule, ap.classes, ap.quorum, ap.approver_groups, ap.status, ap.expiry_reason,
+                COALESCE((SELECT jsonb_agg(jsonb_build_object('at', d.at, 'verdict', d.verdict, 'channel', d.channel,
+                                  'approver', d.approver_name, 'reason', d.reason) ORDER BY d.at)
+                          FROM approval_decisions d WHERE d.approval_id = ap.id), '[]') AS decisions,
+                ap.decided_at, (extract(epoch FROM ap.decided_at - ap.requested_at) * 1000)::int8 AS waited_ms,
+                ap.released_at
+         FROM approvals ap
+         WHERE ap.requested_at >= $1 AND ap.requested_at < $2 AND ($3::uuid IS NULL OR ap.id > $3)
+         ORDER BY ap.id LIMIT $4",
+    )
+    .bind(q.from)
+    .bind(q.to)
+    .bind(q.id_cursor()?)
+    .bind(i64::from(q.limit) + 1)
+    .fetch_all(&state.db)
+    .await?;
+    Ok(respond(&q, items))
+}
+
+impl CsvRow for ApprovalEvidence {
+    const HEADER: &'static str = "approval_id,requested_at,agent_name,resource,statement,rule,classes,quorum,status,decisions,decided_at,waited_ms,released_at";
+    fn key(&self) -> String {
+        self.approval_id.to_string()
+    }
+    fn csv(&self) -> String {
+        let r = self;
+        let decisions = r.decisions.as_array().map(|a| {
+            list(a.iter().map(|d| {
+                let reason = d["reason"].as_str().map(|x| format!(" ({x})")).unwrap_or_default();
+                format!(
+                    "{} by {} via {}{reason}",
+                    d["verdict"].as_str().unwrap_or("?"),
+                    d["approver"].as_str().unwrap_or("?"),
+                    d["channel"].as_str().unwrap_or("?")
+                )
+            }))
+        });
+        format!(
+            "{},{},{},{},{},{},{},{},{},{},{},{},{}",
+            r.approval_id,
+            r.requested_at.to_rfc3339(),
+            field(&r.agent_name),
+            field(&r.resource),
+            field(&r.statement),
+            field(&r.rule),
+            field(&list(&r.classes)),
+            r.quorum,
+            field(&r.status),
+            field(&decisions.unwrap_or_default()),
+            time(&r.decided_at),
+            r.waited_ms.map(|w| w.to_string()).unwrap_or_default(),
+            time(&r.released_at)
+        )
+    }
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct WhoRanQuery {
+    /// The statement exactly as recorded (masked as the record holds it).
+    pub text: Option<String>,
+    /// Or any statement containing this text (case-insensitive).
+    pub contains: Option<String>,
+    pub from: DateTime<Utc>,
+    pub to: Option<DateTime<Utc>>,
+    pub format: Option<String>,
+    pub limit: Option<u32>,
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
+pub struct WhoRan {
+    pub command_id: Uuid,
+    pub session_id: Uuid,
+    pub at: DateTime<Utc>,
+    pub agent_id: Uuid,
+    pub agent_name: String,
+    pub resource: String,
+    pub protocol: String,
+    pub statement: String,
+    pub decision: String,
+    pub rule: Option<String>,
+    pub approval_id: Option<Uuid>,
+    pub approval_status: Option<String>,
+    /// Who approved it, when it was held.
+    pub approvers: Vec<String>,
+    /// ok, error... (absent when no result was recorded).
+    pub outcome: Option<String>,
+}
+
+/// Who ran this: every agent and session that sent a statement, with its decision, approval and
+/// outcome, in one request.
+#[utoipa::path(get, path = "/api/v1/reviews/statements", tag = "reviews", params(WhoRanQuery),
+    responses((status = 200, body = ReportPage<WhoRan>, description = "JSON, or text/csv with format=csv"),
+        (status = 400, body = super::error::Problem), (status = 401, body = super::error::Problem), (status = 403, body = super::error::Problem)),
+    security(("bearer" = [])))]
+pub async fn statements(
+    State(state): State<AppState>,
+    query: Result<Query<WhoRanQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(w) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let (text, contains) = match (w.text, w.contains) {
+        (Some(t), None) if !t.is_empty() => (Some(t), None),
+        (None, Some(c)) if !c.is_empty() => {
+            // A LIKE pattern that matches the text literally.
+            let escaped = c.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+            (None, Some(format!("%{escaped}%")))
+        }
+        _ => return Err(ApiError::BadRequest("give exactly one of text= or contains= (not empty)".into())),
+    };
+    let review = ReviewQuery { from: w.from, to: w.to, format: w.format, limit: w.limit, cursor: w.cursor };
+    let q = asked(Ok(Query(review)))?;
+    let items = sqlx::query_as::<_, WhoRan>(
+        "SELECT c.event_id AS command_id, c.session_id, c.at, c.agent_id, a.name AS agent_name, c.resource, c.protocol,
+                c.statement, c.decision, c.rule, ap.id AS approval_id, ap.status AS approval_status,
+                COALESCE((SELECT array_agg(d.approver_name ORDER BY d.at) FROM approval_decisions d
+                          WHERE d.approval_id = ap.id AND d.verdict = 'approve'), '{}') AS approvers,
+                r.outcome
+         FROM commands c JOIN agents a ON a.id = c.agent_id
+         LEFT JOIN approvals ap ON ap.command_id = c.event_id
+         LEFT JOIN command_results r ON r.command_id = c.event_id AND r.session_id = c.session_id
+         WHERE c.at >= $1 AND c.at < $2 AND ($3::uuid IS NULL OR c.event_id > $3)
+           AND (($5::text IS NOT NULL AND c.statement = $5) OR ($6::text IS NOT NULL AND c.statement ILIKE $6))
+         ORDER BY c.event_id LIMIT $4",
+    )
+    .bind(q.from)
+    .bind(q.to)
+    .bind(q.id_cursor()?)
+    .bind(i64::from(q.limit) + 1)
+    .bind(text)
+    .bind(contains)
+    .fetch_all(&state.db)
+    .await?;
+    Ok(respond(&q, items))
+}
+
+impl CsvRow for WhoRan {
+    const HEADER: &'static str =
+        "command_id,session_id,at,agent_id,agent_name,resource,protocol,statement,decision,rule,approval_id,approval_status,approvers,outcome";
+    fn key(&self) -> String {
+        self.command_id.to_string()
+    }
+    fn csv(&self) -> String {
+        let r = self;
+        format!(
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+            r.command_id,
+            r.session_id,
+            r.at.to_rfc3339(),
+            r.agent_id,
+            field(&r.agent_name),
+            field(&r.resource),
+            field(&r.protocol),
+            field(&r.statement),
+            field(&r.decision),
+            field(r.rule.as_deref().unwrap_or("")),
+            r.approval_id.map(|a| a.to_string()).unwrap_or_default(),
+            field(r.approval_status.as_deref().unwrap_or("")),
+            field(&list(&r.approvers)),
+            field(r.outcome.as_deref().unwrap_or(""))
+        )
+    }
 }
