@@ -107,3 +107,88 @@ pub async fn get(api: &Api) -> Result<String, CliError> {
         live["changed_at"].as_str().unwrap_or("?")
     ))
 }
+
+/// A review report for a period, every page of it: JSON (one array of rows) or CSV (one
+/// header). `report` is `agents`, `resources`, `approvals` or `statements` (with `filter`,
+/// `text=...` or `contains=...`).
+pub async fn review(
+    api: &Api,
+    report: &str,
+    from: &str,
+    to: Option<&str>,
+    filter: Option<(&str, &str)>,
+    csv: bool,
+    page_size: u32,
+) -> Result<String, CliError> {
+    if !["agents", "resources", "approvals", "statements"].contains(&report) {
+        return Err(CliError::Input(format!("no report {report:?}: agents, resources, approvals or statements")));
+    }
+    let mut query: Vec<(&str, String)> = vec![("from", from.to_owned()), ("limit", page_size.to_string())];
+    if let Some(to) = to {
+        query.push(("to", to.to_owned()));
+    }
+    if let Some((name, value)) = filter {
+        query.push((name, value.to_owned()));
+    }
+    if csv {
+        query.push(("format", "csv".into()));
+    }
+    let (mut rows, mut out) = (Vec::new(), String::new());
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut page_query = query.clone();
+        if let Some(c) = &cursor {
+            page_query.push(("cursor", c.clone()));
+        }
+        let response = api
+            .http
+            .get(format!("{}/api/v1/reviews/{report}", api.base))
+            .bearer_auth(&api.token)
+            .query(&page_query)
+            .send()
+            .await?;
+        let status = response.status().as_u16();
+        let next = response
+            .headers()
+            .get(reqwest::header::LINK)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|l| l.split("cursor=").nth(1))
+            .and_then(|rest| rest.split('>').next())
+            .map(str::to_owned);
+        let body = response.text().await?;
+        if !(200..300).contains(&status) {
+            let message = serde_json::from_str::<Value>(&body)
+                .ok()
+                .and_then(|v| v["message"].as_str().map(str::to_owned))
+                .unwrap_or(body);
+            return Err(CliError::Api { status, message });
+        }
+        cursor = if csv {
+            // Every page repeats the header; keep the first.
+            let mut lines = body.lines();
+            let header = lines.next().unwrap_or_default();
+            if out.is_empty() {
+                out.push_str(header);
+                out.push('\n');
+            }
+            for line in lines {
+                out.push_str(line);
+                out.push('\n');
+            }
+            next
+        } else {
+            let page: Value = serde_json::from_str(&body).map_err(|e| CliError::Input(format!("not JSON: {e}")))?;
+            rows.extend(page["items"].as_array().cloned().unwrap_or_default());
+            page["next_cursor"].as_str().map(str::to_owned)
+        };
+        if cursor.is_none() {
+            break;
+        }
+    }
+    if csv {
+        return Ok(out);
+    }
+    serde_json::to_string_pretty(&Value::Array(rows))
+        .map(|t| format!("{t}\n"))
+        .map_err(|e| CliError::Input(e.to_string()))
+}

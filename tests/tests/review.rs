@@ -94,6 +94,26 @@ async fn the_agent_report_counts_what_each_bot_did() {
     assert!(reader_line.contains(",demo,1,3,2,1,0,0,select=2;truncate=1,0,"), "{reader_line}");
     assert!(reader_line.ends_with(&format!(",{version}")), "{reader_line}");
 
+    // The CLI (`tollgate review agents --csv`) follows every page: with pages of one row here
+    // too, it prints the same rows under one header.
+    let api = tollgate_control_plane::cli::Api::new(&format!("http://{}", stack.control.addr), &stack.reviewer_token());
+    let (from_arg, to_arg) = (from.to_rfc3339(), to.to_rfc3339());
+    let printed = tollgate_control_plane::cli::review(&api, "agents", &from_arg, Some(&to_arg), None, true, 1)
+        .await
+        .expect("tollgate review agents --csv");
+    let mut printed_lines: Vec<&str> = printed.lines().collect();
+    let mut served_lines = lines.clone();
+    printed_lines.sort_unstable();
+    served_lines.sort_unstable();
+    assert_eq!(printed_lines, served_lines);
+    let printed = tollgate_control_plane::cli::review(&api, "approvals", &from_arg, Some(&to_arg), None, false, 1)
+        .await
+        .expect("tollgate review approvals");
+    let printed: Value = serde_json::from_str(&printed).expect("JSON");
+    assert_eq!(printed[0]["statement"], "DROP TABLE victims", "{printed}");
+    let bad = tollgate_control_plane::cli::review(&api, "agents", "yesterday", None, None, false, 100).await;
+    assert!(bad.expect_err("a bad date").to_string().starts_with("400"), "the API's reason reaches the user");
+
     // Per resource: who reached it, and how.
     let (status, page) = stack.api(&format!("/api/v1/reviews/resources?{range}")).await;
     assert_eq!(status, 200, "{page}");

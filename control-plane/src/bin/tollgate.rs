@@ -1,5 +1,5 @@
 //! `tollgate`: the admin CLI. `tollgate policy apply -f FILE`, `tollgate policy diff -f FILE`,
-//! `tollgate policy get`; and for agents, `tollgate ssh-cert` (a token traded for an SSH
+//! `tollgate policy get`, `tollgate review agents|resources|approvals|statements`; and for agents, `tollgate ssh-cert` (a token traded for an SSH
 //! certificate).
 
 use clap::{Parser, Subcommand};
@@ -23,6 +23,9 @@ struct Args {
 enum Command {
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Access-review reports for a period (every page), as JSON or CSV.
+    #[command(subcommand)]
+    Review(ReviewCommand),
     /// Trade the agent's token (--token-file or TOLLGATE_TOKEN) for a short-lived SSH user
     /// certificate signed by the gateway; prints it (save it as <key>-cert.pub).
     SshCert {
@@ -35,6 +38,40 @@ enum Command {
         /// The public key to certify (OpenSSH format), e.g. ~/.ssh/id_ed25519.pub.
         #[arg(short = 'i', long = "identity")]
         identity: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct Period {
+    /// Start of the period (RFC 3339, e.g. 2026-12-01T00:00:00Z).
+    #[arg(long)]
+    from: String,
+    /// End of the period (default: now).
+    #[arg(long)]
+    to: Option<String>,
+    /// CSV instead of JSON.
+    #[arg(long)]
+    csv: bool,
+}
+
+#[derive(Subcommand)]
+enum ReviewCommand {
+    /// Per agent: resources reached, commands by decision and class, refused logins...
+    Agents(Period),
+    /// Per resource: which agents reached it and how.
+    Resources(Period),
+    /// Every held command: requester, approvers, channel, reason, timing, outcome.
+    Approvals(Period),
+    /// Who ran a statement: every agent and session, with its approval.
+    Statements {
+        #[command(flatten)]
+        period: Period,
+        /// The statement exactly as recorded.
+        #[arg(long, conflicts_with = "contains", required_unless_present = "contains")]
+        text: Option<String>,
+        /// Or any statement containing this text.
+        #[arg(long)]
+        contains: Option<String>,
     },
 }
 
@@ -101,6 +138,19 @@ async fn main() -> std::process::ExitCode {
         Command::Policy(PolicyCommand::Apply { file, comment }) => cli::apply(&api, &file, comment.as_deref()).await,
         Command::Policy(PolicyCommand::Diff { file }) => cli::diff(&api, &file).await,
         Command::Policy(PolicyCommand::Get) => cli::get(&api).await,
+        Command::Review(review) => {
+            let (report, period, filter) = match &review {
+                ReviewCommand::Agents(p) => ("agents", p, None),
+                ReviewCommand::Resources(p) => ("resources", p, None),
+                ReviewCommand::Approvals(p) => ("approvals", p, None),
+                ReviewCommand::Statements { period, text, contains } => (
+                    "statements",
+                    period,
+                    text.as_deref().map(|t| ("text", t)).or(contains.as_deref().map(|c| ("contains", c))),
+                ),
+            };
+            cli::review(&api, report, &period.from, period.to.as_deref(), filter, period.csv, 1000).await
+        }
     };
     match result {
         Ok(text) => {
