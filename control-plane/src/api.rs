@@ -66,6 +66,7 @@ pub struct AppState {
         reviews::resources,
         reviews::approvals,
         reviews::statements,
+        reviews::unused_grants,
         agents::list_agents,
         auth_failures::list_auth_failures,
         approvals::list_approvals,
@@ -124,6 +125,7 @@ pub fn router(state: AppState) -> Router {
         .route("/reviews/resources", get(reviews::resources))
         .route("/reviews/approvals", get(reviews::approvals))
         .route("/reviews/statements", get(reviews::statements))
+        .route("/reviews/unused-grants", get(reviews::unused_grants))
         .route("/auth-failures", get(auth_failures::list_auth_failures))
         .route("/policy", get(policy::get_policy))
         .route("/policy/versions", get(policy::list_versions))

@@ -120,8 +120,23 @@ pub async fn review(
     csv: bool,
     page_size: u32,
 ) -> Result<String, CliError> {
+    if report == "unused-grants" {
+        if csv {
+            return Err(CliError::Input("unused-grants is JSON only (it carries a policy to apply)".into()));
+        }
+        let mut path = format!("/api/v1/reviews/unused-grants?from={}", urlencode(from));
+        if let Some(to) = to {
+            path.push_str(&format!("&to={}", urlencode(to)));
+        }
+        let answer = api.send(reqwest::Method::GET, &path, None).await?;
+        return serde_json::to_string_pretty(&answer)
+            .map(|t| format!("{t}\n"))
+            .map_err(|e| CliError::Input(e.to_string()));
+    }
     if !["agents", "resources", "approvals", "statements"].contains(&report) {
-        return Err(CliError::Input(format!("no report {report:?}: agents, resources, approvals or statements")));
+        return Err(CliError::Input(format!(
+            "no report {report:?}: agents, resources, approvals, statements or unused-grants"
+        )));
     }
     let mut query: Vec<(&str, String)> = vec![("from", from.to_owned()), ("limit", page_size.to_string())];
     if let Some(to) = to {
@@ -191,4 +206,15 @@ pub async fn review(
     serde_json::to_string_pretty(&Value::Array(rows))
         .map(|t| format!("{t}\n"))
         .map_err(|e| CliError::Input(e.to_string()))
+}
+
+/// Percent-encode a query value (RFC 3339 times carry `+` and `:`).
+fn urlencode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect()
 }

@@ -203,3 +203,90 @@ async fn the_agent_report_counts_what_each_bot_did() {
         assert_eq!(status, 400, "{bad}: {body}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unused_grants_and_read_only_use_come_with_a_revocation_to_apply() {
+    let stack = Stack::start().await;
+    let from = chrono::Utc::now() - chrono::Duration::seconds(1);
+    stack.pg.admin_sql("demo", "CREATE TABLE notes (id int); ALTER TABLE notes OWNER TO app");
+    let policy = json!({
+        "resources": [{ "name": "demo", "kind": "postgres" }, { "name": "demo_md5", "kind": "postgres" }],
+        "grants": [
+            { "name": "writers", "who": { "agents": ["deploy-*"] }, "resources": { "names": ["demo"] }, "access": "read-write" },
+            { "name": "readers", "who": { "agents": ["report-*"] }, "resources": { "names": ["demo", "demo_md5"] }, "access": "read-write" },
+            { "name": "spare", "who": { "agents": ["nobody-*"] }, "resources": { "names": ["demo_md5"] }, "access": "admin" }
+        ]
+    });
+    let version = stack.put_policy(&policy).await;
+    eventually(10, "the policy", || async { (stack.proxy.policy_version() == Some(version)).then_some(()) }).await;
+    let writer = stack.agent_client(&stack.agent_token("deploy-bot")).await.expect("connect");
+    writer.simple_query("insert into notes values (1)").await.expect("insert");
+    drop(writer);
+    let reader = stack.agent_client(&stack.agent_token("report-bot")).await.expect("connect");
+    reader.simple_query("select count(*) from notes").await.expect("select");
+    // A write the guardrails refuse does not count as using write access.
+    reader.simple_query("insert into missing_table values (1)").await.expect_err("no such table");
+    drop(reader);
+    stack.ended_sessions(2).await;
+
+    let to = chrono::Utc::now() + chrono::Duration::seconds(60);
+    let range = format!("from={}&to={}", from.format("%Y-%m-%dT%H:%M:%S%.fZ"), to.format("%Y-%m-%dT%H:%M:%S%.fZ"));
+    let (status, report) = stack.api(&format!("/api/v1/reviews/unused-grants?{range}")).await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["policy_version"], version);
+    let rows: Vec<Value> = report["grants"]
+        .as_array()
+        .expect("grants")
+        .iter()
+        .map(|g| json!([g["grant"], g["resource"], g["sessions"], g["agents"], g["wrote"], g["finding"]]))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            json!(["writers", "demo", 1, ["deploy-bot"], true, null]),
+            json!(["readers", "demo", 1, ["report-bot"], false, "read_only_use"]),
+            json!(["readers", "demo_md5", 0, [], false, "unused"]),
+            json!(["spare", "demo_md5", 0, [], false, "unused"]),
+        ],
+        "{report}"
+    );
+    // The revocation: `spare` gone, `readers` down to what it used, read-only; `writers` as it was.
+    let suggested = &report["suggested_policy"];
+    let grants: Vec<Value> = suggested["grants"]
+        .as_array()
+        .expect("grants")
+        .iter()
+        .map(|g| json!([g["name"], g["resources"]["names"], g["access"]]))
+        .collect();
+    assert_eq!(
+        grants,
+        [json!(["writers", ["demo"], "read-write"]), json!(["readers", ["demo"], "read-only"])],
+        "{suggested}"
+    );
+    let paths: Vec<&str> =
+        report["changes"].as_array().expect("changes").iter().filter_map(|c| c["path"].as_str()).collect();
+    assert!(paths.iter().any(|p| p.starts_with("grants[spare]")), "{paths:?}");
+    assert!(paths.iter().any(|p| p.starts_with("grants[readers]")), "{paths:?}");
+    // The CLI prints the same report.
+    let api = tollgate_control_plane::cli::Api::new(&format!("http://{}", stack.control.addr), &stack.reviewer_token());
+    let printed = tollgate_control_plane::cli::review(
+        &api,
+        "unused-grants",
+        &from.to_rfc3339(),
+        Some(&to.to_rfc3339()),
+        None,
+        false,
+        1,
+    )
+    .await
+    .expect("tollgate review unused-grants");
+    let printed: Value = serde_json::from_str(&printed).expect("JSON");
+    assert_eq!(printed["suggested_policy"], *suggested);
+    // It applies as it is, and the same period then has nothing left to revoke.
+    let applied = stack.put_policy(suggested).await;
+    assert_eq!(applied, version + 1);
+    let (_, after) = stack.api(&format!("/api/v1/reviews/unused-grants?{range}")).await;
+    let findings: Vec<&Value> = after["grants"].as_array().expect("grants").iter().map(|g| &g["finding"]).collect();
+    assert!(findings.iter().all(|f| f.is_null()), "{after}");
+    assert_eq!(after["changes"], json!([]), "{after}");
+}

@@ -90,11 +90,11 @@ fn invalid(errors: PolicyErrors) -> ApiError {
     ApiError::BadRequest(errors.to_string())
 }
 
-async fn store(state: &AppState) -> Result<async_nats::jetstream::kv::Store, ApiError> {
+pub(super) async fn store(state: &AppState) -> Result<async_nats::jetstream::kv::Store, ApiError> {
     tollgate_shared::stream::open_policy_bucket(&state.js).await.map_err(ApiError::Unavailable)
 }
 
-fn store_error(e: crate::policy::ApplyError) -> ApiError {
+pub(super) fn store_error(e: crate::policy::ApplyError) -> ApiError {
     match e {
         crate::policy::ApplyError::Conflict { .. } => ApiError::Conflict(e.to_string()),
         crate::policy::ApplyError::Store(message) => ApiError::Unavailable(message),

@@ -565,3 +565,148 @@ impl CsvRow for WhoRan {
         )
     }
 }
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct PeriodQuery {
+    pub from: DateTime<Utc>,
+    pub to: Option<DateTime<Utc>>,
+}
+
+/// How one grant was used on one resource it selects.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GrantUse {
+    pub grant: String,
+    pub resource: String,
+    /// The access the grant gives (read-only, read-write, admin).
+    #[schema(value_type = String)]
+    pub access: tollgate_shared::policy::Access,
+    /// Sessions it admitted to the resource in the period.
+    pub sessions: i64,
+    pub agents: Vec<String>,
+    /// Whether any of those sessions wrote: a writing command that ran (allowed, or held and
+    /// approved) and completed. A refused or failed write is not a use of write access.
+    pub wrote: bool,
+    /// `unused` (no session), `read_only_use` (read-write or admin granted, only reads made).
+    pub finding: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UnusedGrants {
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    /// The live policy version the grants were read from.
+    pub policy_version: u64,
+    pub grants: Vec<GrantUse>,
+    /// The live policy with the findings revoked: unused grants removed, unused resources taken
+    /// out of a grant's selection (as names), read-only use turned into `read-only` access.
+    /// `tollgate policy apply` accepts it as it is.
+    #[schema(value_type = Object)]
+    pub suggested_policy: serde_json::Value,
+    #[schema(value_type = Vec<Object>)]
+    pub changes: Vec<tollgate_shared::policy::PolicyChange>,
+}
+
+#[derive(sqlx::FromRow)]
+struct Used {
+    grant_name: String,
+    resource: String,
+    sessions: i64,
+    agents: Vec<String>,
+    wrote: bool,
+}
+
+/// Access granted by the live policy that the period did not use (or used read-only while
+/// granted read-write), with the revocation as a policy to apply.
+#[utoipa::path(get, path = "/api/v1/reviews/unused-grants", tag = "reviews", params(PeriodQuery),
+    responses((status = 200, body = UnusedGrants), (status = 400, body = super::error::Problem), (status = 404, body = super::error::Problem),
+        (status = 401, body = super::error::Problem), (status = 403, body = super::error::Problem)),
+    security(("bearer" = [])))]
+pub async fn unused_grants(
+    State(state): State<AppState>,
+    query: Result<Query<PeriodQuery>, QueryRejection>,
+) -> Result<Json<UnusedGrants>, ApiError> {
+    use tollgate_shared::policy::{Access, ResourceSelector};
+    let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let to = q.to.unwrap_or_else(Utc::now);
+    if to <= q.from {
+        return Err(ApiError::BadRequest("to must be after from".into()));
+    }
+    let store = super::policy::store(&state).await?;
+    let (live, _) = crate::policy::current(&store, &state.control_key)
+        .await
+        .map_err(super::policy::store_error)?
+        .ok_or_else(|| ApiError::NotFound("no policy has been set".into()))?;
+    let used: Vec<Used> = sqlx::query_as(
+        "SELECT s.grant_name, s.resource, count(*) AS sessions, array_agg(DISTINCT a.name ORDER BY a.name) AS agents,
+                bool_or(EXISTS (
+                    SELECT 1 FROM commands c
+                    JOIN command_results r ON r.command_id = c.event_id AND r.session_id = c.session_id
+                    WHERE c.session_id = s.id AND (c.classification ->> 'writes')::boolean
+                      AND c.decision IN ('allow', 'hold') AND r.outcome = 'ok')) AS wrote
+         FROM sessions s JOIN agents a ON a.id = s.agent_id
+         WHERE s.started_at >= $1 AND s.started_at < $2 AND s.grant_name IS NOT NULL
+         GROUP BY s.grant_name, s.resource",
+    )
+    .bind(q.from)
+    .bind(to)
+    .fetch_all(&state.db)
+    .await?;
+    let document = &live.document;
+    let mut grants = Vec::new();
+    let mut suggested = document.clone();
+    suggested.grants.clear();
+    for grant in &document.grants {
+        // A grant that ended before the period is not access anyone holds.
+        if grant.expires.is_some_and(|at| at <= q.from) {
+            suggested.grants.push(grant.clone());
+            continue;
+        }
+        let mut kept = Vec::new();
+        let mut any_write = false;
+        for resource in document.resources.iter().filter(|r| grant.selects(r)) {
+            let usage = used.iter().find(|u| u.grant_name == grant.name && u.resource == resource.name);
+            let (sessions, agents, wrote) =
+                usage.map_or((0, Vec::new(), false), |u| (u.sessions, u.agents.clone(), u.wrote));
+            let finding = if sessions == 0 {
+                Some("unused")
+            } else if grant.access > Access::ReadOnly && !wrote {
+                Some("read_only_use")
+            } else {
+                None
+            };
+            if sessions > 0 {
+                kept.push(resource.name.clone());
+                any_write |= wrote;
+            }
+            grants.push(GrantUse {
+                grant: grant.name.clone(),
+                resource: resource.name.clone(),
+                access: grant.access,
+                sessions,
+                agents,
+                wrote,
+                finding: finding.map(str::to_owned),
+            });
+        }
+        if kept.is_empty() {
+            continue;
+        }
+        let mut revised = grant.clone();
+        if kept.len() < document.resources.iter().filter(|r| grant.selects(r)).count() {
+            revised.resources = ResourceSelector { names: kept, labels: Default::default() };
+        }
+        if revised.access > Access::ReadOnly && !any_write {
+            revised.access = Access::ReadOnly;
+        }
+        suggested.grants.push(revised);
+    }
+    let changes = tollgate_shared::policy::diff(document, &suggested);
+    Ok(Json(UnusedGrants {
+        from: q.from,
+        to,
+        policy_version: live.version,
+        grants,
+        suggested_policy: serde_json::to_value(&suggested).unwrap_or_default(),
+        changes,
+    }))
+}

@@ -1,5 +1,5 @@
 //! `tollgate`: the admin CLI. `tollgate policy apply -f FILE`, `tollgate policy diff -f FILE`,
-//! `tollgate policy get`, `tollgate review agents|resources|approvals|statements`; and for agents, `tollgate ssh-cert` (a token traded for an SSH
+//! `tollgate policy get`, `tollgate review agents|resources|approvals|unused-grants|statements`; and for agents, `tollgate ssh-cert` (a token traded for an SSH
 //! certificate).
 
 use clap::{Parser, Subcommand};
@@ -62,6 +62,9 @@ enum ReviewCommand {
     Resources(Period),
     /// Every held command: requester, approvers, channel, reason, timing, outcome.
     Approvals(Period),
+    /// Access granted but not used (or used read-only) in the period, with the policy that
+    /// revokes it (`suggested_policy`, for `tollgate policy apply`).
+    UnusedGrants(Period),
     /// Who ran a statement: every agent and session, with its approval.
     Statements {
         #[command(flatten)]
@@ -143,6 +146,7 @@ async fn main() -> std::process::ExitCode {
                 ReviewCommand::Agents(p) => ("agents", p, None),
                 ReviewCommand::Resources(p) => ("resources", p, None),
                 ReviewCommand::Approvals(p) => ("approvals", p, None),
+                ReviewCommand::UnusedGrants(p) => ("unused-grants", p, None),
                 ReviewCommand::Statements { period, text, contains } => (
                     "statements",
                     period,

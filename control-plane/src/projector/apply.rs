@@ -393,7 +393,7 @@ async fn session_lifecycle(tx: &mut Transaction<'_, Postgres>, e: &Decoded<'_>) 
         Payload::Started(p) => {
             sqlx::query(
                 "UPDATE sessions SET started_at = $2, client_addr = $3, client_tls = $4, client_user = $5,
-                    application_name = $6, upstream = $7, node_key = $8 WHERE id = $1",
+                    application_name = $6, upstream = $7, node_key = $8, grant_name = $9, access = $10 WHERE id = $1",
             )
             .bind(e.envelope.session)
             .bind(e.envelope.at)
@@ -403,6 +403,8 @@ async fn session_lifecycle(tx: &mut Transaction<'_, Postgres>, e: &Decoded<'_>) 
             .bind(&p.application_name)
             .bind(serde_json::to_value(&p.upstream).unwrap_or_default())
             .bind(&p.node_key)
+            .bind(&p.grant)
+            .bind(p.access.as_ref().map(enum_text))
             .execute(&mut **tx)
             .await?;
         }

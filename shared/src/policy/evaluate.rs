@@ -44,7 +44,8 @@ impl Grant {
         })
     }
 
-    fn selects(&self, resource: &ResourcePolicy) -> bool {
+    /// Does this grant's resource selector pick `resource`?
+    pub fn selects(&self, resource: &ResourcePolicy) -> bool {
         let by_name = self.resources.names.contains(&resource.name);
         let by_labels = !self.resources.labels.is_empty()
             && self
