@@ -67,6 +67,7 @@ pub struct AppState {
         reviews::approvals,
         reviews::statements,
         reviews::unused_grants,
+        reviews::export,
         agents::list_agents,
         auth_failures::list_auth_failures,
         approvals::list_approvals,
@@ -126,6 +127,7 @@ pub fn router(state: AppState) -> Router {
         .route("/reviews/approvals", get(reviews::approvals))
         .route("/reviews/statements", get(reviews::statements))
         .route("/reviews/unused-grants", get(reviews::unused_grants))
+        .route("/reviews/export", get(reviews::export))
         .route("/auth-failures", get(auth_failures::list_auth_failures))
         .route("/policy", get(policy::get_policy))
         .route("/policy/versions", get(policy::list_versions))

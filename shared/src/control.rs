@@ -23,6 +23,8 @@ pub enum ControlKind {
     /// An event the control plane publishes (`approval.decided`, `policy.changed`...): the
     /// signature travels in the message's `Tollgate-Signature` header.
     Event,
+    /// A signed export of a review period (reports, raw events, chain heads) for auditors.
+    Export,
 }
 
 impl ControlKind {
@@ -31,6 +33,7 @@ impl ControlKind {
             ControlKind::Policy => "policy",
             ControlKind::Grant => "grant",
             ControlKind::Event => "event",
+            ControlKind::Export => "export",
         }
     }
 }

@@ -8,6 +8,7 @@
 pub mod config;
 pub mod control;
 pub mod event;
+pub mod export;
 pub mod identity;
 pub mod keys;
 pub mod mask;

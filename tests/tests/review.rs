@@ -189,6 +189,22 @@ async fn the_agent_report_counts_what_each_bot_did() {
     let (_, page) = stack.api(&format!("/api/v1/reviews/statements?{range}&contains=100%25")).await;
     assert_eq!(page["items"], json!([]), "a % is matched literally: {page}");
 
+    // A signed export of the period, checked offline with the control plane's public key.
+    let (status, _, exported) = stack.api_text(&format!("/api/v1/reviews/export?{range}")).await;
+    assert_eq!(status, 200, "{exported}");
+    let check = tollgate_shared::export::check(exported.as_bytes(), &stack.control.public_key).expect("signed");
+    assert_eq!((check.sessions, check.intact), (2, 2), "{:?}", check.problems);
+    assert!(check.problems.is_empty() && check.events >= 8, "{check:?}");
+    let signed: Value = serde_json::from_str(&exported).expect("JSON");
+    let body: Value = serde_json::from_str(signed["body"].as_str().expect("body")).expect("the export");
+    assert_eq!(body["reports"]["agents"].as_array().map(Vec::len), Some(2));
+    assert_eq!(body["reports"]["approvals"][0]["statement"], "DROP TABLE victims");
+    // Edited after signing: the signature no longer holds. Another key: refused.
+    let edited = exported.replacen("DROP TABLE victims", "SELECT 1 FROM victims", 1);
+    assert!(tollgate_shared::export::check(edited.as_bytes(), &stack.control.public_key).is_err());
+    let (other, _) = tollgate_shared::control::ControlKey::generate().expect("a key");
+    assert!(tollgate_shared::export::check(exported.as_bytes(), &other.public_hex()).is_err());
+
     // Bad requests are refused with a reason.
     for bad in [
         "/api/v1/reviews/agents".to_owned(),
@@ -196,6 +212,7 @@ async fn the_agent_report_counts_what_each_bot_did() {
         format!("/api/v1/reviews/agents?{range}&limit=0"),
         format!("/api/v1/reviews/approvals?{range}&cursor=not-a-cursor"),
         format!("/api/v1/reviews/statements?{range}"),
+        format!("/api/v1/reviews/export?from={}&to={}", to.to_rfc3339(), from.to_rfc3339()).replace('+', "%2B"),
         format!("/api/v1/reviews/statements?{range}&text=a&contains=b"),
         format!("/api/v1/reviews/agents?from={}&to={}", to.to_rfc3339(), from.to_rfc3339()).replace('+', "%2B"),
     ] {

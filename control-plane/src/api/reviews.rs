@@ -134,18 +134,8 @@ fn respond<T: Serialize + CsvRow>(asked: &Asked, mut items: Vec<T>) -> Response 
     Json(ReportPage { from: asked.from, to: asked.to, items, next_cursor }).into_response()
 }
 
-/// Per agent: what it reached and did in a period.
-#[utoipa::path(get, path = "/api/v1/reviews/agents", tag = "reviews", params(ReviewQuery),
-    responses((status = 200, body = ReportPage<AgentReview>, description = "JSON, or text/csv with format=csv (the next page's cursor in the Link header)"),
-        (status = 400, body = super::error::Problem), (status = 401, body = super::error::Problem), (status = 403, body = super::error::Problem)),
-    security(("bearer" = [])))]
-pub async fn agents(
-    State(state): State<AppState>,
-    query: Result<Query<ReviewQuery>, QueryRejection>,
-) -> Result<Response, ApiError> {
-    let q = asked(query)?;
-    let items = sqlx::query_as::<_, AgentReview>(
-        "WITH c AS (
+/// The per-agent report: period `$1..$2`, after cursor `$3`, at most `$4` rows.
+const AGENTS_SQL: &str = "WITH c AS (
             SELECT c.agent_id, c.resource, c.decision, c.classification, c.policy_version, c.at,
                    (ap.released_at IS NOT NULL) AS released
             FROM commands c LEFT JOIN approvals ap ON ap.command_id = c.event_id
@@ -184,14 +174,25 @@ pub async fn agents(
          LEFT JOIN s ON s.agent_id = a.id LEFT JOIN f ON f.agent_id = a.id
          WHERE (per.agent_id IS NOT NULL OR s.agent_id IS NOT NULL OR f.agent_id IS NOT NULL)
            AND ($3::uuid IS NULL OR a.id > $3)
-         ORDER BY a.id LIMIT $4",
-    )
-    .bind(q.from)
-    .bind(q.to)
-    .bind(q.id_cursor()?)
-    .bind(i64::from(q.limit) + 1)
-    .fetch_all(&state.db)
-    .await?;
+         ORDER BY a.id LIMIT $4";
+
+/// Per agent: what it reached and did in a period.
+#[utoipa::path(get, path = "/api/v1/reviews/agents", tag = "reviews", params(ReviewQuery),
+    responses((status = 200, body = ReportPage<AgentReview>, description = "JSON, or text/csv with format=csv (the next page's cursor in the Link header)"),
+        (status = 400, body = super::error::Problem), (status = 401, body = super::error::Problem), (status = 403, body = super::error::Problem)),
+    security(("bearer" = [])))]
+pub async fn agents(
+    State(state): State<AppState>,
+    query: Result<Query<ReviewQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let q = asked(query)?;
+    let items = sqlx::query_as::<_, AgentReview>(AGENTS_SQL)
+        .bind(q.from)
+        .bind(q.to)
+        .bind(q.id_cursor()?)
+        .bind(i64::from(q.limit) + 1)
+        .fetch_all(&state.db)
+        .await?;
     Ok(respond(&q, items))
 }
 
@@ -390,6 +391,18 @@ pub struct ApprovalEvidence {
     pub released_at: Option<DateTime<Utc>>,
 }
 
+/// The approvals evidence: period `$1..$2`, after cursor `$3`, at most `$4` rows.
+const APPROVALS_SQL: &str = "SELECT ap.id AS approval_id, ap.requested_at, COALESCE(ap.agent ->> 'name', '') AS agent_name, ap.resource,
+                ap.command_id, ap.statement, ap.rule, ap.classes, ap.quorum, ap.approver_groups, ap.status, ap.expiry_reason,
+                COALESCE((SELECT jsonb_agg(jsonb_build_object('at', d.at, 'verdict', d.verdict, 'channel', d.channel,
+                                  'approver', d.approver_name, 'reason', d.reason) ORDER BY d.at)
+                          FROM approval_decisions d WHERE d.approval_id = ap.id), '[]') AS decisions,
+                ap.decided_at, (extract(epoch FROM ap.decided_at - ap.requested_at) * 1000)::int8 AS waited_ms,
+                ap.released_at
+         FROM approvals ap
+         WHERE ap.requested_at >= $1 AND ap.requested_at < $2 AND ($3::uuid IS NULL OR ap.id > $3)
+         ORDER BY ap.id LIMIT $4";
+
 /// Every held command requested in the period: requester, approvers, channel, reason, timing
 /// and outcome.
 #[utoipa::path(get, path = "/api/v1/reviews/approvals", tag = "reviews", params(ReviewQuery),
@@ -401,24 +414,13 @@ pub async fn approvals(
     query: Result<Query<ReviewQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let q = asked(query)?;
-    let items = sqlx::query_as::<_, ApprovalEvidence>(
-        "SELECT ap.id AS approval_id, ap.requested_at, COALESCE(ap.agent ->> 'name', '') AS agent_name, ap.resource,
-                ap.command_id, ap.statement, ap.rule, ap.classes, ap.quorum, ap.approver_groups, ap.status, ap.expiry_reason,
-                COALESCE((SELECT jsonb_agg(jsonb_build_object('at', d.at, 'verdict', d.verdict, 'channel', d.channel,
-                                  'approver', d.approver_name, 'reason', d.reason) ORDER BY d.at)
-                          FROM approval_decisions d WHERE d.approval_id = ap.id), '[]') AS decisions,
-                ap.decided_at, (extract(epoch FROM ap.decided_at - ap.requested_at) * 1000)::int8 AS waited_ms,
-                ap.released_at
-         FROM approvals ap
-         WHERE ap.requested_at >= $1 AND ap.requested_at < $2 AND ($3::uuid IS NULL OR ap.id > $3)
-         ORDER BY ap.id LIMIT $4",
-    )
-    .bind(q.from)
-    .bind(q.to)
-    .bind(q.id_cursor()?)
-    .bind(i64::from(q.limit) + 1)
-    .fetch_all(&state.db)
-    .await?;
+    let items = sqlx::query_as::<_, ApprovalEvidence>(APPROVALS_SQL)
+        .bind(q.from)
+        .bind(q.to)
+        .bind(q.id_cursor()?)
+        .bind(i64::from(q.limit) + 1)
+        .fetch_all(&state.db)
+        .await?;
     Ok(respond(&q, items))
 }
 
@@ -709,4 +711,94 @@ pub async fn unused_grants(
         suggested_policy: serde_json::to_value(&suggested).unwrap_or_default(),
         changes,
     }))
+}
+
+/// The most events one export may hold: a longer period is exported in parts.
+const EXPORT_MAX_EVENTS: i64 = 200_000;
+
+/// A signed export of a period: the agents and approvals reports, every event of the sessions
+/// that started in it, and their chain heads, signed with the control plane's key
+/// (`tollgate verify-export` checks it offline).
+#[utoipa::path(get, path = "/api/v1/reviews/export", tag = "reviews", params(PeriodQuery),
+    responses((status = 200, description = "`{body, signature}`: body is the export's JSON text, signed as `export`"),
+        (status = 400, body = super::error::Problem), (status = 401, body = super::error::Problem), (status = 403, body = super::error::Problem)),
+    security(("bearer" = [])))]
+pub async fn export(
+    State(state): State<AppState>,
+    query: Result<Query<PeriodQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let to = q.to.unwrap_or_else(Utc::now);
+    if to <= q.from {
+        return Err(ApiError::BadRequest("to must be after from".into()));
+    }
+    let (count,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM events e JOIN sessions s ON s.id = e.session_id WHERE s.started_at >= $1 AND s.started_at < $2",
+    )
+    .bind(q.from)
+    .bind(to)
+    .fetch_one(&state.db)
+    .await?;
+    if count > EXPORT_MAX_EVENTS {
+        return Err(ApiError::BadRequest(format!(
+            "the period holds {count} events, more than the {EXPORT_MAX_EVENTS} one export may: export it in parts"
+        )));
+    }
+    let agents = sqlx::query_as::<_, AgentReview>(AGENTS_SQL)
+        .bind(q.from)
+        .bind(to)
+        .bind(None::<Uuid>)
+        .bind(i64::MAX)
+        .fetch_all(&state.db)
+        .await?;
+    let approvals = sqlx::query_as::<_, ApprovalEvidence>(APPROVALS_SQL)
+        .bind(q.from)
+        .bind(to)
+        .bind(None::<Uuid>)
+        .bind(i64::MAX)
+        .fetch_all(&state.db)
+        .await?;
+    let rows: Vec<(Uuid, Vec<u8>)> = sqlx::query_as(
+        "SELECT e.session_id, e.raw FROM events e JOIN sessions s ON s.id = e.session_id
+         WHERE s.started_at >= $1 AND s.started_at < $2 ORDER BY s.started_at, e.session_id, e.seq, e.id",
+    )
+    .bind(q.from)
+    .bind(to)
+    .fetch_all(&state.db)
+    .await?;
+    let mut sessions: Vec<tollgate_shared::export::ExportedSession> = Vec::new();
+    for (session, raw) in rows {
+        let text = String::from_utf8(raw)
+            .map_err(|_| ApiError::Unexpected(anyhow::anyhow!("a stored event of session {session} is not UTF-8")))?;
+        match sessions.last_mut() {
+            Some(last) if last.session == session => last.events.push(text),
+            _ => sessions.push(tollgate_shared::export::ExportedSession {
+                session,
+                head: String::new(),
+                linked: false,
+                complete: false,
+                events: vec![text],
+            }),
+        }
+    }
+    for session in &mut sessions {
+        let raws: Vec<&[u8]> = session.events.iter().map(|e| e.as_bytes()).collect();
+        let report = tollgate_shared::event::verify_chain(&raws);
+        (session.head, session.linked, session.complete) = (report.head, report.linked, report.complete);
+    }
+    let export = tollgate_shared::export::Export {
+        from: q.from,
+        to,
+        generated_at: Utc::now(),
+        control_key: state.control_key.public_hex(),
+        reports: serde_json::json!({ "agents": agents, "approvals": approvals }),
+        sessions,
+    };
+    let signed = tollgate_shared::control::Signed::seal(
+        &state.control_key,
+        tollgate_shared::control::ControlKind::Export,
+        &export,
+    )
+    .map_err(|e| ApiError::Unexpected(anyhow::anyhow!("signing the export: {e}")))?;
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], signed).into_response())
 }

@@ -1,5 +1,5 @@
 //! `tollgate`: the admin CLI. `tollgate policy apply -f FILE`, `tollgate policy diff -f FILE`,
-//! `tollgate policy get`, `tollgate review agents|resources|approvals|unused-grants|statements`; and for agents, `tollgate ssh-cert` (a token traded for an SSH
+//! `tollgate policy get`, `tollgate verify-export`, `tollgate review agents|resources|approvals|unused-grants|statements`; and for agents, `tollgate ssh-cert` (a token traded for an SSH
 //! certificate).
 
 use clap::{Parser, Subcommand};
@@ -23,6 +23,15 @@ struct Args {
 enum Command {
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Check a signed export offline (no API, no token): its signature by the control plane's
+    /// public key, then every session's chain re-hashed from the events it holds.
+    VerifyExport {
+        /// The export file (`GET /api/v1/reviews/export`).
+        file: PathBuf,
+        /// The control plane's public key, hex (`tollgate-control public-key`).
+        #[arg(long)]
+        public_key: String,
+    },
     /// Access-review reports for a period (every page), as JSON or CSV.
     #[command(subcommand)]
     Review(ReviewCommand),
@@ -115,10 +124,38 @@ async fn ssh_cert(
     tollgate_control_plane::ssh_cert::request(&ask).await
 }
 
+/// Check an export file; exit 0 only when the signature holds and every session is intact.
+fn verify_export(file: &std::path::Path, public_key: &str) -> std::process::ExitCode {
+    let bytes = match std::fs::read(file) {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            eprintln!("tollgate: {}: {e}", file.display());
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match tollgate_shared::export::check(&bytes, public_key) {
+        Ok(check) => {
+            println!("{}", serde_json::to_string_pretty(&check).unwrap_or_default());
+            if check.problems.is_empty() && check.intact == check.sessions {
+                std::process::ExitCode::SUCCESS
+            } else {
+                std::process::ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("tollgate: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let args = Args::parse();
+    if let Command::VerifyExport { file, public_key } = &args.command {
+        return verify_export(file, public_key);
+    }
     let token = match (&args.token_file, std::env::var("TOLLGATE_TOKEN")) {
         (Some(path), _) => match std::fs::read_to_string(path) {
             Ok(t) => t,
@@ -135,6 +172,7 @@ async fn main() -> std::process::ExitCode {
     };
     let api = Api::new(&args.api, &token);
     let result = match args.command {
+        Command::VerifyExport { .. } => Ok(String::new()),
         Command::SshCert { gateway, gateway_key, identity } => {
             ssh_cert(&gateway, &gateway_key, &identity, &token).await
         }
