@@ -138,10 +138,9 @@ pub async fn review(
             "no report {report:?}: agents, resources, approvals, statements or unused-grants"
         )));
     }
-    let mut query: Vec<(&str, String)> = vec![("from", from.to_owned()), ("limit", page_size.to_string())];
-    if let Some(to) = to {
-        query.push(("to", to.to_owned()));
-    }
+    // The end of the period is fixed once, so every page reads the same period.
+    let to = to.map_or_else(|| chrono::Utc::now().to_rfc3339(), str::to_owned);
+    let mut query: Vec<(&str, String)> = vec![("from", from.to_owned()), ("to", to), ("limit", page_size.to_string())];
     if let Some((name, value)) = filter {
         query.push((name, value.to_owned()));
     }
@@ -169,7 +168,7 @@ pub async fn review(
             .and_then(|v| v.to_str().ok())
             .and_then(|l| l.split("cursor=").nth(1))
             .and_then(|rest| rest.split('>').next())
-            .map(str::to_owned);
+            .map(urldecode);
         let body = response.text().await?;
         if !(200..300).contains(&status) {
             let message = serde_json::from_str::<Value>(&body)
@@ -179,17 +178,14 @@ pub async fn review(
             return Err(CliError::Api { status, message });
         }
         cursor = if csv {
-            // Every page repeats the header; keep the first.
-            let mut lines = body.lines();
-            let header = lines.next().unwrap_or_default();
+            // Every page repeats the header (one line; rows may hold quoted line breaks): keep
+            // the first, and the rows exactly as sent.
+            let (header, rows) = body.split_once('\n').unwrap_or((body.as_str(), ""));
             if out.is_empty() {
                 out.push_str(header);
                 out.push('\n');
             }
-            for line in lines {
-                out.push_str(line);
-                out.push('\n');
-            }
+            out.push_str(rows);
             next
         } else {
             let page: Value = serde_json::from_str(&body).map_err(|e| CliError::Input(format!("not JSON: {e}")))?;
@@ -208,8 +204,8 @@ pub async fn review(
         .map_err(|e| CliError::Input(e.to_string()))
 }
 
-/// Percent-encode a query value (RFC 3339 times carry `+` and `:`).
-fn urlencode(value: &str) -> String {
+/// Percent-encode a query value (RFC 3339 times carry `+` and `:`; cursors may be any text).
+pub fn urlencode(value: &str) -> String {
     value
         .bytes()
         .map(|b| match b {
@@ -217,4 +213,25 @@ fn urlencode(value: &str) -> String {
             other => format!("%{other:02X}"),
         })
         .collect()
+}
+
+/// Undo [`urlencode`] (a malformed escape is kept as it is).
+fn urldecode(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }

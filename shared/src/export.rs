@@ -2,7 +2,11 @@
 //! it (the exact bytes stored) and each session's chain head, signed by the control plane. An
 //! auditor archives the file and checks it offline (`tollgate verify-export`) with nothing but
 //! the control plane's public key: the signature, then every session's chain re-hashed from the
-//! events in the file.
+//! events in the file, ending at the head and node key the export names.
+//!
+//! What the file cannot prove by itself, and rests on the control plane's signature: that the
+//! node keys were trusted, that the reports were drawn from views matching the events, and that
+//! no session of the period was left out.
 
 use crate::control::{ControlKind, ControlPublicKey, Signed};
 use crate::event::verify_chain;
@@ -31,6 +35,12 @@ pub struct ExportedSession {
     /// Whether the chain was linked and complete (signed end) when exported.
     pub linked: bool,
     pub complete: bool,
+    /// The node key that signed its end, and whether the control plane trusted that key for
+    /// this session when exporting (its signed word: the file cannot prove trust by itself).
+    pub node_key: Option<String>,
+    pub node_trusted: bool,
+    /// Whether the views the reports come from matched the session's events when exporting.
+    pub views_match: bool,
     /// Every stored event, as the exact text the chain hashes, in order.
     pub events: Vec<String>,
 }
@@ -73,6 +83,19 @@ pub fn check(bytes: &[u8], public_key: &str) -> Result<ExportCheck, String> {
                 .problems
                 .push(format!("session {}: its events end at another head than the export names", session.session));
             fine = false;
+        }
+        let mut problem = |what: &str| {
+            check.problems.push(format!("session {}: {what}", session.session));
+            fine = false;
+        };
+        if report.node_key != session.node_key {
+            problem("signed by another node key than the export names");
+        }
+        if !session.node_trusted {
+            problem("the control plane did not trust its node key");
+        }
+        if !session.views_match {
+            problem("its views differed from its events when exported");
         }
         if fine {
             check.intact += 1;

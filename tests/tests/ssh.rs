@@ -156,6 +156,16 @@ async fn exec_runs_on_the_host_with_the_held_key_masked_and_on_record() {
     assert!(!text(&stream).contains(&body[..40]) && !stdout.contains(&body[..40]));
     let sessions = ended(&stack, 2).await;
     assert!(sessions.iter().all(|s| s["resource_kind"] == "ssh"), "{sessions:?}");
+    // An exec is a use of more than read-only access: the review keeps the grant as it is.
+    let from = (chrono::Utc::now() - chrono::Duration::minutes(10)).format("%Y-%m-%dT%H:%M:%SZ");
+    let (_, review) = stack.api(&format!("/api/v1/reviews/unused-grants?from={from}")).await;
+    let web = review["grants"].as_array().and_then(|g| g.iter().find(|g| g["resource"] == "web-1").cloned());
+    let web = web.unwrap_or_else(|| panic!("web-1 in {review}"));
+    assert_eq!(
+        (web["sessions"].as_i64(), web["wrote"].as_bool(), web["finding"].as_str()),
+        (Some(2), Some(true), None),
+        "{review}"
+    );
     for session in &sessions {
         let (_, verify) = stack.api(&format!("/api/v1/sessions/{}/verify", session["id"].as_str().unwrap())).await;
         assert_eq!(

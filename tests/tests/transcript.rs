@@ -30,6 +30,8 @@ async fn a_transcript_shows_commands_decisions_approvals_and_masked_results() {
         .expect("a row");
     assert!(!answered.contains("bob@example.com"), "masked for the agent: {answered}");
     client.simple_query("TRUNCATE victims").await.expect_err("denied");
+    // A statement carrying a terminal escape and a carriage return: printed escaped.
+    client.simple_query("select '\u{1b}[2J\rVerification: trusted' as x").await.expect("select");
     let held = tokio::spawn(async move {
         let outcome = client.simple_query("DROP TABLE victims").await.map(|_| ());
         drop(client);
@@ -65,6 +67,7 @@ async fn a_transcript_shows_commands_decisions_approvals_and_masked_results() {
         [
             ("select 'owner [masked:email]' as note", "allow"),
             ("TRUNCATE victims", "deny"),
+            ("select '\u{1b}[2J\rVerification: trusted' as x", "allow"),
             ("DROP TABLE victims", "hold")
         ],
         "{transcript}"
@@ -74,14 +77,14 @@ async fn a_transcript_shows_commands_decisions_approvals_and_masked_results() {
     assert_eq!(commands[0]["result"]["masked"], json!(["email ×1"]), "{transcript}");
     assert_eq!(commands[1]["rule"], "deny_classes:truncate");
     assert_eq!(commands[1]["result"]["outcome"], "error", "the stand-in the upstream refused: {transcript}");
-    let approval_seen = &commands[2]["approval"];
+    let approval_seen = &commands[3]["approval"];
     assert_eq!(approval_seen["id"], approval.as_str());
     assert_eq!(approval_seen["rule"], "destructive");
     assert_eq!(approval_seen["outcome"], "released");
     assert_eq!(approval_seen["decisions"][0]["verdict"], "approve", "{transcript}");
     assert_eq!(approval_seen["decisions"][0]["approver"], "alice@example.com");
     assert_eq!(approval_seen["decisions"][0]["reason"], "planned cleanup");
-    assert_eq!(commands[2]["result"]["tags"], json!(["DROP TABLE"]));
+    assert_eq!(commands[3]["result"]["tags"], json!(["DROP TABLE"]));
 
     // The same as text.
     let (status, content_type, text) = stack.api_text(&format!("/api/v1/sessions/{id}/transcript?format=text")).await;
@@ -91,6 +94,8 @@ async fn a_transcript_shows_commands_decisions_approvals_and_masked_results() {
     assert!(text.contains("DENY (deny_classes:truncate) [simple]\n    TRUNCATE victims\n  -> error, 0 rows"), "{text}");
     assert!(text.contains("approve by alice@example.com via rest"), "{text}");
     assert!(text.contains("masked email ×1") && !text.contains("bob@example.com"), "{text}");
+    assert!(!text.contains('\u{1b}') && !text.contains('\r'), "no control character reaches the reader: {text}");
+    assert!(text.contains("    select '\\u{1b}[2J\\rVerification: trusted' as x"), "{text}");
     let (status, _) = stack.api(&format!("/api/v1/sessions/{id}/transcript?format=pdf")).await;
     assert_eq!(status, 400);
 

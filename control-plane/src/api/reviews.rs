@@ -125,6 +125,7 @@ fn respond<T: Serialize + CsvRow>(asked: &Asked, mut items: Vec<T>) -> Response 
         }
         let mut response = ([(axum::http::header::CONTENT_TYPE, "text/csv; charset=utf-8")], body).into_response();
         if let Some(cursor) = next_cursor {
+            let cursor = crate::cli::urlencode(&cursor);
             if let Ok(value) = axum::http::HeaderValue::from_str(&format!("<?cursor={cursor}>; rel=\"next\"")) {
                 response.headers_mut().insert(axum::http::header::LINK, value);
             }
@@ -137,8 +138,9 @@ fn respond<T: Serialize + CsvRow>(asked: &Asked, mut items: Vec<T>) -> Response 
 /// The per-agent report: period `$1..$2`, after cursor `$3`, at most `$4` rows.
 const AGENTS_SQL: &str = "WITH c AS (
             SELECT c.agent_id, c.resource, c.decision, c.classification, c.policy_version, c.at,
-                   (ap.released_at IS NOT NULL) AS released
-            FROM commands c LEFT JOIN approvals ap ON ap.command_id = c.event_id
+                   EXISTS (SELECT 1 FROM approvals ap WHERE ap.command_id = c.event_id AND ap.session_id = c.session_id
+                                  AND ap.released_at IS NOT NULL) AS released
+            FROM commands c
             WHERE c.at >= $1 AND c.at < $2
          ), per AS (
             SELECT agent_id, array_agg(DISTINCT resource ORDER BY resource) AS resources, count(*) AS commands,
@@ -199,7 +201,8 @@ pub async fn agents(
 /// A CSV field: quoted when it holds a separator, a quote or a line break; a leading `=`, `+`,
 /// `-` or `@` is prefixed with `'` so a spreadsheet does not run agent-chosen text as a formula.
 fn field(value: &str) -> String {
-    let value = if value.starts_with(['=', '+', '-', '@']) { format!("'{value}") } else { value.to_owned() };
+    let value =
+        if value.starts_with(['=', '+', '-', '@', '\t', '\r']) { format!("'{value}") } else { value.to_owned() };
     if value.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", value.replace('"', "\"\""))
     } else {
@@ -280,8 +283,10 @@ pub async fn resources(
     let q = asked(query)?;
     let items = sqlx::query_as::<_, ResourceReview>(
         "WITH c AS (
-            SELECT c.agent_id, c.resource, c.decision, c.classification, c.at, (ap.released_at IS NOT NULL) AS released
-            FROM commands c LEFT JOIN approvals ap ON ap.command_id = c.event_id
+            SELECT c.agent_id, c.resource, c.decision, c.classification, c.at,
+                   EXISTS (SELECT 1 FROM approvals ap WHERE ap.command_id = c.event_id AND ap.session_id = c.session_id
+                                  AND ap.released_at IS NOT NULL) AS released
+            FROM commands c
             WHERE c.at >= $1 AND c.at < $2
          ), s AS (
             SELECT resource, resource_kind, agent_id, count(*) AS sessions FROM sessions
@@ -392,8 +397,11 @@ pub struct ApprovalEvidence {
 }
 
 /// The approvals evidence: period `$1..$2`, after cursor `$3`, at most `$4` rows.
-const APPROVALS_SQL: &str = "SELECT ap.id AS approval_id, ap.requested_at, COALESCE(ap.agent ->> 'name', '') AS agent_name, ap.resource,
-                ap.command_id, ap.statement, ap.rule, ap.classes, ap.quorum, ap.approver_groups, ap.status, ap.expiry_reason,
+const APPROVALS_SQL: &str =
+    "SELECT ap.id AS approval_id, ap.requested_at, COALESCE(ap.agent ->> 'name', '') AS agent_name, ap.resource,
+                ap.command_id, ap.statement, ap.rule, ap.classes, ap.quorum, ap.approver_groups,
+                CASE WHEN ap.status = 'pending' AND ap.expires_at <= now() THEN 'expired' ELSE ap.status END AS status,
+                ap.expiry_reason,
                 COALESCE((SELECT jsonb_agg(jsonb_build_object('at', d.at, 'verdict', d.verdict, 'channel', d.channel,
                                   'approver', d.approver_name, 'reason', d.reason) ORDER BY d.at)
                           FROM approval_decisions d WHERE d.approval_id = ap.id), '[]') AS decisions,
@@ -523,8 +531,14 @@ pub async fn statements(
                           WHERE d.approval_id = ap.id AND d.verdict = 'approve'), '{}') AS approvers,
                 r.outcome
          FROM commands c JOIN agents a ON a.id = c.agent_id
-         LEFT JOIN approvals ap ON ap.command_id = c.event_id
-         LEFT JOIN command_results r ON r.command_id = c.event_id AND r.session_id = c.session_id
+         -- One row per command: its session's own approval request and result, the first of each.
+         LEFT JOIN LATERAL (
+             SELECT id, CASE WHEN status = 'pending' AND expires_at <= now() THEN 'expired' ELSE status END AS status
+             FROM approvals WHERE command_id = c.event_id AND session_id = c.session_id
+             ORDER BY requested_at LIMIT 1) ap ON true
+         LEFT JOIN LATERAL (
+             SELECT outcome FROM command_results WHERE command_id = c.event_id AND session_id = c.session_id
+             ORDER BY at LIMIT 1) r ON true
          WHERE c.at >= $1 AND c.at < $2 AND ($3::uuid IS NULL OR c.event_id > $3)
            AND (($5::text IS NOT NULL AND c.statement = $5) OR ($6::text IS NOT NULL AND c.statement ILIKE $6))
          ORDER BY c.event_id LIMIT $4",
@@ -585,8 +599,9 @@ pub struct GrantUse {
     /// Sessions it admitted to the resource in the period.
     pub sessions: i64,
     pub agents: Vec<String>,
-    /// Whether any of those sessions wrote: a writing command that ran (allowed, or held and
-    /// approved) and completed. A refused or failed write is not a use of write access.
+    /// Whether any of those sessions wrote: a writing SQL statement that ran (allowed, or held
+    /// and approved) and completed, or anything that ran on another protocol (an SSH exec,
+    /// shell or forward needs more than read-only). A refused or failed SQL write is not a use.
     pub wrote: bool,
     /// `unused` (no session), `read_only_use` (read-write or admin granted, only reads made).
     pub finding: Option<String>,
@@ -643,8 +658,14 @@ pub async fn unused_grants(
                 bool_or(EXISTS (
                     SELECT 1 FROM commands c
                     JOIN command_results r ON r.command_id = c.event_id AND r.session_id = c.session_id
-                    WHERE c.session_id = s.id AND (c.classification ->> 'writes')::boolean
-                      AND c.decision IN ('allow', 'hold') AND r.outcome = 'ok')) AS wrote
+                    WHERE c.session_id = s.id AND c.decision IN ('allow', 'hold')
+                      AND (c.decision = 'allow' OR EXISTS (SELECT 1 FROM approvals ap WHERE ap.command_id = c.event_id
+                                                           AND ap.session_id = c.session_id AND ap.released_at IS NOT NULL))
+                      -- SQL: a writing statement that completed. SSH and the rest: anything that
+                      -- ran (a read-only grant runs no exec, shell or forward at all).
+                      AND ((c.protocol IN ('simple', 'extended') AND (c.classification ->> 'writes')::boolean
+                            AND r.outcome = 'ok')
+                           OR c.protocol NOT IN ('simple', 'extended')))) AS wrote
          FROM sessions s JOIN agents a ON a.id = s.agent_id
          WHERE s.started_at >= $1 AND s.started_at < $2 AND s.grant_name IS NOT NULL
          GROUP BY s.grant_name, s.resource",
@@ -715,6 +736,8 @@ pub async fn unused_grants(
 
 /// The most events one export may hold: a longer period is exported in parts.
 const EXPORT_MAX_EVENTS: i64 = 200_000;
+/// ... and the most bytes of events.
+const EXPORT_MAX_BYTES: i64 = 64 * 1024 * 1024;
 
 /// A signed export of a period: the agents and approvals reports, every event of the sessions
 /// that started in it, and their chain heads, signed with the control plane's key
@@ -732,16 +755,21 @@ pub async fn export(
     if to <= q.from {
         return Err(ApiError::BadRequest("to must be after from".into()));
     }
-    let (count,): (i64,) = sqlx::query_as(
-        "SELECT count(*) FROM events e JOIN sessions s ON s.id = e.session_id WHERE s.started_at >= $1 AND s.started_at < $2",
+    // One snapshot for the size check, the reports and the events.
+    let mut tx = state.db.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *tx).await?;
+    let (count, bytes): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), COALESCE(sum(octet_length(e.raw)), 0)::int8 FROM events e JOIN sessions s ON s.id = e.session_id
+         WHERE s.started_at >= $1 AND s.started_at < $2",
     )
     .bind(q.from)
     .bind(to)
-    .fetch_one(&state.db)
+    .fetch_one(&mut *tx)
     .await?;
-    if count > EXPORT_MAX_EVENTS {
+    if count > EXPORT_MAX_EVENTS || bytes > EXPORT_MAX_BYTES {
         return Err(ApiError::BadRequest(format!(
-            "the period holds {count} events, more than the {EXPORT_MAX_EVENTS} one export may: export it in parts"
+            "the period holds {count} events ({bytes} bytes), more than one export may ({EXPORT_MAX_EVENTS} events, \
+             {EXPORT_MAX_BYTES} bytes): export it in parts"
         )));
     }
     let agents = sqlx::query_as::<_, AgentReview>(AGENTS_SQL)
@@ -749,14 +777,14 @@ pub async fn export(
         .bind(to)
         .bind(None::<Uuid>)
         .bind(i64::MAX)
-        .fetch_all(&state.db)
+        .fetch_all(&mut *tx)
         .await?;
     let approvals = sqlx::query_as::<_, ApprovalEvidence>(APPROVALS_SQL)
         .bind(q.from)
         .bind(to)
         .bind(None::<Uuid>)
         .bind(i64::MAX)
-        .fetch_all(&state.db)
+        .fetch_all(&mut *tx)
         .await?;
     let rows: Vec<(Uuid, Vec<u8>)> = sqlx::query_as(
         "SELECT e.session_id, e.raw FROM events e JOIN sessions s ON s.id = e.session_id
@@ -764,8 +792,9 @@ pub async fn export(
     )
     .bind(q.from)
     .bind(to)
-    .fetch_all(&state.db)
+    .fetch_all(&mut *tx)
     .await?;
+    tx.commit().await?;
     let mut sessions: Vec<tollgate_shared::export::ExportedSession> = Vec::new();
     for (session, raw) in rows {
         let text = String::from_utf8(raw)
@@ -777,6 +806,9 @@ pub async fn export(
                 head: String::new(),
                 linked: false,
                 complete: false,
+                node_key: None,
+                node_trusted: false,
+                views_match: false,
                 events: vec![text],
             }),
         }
@@ -785,6 +817,10 @@ pub async fn export(
         let raws: Vec<&[u8]> = session.events.iter().map(|e| e.as_bytes()).collect();
         let report = tollgate_shared::event::verify_chain(&raws);
         (session.head, session.linked, session.complete) = (report.head, report.linked, report.complete);
+        let verified = super::sessions::verification(&state, session.session).await?;
+        session.node_key = report.node_key;
+        session.node_trusted = verified.node_trust.as_ref().is_some_and(|t| t.trusted());
+        session.views_match = verified.views_match;
     }
     let export = tollgate_shared::export::Export {
         from: q.from,

@@ -214,13 +214,21 @@ fn walk(raws: &[(Vec<u8>,)]) -> Result<Walked, ApiError> {
     Ok((commands, ended, by_approval.into_keys().collect()))
 }
 
+/// Text an agent chose, safe to print: control characters (a carriage return, an escape
+/// sequence) shown escaped, so no line of it can pass for a line of the transcript's own.
+fn clean(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() && c != '\t' { c.escape_default().to_string() } else { c.to_string() })
+        .collect()
+}
+
 /// The plain-text form: one block per command.
 fn render(t: &Transcript) -> String {
     let s = &t.session;
     let v = &t.verification;
     let mut out = String::new();
     let _ = writeln!(out, "Session {} on {} ({})", s.id, s.resource, s.resource_kind);
-    let _ = writeln!(out, "Agent {} ({} {})", s.agent_name, s.agent_issuer, s.agent_subject);
+    let _ = writeln!(out, "Agent {} ({} {})", clean(&s.agent_name), clean(&s.agent_issuer), clean(&s.agent_subject));
     let _ = writeln!(
         out,
         "From {} via node {}, started {}, {}",
@@ -245,8 +253,8 @@ fn render(t: &Transcript) -> String {
         let rule = c.rule.as_ref().map(|r| format!(" ({r})")).unwrap_or_default();
         let _ =
             writeln!(out, "#{} {} {}{} [{}]", c.seq, c.at.to_rfc3339(), c.decision.to_uppercase(), rule, c.protocol);
-        for line in c.statement.lines() {
-            let _ = writeln!(out, "    {line}");
+        for line in c.statement.split('\n') {
+            let _ = writeln!(out, "    {}", clean(line));
         }
         if let Some(a) = &c.approval {
             let _ = writeln!(
@@ -280,7 +288,7 @@ fn render(t: &Transcript) -> String {
                 let rows = if r.rows == 1 { "row" } else { "rows" };
                 let _ = write!(line, ", {} {rows}, {:.1} ms", r.rows, r.duration_us as f64 / 1000.0);
                 if let Some(e) = &r.error {
-                    let _ = write!(line, ", error {e}");
+                    let _ = write!(line, ", error {}", clean(e));
                 }
                 if !r.masked.is_empty() {
                     let _ = write!(line, ", masked {}", r.masked.join(", "));
