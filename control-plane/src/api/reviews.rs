@@ -540,7 +540,8 @@ pub async fn statements(
              SELECT outcome FROM command_results WHERE command_id = c.event_id AND session_id = c.session_id
              ORDER BY at LIMIT 1) r ON true
          WHERE c.at >= $1 AND c.at < $2 AND ($3::uuid IS NULL OR c.event_id > $3)
-           AND (($5::text IS NOT NULL AND c.statement = $5) OR ($6::text IS NOT NULL AND c.statement ILIKE $6))
+           AND (($5::text IS NOT NULL AND md5(c.statement) = md5($5) AND c.statement = $5)
+                OR ($6::text IS NOT NULL AND c.statement ILIKE $6))
          ORDER BY c.event_id LIMIT $4",
     )
     .bind(q.from)
