@@ -82,6 +82,18 @@ async fn edited_added_and_removed_view_rows_are_reported() {
     assert!(found.iter().any(|p| p.contains(forged) && p.contains("no stored event records")), "{found:?}");
     assert_eq!(report["trusted"], false);
 
+    // The session handed to another agent, ended otherwise, in the sessions view.
+    sql(&format!(
+        "insert into agents (id, issuer, subject, name, first_seen, last_seen)
+         values ('00000000-0000-7000-8000-0000000000aa', 'x', 'scapegoat', 'scapegoat', now(), now());
+         update sessions set agent_id = '00000000-0000-7000-8000-0000000000aa', end_reason = 'server_closed' where id = '{id}'"
+    ));
+    let found = problems(&verify(&stack, &id).await);
+    assert!(
+        found.iter().any(|p| p == "the sessions view differs from the recorded events in: agent_id, end_reason"),
+        "{found:?}"
+    );
+
     // A command row removed from the view.
     sql(&format!("delete from commands where event_id = '{insert}'"));
     let found = problems(&verify(&stack, &id).await);

@@ -389,10 +389,21 @@ pub(super) async fn verification(state: &AppState, id: Uuid) -> Result<VerifyVie
             .bind(id)
             .fetch_all(&mut *tx)
             .await?;
+    let session_row: Option<rows::SessionRow> =
+        sqlx::query_as(&format!("SELECT {} FROM sessions WHERE id = $1", rows::SESSION_COLUMNS))
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
     tx.commit().await?;
     let slices: Vec<&[u8]> = raws.iter().map(|(r,)| r.as_slice()).collect();
     let report = tollgate_shared::event::verify_chain(&slices);
-    let view_problems = rows::compare(&rows::expected(&slices), &commands, &results);
+    let mut view_problems = rows::compare(&rows::expected(&slices), &commands, &results);
+    if let (Some(held), Some(recorded)) = (&session_row, rows::expected_session(&slices)) {
+        let differ = held.differences(&recorded);
+        if !differ.is_empty() {
+            view_problems.push(format!("the sessions view differs from the recorded events in: {}", differ.join(", ")));
+        }
+    }
     let views_match = view_problems.is_empty();
     let started: Option<(Option<DateTime<Utc>>,)> =
         sqlx::query_as("SELECT started_at FROM sessions WHERE id = $1").bind(id).fetch_optional(&state.db).await?;

@@ -243,3 +243,90 @@ pub fn compare(expected: &Expected, commands: &[CommandRow], results: &[ResultRo
     }
     problems
 }
+
+/// The columns of a `sessions` row that its events determine.
+#[derive(Debug, Clone, Default, sqlx::FromRow)]
+pub struct SessionRow {
+    pub agent_id: Uuid,
+    pub resource: String,
+    pub resource_kind: String,
+    pub node: String,
+    pub client_addr: Option<String>,
+    pub client_user: Option<String>,
+    pub node_key: Option<String>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub end_reason: Option<String>,
+    pub grant_name: Option<String>,
+    pub access: Option<String>,
+    pub commands: i64,
+    pub events: i64,
+}
+
+/// The columns of `sessions` that [`SessionRow`] names.
+pub const SESSION_COLUMNS: &str = "agent_id, resource, resource_kind, node, client_addr, client_user, node_key, \
+     started_at, ended_at, end_reason, grant_name, access, commands, events";
+
+/// The session row its stored events make (`None` without any readable event).
+pub fn expected_session(raws: &[&[u8]]) -> Option<SessionRow> {
+    let mut row: Option<SessionRow> = None;
+    for raw in raws {
+        let Ok(event) = super::apply::decode(raw) else { continue };
+        let e = &event.envelope;
+        let row = row.get_or_insert_with(|| SessionRow {
+            agent_id: super::apply::agent_id(&e.agent),
+            resource: e.resource.name.clone(),
+            resource_kind: e.resource.kind.as_str().to_owned(),
+            node: e.node.clone(),
+            ..Default::default()
+        });
+        row.events += 1;
+        match &event.payload {
+            super::apply::Payload::Started(p) => {
+                row.client_addr = Some(p.client_addr.clone());
+                row.client_user = Some(p.client_user.clone());
+                row.node_key = Some(p.node_key.clone());
+                row.started_at = Some(e.at);
+                row.grant_name = p.grant.clone();
+                row.access = p.access.as_ref().map(enum_text);
+            }
+            super::apply::Payload::Command(_) => row.commands += 1,
+            super::apply::Payload::Ended(p) => {
+                row.ended_at = Some(e.at);
+                row.end_reason = Some(enum_text(&p.reason));
+            }
+            _ => {}
+        }
+    }
+    row
+}
+
+impl SessionRow {
+    /// The columns where `self` (as the view holds it) says something other than `recorded`.
+    pub fn differences(&self, recorded: &SessionRow) -> Vec<&'static str> {
+        let instant = |a: Option<DateTime<Utc>>, b: Option<DateTime<Utc>>| match (a, b) {
+            (Some(a), Some(b)) => same_instant(a, b),
+            (a, b) => a == b,
+        };
+        [
+            ("agent_id", self.agent_id == recorded.agent_id),
+            ("resource", self.resource == recorded.resource),
+            ("resource_kind", self.resource_kind == recorded.resource_kind),
+            ("node", self.node == recorded.node),
+            ("client_addr", self.client_addr == recorded.client_addr),
+            ("client_user", self.client_user == recorded.client_user),
+            ("node_key", self.node_key == recorded.node_key),
+            ("started_at", instant(self.started_at, recorded.started_at)),
+            ("ended_at", instant(self.ended_at, recorded.ended_at)),
+            ("end_reason", self.end_reason == recorded.end_reason),
+            ("grant_name", self.grant_name == recorded.grant_name),
+            ("access", self.access == recorded.access),
+            ("commands", self.commands == recorded.commands),
+            ("events", self.events == recorded.events),
+        ]
+        .into_iter()
+        .filter(|(_, same)| !same)
+        .map(|(name, _)| name)
+        .collect()
+    }
+}
