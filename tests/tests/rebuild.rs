@@ -34,11 +34,7 @@ async fn rebuilt_views_equal_the_live_ones() {
             "approvals": [{ "name": "destructive", "hold_classes": ["drop"], "approver_groups": ["dba"], "timeout_secs": 60 }] }],
         "grants": [{ "name": "everyone", "who": { "agents": ["*"] }, "resources": { "names": ["demo"] }, "access": "admin" }]
     });
-    let version = stack.put_policy(&policy).await;
-    eventually(10, "the proxy to load the policy", || async {
-        (stack.proxy.policy_version() == Some(version)).then_some(())
-    })
-    .await;
+    stack.enforce(&policy).await;
 
     // Allowed, denied, held and approved commands from two bots; a refused login.
     let client = stack.agent_client(&stack.agent_token("reader-bot")).await.expect("connect");
@@ -46,17 +42,7 @@ async fn rebuilt_views_equal_the_live_ones() {
     client.simple_query("TRUNCATE victims").await.expect_err("truncate is denied");
     drop(client);
     let child = stack.psql_spawn(&stack.agent_token("deploy-bot"), None, &["-c", "DROP TABLE victims"]);
-    let pending = eventually(20, "a pending approval", || async {
-        let (_, list) = stack.api("/api/v1/approvals?status=pending").await;
-        list.as_array().and_then(|items| items.first().cloned())
-    })
-    .await;
-    let id = pending["id"].as_str().expect("approval id").to_owned();
-    let approver = stack.person_token("alice@example.com", &["approvers", "dba"]);
-    let body = json!({ "reason": "planned" });
-    let (status, _) =
-        stack.api_send("POST", &format!("/api/v1/approvals/{id}/approve"), Some(&approver), Some(&body)).await;
-    assert_eq!(status, 202);
+    stack.approve_pending("alice@example.com", &["approvers", "dba"], "planned").await;
     let out = tokio::task::spawn_blocking(move || child.wait_with_output().expect("psql")).await.expect("join");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(stack.agent_client("not-a-token").await.is_err());

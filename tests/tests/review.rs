@@ -20,8 +20,7 @@ async fn the_agent_report_counts_what_each_bot_did() {
             "approvals": [{ "name": "destructive", "hold_classes": ["drop"], "approver_groups": ["dba"], "timeout_secs": 60 }] }],
         "grants": [{ "name": "everyone", "who": { "agents": ["*"] }, "resources": { "names": ["demo"] }, "access": "admin" }]
     });
-    let version = stack.put_policy(&policy).await;
-    eventually(10, "the policy", || async { (stack.proxy.policy_version() == Some(version)).then_some(()) }).await;
+    let version = stack.enforce(&policy).await;
 
     let reader = stack.agent_client(&stack.agent_token("reader-bot")).await.expect("connect");
     reader.simple_query("select 1").await.expect("select");
@@ -30,15 +29,7 @@ async fn the_agent_report_counts_what_each_bot_did() {
     drop(reader);
     let deploy_token = stack.agent_token("deploy-bot");
     let child = stack.psql_spawn(&deploy_token, None, &["-c", "DROP TABLE victims"]);
-    let pending = eventually(20, "the held DROP", || async {
-        let (_, list) = stack.api("/api/v1/approvals?status=pending").await;
-        list.as_array().and_then(|items| items.first().cloned())
-    })
-    .await;
-    let approver = stack.person_token("alice@example.com", &["approvers", "dba"]);
-    let path = format!("/api/v1/approvals/{}/approve", pending["id"].as_str().expect("id"));
-    let (status, _) = stack.api_send("POST", &path, Some(&approver), Some(&json!({ "reason": "ok" }))).await;
-    assert_eq!(status, 202);
+    stack.approve_pending("alice@example.com", &["approvers", "dba"], "ok").await;
     let out = tokio::task::spawn_blocking(move || child.wait_with_output().expect("psql")).await.expect("join");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // A login its token verified for, on a database no grant gives it.
@@ -234,8 +225,7 @@ async fn unused_grants_and_read_only_use_come_with_a_revocation_to_apply() {
             { "name": "spare", "who": { "agents": ["nobody-*"] }, "resources": { "names": ["demo_md5"] }, "access": "admin" }
         ]
     });
-    let version = stack.put_policy(&policy).await;
-    eventually(10, "the policy", || async { (stack.proxy.policy_version() == Some(version)).then_some(()) }).await;
+    let version = stack.enforce(&policy).await;
     let writer = stack.agent_client(&stack.agent_token("deploy-bot")).await.expect("connect");
     writer.simple_query("insert into notes values (1)").await.expect("insert");
     drop(writer);

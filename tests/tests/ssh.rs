@@ -29,17 +29,8 @@ async fn stack_with(host: &SshHost, pinned: Option<&str>) -> Stack {
 async fn stack_under(host: &SshHost, document: &Value, pinned: Option<&str>) -> Stack {
     let mut stack = Stack::start().await;
     stack.serve_ssh(host, "web-1", pinned).await;
-    enforce(&stack, document).await;
+    stack.enforce(document).await;
     stack
-}
-
-/// Make `document` the policy, once the proxy enforces it.
-async fn enforce(stack: &Stack, document: &Value) {
-    let version = stack.put_policy(document).await;
-    eventually(10, "the proxy to load the SSH policy", || async {
-        (stack.proxy.policy_version() == Some(version)).then_some(())
-    })
-    .await;
 }
 
 /// An agent's `ssh` running `command` in the background (to be held).
@@ -695,7 +686,7 @@ async fn rsync_runs_by_exec_where_no_command_rules_apply_and_a_denied_hold_never
     // a held restart that an approver denies never reaches the host.
     document["resources"][1]["approvals"] = json!([{ "name": "restarts", "hold_classes": ["exec"],
         "commands": ["systemctl restart *"], "approver_groups": ["ops"], "timeout_secs": 60 }]);
-    enforce(&stack, &document).await;
+    stack.enforce(&document).await;
     let child = ssh_spawn(&stack, &token, "systemctl restart nginx");
     let request = pending(&stack).await;
     let id = request["id"].as_str().expect("id");
@@ -803,7 +794,7 @@ async fn a_pipeline_trades_its_token_for_a_certificate_and_the_gateway_logs_in_w
     // Revoking the grant ends the certificate's use at once.
     let mut revoked = policy();
     revoked["grants"] = json!([{ "name": "others", "who": { "agents": ["someone-else"] }, "resources": { "labels": { "env": "test" } }, "access": "admin" }]);
-    enforce(&stack, &revoked).await;
+    stack.enforce(&revoked).await;
     let out = ssh_with_key(&stack, "web-1", &key, "touch after-revocation");
     assert_eq!(out.status.code(), Some(255), "{}", text(&out.stderr));
     assert!(!host.work("forged-login").exists() && !host.work("after-revocation").exists());

@@ -3,7 +3,7 @@
 //! verification; a view edited behind the record's back shows in the transcript too.
 
 use serde_json::json;
-use tollgate_tests::{eventually, Stack};
+use tollgate_tests::Stack;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transcript_shows_commands_decisions_approvals_and_masked_results() {
@@ -15,8 +15,7 @@ async fn a_transcript_shows_commands_decisions_approvals_and_masked_results() {
             "approvals": [{ "name": "destructive", "hold_classes": ["drop"], "approver_groups": ["dba"], "timeout_secs": 60 }] }],
         "grants": [{ "name": "everyone", "who": { "agents": ["*"] }, "resources": { "names": ["demo"] }, "access": "admin" }]
     });
-    let version = stack.put_policy(&policy).await;
-    eventually(10, "the policy", || async { (stack.proxy.policy_version() == Some(version)).then_some(()) }).await;
+    stack.enforce(&policy).await;
 
     // One session: a read whose answer holds an address, a denied TRUNCATE, a held DROP.
     let client = stack.agent_client(&stack.agent_token("deploy-bot")).await.expect("connect");
@@ -37,17 +36,7 @@ async fn a_transcript_shows_commands_decisions_approvals_and_masked_results() {
         drop(client);
         outcome
     });
-    let pending = eventually(20, "the held DROP", || async {
-        let (_, list) = stack.api("/api/v1/approvals?status=pending").await;
-        list.as_array().and_then(|items| items.first().cloned())
-    })
-    .await;
-    let approval = pending["id"].as_str().expect("id").to_owned();
-    let approver = stack.person_token("alice@example.com", &["approvers", "dba"]);
-    let body = json!({ "reason": "planned cleanup" });
-    let (status, _) =
-        stack.api_send("POST", &format!("/api/v1/approvals/{approval}/approve"), Some(&approver), Some(&body)).await;
-    assert_eq!(status, 202);
+    let approval = stack.approve_pending("alice@example.com", &["approvers", "dba"], "planned cleanup").await;
     held.await.expect("join").expect("the DROP ran once approved");
     let session = stack.ended_sessions(1).await.remove(0);
     let id = session["id"].as_str().expect("id").to_owned();

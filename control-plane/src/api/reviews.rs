@@ -75,12 +75,18 @@ impl Asked {
     }
 }
 
-fn asked(query: Result<Query<ReviewQuery>, QueryRejection>) -> Result<Asked, ApiError> {
-    let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let to = q.to.unwrap_or_else(Utc::now);
-    if to <= q.from {
+/// The end of a period (now when not given), after its start.
+fn period(from: DateTime<Utc>, to: Option<DateTime<Utc>>) -> Result<DateTime<Utc>, ApiError> {
+    let to = to.unwrap_or_else(Utc::now);
+    if to <= from {
         return Err(ApiError::BadRequest("to must be after from".into()));
     }
+    Ok(to)
+}
+
+fn asked(query: Result<Query<ReviewQuery>, QueryRejection>) -> Result<Asked, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let to = period(q.from, q.to)?;
     let csv = match q.format.as_deref() {
         None | Some("json") => false,
         Some("csv") => true,
@@ -645,10 +651,7 @@ pub async fn unused_grants(
 ) -> Result<Json<UnusedGrants>, ApiError> {
     use tollgate_shared::policy::{Access, ResourceSelector};
     let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let to = q.to.unwrap_or_else(Utc::now);
-    if to <= q.from {
-        return Err(ApiError::BadRequest("to must be after from".into()));
-    }
+    let to = period(q.from, q.to)?;
     let store = super::policy::store(&state).await?;
     let (live, _) = crate::policy::current(&store, &state.control_key)
         .await
@@ -752,10 +755,7 @@ pub async fn export(
     query: Result<Query<PeriodQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let to = q.to.unwrap_or_else(Utc::now);
-    if to <= q.from {
-        return Err(ApiError::BadRequest("to must be after from".into()));
-    }
+    let to = period(q.from, q.to)?;
     // One snapshot for the size check, the reports and the events.
     let mut tx = state.db.begin().await?;
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *tx).await?;
@@ -818,7 +818,7 @@ pub async fn export(
         let raws: Vec<&[u8]> = session.events.iter().map(|e| e.as_bytes()).collect();
         let report = tollgate_shared::event::verify_chain(&raws);
         (session.head, session.linked, session.complete) = (report.head, report.linked, report.complete);
-        let verified = super::sessions::verification(&state, session.session).await?;
+        let (verified, _) = super::sessions::verification(&state, session.session).await?;
         session.node_key = report.node_key;
         session.node_trusted = verified.node_trust.as_ref().is_some_and(|t| t.trusted());
         session.views_match = verified.views_match;

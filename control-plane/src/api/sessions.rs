@@ -359,12 +359,12 @@ pub async fn verify_session(
 ) -> Result<Json<VerifyView>, ApiError> {
     let id = session_id(id)?;
     load_session(&state, id).await?;
-    Ok(Json(verification(&state, id).await?))
+    Ok(Json(verification(&state, id).await?.0))
 }
 
 /// Check a session's chain, its signature and the key behind it, and its views against its
-/// stored events.
-pub(super) async fn verification(state: &AppState, id: Uuid) -> Result<VerifyView, ApiError> {
+/// stored events; the events come back too (in order), for callers that go on to read them.
+pub(super) async fn verification(state: &AppState, id: Uuid) -> Result<(VerifyView, Vec<(Vec<u8>,)>), ApiError> {
     // One snapshot for the events and the views, so a batch the projector commits meanwhile
     // cannot look like a difference.
     let mut tx = state.db.begin().await?;
@@ -420,7 +420,7 @@ pub(super) async fn verification(state: &AppState, id: Uuid) -> Result<VerifyVie
             node_trust.as_ref().map_or("none".into(), |t| format!("{t:?}").to_lowercase())
         ));
     }
-    Ok(VerifyView {
+    let view = VerifyView {
         session: id,
         events: report.events,
         linked: report.linked,
@@ -431,5 +431,6 @@ pub(super) async fn verification(state: &AppState, id: Uuid) -> Result<VerifyVie
         node_trust,
         head: report.head,
         problems,
-    })
+    };
+    Ok((view, raws))
 }

@@ -98,11 +98,8 @@ pub async fn session_transcript(
         Some(other) => return Err(ApiError::BadRequest(format!("format must be json or text, not {other:?}"))),
     };
     let session = load_session(&state, id).await?;
-    let verification = verification(&state, id).await?;
-    let raws: Vec<(Vec<u8>,)> = sqlx::query_as("SELECT raw FROM events WHERE session_id = $1 ORDER BY seq, id")
-        .bind(id)
-        .fetch_all(&state.db)
-        .await?;
+    // The events read once: verified, then walked.
+    let (verification, raws) = verification(&state, id).await?;
     let (commands, ended, approvals) = walk(&raws)?;
     let decisions: Vec<TranscriptDecision> = sqlx::query_as(
         "SELECT approval_id, at, verdict, channel, approver_name AS approver, reason

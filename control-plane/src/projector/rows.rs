@@ -90,30 +90,25 @@ impl CommandRow {
 
     /// The columns where `self` (as the view holds it) says something other than `recorded`.
     pub fn differences(&self, recorded: &CommandRow) -> Vec<&'static str> {
-        let mut differ = Vec::new();
-        let mut check = |name: &'static str, same: bool| {
-            if !same {
-                differ.push(name);
-            }
-        };
-        check("event_id", self.event_id == recorded.event_id);
-        check("session_id", self.session_id == recorded.session_id);
-        check("seq", self.seq == recorded.seq);
-        check("at", same_instant(self.at, recorded.at));
-        check("agent_id", self.agent_id == recorded.agent_id);
-        check("resource", self.resource == recorded.resource);
-        check("protocol", self.protocol == recorded.protocol);
-        check("statement", self.statement == recorded.statement);
-        check("params", self.params == recorded.params);
-        check("prepared", self.prepared == recorded.prepared);
-        check("decision", self.decision == recorded.decision);
-        check("classification", self.classification == recorded.classification);
-        check("parse_error", self.parse_error == recorded.parse_error);
-        check("rule", self.rule == recorded.rule);
-        check("policy_version", self.policy_version == recorded.policy_version);
-        check("executes", self.executes == recorded.executes);
-        check("step", self.step == recorded.step);
-        differ
+        differing(&[
+            ("event_id", self.event_id == recorded.event_id),
+            ("session_id", self.session_id == recorded.session_id),
+            ("seq", self.seq == recorded.seq),
+            ("at", same_instant(self.at, recorded.at)),
+            ("agent_id", self.agent_id == recorded.agent_id),
+            ("resource", self.resource == recorded.resource),
+            ("protocol", self.protocol == recorded.protocol),
+            ("statement", self.statement == recorded.statement),
+            ("params", self.params == recorded.params),
+            ("prepared", self.prepared == recorded.prepared),
+            ("decision", self.decision == recorded.decision),
+            ("classification", self.classification == recorded.classification),
+            ("parse_error", self.parse_error == recorded.parse_error),
+            ("rule", self.rule == recorded.rule),
+            ("policy_version", self.policy_version == recorded.policy_version),
+            ("executes", self.executes == recorded.executes),
+            ("step", self.step == recorded.step),
+        ])
     }
 }
 
@@ -135,24 +130,24 @@ impl ResultRow {
 
     /// The columns where `self` (as the view holds it) says something other than `recorded`.
     pub fn differences(&self, recorded: &ResultRow) -> Vec<&'static str> {
-        let mut differ = Vec::new();
-        let mut check = |name: &'static str, same: bool| {
-            if !same {
-                differ.push(name);
-            }
-        };
-        check("event_id", self.event_id == recorded.event_id);
-        check("command_id", self.command_id == recorded.command_id);
-        check("session_id", self.session_id == recorded.session_id);
-        check("at", same_instant(self.at, recorded.at));
-        check("outcome", self.outcome == recorded.outcome);
-        check("tags", self.tags == recorded.tags);
-        check("rows", self.rows == recorded.rows);
-        check("duration_us", self.duration_us == recorded.duration_us);
-        check("error_code", self.error_code == recorded.error_code);
-        check("error_message", self.error_message == recorded.error_message);
-        differ
+        differing(&[
+            ("event_id", self.event_id == recorded.event_id),
+            ("command_id", self.command_id == recorded.command_id),
+            ("session_id", self.session_id == recorded.session_id),
+            ("at", same_instant(self.at, recorded.at)),
+            ("outcome", self.outcome == recorded.outcome),
+            ("tags", self.tags == recorded.tags),
+            ("rows", self.rows == recorded.rows),
+            ("duration_us", self.duration_us == recorded.duration_us),
+            ("error_code", self.error_code == recorded.error_code),
+            ("error_message", self.error_message == recorded.error_message),
+        ])
     }
+}
+
+/// The names of the columns whose check failed.
+fn differing(checks: &[(&'static str, bool)]) -> Vec<&'static str> {
+    checks.iter().filter(|(_, same)| !same).map(|(name, _)| *name).collect()
 }
 
 /// Postgres keeps microseconds; events carry nanoseconds (the projector's writes truncate).
@@ -308,7 +303,7 @@ impl SessionRow {
             (Some(a), Some(b)) => same_instant(a, b),
             (a, b) => a == b,
         };
-        [
+        differing(&[
             ("agent_id", self.agent_id == recorded.agent_id),
             ("resource", self.resource == recorded.resource),
             ("resource_kind", self.resource_kind == recorded.resource_kind),
@@ -323,10 +318,6 @@ impl SessionRow {
             ("access", self.access == recorded.access),
             ("commands", self.commands == recorded.commands),
             ("events", self.events == recorded.events),
-        ]
-        .into_iter()
-        .filter(|(_, same)| !same)
-        .map(|(name, _)| name)
-        .collect()
+        ])
     }
 }

@@ -135,6 +135,33 @@ impl Stack {
         put_policy(&self.http, self.control.addr, &self.issuer, base, document).await
     }
 
+    /// Make `document` the policy and wait until the proxy enforces it; returns its version.
+    pub async fn enforce(&self, document: &Value) -> u64 {
+        let version = self.put_policy(document).await;
+        super::eventually(10, "the proxy to enforce the policy", || async {
+            (self.proxy.policy_version() == Some(version)).then_some(())
+        })
+        .await;
+        version
+    }
+
+    /// Wait for the one pending approval request, approve it as `who` (in `groups`) with
+    /// `reason` over REST, and return its id.
+    pub async fn approve_pending(&self, who: &str, groups: &[&str], reason: &str) -> String {
+        let pending = super::eventually(20, "a pending approval request", || async {
+            let (_, list) = self.api("/api/v1/approvals?status=pending").await;
+            list.as_array().and_then(|items| items.first().cloned())
+        })
+        .await;
+        let id = pending["id"].as_str().expect("approval id").to_owned();
+        let token = self.person_token(who, groups);
+        let body = serde_json::json!({ "reason": reason });
+        let (status, answer) =
+            self.api_send("POST", &format!("/api/v1/approvals/{id}/approve"), Some(&token), Some(&body)).await;
+        assert_eq!(status, 202, "{answer}");
+        id
+    }
+
     /// Configuration for another proxy node on the same NATS, issuer and upstream.
     pub fn proxy_config(&self, node: &str) -> ProxyConfig {
         let setup = ProxySetup {
