@@ -110,7 +110,7 @@ pub async fn get(api: &Api) -> Result<String, CliError> {
 
 /// A review report for a period, every page of it: JSON (one array of rows) or CSV (one
 /// header). `report` is `agents`, `resources`, `approvals` or `statements` (with `filter`,
-/// `text=...` or `contains=...`).
+/// `text=`, `contains=`, `fingerprint=` or `same_as=`).
 pub async fn review(
     api: &Api,
     report: &str,

@@ -7,6 +7,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod dev_issuer;
+pub mod fingerprint;
 pub mod natsconf;
 pub mod policy;
 pub mod projector;
@@ -85,6 +86,7 @@ impl Control {
         let mut tasks = vec![
             tokio::spawn(ensure_storage(js.clone(), config.nats.replicas)),
             reviewers.spawn_refresh(),
+            tokio::spawn(projector::backfill_fingerprints(db.clone())),
             tokio::spawn(projector::run(
                 js,
                 db.clone(),

@@ -185,3 +185,41 @@ async fn write(db: &PgPool, batch: Vec<jetstream::Message>, stats: &ProjectorSta
         }
     }
 }
+
+/// Give commands projected before fingerprints existed their fingerprint, a thousand rows per
+/// transaction, so a large history is filled in without holding the views. Rows the projector
+/// writes carry theirs already; a restart resumes where this stopped.
+pub async fn backfill_fingerprints(db: PgPool) {
+    let mut filled = 0u64;
+    loop {
+        let step = async {
+            let rows: Vec<(uuid::Uuid, String, String)> = sqlx::query_as(
+                "SELECT event_id, protocol, statement FROM commands WHERE fingerprint IS NULL LIMIT 1000",
+            )
+            .fetch_all(&db)
+            .await?;
+            let ids: Vec<uuid::Uuid> = rows.iter().map(|r| r.0).collect();
+            let prints: Vec<String> = rows.iter().map(|(_, p, s)| crate::fingerprint::of(p, s)).collect();
+            sqlx::query(
+                "UPDATE commands c SET fingerprint = f.print FROM UNNEST($1::uuid[], $2::text[]) AS f(id, print)
+                 WHERE c.event_id = f.id AND c.fingerprint IS NULL",
+            )
+            .bind(&ids)
+            .bind(&prints)
+            .execute(&db)
+            .await?;
+            Ok::<usize, sqlx::Error>(rows.len())
+        };
+        match step.await {
+            Ok(0) => break,
+            Ok(n) => filled += n as u64,
+            Err(e) => {
+                tracing::warn!(error = %e, "filling in statement fingerprints failed; retrying in 5 s");
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        }
+    }
+    if filled > 0 {
+        tracing::info!(filled, "statement fingerprints filled in for earlier commands");
+    }
+}

@@ -108,8 +108,21 @@ async fn the_agent_report_counts_what_each_bot_did() {
     // Per resource: who reached it, and how.
     let (status, page) = stack.api(&format!("/api/v1/reviews/resources?{range}")).await;
     assert_eq!(status, 200, "{page}");
-    let demo = &page["items"][0];
-    assert_eq!(page["items"].as_array().map(Vec::len), Some(1), "{page}");
+    // The refused login asked for a database no session reached: it is a row of its own.
+    assert_eq!(page["items"].as_array().map(Vec::len), Some(2), "{page}");
+    let (demo, elsewhere) = (&page["items"][0], &page["items"][1]);
+    assert_eq!(
+        json!([
+            elsewhere["resource"],
+            elsewhere["resource_kind"],
+            elsewhere["sessions"],
+            elsewhere["commands"],
+            elsewhere["refused_logins"],
+            elsewhere["agents"]
+        ]),
+        json!(["elsewhere", "postgres", 0, 0, 1, []]),
+        "{page}"
+    );
     assert_eq!(
         json!({ "resource": demo["resource"], "kind": demo["resource_kind"], "sessions": demo["sessions"],
                 "commands": demo["commands"], "allowed": demo["allowed"], "denied": demo["denied"], "held": demo["held"],
@@ -179,6 +192,20 @@ async fn the_agent_report_counts_what_each_bot_did() {
     assert_eq!(readers, ["reader-bot", "reader-bot"], "{page}");
     let (_, page) = stack.api(&format!("/api/v1/reviews/statements?{range}&contains=100%25")).await;
     assert_eq!(page["items"], json!([]), "a % is matched literally: {page}");
+    // By shape: `select 1` and `select 2` are one statement with other values; the fingerprint
+    // a row carries finds the same runs, and the DROP is another shape.
+    let (_, page) = stack.api(&format!("/api/v1/reviews/statements?{range}&same_as=SELECT%20%2042%20;")).await;
+    let items = page["items"].as_array().expect("items");
+    let texts: Vec<&str> = items.iter().filter_map(|r| r["statement"].as_str()).collect();
+    assert_eq!(texts, ["select 1", "select 2"], "{page}");
+    let print = items[0]["fingerprint"].as_str().expect("fingerprint");
+    assert_eq!(items[1]["fingerprint"], print);
+    let (_, page) = stack.api(&format!("/api/v1/reviews/statements?{range}&fingerprint={print}")).await;
+    assert_eq!(page["items"].as_array().map(Vec::len), Some(2), "{page}");
+    let (_, page) = stack.api(&format!("/api/v1/reviews/statements?{range}&same_as=drop%20table%20VICTIMS")).await;
+    let dropped: Vec<&str> =
+        page["items"].as_array().expect("items").iter().filter_map(|r| r["statement"].as_str()).collect();
+    assert_eq!(dropped, ["DROP TABLE victims"], "{page}");
 
     // A signed export of the period, checked offline with the control plane's public key.
     let (status, _, exported) = stack.api_text(&format!("/api/v1/reviews/export?{range}")).await;
@@ -205,6 +232,9 @@ async fn the_agent_report_counts_what_each_bot_did() {
         format!("/api/v1/reviews/statements?{range}"),
         format!("/api/v1/reviews/export?from={}&to={}", to.to_rfc3339(), from.to_rfc3339()).replace('+', "%2B"),
         format!("/api/v1/reviews/statements?{range}&text=a&contains=b"),
+        format!("/api/v1/reviews/statements?{range}&fingerprint=ABCDEF0123456789"),
+        format!("/api/v1/reviews/statements?{range}&fingerprint=abc"),
+        format!("/api/v1/reviews/statements?{range}&same_as=x&language=yaml"),
         format!("/api/v1/reviews/agents?from={}&to={}", to.to_rfc3339(), from.to_rfc3339()).replace('+', "%2B"),
     ] {
         let (status, body) = stack.api(&bad).await;
@@ -214,8 +244,8 @@ async fn the_agent_report_counts_what_each_bot_did() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unused_grants_and_read_only_use_come_with_a_revocation_to_apply() {
+    let born = chrono::Utc::now();
     let stack = Stack::start().await;
-    let from = chrono::Utc::now() - chrono::Duration::seconds(1);
     stack.pg.admin_sql("demo", "CREATE TABLE notes (id int); ALTER TABLE notes OWNER TO app");
     let policy = json!({
         "resources": [{ "name": "demo", "kind": "postgres" }, { "name": "demo_md5", "kind": "postgres" }],
@@ -226,6 +256,8 @@ async fn unused_grants_and_read_only_use_come_with_a_revocation_to_apply() {
         ]
     });
     let version = stack.enforce(&policy).await;
+    // The period starts under this version (the stack's first one, granting everyone, is over).
+    let from = chrono::Utc::now();
     let writer = stack.agent_client(&stack.agent_token("deploy-bot")).await.expect("connect");
     writer.simple_query("insert into notes values (1)").await.expect("insert");
     drop(writer);
@@ -292,8 +324,35 @@ async fn unused_grants_and_read_only_use_come_with_a_revocation_to_apply() {
     // It applies as it is, and the same period then has nothing left to revoke.
     let applied = stack.put_policy(suggested).await;
     assert_eq!(applied, version + 1);
-    let (_, after) = stack.api(&format!("/api/v1/reviews/unused-grants?{range}")).await;
-    let findings: Vec<&Value> = after["grants"].as_array().expect("grants").iter().map(|g| &g["finding"]).collect();
-    assert!(findings.iter().all(|f| f.is_null()), "{after}");
+    let after = eventually(20, "the new version on record", || async {
+        let (_, after) = stack.api(&format!("/api/v1/reviews/unused-grants?{range}")).await;
+        (after["policy_version"] == applied).then_some(after)
+    })
+    .await;
+    let live: Vec<&Value> = after["grants"]
+        .as_array()
+        .expect("grants")
+        .iter()
+        .filter(|g| g["in_live_policy"] == true)
+        .map(|g| &g["finding"])
+        .collect();
+    assert!(live.len() == 2 && live.iter().all(|f| f.is_null()), "{after}");
     assert_eq!(after["changes"], json!([]), "{after}");
+    // `spare` was access held in the period although the live policy has dropped it since.
+    let dropped: Vec<Value> = after["grants"]
+        .as_array()
+        .expect("grants")
+        .iter()
+        .filter(|g| g["in_live_policy"] == false)
+        .map(|g| json!([g["grant"], g["resource"], g["finding"]]))
+        .collect();
+    assert_eq!(dropped, [json!(["spare", "demo_md5", "unused"])], "{after}");
+    // Before the first version nobody held any grant: nothing to report.
+    let before = format!(
+        "from={}&to={}",
+        (born - chrono::Duration::seconds(60)).format("%Y-%m-%dT%H:%M:%S%.fZ"),
+        born.format("%Y-%m-%dT%H:%M:%S%.fZ")
+    );
+    let (status, early) = stack.api(&format!("/api/v1/reviews/unused-grants?{before}")).await;
+    assert_eq!((status, &early["grants"]), (200, &json!([])), "{early}");
 }

@@ -3,7 +3,7 @@
 //! stored event bytes.
 
 use serde_json::Value;
-use tollgate_tests::Stack;
+use tollgate_tests::{eventually, Stack};
 
 async fn verify(stack: &Stack, session: &str) -> Value {
     let (status, report) = stack.api(&format!("/api/v1/sessions/{session}/verify")).await;
@@ -17,7 +17,7 @@ fn problems(report: &Value) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edited_added_and_removed_view_rows_are_reported() {
-    let stack = Stack::start().await;
+    let mut stack = Stack::start().await;
     let client = stack.agent_client(&stack.agent_token("bot-views")).await.expect("connect");
     client.simple_query("create table victims (id int)").await.expect("create");
     client.simple_query("insert into victims values (1), (2)").await.expect("insert");
@@ -31,6 +31,23 @@ async fn edited_added_and_removed_view_rows_are_reported() {
     let clean = verify(&stack, &id).await;
     assert_eq!((clean["views_match"].as_bool(), clean["trusted"].as_bool()), (Some(true), Some(true)), "{clean}");
     assert_eq!(sql(&format!("select count(*) from commands where session_id = '{id}'")).trim(), "3");
+
+    // Rows projected before fingerprints existed have none: verification names the column, and
+    // the control plane fills them in when it starts.
+    sql(&format!("update commands set fingerprint = null where session_id = '{id}'"));
+    let found = problems(&verify(&stack, &id).await);
+    assert_eq!(found.iter().filter(|p| p.ends_with("in: fingerprint")).count(), 3, "{found:?}");
+    stack.control = tollgate_control_plane::Control::start(stack.control_config()).await.expect("control plane");
+    eventually(20, "the fingerprints to be filled in", || async {
+        let report = verify(&stack, &id).await;
+        (report["views_match"] == true).then_some(())
+    })
+    .await;
+    assert_eq!(
+        sql(&format!("select count(distinct fingerprint) from commands where session_id = '{id}' and fingerprint ~ '^[0-9a-f]{{16}}$'"))
+            .trim(),
+        "3"
+    );
 
     // A reviewer would read an innocent statement where the agent deleted rows.
     let deleted = sql("select event_id from commands where statement like 'delete%'").trim().to_owned();
@@ -143,4 +160,74 @@ async fn an_edited_a_deleted_and_two_reordered_events_are_reported() {
     let report = verify(&stack, &ids[2]).await;
     assert_eq!(report["trusted"], false, "{report}");
     assert!(problems(&report).iter().any(|p| p.contains("expected seq 1, found 2")), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edited_and_removed_approval_rows_are_reported() {
+    let stack = Stack::start().await;
+    stack.pg.admin_sql("demo", "CREATE TABLE victims (id int); ALTER TABLE victims OWNER TO app");
+    let policy = serde_json::json!({
+        "resources": [{ "name": "demo", "kind": "postgres",
+            "approvals": [{ "name": "destructive", "hold_classes": ["drop"], "approver_groups": ["dba"],
+                            "quorum": 2, "timeout_secs": 60 }] }],
+        "grants": [{ "name": "everyone", "who": { "agents": ["*"] }, "resources": { "names": ["demo"] }, "access": "admin" }]
+    });
+    stack.enforce(&policy).await;
+    let child = stack.psql_spawn(&stack.agent_token("deploy-bot"), None, &["-c", "DROP TABLE victims"]);
+    let approval = stack.approve_pending("alice@example.com", &["approvers", "dba"], "first").await;
+    let bob = stack.person_token("bob@example.com", &["approvers", "dba"]);
+    let second = serde_json::json!({ "reason": "second" });
+    let (status, body) =
+        stack.api_send("POST", &format!("/api/v1/approvals/{approval}/approve"), Some(&bob), Some(&second)).await;
+    assert_eq!(status, 202, "{body}");
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().expect("psql")).await.expect("join");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let id = stack.ended_sessions(1).await.remove(0)["id"].as_str().expect("id").to_owned();
+    let sql = |q: &str| stack.pg.admin_sql("tollgate", q);
+
+    // Positive control: the request, both decisions and the release are in the views, as
+    // recorded; the session verifies clean.
+    let clean = verify(&stack, &id).await;
+    assert_eq!((clean["views_match"].as_bool(), clean["trusted"].as_bool()), (Some(true), Some(true)), "{clean}");
+    assert_eq!(
+        sql(&format!(
+            "select status || ' ' || (released_at is not null) || ' ' ||
+                    (select count(*) from approval_decisions d where d.approval_id = a.id)
+             from approvals a where id = '{approval}'"
+        ))
+        .trim(),
+        "approved true 2"
+    );
+
+    // Reviewers would read that someone else approved, for another reason, on a tamer rule.
+    sql(&format!(
+        "update approval_decisions set approver_name = 'carol@example.com', reason = 'routine'
+         where approval_id = '{approval}' and reason = 'first'"
+    ));
+    sql(&format!("update approvals set rule = 'routine', quorum = 1 where id = '{approval}'"));
+    let report = verify(&stack, &id).await;
+    assert_eq!((report["views_match"].as_bool(), report["trusted"].as_bool()), (Some(false), Some(false)), "{report}");
+    let found = problems(&report);
+    assert!(
+        found.iter().any(|p| p.contains("decisions view differs") && p.ends_with("in: reason, approver_name")),
+        "{found:?}"
+    );
+    assert!(found.iter().any(|p| p.contains(&approval) && p.ends_with("in: rule, quorum")), "{found:?}");
+
+    // A decision removed (the quorum now looks short of what released the command), and a
+    // request that was approved shown as denied.
+    let removed = sql(&format!(
+        "delete from approval_decisions where approval_id = '{approval}' and reason = 'second' returning event_id"
+    ));
+    let removed = removed.lines().next().unwrap_or_default().trim().to_owned();
+    assert!(!removed.is_empty(), "a decision was removed");
+    sql(&format!("update approvals set status = 'denied' where id = '{approval}'"));
+    let found = problems(&verify(&stack, &id).await);
+    assert!(found.iter().any(|p| p.contains(&removed) && p.contains("missing from the decisions view")), "{found:?}");
+    assert!(found.iter().any(|p| p.contains(&approval) && p.contains("status")), "{found:?}");
+
+    // The whole request removed from the view.
+    sql(&format!("delete from approvals where id = '{approval}'"));
+    let found = problems(&verify(&stack, &id).await);
+    assert!(found.iter().any(|p| p.contains(&approval) && p.contains("missing from the approvals view")), "{found:?}");
 }

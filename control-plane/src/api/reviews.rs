@@ -36,7 +36,7 @@ pub struct AgentReview {
     pub subject: String,
     /// Resources it ran commands on in the period.
     pub resources: Vec<String>,
-    /// Sessions it opened in the period.
+    /// Sessions it had open at any time in the period.
     pub sessions: i64,
     pub commands: i64,
     pub allowed: i64,
@@ -165,7 +165,7 @@ const AGENTS_SQL: &str = "WITH c AS (
             GROUP BY agent_id
          ), s AS (
             SELECT agent_id, count(*) AS sessions FROM sessions
-            WHERE started_at >= $1 AND started_at < $2 GROUP BY agent_id
+            WHERE started_at < $2 AND (ended_at IS NULL OR ended_at >= $1) GROUP BY agent_id
          ), f AS (
             SELECT agent_id, count(*) AS refused FROM auth_failures
             WHERE verified AND agent_id IS NOT NULL AND at >= $1 AND at < $2 GROUP BY agent_id
@@ -265,6 +265,7 @@ pub struct ResourceReview {
     /// Per agent that reached it: `{agent_id, agent_name, sessions, commands, denied, held, classes}`.
     #[schema(value_type = Vec<Object>)]
     pub agents: serde_json::Value,
+    /// Sessions open on it at any time in the period.
     pub sessions: i64,
     pub commands: i64,
     pub allowed: i64,
@@ -296,7 +297,7 @@ pub async fn resources(
             WHERE c.at >= $1 AND c.at < $2
          ), s AS (
             SELECT resource, resource_kind, agent_id, count(*) AS sessions FROM sessions
-            WHERE started_at >= $1 AND started_at < $2 GROUP BY resource, resource_kind, agent_id
+            WHERE started_at < $2 AND (ended_at IS NULL OR ended_at >= $1) GROUP BY resource, resource_kind, agent_id
          ), pa AS (
             SELECT agent_id, resource, count(*) AS commands, count(*) FILTER (WHERE decision = 'deny') AS denied,
                    count(*) FILTER (WHERE decision = 'hold') AS held
@@ -317,15 +318,19 @@ pub async fn resources(
             LEFT JOIN pa ON pa.agent_id = s.agent_id AND pa.resource = s.resource
             LEFT JOIN pc ON pc.agent_id = s.agent_id AND pc.resource = s.resource
             GROUP BY s.resource
+         ), f AS (
+            SELECT resource, min(resource_kind) AS resource_kind, count(*) AS refused FROM auth_failures
+            WHERE at >= $1 AND at < $2 GROUP BY resource
          ), r AS (
-            SELECT resource, min(resource_kind) AS resource_kind, sum(sessions)::int8 AS sessions FROM s GROUP BY resource
+            -- Every resource a session was open on, or a login to was refused, in the period.
+            SELECT resource, COALESCE(min(resource_kind), 'unknown') AS resource_kind, sum(sessions)::int8 AS sessions
+            FROM (SELECT resource, resource_kind, sessions FROM s UNION ALL SELECT resource, resource_kind, 0 FROM f) x
+            GROUP BY resource
          ), rc AS (
             SELECT resource, count(*) AS commands, count(*) FILTER (WHERE decision = 'allow') AS allowed,
                    count(*) FILTER (WHERE decision = 'deny') AS denied, count(*) FILTER (WHERE decision = 'hold') AS held,
                    count(*) FILTER (WHERE decision = 'hold' AND released) AS approved, min(at) AS first_use, max(at) AS last_use
             FROM c GROUP BY resource
-         ), f AS (
-            SELECT resource, count(*) AS refused FROM auth_failures WHERE at >= $1 AND at < $2 GROUP BY resource
          )
          SELECT r.resource, r.resource_kind, COALESCE(per_agent.agents, '[]') AS agents, r.sessions,
                 COALESCE(rc.commands, 0) AS commands, COALESCE(rc.allowed, 0) AS allowed, COALESCE(rc.denied, 0) AS denied,
@@ -481,6 +486,13 @@ pub struct WhoRanQuery {
     pub text: Option<String>,
     /// Or any statement containing this text (case-insensitive).
     pub contains: Option<String>,
+    /// Or every statement with this fingerprint (16 hex digits, as the rows carry it).
+    pub fingerprint: Option<String>,
+    /// Or every statement of the same shape as this one (its fingerprint: constants, spacing,
+    /// comments and case of names aside).
+    pub same_as: Option<String>,
+    /// What `same_as` is written in: sql (the default) or shell (an SSH command line).
+    pub language: Option<String>,
     pub from: DateTime<Utc>,
     pub to: Option<DateTime<Utc>>,
     pub format: Option<String>,
@@ -498,6 +510,8 @@ pub struct WhoRan {
     pub resource: String,
     pub protocol: String,
     pub statement: String,
+    /// The statement's shape: every run of the same statement with other values shares it.
+    pub fingerprint: Option<String>,
     pub decision: String,
     pub rule: Option<String>,
     pub approval_id: Option<Uuid>,
@@ -519,22 +533,42 @@ pub async fn statements(
     query: Result<Query<WhoRanQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(w) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let (text, contains) = match (w.text, w.contains) {
-        (Some(t), None) if !t.is_empty() => (Some(t), None),
-        (None, Some(c)) if !c.is_empty() => {
+    // Each way of asking has its own index: md5 of the text, the fingerprint, or (contains)
+    // none beyond the period.
+    let (condition, value) = match (w.text, w.contains, w.fingerprint, w.same_as) {
+        (Some(t), None, None, None) if !t.is_empty() => ("md5(c.statement) = md5($5) AND c.statement = $5", t),
+        (None, Some(c), None, None) if !c.is_empty() => {
             // A LIKE pattern that matches the text literally.
             let escaped = c.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
-            (None, Some(format!("%{escaped}%")))
+            ("c.statement ILIKE $5", format!("%{escaped}%"))
         }
-        _ => return Err(ApiError::BadRequest("give exactly one of text= or contains= (not empty)".into())),
+        (None, None, Some(f), None) => {
+            if f.len() != 16 || !f.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+                return Err(ApiError::BadRequest(format!("fingerprint {f:?} is not 16 lower-case hex digits")));
+            }
+            ("c.fingerprint = $5", f)
+        }
+        (None, None, None, Some(statement)) if !statement.is_empty() => {
+            let print = match w.language.as_deref().unwrap_or("sql") {
+                "sql" => crate::fingerprint::of_sql(&statement),
+                "shell" => crate::fingerprint::of_line(&statement),
+                other => return Err(ApiError::BadRequest(format!("language {other:?} is not sql or shell"))),
+            };
+            ("c.fingerprint = $5", print)
+        }
+        _ => {
+            return Err(ApiError::BadRequest(
+                "give exactly one of text=, contains=, fingerprint= or same_as= (not empty)".into(),
+            ))
+        }
     };
     let review = ReviewQuery { from: w.from, to: w.to, format: w.format, limit: w.limit, cursor: w.cursor };
     let q = asked(Ok(Query(review)))?;
-    let items = sqlx::query_as::<_, WhoRan>(
+    let items = sqlx::query_as::<_, WhoRan>(&format!(
         "SELECT c.event_id AS command_id, c.session_id, c.at, c.agent_id, a.name AS agent_name, c.resource, c.protocol,
-                c.statement, c.decision, c.rule, ap.id AS approval_id, ap.status AS approval_status,
+                c.statement, c.fingerprint, c.decision, c.rule, ap.id AS approval_id, ap.status AS approval_status,
                 COALESCE((SELECT array_agg(d.approver_name ORDER BY d.at) FROM approval_decisions d
-                          WHERE d.approval_id = ap.id AND d.verdict = 'approve'), '{}') AS approvers,
+                          WHERE d.approval_id = ap.id AND d.verdict = 'approve'), '{{}}') AS approvers,
                 r.outcome
          FROM commands c JOIN agents a ON a.id = c.agent_id
          -- One row per command: its session's own approval request and result, the first of each.
@@ -546,16 +580,14 @@ pub async fn statements(
              SELECT outcome FROM command_results WHERE command_id = c.event_id AND session_id = c.session_id
              ORDER BY at LIMIT 1) r ON true
          WHERE c.at >= $1 AND c.at < $2 AND ($3::uuid IS NULL OR c.event_id > $3)
-           AND (($5::text IS NOT NULL AND md5(c.statement) = md5($5) AND c.statement = $5)
-                OR ($6::text IS NOT NULL AND c.statement ILIKE $6))
-         ORDER BY c.event_id LIMIT $4",
-    )
+           AND {condition}
+         ORDER BY c.event_id LIMIT $4"
+    ))
     .bind(q.from)
     .bind(q.to)
     .bind(q.id_cursor()?)
     .bind(i64::from(q.limit) + 1)
-    .bind(text)
-    .bind(contains)
+    .bind(value)
     .fetch_all(&state.db)
     .await?;
     Ok(respond(&q, items))
@@ -563,14 +595,14 @@ pub async fn statements(
 
 impl CsvRow for WhoRan {
     const HEADER: &'static str =
-        "command_id,session_id,at,agent_id,agent_name,resource,protocol,statement,decision,rule,approval_id,approval_status,approvers,outcome";
+        "command_id,session_id,at,agent_id,agent_name,resource,protocol,statement,fingerprint,decision,rule,approval_id,approval_status,approvers,outcome";
     fn key(&self) -> String {
         self.command_id.to_string()
     }
     fn csv(&self) -> String {
         let r = self;
         format!(
-            "{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
             r.command_id,
             r.session_id,
             r.at.to_rfc3339(),
@@ -579,6 +611,7 @@ impl CsvRow for WhoRan {
             field(&r.resource),
             field(&r.protocol),
             field(&r.statement),
+            r.fingerprint.as_deref().unwrap_or(""),
             field(&r.decision),
             field(r.rule.as_deref().unwrap_or("")),
             r.approval_id.map(|a| a.to_string()).unwrap_or_default(),
@@ -612,6 +645,9 @@ pub struct GrantUse {
     pub wrote: bool,
     /// `unused` (no session), `read_only_use` (read-write or admin granted, only reads made).
     pub finding: Option<String>,
+    /// False for a grant that was in force in the period but that the live policy no longer
+    /// has (nothing left to revoke).
+    pub in_live_policy: bool,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -639,8 +675,9 @@ struct Used {
     wrote: bool,
 }
 
-/// Access granted by the live policy that the period did not use (or used read-only while
-/// granted read-write), with the revocation as a policy to apply.
+/// Access granted in the period (by any policy version in force in it) that the period did not
+/// use, or used read-only while granted read-write; with the revocation of what the live policy
+/// still grants, as a policy to apply.
 #[utoipa::path(get, path = "/api/v1/reviews/unused-grants", tag = "reviews", params(PeriodQuery),
     responses((status = 200, body = UnusedGrants), (status = 400, body = super::error::Problem), (status = 404, body = super::error::Problem),
         (status = 401, body = super::error::Problem), (status = 403, body = super::error::Problem)),
@@ -649,7 +686,7 @@ pub async fn unused_grants(
     State(state): State<AppState>,
     query: Result<Query<PeriodQuery>, QueryRejection>,
 ) -> Result<Json<UnusedGrants>, ApiError> {
-    use tollgate_shared::policy::{Access, ResourceSelector};
+    use tollgate_shared::policy::{Access, Grant, PolicyDocument, ResourcePolicy, ResourceSelector};
     let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let to = period(q.from, q.to)?;
     let store = super::policy::store(&state).await?;
@@ -671,61 +708,99 @@ pub async fn unused_grants(
                             AND r.outcome = 'ok')
                            OR c.protocol NOT IN ('simple', 'extended')))) AS wrote
          FROM sessions s JOIN agents a ON a.id = s.agent_id
-         WHERE s.started_at >= $1 AND s.started_at < $2 AND s.grant_name IS NOT NULL
+         WHERE s.started_at < $2 AND (s.ended_at IS NULL OR s.ended_at >= $1) AND s.grant_name IS NOT NULL
          GROUP BY s.grant_name, s.resource",
     )
     .bind(q.from)
     .bind(to)
     .fetch_all(&state.db)
     .await?;
+    // Every policy version in force at some time in the period: the one in force at its start
+    // and those set during it. A grant counts if any of them held it.
+    let versions: Vec<(i64, serde_json::Value)> = sqlx::query_as(
+        "SELECT version, document FROM policy_versions
+         WHERE changed_at < $2 AND version >= COALESCE((SELECT max(version) FROM policy_versions WHERE changed_at <= $1), 0)
+         ORDER BY version",
+    )
+    .bind(q.from)
+    .bind(to)
+    .fetch_all(&state.db)
+    .await?;
+    let live_on_record: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM policy_versions WHERE version = $1)")
+        .bind(i64::try_from(live.version).unwrap_or(i64::MAX))
+        .fetch_one(&state.db)
+        .await?;
+    let mut in_force: Vec<PolicyDocument> = Vec::new();
+    for (version, document) in versions {
+        match serde_json::from_value(document) {
+            Ok(document) => in_force.push(document),
+            Err(e) => {
+                tracing::warn!(version, error = %e, "a recorded policy version cannot be read; left out of the report")
+            }
+        }
+    }
+    let held = |name: &str| in_force.iter().any(|d| d.grants.iter().any(|g| g.name == name));
+    let use_of = |grant: &Grant, resource: &ResourcePolicy, live: bool| {
+        let usage = used.iter().find(|u| u.grant_name == grant.name && u.resource == resource.name);
+        let (sessions, agents, wrote) =
+            usage.map_or((0, Vec::new(), false), |u| (u.sessions, u.agents.clone(), u.wrote));
+        let finding = if sessions == 0 {
+            Some("unused")
+        } else if grant.access > Access::ReadOnly && !wrote {
+            Some("read_only_use")
+        } else {
+            None
+        };
+        GrantUse {
+            grant: grant.name.clone(),
+            resource: resource.name.clone(),
+            access: grant.access,
+            sessions,
+            agents,
+            wrote,
+            finding: finding.map(str::to_owned),
+            in_live_policy: live,
+        }
+    };
     let document = &live.document;
     let mut grants = Vec::new();
     let mut suggested = document.clone();
     suggested.grants.clear();
     for grant in &document.grants {
-        // A grant that ended before the period is not access anyone holds.
-        if grant.expires.is_some_and(|at| at <= q.from) {
+        // A grant that ended before the period, or was set after it, is not access anyone held
+        // in it (the live version counts as in force when the record has no history of it).
+        if grant.expires.is_some_and(|at| at <= q.from) || (live_on_record && !held(&grant.name)) {
             suggested.grants.push(grant.clone());
             continue;
         }
-        let mut kept = Vec::new();
-        let mut any_write = false;
-        for resource in document.resources.iter().filter(|r| grant.selects(r)) {
-            let usage = used.iter().find(|u| u.grant_name == grant.name && u.resource == resource.name);
-            let (sessions, agents, wrote) =
-                usage.map_or((0, Vec::new(), false), |u| (u.sessions, u.agents.clone(), u.wrote));
-            let finding = if sessions == 0 {
-                Some("unused")
-            } else if grant.access > Access::ReadOnly && !wrote {
-                Some("read_only_use")
-            } else {
-                None
-            };
-            if sessions > 0 {
-                kept.push(resource.name.clone());
-                any_write |= wrote;
-            }
-            grants.push(GrantUse {
-                grant: grant.name.clone(),
-                resource: resource.name.clone(),
-                access: grant.access,
-                sessions,
-                agents,
-                wrote,
-                finding: finding.map(str::to_owned),
-            });
-        }
+        let selected: Vec<&ResourcePolicy> = document.resources.iter().filter(|r| grant.selects(r)).collect();
+        let uses: Vec<GrantUse> = selected.iter().map(|r| use_of(grant, r, true)).collect();
+        let kept: Vec<String> = uses.iter().filter(|u| u.sessions > 0).map(|u| u.resource.clone()).collect();
+        let any_write = uses.iter().any(|u| u.wrote);
+        grants.extend(uses);
         if kept.is_empty() {
             continue;
         }
         let mut revised = grant.clone();
-        if kept.len() < document.resources.iter().filter(|r| grant.selects(r)).count() {
+        if kept.len() < selected.len() {
             revised.resources = ResourceSelector { names: kept, labels: Default::default() };
         }
         if revised.access > Access::ReadOnly && !any_write {
             revised.access = Access::ReadOnly;
         }
         suggested.grants.push(revised);
+    }
+    // Grants the period had that the live policy has dropped since: reported as they stood in
+    // the last version that held them.
+    let mut gone: Vec<&str> = Vec::new();
+    for earlier in in_force.iter().rev() {
+        for grant in &earlier.grants {
+            if document.grants.iter().any(|g| g.name == grant.name) || gone.contains(&grant.name.as_str()) {
+                continue;
+            }
+            gone.push(&grant.name);
+            grants.extend(earlier.resources.iter().filter(|r| grant.selects(r)).map(|r| use_of(grant, r, false)));
+        }
     }
     let changes = tollgate_shared::policy::diff(document, &suggested);
     Ok(Json(UnusedGrants {

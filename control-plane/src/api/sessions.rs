@@ -394,10 +394,44 @@ pub(super) async fn verification(state: &AppState, id: Uuid) -> Result<(VerifyVi
             .bind(id)
             .fetch_optional(&mut *tx)
             .await?;
-    tx.commit().await?;
+    // The session's approval requests, as its events and as the view tell them, and every
+    // stored event about them (decisions travel in chains of their own).
     let slices: Vec<&[u8]> = raws.iter().map(|(r,)| r.as_slice()).collect();
+    let mut asked: Vec<Uuid> = rows::approvals::expected(&slices).approvals.into_keys().collect();
+    let approvals: Vec<rows::approvals::ApprovalRow> = sqlx::query_as(&format!(
+        "SELECT {} FROM approvals WHERE session_id = $1 OR id = ANY($2)
+            OR command_id IN (SELECT event_id FROM commands WHERE session_id = $1)",
+        rows::approvals::APPROVAL_COLUMNS
+    ))
+    .bind(id)
+    .bind(&asked)
+    .fetch_all(&mut *tx)
+    .await?;
+    asked.extend(approvals.iter().map(|a| a.id));
+    let decisions: Vec<rows::approvals::DecisionRow> = sqlx::query_as(&format!(
+        "SELECT {} FROM approval_decisions WHERE approval_id = ANY($1)",
+        rows::approvals::DECISION_COLUMNS
+    ))
+    .bind(&asked)
+    .fetch_all(&mut *tx)
+    .await?;
+    let decision_events: Vec<Uuid> = decisions.iter().map(|d| d.event_id).collect();
+    let about: Vec<(Vec<u8>,)> =
+        sqlx::query_as("SELECT raw FROM events WHERE session_id <> $1 AND (approval_id = ANY($2) OR id = ANY($3))")
+            .bind(id)
+            .bind(&asked)
+            .bind(&decision_events)
+            .fetch_all(&mut *tx)
+            .await?;
+    tx.commit().await?;
     let report = tollgate_shared::event::verify_chain(&slices);
     let mut view_problems = rows::compare(&rows::expected(&slices), &commands, &results);
+    let approval_events: Vec<&[u8]> = slices.iter().copied().chain(about.iter().map(|(r,)| r.as_slice())).collect();
+    view_problems.extend(rows::approvals::compare(
+        &rows::approvals::expected(&approval_events),
+        &approvals,
+        &decisions,
+    ));
     if let (Some(held), Some(recorded)) = (&session_row, rows::expected_session(&slices)) {
         let differ = held.differences(&recorded);
         if !differ.is_empty() {

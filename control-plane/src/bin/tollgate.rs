@@ -75,15 +75,22 @@ enum ReviewCommand {
     /// revokes it (`suggested_policy`, for `tollgate policy apply`).
     UnusedGrants(Period),
     /// Who ran a statement: every agent and session, with its approval.
+    #[command(group(clap::ArgGroup::new("which").required(true).multiple(false)))]
     Statements {
         #[command(flatten)]
         period: Period,
         /// The statement exactly as recorded.
-        #[arg(long, conflicts_with = "contains", required_unless_present = "contains")]
+        #[arg(long, group = "which")]
         text: Option<String>,
         /// Or any statement containing this text.
-        #[arg(long)]
+        #[arg(long, group = "which")]
         contains: Option<String>,
+        /// Or every statement with this fingerprint (as the report's rows carry it).
+        #[arg(long, group = "which")]
+        fingerprint: Option<String>,
+        /// Or every statement of the same shape as this one, whatever its values.
+        #[arg(long, group = "which")]
+        same_as: Option<String>,
     },
 }
 
@@ -185,10 +192,12 @@ async fn main() -> std::process::ExitCode {
                 ReviewCommand::Resources(p) => ("resources", p, None),
                 ReviewCommand::Approvals(p) => ("approvals", p, None),
                 ReviewCommand::UnusedGrants(p) => ("unused-grants", p, None),
-                ReviewCommand::Statements { period, text, contains } => (
+                ReviewCommand::Statements { period, text, contains, fingerprint, same_as } => (
                     "statements",
                     period,
-                    text.as_deref().map(|t| ("text", t)).or(contains.as_deref().map(|c| ("contains", c))),
+                    [("text", text), ("contains", contains), ("fingerprint", fingerprint), ("same_as", same_as)]
+                        .into_iter()
+                        .find_map(|(name, value)| value.as_deref().map(|v| (name, v))),
                 ),
             };
             cli::review(&api, report, &period.from, period.to.as_deref(), filter, period.csv, 1000).await

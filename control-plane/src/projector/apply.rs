@@ -57,6 +57,20 @@ pub(super) enum Payload {
     Other,
 }
 
+impl Payload {
+    /// The approval request an approval event is about.
+    pub(super) fn approval_id(&self) -> Option<Uuid> {
+        match self {
+            Payload::ApprovalRequested(p) => Some(p.approval_id),
+            Payload::ApprovalDecided(p) => Some(p.approval_id),
+            Payload::ApprovalExpired(p) => Some(p.approval_id),
+            Payload::ApprovalReleased(p) => Some(p.approval_id),
+            Payload::ApprovalRefused(p) => p.approval_id,
+            _ => None,
+        }
+    }
+}
+
 fn typed<'a, T: Deserialize<'a>>(envelope: &Envelope<&'a RawValue>) -> Result<T, String> {
     serde_json::from_str(envelope.payload.get()).map_err(|e| format!("{} payload: {e}", envelope.kind))
 }
@@ -199,9 +213,11 @@ async fn insert_events(tx: &mut Transaction<'_, Postgres>, events: &[Decoded<'_>
     let ats: Vec<DateTime<Utc>> = events.iter().map(|e| e.envelope.at).collect();
     let nodes: Vec<&str> = events.iter().map(|e| e.envelope.node.as_str()).collect();
     let raws: Vec<&[u8]> = events.iter().map(|e| e.raw).collect();
+    let approvals: Vec<Option<Uuid>> = events.iter().map(|e| e.payload.approval_id()).collect();
     let inserted: Vec<Uuid> = sqlx::query_scalar(
-        "INSERT INTO events (id, session_id, seq, type, at, node, raw)
-         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::int8[], $4::text[], $5::timestamptz[], $6::text[], $7::bytea[])
+        "INSERT INTO events (id, session_id, seq, type, at, node, raw, approval_id)
+         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::int8[], $4::text[], $5::timestamptz[], $6::text[], $7::bytea[],
+                              $8::uuid[])
          ON CONFLICT (id) DO NOTHING RETURNING id",
     )
     .bind(ids)
@@ -211,6 +227,7 @@ async fn insert_events(tx: &mut Transaction<'_, Postgres>, events: &[Decoded<'_>
     .bind(ats)
     .bind(nodes)
     .bind(raws)
+    .bind(approvals)
     .fetch_all(&mut **tx)
     .await?;
     Ok(inserted.into_iter().collect())
@@ -313,7 +330,7 @@ async fn insert_commands(tx: &mut Transaction<'_, Postgres>, events: &[&Decoded<
         "INSERT INTO commands ({COMMAND_COLUMNS})
          SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::int8[], $4::timestamptz[], $5::uuid[], $6::text[], $7::text[],
                               $8::text[], $9::jsonb[], $10::text[], $11::text[], $12::jsonb[], $13::text[], $14::text[], $15::int8[],
-                              $16::jsonb[], $17::text[])"
+                              $16::jsonb[], $17::text[], $18::text[])"
     ))
     .bind(rows.iter().map(|r| r.event_id).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.session_id).collect::<Vec<_>>())
@@ -332,6 +349,7 @@ async fn insert_commands(tx: &mut Transaction<'_, Postgres>, events: &[&Decoded<
     .bind(rows.iter().map(|r| r.policy_version).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.executes.as_ref()).collect::<Vec<_>>())
     .bind(column(|r| r.step.as_deref()))
+    .bind(column(|r| r.fingerprint.as_deref()))
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -435,8 +453,8 @@ async fn session_lifecycle(tx: &mut Transaction<'_, Postgres>, e: &Decoded<'_>) 
         Payload::AuthFailed(p) => {
             sqlx::query(
                 "INSERT INTO auth_failures (event_id, at, node, reason, code, client_addr, client_tls, client_user, resource,
-                    verified, agent_id, agent_name, claimed_issuer, claimed_subject)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+                    verified, agent_id, agent_name, claimed_issuer, claimed_subject, resource_kind)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
             )
             .bind(e.envelope.id)
             .bind(e.envelope.at)
@@ -452,6 +470,7 @@ async fn session_lifecycle(tx: &mut Transaction<'_, Postgres>, e: &Decoded<'_>) 
             .bind(p.verified.then_some(e.envelope.agent.name.as_str()))
             .bind(&p.claimed_issuer)
             .bind(&p.claimed_subject)
+            .bind(e.envelope.resource.kind.as_str())
             .execute(&mut **tx)
             .await?;
         }

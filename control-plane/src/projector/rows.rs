@@ -7,6 +7,8 @@ use serde_json::Value;
 use tollgate_shared::event::{Command, CommandResult, Envelope};
 use uuid::Uuid;
 
+pub mod approvals;
+
 /// A row of `commands`.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct CommandRow {
@@ -27,6 +29,9 @@ pub struct CommandRow {
     pub policy_version: Option<i64>,
     pub executes: Option<Value>,
     pub step: Option<String>,
+    /// The statement's shape ([`crate::fingerprint`]); absent only on rows projected before
+    /// fingerprints existed, until the startup backfill reaches them.
+    pub fingerprint: Option<String>,
 }
 
 /// A row of `command_results`.
@@ -46,7 +51,7 @@ pub struct ResultRow {
 
 /// The columns of `commands`, in the order [`CommandRow`] names them.
 pub const COMMAND_COLUMNS: &str = "event_id, session_id, seq, at, agent_id, resource, protocol, statement, params, \
-     prepared, decision, classification, parse_error, rule, policy_version, executes, step";
+     prepared, decision, classification, parse_error, rule, policy_version, executes, step, fingerprint";
 
 /// The columns of `command_results`, in the order [`ResultRow`] names them.
 pub const RESULT_COLUMNS: &str =
@@ -67,14 +72,16 @@ fn json<T: serde::Serialize>(value: &T) -> Value {
 impl CommandRow {
     pub fn of<P>(envelope: &Envelope<P>, seq: i64, c: &Command) -> Self {
         let pg = c.postgres.as_ref();
+        let protocol = enum_text(&c.protocol);
         CommandRow {
+            fingerprint: Some(crate::fingerprint::of(&protocol, &c.statement)),
             event_id: envelope.id,
             session_id: envelope.session,
             seq,
             at: envelope.at,
             agent_id: super::apply::agent_id(&envelope.agent),
             resource: envelope.resource.name.clone(),
-            protocol: enum_text(&c.protocol),
+            protocol,
             statement: c.statement.clone(),
             params: pg.and_then(|pg| pg.params.as_ref()).map(json),
             prepared: pg.and_then(|pg| pg.prepared.clone()),
@@ -108,6 +115,7 @@ impl CommandRow {
             ("policy_version", self.policy_version == recorded.policy_version),
             ("executes", self.executes == recorded.executes),
             ("step", self.step == recorded.step),
+            ("fingerprint", self.fingerprint == recorded.fingerprint),
         ])
     }
 }
