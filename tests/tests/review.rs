@@ -82,7 +82,7 @@ async fn the_agent_report_counts_what_each_bot_did() {
     assert_eq!(lines.len(), 3, "{csv}");
     assert!(lines[0].starts_with("agent_id,agent_name,issuer,subject,resources,sessions,commands,allowed,denied"));
     let reader_line = lines.iter().find(|l| l.contains(",reader-bot,")).expect("reader-bot's row");
-    assert!(reader_line.contains(",demo,1,3,2,1,0,0,select=2;truncate=1,0,"), "{reader_line}");
+    assert!(reader_line.contains(",demo,1,3,2,1,0,0,0,,select=2;truncate=1,0,"), "{reader_line}");
     assert!(reader_line.ends_with(&format!(",{version}")), "{reader_line}");
 
     // The CLI (`tollgate review agents --csv`) follows every page: with pages of one row here
@@ -355,4 +355,98 @@ async fn unused_grants_and_read_only_use_come_with_a_revocation_to_apply() {
     );
     let (status, early) = stack.api(&format!("/api/v1/reviews/unused-grants?{before}")).await;
     assert_eq!((status, &early["grants"]), (200, &json!([])), "{early}");
+}
+
+/// The review the issue scripts: bots sharing one service account, told apart by their claims;
+/// allowed, denied, held-and-approved and held-and-expired commands; the report rows exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bots_sharing_one_service_account_are_reviewed_apart() {
+    let stack = Stack::start().await;
+    let mut config = stack.proxy_config("proxy-mapping");
+    config.agent_issuers[0].mapping = Some(toml::from_str(r#"name = "{repository}/{workflow}""#).expect("mapping"));
+    let proxy = tollgate_data_plane::Proxy::start(config).await.expect("proxy");
+    let port = proxy.postgres_addr.port();
+    stack.pg.admin_sql("demo", "CREATE TABLE victims (id int); CREATE TABLE others (id int); ALTER TABLE victims OWNER TO app; ALTER TABLE others OWNER TO app");
+    let policy = json!({
+        "resources": [{ "name": "demo", "kind": "postgres",
+            "guardrails": { "deny_classes": ["truncate"] },
+            "approvals": [{ "name": "destructive", "hold_classes": ["drop"], "approver_groups": ["dba"], "timeout_secs": 3 }] }],
+        "grants": [{ "name": "ci", "who": { "agents": ["acme/*"] }, "resources": { "names": ["demo"] }, "access": "admin" }]
+    });
+    let version = stack.enforce(&policy).await;
+    let from = chrono::Utc::now();
+    // One service account (the same `sub`), two workflows.
+    let token = |workflow: &str| {
+        let serde_json::Value::Object(extra) = json!({ "repository": "acme/orders", "workflow": workflow }) else {
+            unreachable!()
+        };
+        stack
+            .issuer
+            .mint("repo:acme/orders:environment:prod", tollgate_tests::AGENT_AUDIENCE, 600, &extra)
+            .expect("mint")
+    };
+    let deploy = stack.psql(&token("deploy"), Some(port), &["-c", "select 1", "-c", "TRUNCATE victims"], None);
+    assert!(String::from_utf8_lossy(&deploy.stderr).contains("statement denied"), "denied: {deploy:?}");
+    let held = stack.psql_spawn(&token("deploy"), Some(port), &["-c", "DROP TABLE victims"]);
+    stack.approve_pending("alice@example.com", &["approvers", "dba"], "release 4.2").await;
+    let out = tokio::task::spawn_blocking(move || held.wait_with_output().expect("psql")).await.expect("join");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Nobody decides on the migration's drop: it expires, and the table stays.
+    let expired = stack.psql(&token("migrate"), Some(port), &["-c", "select 2", "-c", "DROP TABLE others"], None);
+    assert!(!expired.status.success(), "the held drop expired: {expired:?}");
+    assert_eq!(stack.pg.admin_sql("demo", "select count(*) from pg_tables where tablename = 'others'").trim(), "1");
+    stack.ended_sessions(3).await;
+
+    let to = chrono::Utc::now() + chrono::Duration::seconds(60);
+    let range = format!("from={}&to={}", from.format("%Y-%m-%dT%H:%M:%S%.fZ"), to.format("%Y-%m-%dT%H:%M:%S%.fZ"));
+    let report = eventually(20, "both workflows and the expiry in the report", || async {
+        let (_, page) = stack.api(&format!("/api/v1/reviews/agents?{range}")).await;
+        let items = page["items"].as_array()?;
+        let migrate = items.iter().find(|r| r["agent_name"] == "acme/orders/migrate")?;
+        (items.len() == 2 && migrate["expired"] == 1).then(|| items.clone())
+    })
+    .await;
+    let rows: Vec<Value> = ["acme/orders/deploy", "acme/orders/migrate"]
+        .iter()
+        .map(|name| {
+            let r = by_name(&report, name);
+            json!({ "subject": r["subject"], "sessions": r["sessions"], "commands": r["commands"], "allowed": r["allowed"],
+                    "denied": r["denied"], "held": r["held"], "approved": r["approved"], "expired": r["expired"],
+                    "approvers": r["approvers"], "classes": r["classes"], "policy_versions": r["policy_versions"] })
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            json!({ "subject": "repo:acme/orders:environment:prod", "sessions": 2, "commands": 3, "allowed": 1,
+                    "denied": 1, "held": 1, "approved": 1, "expired": 0, "approvers": ["alice@example.com"],
+                    "classes": { "drop": 1, "select": 1, "truncate": 1 }, "policy_versions": [version] }),
+            json!({ "subject": "repo:acme/orders:environment:prod", "sessions": 1, "commands": 2, "allowed": 1,
+                    "denied": 0, "held": 1, "approved": 0, "expired": 1, "approvers": [],
+                    "classes": { "drop": 1, "select": 1 }, "policy_versions": [version] }),
+        ]
+    );
+    let (_, approvals) = stack.api(&format!("/api/v1/reviews/approvals?{range}")).await;
+    let mut evidence: Vec<Value> = approvals["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|a| {
+            json!([
+                a["agent_name"],
+                a["statement"],
+                a["status"],
+                a["expiry_reason"],
+                a["decisions"].as_array().map(Vec::len)
+            ])
+        })
+        .collect();
+    evidence.sort_by_key(|e| e[0].to_string());
+    assert_eq!(
+        evidence,
+        [
+            json!(["acme/orders/deploy", "DROP TABLE victims", "approved", null, 1]),
+            json!(["acme/orders/migrate", "DROP TABLE others", "expired", "timeout", 0]),
+        ]
+    );
 }

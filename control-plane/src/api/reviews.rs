@@ -45,6 +45,10 @@ pub struct AgentReview {
     pub held: i64,
     /// Held, approved and run.
     pub approved: i64,
+    /// Held and given up on: nobody decided in time, or the agent left or cancelled.
+    pub expired: i64,
+    /// The people whose approvals ran its held commands.
+    pub approvers: Vec<String>,
     /// Commands per class (`select`, `delete`, `exec`...).
     #[schema(value_type = Object)]
     pub classes: serde_json::Value,
@@ -143,17 +147,26 @@ fn respond<T: Serialize + CsvRow>(asked: &Asked, mut items: Vec<T>) -> Response 
 
 /// The per-agent report: period `$1..$2`, after cursor `$3`, at most `$4` rows.
 const AGENTS_SQL: &str = "WITH c AS (
-            SELECT c.agent_id, c.resource, c.decision, c.classification, c.policy_version, c.at,
-                   EXISTS (SELECT 1 FROM approvals ap WHERE ap.command_id = c.event_id AND ap.session_id = c.session_id
-                                  AND ap.released_at IS NOT NULL) AS released
+            SELECT c.agent_id, c.resource, c.decision, c.classification, c.policy_version, c.at, ap.id AS approval_id,
+                   ap.released_at IS NOT NULL AS released,
+                   ap.status = 'expired' OR (ap.status = 'pending' AND ap.expires_at <= now()) AS expired
             FROM commands c
+            -- Its session's own approval request, the first one.
+            LEFT JOIN LATERAL (SELECT id, released_at, status, expires_at FROM approvals ap
+                               WHERE c.decision = 'hold' AND ap.command_id = c.event_id AND ap.session_id = c.session_id
+                               ORDER BY requested_at LIMIT 1) ap ON true
             WHERE c.at >= $1 AND c.at < $2
+         ), by_whom AS (
+            SELECT c.agent_id, array_agg(DISTINCT d.approver_name ORDER BY d.approver_name) AS approvers
+            FROM c JOIN approval_decisions d ON d.approval_id = c.approval_id AND d.verdict = 'approve'
+            WHERE c.released GROUP BY c.agent_id
          ), per AS (
             SELECT agent_id, array_agg(DISTINCT resource ORDER BY resource) AS resources, count(*) AS commands,
                    count(*) FILTER (WHERE decision = 'allow') AS allowed,
                    count(*) FILTER (WHERE decision = 'deny') AS denied,
                    count(*) FILTER (WHERE decision = 'hold') AS held,
                    count(*) FILTER (WHERE decision = 'hold' AND released) AS approved,
+                   count(*) FILTER (WHERE decision = 'hold' AND expired) AS expired,
                    min(at) AS first_use, max(at) AS last_use,
                    array_remove(array_agg(DISTINCT policy_version ORDER BY policy_version), NULL) AS policy_versions
             FROM c GROUP BY agent_id
@@ -174,12 +187,13 @@ const AGENTS_SQL: &str = "WITH c AS (
                 COALESCE(per.resources, '{}') AS resources, COALESCE(s.sessions, 0) AS sessions,
                 COALESCE(per.commands, 0) AS commands, COALESCE(per.allowed, 0) AS allowed,
                 COALESCE(per.denied, 0) AS denied, COALESCE(per.held, 0) AS held,
-                COALESCE(per.approved, 0) AS approved, COALESCE(cls.classes, '{}') AS classes,
+                COALESCE(per.approved, 0) AS approved, COALESCE(per.expired, 0) AS expired,
+                COALESCE(by_whom.approvers, '{}') AS approvers, COALESCE(cls.classes, '{}') AS classes,
                 COALESCE(f.refused, 0) AS refused_logins, per.first_use, per.last_use,
                 COALESCE(per.policy_versions, '{}') AS policy_versions
          FROM agents a
          LEFT JOIN per ON per.agent_id = a.id LEFT JOIN cls ON cls.agent_id = a.id
-         LEFT JOIN s ON s.agent_id = a.id LEFT JOIN f ON f.agent_id = a.id
+         LEFT JOIN s ON s.agent_id = a.id LEFT JOIN f ON f.agent_id = a.id LEFT JOIN by_whom ON by_whom.agent_id = a.id
          WHERE (per.agent_id IS NOT NULL OR s.agent_id IS NOT NULL OR f.agent_id IS NOT NULL)
            AND ($3::uuid IS NULL OR a.id > $3)
          ORDER BY a.id LIMIT $4";
@@ -230,14 +244,14 @@ fn counts(value: &serde_json::Value) -> String {
 }
 
 impl CsvRow for AgentReview {
-    const HEADER: &'static str = "agent_id,agent_name,issuer,subject,resources,sessions,commands,allowed,denied,held,approved,classes,refused_logins,first_use,last_use,policy_versions";
+    const HEADER: &'static str = "agent_id,agent_name,issuer,subject,resources,sessions,commands,allowed,denied,held,approved,expired,approvers,classes,refused_logins,first_use,last_use,policy_versions";
     fn key(&self) -> String {
         self.agent_id.to_string()
     }
     fn csv(&self) -> String {
         let r = self;
         format!(
-            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
             r.agent_id,
             field(&r.agent_name),
             field(&r.issuer),
@@ -249,6 +263,8 @@ impl CsvRow for AgentReview {
             r.denied,
             r.held,
             r.approved,
+            r.expired,
+            field(&list(&r.approvers)),
             field(&counts(&r.classes)),
             r.refused_logins,
             time(&r.first_use),
@@ -726,18 +742,19 @@ pub async fn unused_grants(
     .bind(to)
     .fetch_all(&state.db)
     .await?;
-    let live_on_record: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM policy_versions WHERE version = $1)")
-        .bind(i64::try_from(live.version).unwrap_or(i64::MAX))
-        .fetch_one(&state.db)
-        .await?;
+    // The live version from the store itself: the views may not have it yet.
+    let live_number = i64::try_from(live.version).unwrap_or(i64::MAX);
     let mut in_force: Vec<PolicyDocument> = Vec::new();
-    for (version, document) in versions {
+    for (version, document) in versions.into_iter().filter(|(v, _)| *v < live_number) {
         match serde_json::from_value(document) {
             Ok(document) => in_force.push(document),
             Err(e) => {
                 tracing::warn!(version, error = %e, "a recorded policy version cannot be read; left out of the report")
             }
         }
+    }
+    if live.changed_at < to {
+        in_force.push(live.document.clone());
     }
     let held = |name: &str| in_force.iter().any(|d| d.grants.iter().any(|g| g.name == name));
     let use_of = |grant: &Grant, resource: &ResourcePolicy, live: bool| {
@@ -768,8 +785,8 @@ pub async fn unused_grants(
     suggested.grants.clear();
     for grant in &document.grants {
         // A grant that ended before the period, or was set after it, is not access anyone held
-        // in it (the live version counts as in force when the record has no history of it).
-        if grant.expires.is_some_and(|at| at <= q.from) || (live_on_record && !held(&grant.name)) {
+        // in it.
+        if grant.expires.is_some_and(|at| at <= q.from) || !held(&grant.name) {
             suggested.grants.push(grant.clone());
             continue;
         }
