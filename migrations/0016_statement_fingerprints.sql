@@ -2,4 +2,4 @@
 -- so "who ran this" finds every run of a statement whatever its values. The projector writes it;
 -- rows projected before this migration are filled in by the control plane at startup.
 ALTER TABLE commands ADD COLUMN fingerprint text;
-CREATE INDEX commands_fingerprint ON commands (fingerprint, at);
+CREATE INDEX commands_fingerprint ON commands (fingerprint, event_id);

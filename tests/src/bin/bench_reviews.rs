@@ -31,14 +31,17 @@ async fn main() {
                   now() - interval '30 days' + (s * interval '30 days' / 20000), now() - interval '30 days' + (s * interval '30 days' / 20000) + interval '1 minute',
                   'everyone', 'read-write', {per}, {per} * 2 + 2
            FROM generate_series(0, 19999) s;
-         INSERT INTO commands (event_id, session_id, seq, at, agent_id, resource, protocol, statement, decision, classification, policy_version)
+         INSERT INTO commands (event_id, session_id, seq, at, agent_id, resource, protocol, statement, decision, classification, policy_version,
+                               fingerprint)
            SELECT md5('command' || c)::uuid, md5('session' || (c / {per}))::uuid, c % {per} * 2 + 1,
                   now() - interval '30 days' + (c * interval '30 days' / {commands}),
                   md5('agent' || ((c / {per}) % 200 + 1))::uuid, 'db-' || ((c / {per}) % 20), 'simple',
-                  'select * from orders where id = ' || c,
+                  'select * from orders_' || (c % 1000) || ' where id = ' || c,
                   CASE WHEN c % 97 = 0 THEN 'deny' WHEN c % 991 = 0 THEN 'hold' ELSE 'allow' END,
                   CASE WHEN c % 10 = 0 THEN '{{\"statements\": 1, \"classes\": [\"update\"], \"writes\": true}}'::jsonb
-                       ELSE '{{\"statements\": 1, \"classes\": [\"select\"], \"writes\": false}}'::jsonb END, 1
+                       ELSE '{{\"statements\": 1, \"classes\": [\"select\"], \"writes\": false}}'::jsonb END, 1,
+                  -- 1,000 statement shapes of 1,000 runs each (a stand-in for the real fingerprint).
+                  substr(md5('orders_' || (c % 1000)), 1, 16)
            FROM generate_series(0, {last}) c;
          INSERT INTO command_results (event_id, command_id, session_id, at, outcome, tags, rows, duration_us)
            SELECT md5('result' || c)::uuid, md5('command' || c)::uuid, md5('session' || (c / {per}))::uuid,
@@ -64,13 +67,18 @@ async fn main() {
         ("approvals", "/api/v1/reviews/approvals"),
         (
             "statements (exact text)",
-            "/api/v1/reviews/statements?text=select%20*%20from%20orders%20where%20id%20%3D%20424242&",
+            "/api/v1/reviews/statements?text=select%20*%20from%20orders_242%20where%20id%20%3D%20424242&",
         ),
+        // The fingerprint of `orders_242`'s shape, as the fill made it.
+        ("statements (fingerprint, 1,000 runs)", "/api/v1/reviews/statements?fingerprint=FINGERPRINT&"),
         ("unused grants", "/api/v1/reviews/unused-grants"),
     ];
     println!("| report | period | p50 ms | p99 ms |");
     println!("|---|---|---|---|");
+    let print = stack.pg.admin_sql("tollgate", "select substr(md5('orders_242'), 1, 16)").trim().to_owned();
     for (name, path) in reports {
+        let path = path.replace("FINGERPRINT", &print);
+        let path = path.as_str();
         for (period, range) in [("one day", &day), ("30 days", &month)] {
             let separator = if path.ends_with('&') { "" } else { "?" };
             let url = format!("{path}{separator}{range}");
