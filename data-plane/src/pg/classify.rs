@@ -19,6 +19,7 @@
 //! each distinct shape once.
 
 mod body;
+mod reach;
 mod shape;
 mod walk;
 
@@ -147,6 +148,9 @@ pub struct Analysis {
     pub refusal: Option<String>,
     /// A `COPY ... TO` in binary format (its values cannot be masked by type).
     pub binary_copy_out: bool,
+    /// Whether a write's reach was judged by the values of constants (`WHERE 1 = 0`), which
+    /// the statement's shape (constants made parameters) cannot show.
+    pub judged_constants: bool,
 }
 
 /// An effect on the session's named prepared statements and portals.
@@ -224,6 +228,7 @@ impl Analysis {
             );
         }
         self.binary_copy_out |= other.binary_copy_out;
+        self.judged_constants |= other.judged_constants;
     }
 }
 

@@ -80,7 +80,11 @@ pub struct Classification {
     /// Functions called (both `schema.name` and bare `name` when qualified), lower case.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub functions: BTreeSet<String>,
-    /// A DELETE or UPDATE without WHERE appears somewhere.
+    /// A write no condition bounds appears somewhere: UPDATE or DELETE without WHERE or with
+    /// one the same for every row (`true`, `1 = 1`, `x = x`, `OR true`, only other relations'
+    /// columns), a MERGE action the join and its own condition leave unbounded, an
+    /// `INSERT ... SELECT ... ON CONFLICT DO UPDATE` without a bounding WHERE; in CTEs and
+    /// function bodies too. A statement under `EXPLAIN` without `ANALYZE` writes nothing.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub unbounded_write: bool,
     /// Something other than reading (conservative: unknown statements count as writes).

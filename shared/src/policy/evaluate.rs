@@ -100,7 +100,7 @@ fn relation_named_in(rules: &[String], used: &std::collections::BTreeSet<String>
         .cloned()
 }
 
-/// A pseudo-class approval rules may hold: DELETE or UPDATE without WHERE, anywhere.
+/// A pseudo-class approval rules may hold: a write no condition bounds (see `Classification::unbounded_write`).
 pub const UNBOUNDED_WRITE: &str = "unbounded_write";
 
 use super::command::{CommandLine, Pattern};
@@ -255,7 +255,10 @@ impl ResourcePolicy {
             );
         }
         if g.deny_unbounded_writes && c.unbounded_write {
-            return deny("deny_unbounded_writes".into(), "DELETE or UPDATE without WHERE".into());
+            return deny(
+                "deny_unbounded_writes".into(),
+                "a write no condition bounds (no WHERE, or one true for every row)".into(),
+            );
         }
         if let Some(function) = named_in(&g.deny_functions, &c.functions) {
             return deny(format!("deny_functions:{function}"), format!("function {function} is not allowed"));

@@ -446,3 +446,101 @@ fn built_ins_reading_a_table_named_in_a_string_read_that_table() {
     let other = cache.classify("select table_to_xml('secrets', true, true, '')").unwrap();
     assert!(other.classification.relations.contains("secrets"));
 }
+
+#[test]
+fn a_write_is_unbounded_when_no_condition_bounds_its_reach() {
+    let unbounded = [
+        "delete from orders",
+        "delete from orders where true",
+        "delete from orders where 1 = 1",
+        "delete from orders where 'a' = 'a'",
+        "delete from orders where id = id",
+        "delete from orders o where o.id >= o.id",
+        "delete from orders where id = 5 or true",
+        "delete from orders where not false",
+        "delete from orders where true and (1 = 1)",
+        "delete from orders where now() > '2000-01-01'",
+        "delete from orders where $1 = $2",
+        "delete from orders where id is not distinct from id",
+        "delete from orders where exists (select 1 from customers where vip)",
+        "delete from orders using customers where customers.vip",
+        "update orders set total = 0 from customers c where c.id = 7",
+        "update orders set total = 0 where id = 1 or 2 = 2",
+        "with gone as (delete from orders where 1 = 1 returning id) select count(*) from gone",
+        "with a as (with b as (update orders set total = 0 returning id) select * from b) select * from a",
+        "merge into orders o using customers c on true when matched then delete",
+        "merge into orders o using customers c on c.vip when matched then update set total = 0",
+        "merge into orders o using customers c on o.id = c.id when not matched by source then delete",
+        "insert into orders select * from archive on conflict (id) do update set total = excluded.total",
+        "insert into orders select * from archive on conflict (id) do update set total = 0 where true",
+        "explain analyze delete from orders",
+        "explain (analyze, buffers) delete from orders where 1 = 1",
+        "explain (analyze on) update orders set total = 0",
+        "create function wipe() returns void language sql as 'delete from orders where 1 = 1'",
+    ];
+    for sql in unbounded {
+        assert!(classify(sql).unwrap_or_else(|e| panic!("{sql}: {e}")).unbounded_write, "{sql}");
+    }
+    let bounded = [
+        "delete from orders where id = 1",
+        "delete from orders where 1 = 0",
+        "delete from orders where false",
+        "delete from orders where id = $1",
+        "delete from orders where not (id = id)",
+        "delete from orders where id = 5 and true",
+        "delete from orders where shipped_at is not null",
+        "delete from orders where id in (select order_id from refunds)",
+        "delete from orders o where exists (select 1 from refunds r where r.order_id = o.id)",
+        "delete from orders using customers c where orders.customer_id = c.id and c.closed",
+        "update orders set total = 0 from customers c where customer_id = c.id",
+        "update orders set total = total where created < now() - interval '1 day'",
+        "merge into orders o using refunds r on o.id = r.order_id when matched then delete",
+        "merge into orders o using customers c on true when matched and o.customer_id = c.id then delete",
+        "merge into orders o using refunds r on o.id = r.order_id when not matched by source and o.total = 0 then delete",
+        "merge into orders o using refunds r on true when not matched then insert values (r.order_id)",
+        "insert into orders values (1, 2) on conflict (id) do update set total = excluded.total",
+        "insert into orders select * from archive on conflict (id) do update set total = 0 where orders.total > 100",
+        "insert into orders select * from archive on conflict do nothing",
+        "insert into orders select * from archive",
+    ];
+    for sql in bounded {
+        assert!(!classify(sql).unwrap_or_else(|e| panic!("{sql}: {e}")).unbounded_write, "{sql}");
+    }
+}
+
+#[test]
+fn explain_without_analyze_is_a_read_and_keeps_its_functions() {
+    for sql in [
+        "explain delete from orders",
+        "explain (costs off) update orders set total = 0",
+        "explain (analyze off) delete from orders",
+        "explain (analyze false) delete from orders",
+        "explain merge into orders o using customers c on true when matched then delete",
+        "explain with gone as (delete from orders returning id) select * from gone",
+        "explain create table copy as select * from orders",
+        "explain insert into orders select * from archive",
+    ] {
+        let c = classify(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+        assert_eq!(c.classes.iter().collect::<Vec<_>>(), ["explain"], "{sql}");
+        assert!(!c.writes && !c.unbounded_write, "{sql}");
+        assert!(c.relations.contains("orders"), "relation checks still see {sql}");
+    }
+    // Planning may evaluate immutable functions: a call under a plain EXPLAIN is still a call.
+    let c = classify("explain delete from orders where id = pg_read_file('/etc/passwd')::int").unwrap();
+    assert!(c.functions.contains("pg_read_file"));
+    let c = classify("explain analyze delete from orders where id = 1").unwrap();
+    assert!(c.classes.contains("delete") && c.writes && !c.unbounded_write);
+}
+
+#[test]
+fn the_shape_cache_never_stands_for_a_text_judged_by_its_constants() {
+    let cache = ClassifyCache::new(100);
+    // `1 = 0` bounds (nothing); its shape `$1 = $2` cannot say so, so the text is parsed.
+    assert!(!cache.classify("delete from orders where 1 = 0").unwrap().classification.unbounded_write);
+    assert!(cache.classify("delete from orders where 1 = 1").unwrap().classification.unbounded_write);
+    assert!(cache.classify("delete from orders where 2 = 2").unwrap().classification.unbounded_write);
+    assert!(!cache.classify("delete from orders where 3 = 4").unwrap().classification.unbounded_write);
+    // A bounded shape is shared across values.
+    assert!(!cache.classify("delete from orders where id = 1").unwrap().classification.unbounded_write);
+    assert!(!cache.classify("delete from orders where id = 2").unwrap().classification.unbounded_write);
+}

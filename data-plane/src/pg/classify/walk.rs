@@ -1,6 +1,7 @@
 //! The generic walk over pg_query's serialized parse tree: every object key is visited, so a
 //! statement node anywhere (a DELETE in a CTE, an EXECUTE inside EXPLAIN ANALYZE) is found.
 
+use super::reach::{self, Target};
 use super::{body, Analysis, FunctionRef, NameOp, Setting, SettingValue, CLASSES};
 use serde_json::Value;
 use std::sync::Arc;
@@ -35,12 +36,15 @@ pub(super) struct Walker<'s> {
     pub(super) stmt_text: &'s str,
     pub(super) depth: u8,
     stmt: usize,
+    /// Inside an `EXPLAIN` without `ANALYZE`: the statement is planned, not run, so it changes
+    /// nothing (its functions and relations still count: planning may run immutable functions).
+    planning: bool,
     pub(super) out: Analysis,
 }
 
 impl<'s> Walker<'s> {
     fn new(source: &'s str, depth: u8) -> Self {
-        Walker { source, stmt_text: source, depth, stmt: 0, out: Analysis::default() }
+        Walker { source, stmt_text: source, depth, stmt: 0, planning: false, out: Analysis::default() }
     }
 
     fn finish(mut self) -> Analysis {
@@ -100,7 +104,13 @@ impl<'s> Walker<'s> {
                         // A statement type the table does not know: never silently harmless.
                         self.class("other");
                     }
-                    self.walk(child);
+                    if key == "ExplainStmt" && !analyzes(child) {
+                        let outer = std::mem::replace(&mut self.planning, true);
+                        self.walk(child);
+                        self.planning = outer;
+                    } else {
+                        self.walk(child);
+                    }
                 }
             }
             Value::Array(items) => items.iter().for_each(|item| self.walk(item)),
@@ -116,10 +126,20 @@ impl<'s> Walker<'s> {
         {
             self.out.settings.push(Setting { name: None, value: SettingValue::Computed });
         }
+        // Planned, not run: a statement under EXPLAIN (without ANALYZE) does nothing; the
+        // walk still finds its relations and function calls.
+        if self.planning {
+            return;
+        }
         match node {
-            "DeleteStmt" | "UpdateStmt" if present(body, "where_clause").is_none() => {
-                self.out.classification.unbounded_write = true;
+            "DeleteStmt" | "UpdateStmt" => {
+                let target = Target::of(body.get("relation"));
+                if !reach::of(body.get("where_clause"), &target, &mut self.out.judged_constants).bounds() {
+                    self.out.classification.unbounded_write = true;
+                }
             }
+            "MergeStmt" => self.merge(body),
+            "InsertStmt" => self.upsert(body),
             "CopyStmt" => {
                 let from = body.get("is_from").and_then(Value::as_bool).unwrap_or(false);
                 let program = body.get("is_program").and_then(Value::as_bool).unwrap_or(false);
@@ -191,6 +211,52 @@ impl<'s> Walker<'s> {
             _ => {}
         }
         self.class(class);
+    }
+
+    /// MERGE: each `WHEN MATCHED` update or delete is bounded by the join (when it ties the
+    /// target to the source) or by its own condition; a `WHEN NOT MATCHED BY SOURCE` one, which
+    /// reaches every target row the source does not name, only by its own condition.
+    fn merge(&mut self, body: &Value) {
+        const MATCHED: i64 = 1;
+        const NOT_MATCHED_BY_SOURCE: i64 = 2;
+        const UPDATE: i64 = 3;
+        const DELETE: i64 = 5;
+        let target = Target::of(body.get("relation"));
+        let join = reach::of(body.get("join_condition"), &target, &mut self.out.judged_constants);
+        let clauses = body.get("merge_when_clauses").and_then(Value::as_array);
+        for clause in clauses.into_iter().flatten().filter_map(|c| c.pointer("/node/MergeWhenClause")) {
+            if !matches!(clause.get("command_type").and_then(Value::as_i64), Some(UPDATE | DELETE)) {
+                continue;
+            }
+            let own = reach::of(clause.get("condition"), &target, &mut self.out.judged_constants).bounds();
+            let bounded = match clause.get("match_kind").and_then(Value::as_i64) {
+                Some(MATCHED) => own || join.bounds(),
+                Some(NOT_MATCHED_BY_SOURCE) => own,
+                _ => true,
+            };
+            if !bounded {
+                self.out.classification.unbounded_write = true;
+            }
+        }
+    }
+
+    /// `INSERT ... SELECT ... ON CONFLICT DO UPDATE`: every existing row the query names is
+    /// updated, so without a bounding `WHERE` its reach is the query's (a list of values is
+    /// bounded by its length).
+    fn upsert(&mut self, body: &Value) {
+        const DO_UPDATE: i64 = 3;
+        let Some(conflict) = present(body, "on_conflict_clause") else { return };
+        if conflict.get("action").and_then(Value::as_i64) != Some(DO_UPDATE) {
+            return;
+        }
+        let values = body
+            .pointer("/select_stmt/node/SelectStmt/values_lists")
+            .and_then(Value::as_array)
+            .is_some_and(|rows| !rows.is_empty());
+        let target = Target::of(body.get("relation"));
+        if !values && !reach::of(conflict.get("where_clause"), &target, &mut self.out.judged_constants).bounds() {
+            self.out.classification.unbounded_write = true;
+        }
     }
 
     fn variable_set(&mut self, body: &Value) {
@@ -296,6 +362,19 @@ fn sets_read_write(body: &Value) -> bool {
     options.into_iter().flatten().filter_map(|o| o.get("node")?.get("DefElem")).any(|d| {
         d.get("defname").and_then(Value::as_str) == Some("transaction_read_only")
             && d.pointer("/arg/node/AConst/val/Ival/ival").and_then(Value::as_i64).unwrap_or(0) == 0
+    })
+}
+
+/// Whether an EXPLAIN runs its statement: an `analyze` option that is not explicitly off.
+fn analyzes(explain: &Value) -> bool {
+    let options = explain.get("options").and_then(Value::as_array);
+    options.into_iter().flatten().filter_map(|o| o.pointer("/node/DefElem")).any(|d| {
+        d.get("defname").and_then(Value::as_str) == Some("analyze")
+            && !d.get("arg").filter(|a| !a.is_null()).is_some_and(|arg| {
+                let word = arg.pointer("/node/String/sval").and_then(Value::as_str).map(str::to_owned);
+                word.or_else(|| literal(arg))
+                    .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "false" | "off" | "0" | "no"))
+            })
     })
 }
 

@@ -1,0 +1,180 @@
+//! Whether a write's reach is bounded: a condition bounds the rows a statement changes only if
+//! it can be true for some rows of the target and false for others. A condition with no column
+//! of the target in it (`true`, `1 = 1`, `$1 = $2`, `now() > '2000-01-01'`, `other.flag`, an
+//! uncorrelated `EXISTS`) is the same for every row: all or nothing. So is a column compared
+//! with itself (`x = x`), and an `OR` with such a branch.
+//!
+//! Without the schema, an unqualified column counts as the target's (in `UPDATE ... FROM`
+//! it may belong to another relation), and `IS NOT NULL` on a column counts as a condition
+//! (on a primary key it is always true, which the proxy cannot see).
+
+use super::walk::{literal, strings};
+use serde_json::Value;
+
+/// What a condition is for the rows of the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Reach {
+    /// True for every row.
+    All,
+    /// False for every row (or NULL): changes nothing.
+    None,
+    /// The same for every row, unknown which way until it runs: all or nothing.
+    Constant,
+    /// Depends on the row: bounded.
+    Rows,
+}
+
+impl Reach {
+    /// Whether a write under this condition can change only some rows.
+    pub(super) fn bounds(self) -> bool {
+        matches!(self, Reach::Rows | Reach::None)
+    }
+}
+
+/// The relation a write changes, as its columns may be qualified.
+pub(super) struct Target {
+    name: String,
+}
+
+impl Target {
+    /// From a statement's `relation` (a RangeVar): its alias if it has one, else its name.
+    pub(super) fn of(relation: Option<&Value>) -> Target {
+        let alias = relation.and_then(|r| r.pointer("/alias/aliasname")).and_then(Value::as_str);
+        let name = alias.or_else(|| relation.and_then(|r| r.get("relname")).and_then(Value::as_str));
+        Target { name: name.unwrap_or_default().to_owned() }
+    }
+}
+
+/// The reach of `condition` (absent: every row). `constants` is set when the answer rests on
+/// the values of constants or parameters (`1 = 0` folds to nothing, `$1 = $2` cannot), so an
+/// analysis of a statement's shape, where constants are parameters, is not used for its text.
+pub(super) fn of(condition: Option<&Value>, target: &Target, constants: &mut bool) -> Reach {
+    match condition.filter(|c| !c.is_null()) {
+        None => Reach::All,
+        Some(c) => reach(c, target, constants),
+    }
+}
+
+fn reach(node: &Value, t: &Target, constants: &mut bool) -> Reach {
+    let node = node.get("node").unwrap_or(node);
+    if let Some(b) = node.get("BoolExpr") {
+        let args: Vec<Reach> =
+            b.get("args").and_then(Value::as_array).into_iter().flatten().map(|a| reach(a, t, constants)).collect();
+        return match b.get("boolop").and_then(Value::as_i64) {
+            // AND: any false arm is false; any row-dependent arm bounds.
+            Some(1) if args.contains(&Reach::None) => Reach::None,
+            Some(1) if args.contains(&Reach::Rows) => Reach::Rows,
+            Some(1) if args.iter().all(|r| *r == Reach::All) => Reach::All,
+            Some(1) => Reach::Constant,
+            // OR: any true arm is true; an arm that may be true for every row reaches them all.
+            Some(2) if args.contains(&Reach::All) => Reach::All,
+            Some(2) if args.contains(&Reach::Constant) => Reach::Constant,
+            Some(2) if args.contains(&Reach::Rows) => Reach::Rows,
+            Some(2) => Reach::None,
+            Some(3) => match args.first() {
+                Some(Reach::All) => Reach::None,
+                Some(Reach::None) => Reach::All,
+                Some(other) => *other,
+                None => Reach::Constant,
+            },
+            _ => generic(node, t),
+        };
+    }
+    if let Some(c) = node.get("AConst") {
+        if c.get("isnull").and_then(Value::as_bool) == Some(true) {
+            return Reach::None;
+        }
+        return match c.pointer("/val/Boolval") {
+            Some(b) if b.get("boolval").and_then(Value::as_bool) == Some(true) => Reach::All,
+            Some(_) => Reach::None,
+            None => Reach::Constant,
+        };
+    }
+    if let Some(e) = node.get("AExpr") {
+        return comparison(node, e, t, constants);
+    }
+    generic(node, t)
+}
+
+/// `a op b`: a column against itself is always true; constants fold where they can.
+fn comparison<'a>(node: &Value, e: &'a Value, t: &Target, constants: &mut bool) -> Reach {
+    let (left, right) = (e.get("lexpr"), e.get("rexpr"));
+    let op = strings(e.get("name")).pop().unwrap_or_default();
+    let kind = e.get("kind").and_then(Value::as_i64).unwrap_or(0);
+    let (lcol, rcol) = (left.and_then(column), right.and_then(column));
+    // AEXPR_OP with =, <=, >= or AEXPR_NOT_DISTINCT (`IS NOT DISTINCT FROM`).
+    let reflexive = (kind == 1 && matches!(op.as_str(), "=" | "<=" | ">=")) || kind == 5;
+    if reflexive && lcol.is_some() && lcol == rcol {
+        return Reach::All;
+    }
+    if touches(node, t, false) {
+        return Reach::Rows;
+    }
+    let is_param = |side: Option<&Value>| side.is_some_and(|s| s.pointer("/node/ParamRef").is_some());
+    if is_param(left) || is_param(right) {
+        *constants = true;
+        return Reach::Constant;
+    }
+    if kind == 1 && matches!(op.as_str(), "=" | "<>" | "!=") {
+        let (int, text) = ("/node/AConst/val/Ival", "/node/AConst/val/Sval/sval");
+        let at = |side: Option<&'a Value>, path: &str| side.and_then(|s| s.pointer(path));
+        let same = match (at(left, int), at(right, int), at(left, text), at(right, text)) {
+            (Some(a), Some(b), _, _) => {
+                Some(a.get("ival").and_then(Value::as_i64) == b.get("ival").and_then(Value::as_i64))
+            }
+            (_, _, Some(a), Some(b)) => Some(a == b),
+            _ => None,
+        };
+        if let Some(same) = same {
+            *constants = true;
+            return if same == (op == "=") { Reach::All } else { Reach::None };
+        }
+    }
+    if literal(left.unwrap_or(&Value::Null)).is_some() && literal(right.unwrap_or(&Value::Null)).is_some() {
+        *constants = true;
+    }
+    Reach::Constant
+}
+
+/// Anything else: row-dependent when a column of the target is in it.
+fn generic(node: &Value, t: &Target) -> Reach {
+    if touches(node, t, false) {
+        Reach::Rows
+    } else {
+        Reach::Constant
+    }
+}
+
+/// The names of a plain column reference (`x`, `t.x`), for comparing one side with the other.
+fn column(side: &Value) -> Option<Vec<String>> {
+    let fields = side.pointer("/node/ColumnRef/fields")?;
+    let names = strings(Some(fields));
+    (names.len() == fields.as_array().map_or(0, Vec::len)).then_some(names)
+}
+
+/// Whether a column of the target appears in `node`. Inside a subquery an unqualified name is
+/// the subquery's own; only a name qualified with the target's name or alias reaches out.
+fn touches(node: &Value, t: &Target, in_subquery: bool) -> bool {
+    match node {
+        Value::Object(map) => map.iter().any(|(key, child)| match key.as_str() {
+            "ColumnRef" => {
+                let fields = child.get("fields").and_then(Value::as_array).map_or(&[][..], Vec::as_slice);
+                match fields.len() {
+                    0 => false,
+                    1 => !in_subquery,
+                    n => {
+                        let qualifier = fields[n - 2].pointer("/node/String/sval").and_then(Value::as_str);
+                        qualifier.is_some_and(|q| q == t.name)
+                    }
+                }
+            }
+            "SubLink" => {
+                child.get("testexpr").is_some_and(|e| touches(e, t, in_subquery))
+                    || child.get("subselect").is_some_and(|s| touches(s, t, true))
+            }
+            _ => touches(child, t, in_subquery),
+        }),
+        Value::Array(items) => items.iter().any(|item| touches(item, t, in_subquery)),
+        _ => false,
+    }
+}
