@@ -151,6 +151,9 @@ pub struct Analysis {
     /// Whether a write's reach was judged by the values of constants (`WHERE 1 = 0`), which
     /// the statement's shape (constants made parameters) cannot show.
     pub judged_constants: bool,
+    /// INSERT, UPDATE, DELETE and MERGE statements in it, at any depth (a row limit can count
+    /// only one, at the top, from the server's command tag).
+    pub row_writes: usize,
 }
 
 /// An effect on the session's named prepared statements and portals.
@@ -229,6 +232,7 @@ impl Analysis {
         }
         self.binary_copy_out |= other.binary_copy_out;
         self.judged_constants |= other.judged_constants;
+        self.row_writes += other.row_writes;
     }
 }
 

@@ -160,7 +160,8 @@ struct CommandWire {
 
 impl From<CommandWire> for Command {
     fn from(w: CommandWire) -> Self {
-        let earlier = PgCommand { params: w.params, prepared: w.prepared, executes: w.executes, step: w.step };
+        let earlier =
+            PgCommand { params: w.params, prepared: w.prepared, executes: w.executes, step: w.step, row_limit: None };
         Command {
             protocol: w.protocol,
             statement: w.statement,
@@ -211,6 +212,10 @@ pub struct PgCommand {
     /// when it was prepared, or a Bind of a statement the proxy does not know).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step: Option<Step>,
+    /// Run under this row limit (`max_rows_written`): inside a transaction or savepoint the
+    /// proxy controls, committed only when the server's count is within it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub row_limit: Option<u64>,
 }
 
 impl PgCommand {
@@ -236,6 +241,9 @@ pub enum Step {
     Parse,
     /// A Bind of a prepared statement the proxy does not know: refused.
     Bind,
+    /// A statement the proxy itself ran to hold the agent's write to `max_rows_written`
+    /// (`BEGIN`, `SAVEPOINT`, `COMMIT`, `RELEASE`, `ROLLBACK`), recorded like any other.
+    RowLimit,
 }
 
 /// How many values one detector (or a column rule: detector `column`) masked, in one column

@@ -39,9 +39,15 @@ pub struct Guardrails {
     /// Statement classes (see `STATEMENT_CLASSES`), e.g. `drop`, `truncate`, `copy_program`.
     #[serde(default)]
     pub deny_classes: Vec<String>,
-    /// Refuse DELETE and UPDATE without WHERE, anywhere in a statement.
+    /// Refuse writes no condition bounds, anywhere in a statement: UPDATE and DELETE without
+    /// WHERE or with one true for every row, unbounded MERGE actions, upserts from a query.
     #[serde(default)]
     pub deny_unbounded_writes: bool,
+    /// The most rows one statement may write. The proxy runs a write inside a transaction (or a
+    /// savepoint, in the agent's own transaction) it controls and rolls it back when the
+    /// server's count is over the limit (PostgreSQL, simple protocol; see the README).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_rows_written: Option<u64>,
     /// Function names, bare (`pg_read_file`) or schema-qualified.
     #[serde(default)]
     pub deny_functions: Vec<String>,

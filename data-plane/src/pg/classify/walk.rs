@@ -131,6 +131,9 @@ impl<'s> Walker<'s> {
         if self.planning {
             return;
         }
+        if matches!(node, "InsertStmt" | "UpdateStmt" | "DeleteStmt" | "MergeStmt") {
+            self.out.row_writes += 1;
+        }
         match node {
             "DeleteStmt" | "UpdateStmt" => {
                 let target = Target::of(body.get("relation"));

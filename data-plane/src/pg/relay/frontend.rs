@@ -24,6 +24,9 @@ use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite, BufWriter};
 use tollgate_shared::event::{kind, ApprovalReleased, EndReason, ExpiryReason, Protocol, Step};
 
+mod row_limit;
+use row_limit::Limit;
+
 pub struct Frontend<'a, R, W: AsyncWrite + Unpin> {
     recorder: &'a SessionRecorder,
     guard: &'a Guard<'a>,
@@ -241,19 +244,28 @@ where
         if let Ok(a) = &analysis {
             self.know_calls(a, &resolved.executes).await;
         }
-        let judged = self.guard.judge(Subject {
+        let subject = |refusal| Subject {
             protocol: Protocol::Simple,
             step: None,
             text: sql,
             analysis: analysis.as_deref(),
             executes: &resolved.executes,
-            refusal: resolved.refusal,
+            refusal,
             params: None,
             prepared: None,
-        });
+        };
+        let judged = self.guard.judge(subject(resolved.refusal));
         let pending = Pending::simple();
         let forward = Forward { protocol: Protocol::Simple, stand_in: messages::denied_query(), pending, changes };
-        self.submit(frame, judged, forward).await
+        let own = analysis.as_deref().ok();
+        match row_limit::applies(self.guard.row_limit(), &judged, own, Protocol::Simple, resolved.executes.len()) {
+            Limit::None => self.submit(frame, judged, forward).await,
+            Limit::Run(limit) => self.run_limited(frame, judged, forward, limit).await,
+            Limit::Refuse(refusal) => {
+                let judged = self.guard.judge(subject(Some(refusal)));
+                self.submit(frame, judged, forward).await
+            }
+        }
     }
 
     /// `Parse`: a statement is judged when it is prepared; a denied one is never prepared.
@@ -335,16 +347,23 @@ where
         let statement = &portal.statement;
         let resolved = self.resolve(&statement.analysis, &statement.text).await?;
         self.know_calls(&statement.analysis, &resolved.executes).await;
-        let judged = self.guard.judge(Subject {
+        let subject = |refusal| Subject {
             protocol: Protocol::Extended,
             step: None,
             text: &statement.text,
             analysis: Ok(&statement.analysis),
             executes: &resolved.executes,
-            refusal: resolved.refusal,
+            refusal,
             params: Some(portal.params.clone()),
             prepared: (!portal.prepared.is_empty()).then(|| portal.prepared.clone()),
-        });
+        };
+        let mut judged = self.guard.judge(subject(resolved.refusal));
+        let limit = self.guard.row_limit();
+        if let Limit::Refuse(refusal) =
+            row_limit::applies(limit, &judged, Some(&statement.analysis), Protocol::Extended, resolved.executes.len())
+        {
+            judged = self.guard.judge(subject(Some(refusal)));
+        }
         // Binary results are masked by type: without a description of this statement, ask the
         // server for one first (its answer is not relayed).
         if portal.result_formats.contains(&1) && statement.described.get().is_none() && judged.refusal.is_none() {

@@ -76,6 +76,12 @@ impl Guard<'_> {
         crate::policy::masker(self.policy.borrow().as_deref(), self.resource)
     }
 
+    /// The live policy's `max_rows_written` for this resource.
+    pub fn row_limit(&self) -> Option<u64> {
+        let policy = self.policy.borrow();
+        policy.as_ref()?.document.resource(self.resource)?.guardrails.max_rows_written
+    }
+
     pub fn judge(&self, subject: Subject<'_>) -> Judged {
         let policy = self.policy.borrow().clone();
         let resource = policy.as_ref().and_then(|p| p.document.resource(self.resource));
@@ -221,7 +227,8 @@ impl Record<'_, '_> {
             params.into_iter().map(|p| p.map(|p| masker.mask_str(&p, None, &mut tally).into_owned())).collect()
         });
         let parse_error = subject.analysis.err().map(|e| masker.mask_str(&e.0, None, &mut tally).into_owned());
-        let postgres = PgCommand { params, prepared: subject.prepared.clone(), executes, step: subject.step };
+        let postgres =
+            PgCommand { params, prepared: subject.prepared.clone(), executes, step: subject.step, row_limit: None };
         Command {
             postgres: postgres.unless_empty(),
             classification: self.classification,

@@ -109,6 +109,30 @@ pub struct Pending {
     changes: Vec<(usize, Change)>,
     /// Changes made as soon as the server starts on it (a Query drops the unnamed statement).
     at_start: Vec<Change>,
+    /// How its answer travels to the agent.
+    delivery: Delivery,
+    /// A quiet statement's ErrorResponse; a limited one's withheld CommandComplete and
+    /// ReadyForQuery.
+    kept: Vec<Bytes>,
+}
+
+/// How a command's answer reaches the agent.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Delivery {
+    /// As it comes (masked).
+    Relay,
+    /// Not at all: a statement the proxy ran itself (the row limit's BEGIN, COMMIT...).
+    Quiet,
+    /// Rows and notices as they come; its CommandComplete and ReadyForQuery are kept until the
+    /// proxy has committed or rolled it back (the row limit).
+    Limited,
+}
+
+/// A row-limited statement the server has answered, with what the agent has not seen yet.
+pub struct LimitedDone {
+    pub result: CommandResult,
+    /// Its CommandComplete (when it completed) and ReadyForQuery, as the server sent them.
+    pub kept: Vec<Bytes>,
 }
 
 impl Pending {
@@ -136,7 +160,21 @@ impl Pending {
             found: Findings::default(),
             changes: Vec::new(),
             at_start: Vec::new(),
+            delivery: Delivery::Relay,
+            kept: Vec::new(),
         }
+    }
+
+    /// A statement the proxy runs itself: recorded, never relayed.
+    pub fn quiet(mut self) -> Self {
+        self.delivery = Delivery::Quiet;
+        self
+    }
+
+    /// A write under a row limit: its completion waits for the proxy's commit or rollback.
+    pub fn limited(mut self) -> Self {
+        self.delivery = Delivery::Limited;
+        self
     }
 
     pub fn replacing_error_with(mut self, replacement: Option<Bytes>) -> Self {
@@ -184,7 +222,6 @@ impl Pending {
     }
 }
 
-#[derive(Default)]
 pub struct Tracker {
     queue: VecDeque<Item>,
     /// The highest sequence number pushed.
@@ -206,6 +243,32 @@ pub struct Tracker {
     pub commands: u64,
     /// The approval a held statement is waiting for, while it waits.
     pub waiting: Option<Uuid>,
+    /// The transaction status of the last ReadyForQuery (`I`, `T` or `E`).
+    pub status: u8,
+    /// The row-limited statement just answered, for the frontend to settle.
+    pub limited: Option<LimitedDone>,
+    /// The ErrorResponse of the quiet statement just answered (`None` when it succeeded).
+    pub quiet: Option<Option<Bytes>>,
+}
+
+impl Default for Tracker {
+    fn default() -> Self {
+        Tracker {
+            queue: VecDeque::new(),
+            issued: 0,
+            ignoring: false,
+            copy_in: false,
+            syncs_during_copy: 0,
+            copy_out_binary: false,
+            unattributed: Findings::default(),
+            names: Names::default(),
+            commands: 0,
+            waiting: None,
+            status: b'I',
+            limited: None,
+            quiet: None,
+        }
+    }
 }
 
 impl Tracker {
@@ -322,6 +385,16 @@ impl Tracker {
         if !matches!(frame.tag(), b'S' | b'N' | b'A') {
             self.start_front();
         }
+        // A simple-protocol statement stays at the front until its ReadyForQuery.
+        let delivery = self.front_exec().map_or(Delivery::Relay, |p| p.delivery);
+        match (delivery, frame.tag()) {
+            (Delivery::Quiet, b'E') | (Delivery::Limited, b'C' | b'Z') => {
+                if let Some(p) = self.front_exec() {
+                    p.kept.push(frame.bytes.clone());
+                }
+            }
+            _ => {}
+        }
         // The answer to a describe the proxy sent itself goes no further.
         let hidden =
             matches!(self.front(), Some(Expect::Describe { hidden: true, .. })) && matches!(frame.tag(), b'T' | b'n');
@@ -426,7 +499,12 @@ impl Tracker {
         };
         // Nothing reads unattributed findings: drop them with the message.
         self.unattributed = Findings::default();
-        if hidden {
+        let kept = match delivery {
+            Delivery::Relay => false,
+            Delivery::Quiet => true,
+            Delivery::Limited => matches!(frame.tag(), b'C' | b'Z'),
+        };
+        if hidden || kept {
             return Ok(Some(Bytes::new()));
         }
         Ok(denial.or(masked.filter(|_| masker.masks_agent())))
@@ -519,13 +597,26 @@ impl Tracker {
             match item.expect {
                 Expect::Sync | Expect::QueryEnd if !item.skipped => break,
                 Expect::Sync | Expect::QueryEnd | Expect::CopyEnd | Expect::Describe { .. } | Expect::Name(_) => {}
-                Expect::Exec(p) if p.protocol == Protocol::Simple && !item.skipped => done.push(p.finish(Outcome::Ok)),
+                Expect::Exec(mut p) if p.protocol == Protocol::Simple && !item.skipped => match p.delivery {
+                    Delivery::Relay => done.push(p.finish(Outcome::Ok)),
+                    Delivery::Quiet => {
+                        self.quiet = Some(p.kept.pop());
+                        done.push(p.finish(Outcome::Ok));
+                    }
+                    Delivery::Limited => {
+                        let kept = std::mem::take(&mut p.kept);
+                        self.limited = Some(LimitedDone { result: p.finish(Outcome::Ok), kept });
+                    }
+                },
                 Expect::Exec(p) => done.push(p.finish(Outcome::Skipped)),
             }
         }
         self.ignoring = false;
         self.copy_in = false;
         self.syncs_during_copy = 0;
+        if let Some(status) = status {
+            self.status = status;
+        }
         if status == Some(b'I') {
             self.names.apply(&Change::EndTransaction);
         }

@@ -1,0 +1,225 @@
+//! `max_rows_written`: a write runs inside a transaction the proxy opens (or, inside the agent's
+//! own transaction, a savepoint), and the server's own count decides: within the limit the proxy
+//! commits (releases) and the agent sees exactly the answer it would have had; over it the proxy
+//! rolls back and the agent gets an error naming the limit, with its transaction as it was
+//! before the statement. The proxy's own statements are recorded like the agent's (step
+//! `row_limit`), so the upstream runs nothing the record does not show.
+//!
+//! The count comes from the statement's CommandComplete, so only a statement whose tag counts
+//! everything it writes is run: one INSERT, UPDATE, DELETE or MERGE at the top. Writes the tag
+//! cannot count (several writes, a write in a CTE under a SELECT, writes in functions or DO
+//! blocks, TRUNCATE, COPY FROM) are refused while a limit is set; so is any write over the
+//! extended protocol (not yet supported). Rows written by triggers are not counted.
+
+use super::super::super::classify::{self, Analysis};
+use super::super::super::frame::Frame;
+use super::super::super::messages::{self, Severity};
+use super::super::guard::{Judged, Refusal};
+use super::super::tracker::{LimitedDone, Pending};
+use super::{Forward, Frontend};
+use crate::pg::relay::Stop;
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tollgate_shared::event::{
+    kind, Classification, Command, Decision, EndReason, ErrorInfo, Outcome, PgCommand, Protocol, Step,
+};
+
+/// SQLSTATE of a statement rolled back for writing too many rows (program_limit_exceeded).
+const OVER_LIMIT: &str = "54000";
+const SAVEPOINT: &str = "tollgate_row_limit";
+
+/// Classes that change rows of existing tables.
+const ROW_WRITERS: &[&str] = &["insert", "update", "delete", "merge"];
+/// Classes whose rows a command tag cannot count (or whose writes the proxy cannot see).
+const UNCOUNTABLE: &[&str] =
+    &["truncate", "copy_from", "do_block", "call", classify::USER_FUNCTION, classify::DYNAMIC_SQL];
+
+/// What a row limit makes of a statement the policy allows.
+pub(super) enum Limit {
+    /// It writes no rows: as usual.
+    None,
+    /// Run it under the limit.
+    Run(u64),
+    /// Refuse it: the limit could not be kept.
+    Refuse(Refusal),
+}
+
+/// Whether and how `max_rows_written` applies to a statement judged `judged`.
+pub(super) fn applies(
+    limit: Option<u64>,
+    judged: &Judged,
+    analysis: Option<&Analysis>,
+    protocol: Protocol,
+    executes: usize,
+) -> Limit {
+    let Some(limit) = limit else { return Limit::None };
+    if judged.refusal.is_some() || judged.hold.is_some() {
+        return Limit::None;
+    }
+    let classes = judged.command.classification.as_ref().map(|c| &c.classes);
+    let has = |list: &[&str]| classes.is_some_and(|c| list.iter().any(|x| c.contains(*x)));
+    if !has(ROW_WRITERS) && !has(UNCOUNTABLE) {
+        return Limit::None;
+    }
+    let refuse = |reason: String| Limit::Refuse(Refusal { rule: "max_rows_written", reason });
+    if protocol != Protocol::Simple {
+        return refuse(format!(
+            "this resource limits writes to {limit} rows per statement, which the proxy enforces for simple-protocol \
+             statements only; send the write as a plain query"
+        ));
+    }
+    let single = analysis.is_some_and(|a| a.row_writes == 1 && a.classification.statements == 1) && executes == 0;
+    if has(UNCOUNTABLE) || !single {
+        return refuse(format!(
+            "this resource limits writes to {limit} rows per statement, and the proxy cannot count what this one \
+             writes (several writes, writes in functions, TRUNCATE or COPY); send one INSERT, UPDATE, DELETE or MERGE \
+             at a time"
+        ));
+    }
+    Limit::Run(limit)
+}
+
+/// The tag's verb counts what the statement writes (not the rows a SELECT over a CTE returns).
+fn counts_writes(tags: &[String]) -> bool {
+    matches!(tags, [tag] if ["INSERT ", "UPDATE ", "DELETE ", "MERGE "].iter().any(|verb| tag.starts_with(verb)))
+}
+
+fn ready(status: u8) -> Bytes {
+    messages::framed(b'Z', &[status])
+}
+
+/// The kept ReadyForQuery, with the status the agent would have seen without the wrapper.
+fn with_status(kept: Vec<Bytes>, status: u8) -> Vec<Bytes> {
+    kept.into_iter().map(|frame| if frame.first() == Some(&b'Z') { ready(status) } else { frame }).collect()
+}
+
+impl<R, W> Frontend<'_, R, W>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    /// Run a write under `limit` (see the module's documentation).
+    pub(super) async fn run_limited(
+        &mut self,
+        frame: &Frame,
+        mut judged: Judged,
+        forward: Forward,
+        limit: u64,
+    ) -> Result<(), Stop> {
+        // The transaction status decides the wrapper: everything sent before must be answered.
+        let before = self.seq;
+        self.settle_until(before).await?;
+        let status = self.shared.tracker().status;
+        if status == b'E' {
+            // An aborted transaction runs nothing: the server refuses the statement itself.
+            return self.submit(frame, judged, forward).await;
+        }
+        let own = status == b'T';
+        let (open, keep, undo) = if own {
+            (
+                format!("SAVEPOINT {SAVEPOINT}"),
+                format!("RELEASE SAVEPOINT {SAVEPOINT}"),
+                format!("ROLLBACK TO SAVEPOINT {SAVEPOINT}; RELEASE SAVEPOINT {SAVEPOINT}"),
+            )
+        } else {
+            ("BEGIN".to_owned(), "COMMIT".to_owned(), "ROLLBACK".to_owned())
+        };
+        self.proxy_statement(&open, &judged)?;
+        judged.command.postgres.get_or_insert_with(PgCommand::default).row_limit = Some(limit);
+        let Forward { protocol, pending, changes, .. } = forward;
+        self.outbox.frames.push(frame.bytes.clone());
+        self.queue_exec(protocol, pending.changing(changes).limited());
+        self.outbox.record(self.recorder, &judged.command)?;
+        let end = self.segment;
+        self.settle_until(end).await?;
+        let LimitedDone { mut result, kept } = self
+            .shared
+            .tracker()
+            .limited
+            .take()
+            .ok_or_else(|| lost("the row-limited statement's answer is missing"))?;
+        // The agent sees, in order: what the server said (its rows already went), then this.
+        let shown: Vec<Bytes> = if result.error.is_some() {
+            if own {
+                // Inside the agent's transaction the failure aborts it, as it would have.
+                kept
+            } else {
+                self.proxy_statement(&undo, &judged)?;
+                self.quiet_outcome().await?;
+                with_status(kept, b'I')
+            }
+        } else if !counts_writes(&result.tags) || result.rows > limit {
+            self.proxy_statement(&undo, &judged)?;
+            self.quiet_outcome().await?;
+            let message = if counts_writes(&result.tags) {
+                format!(
+                    "tollgate: the statement wrote {} rows, over this resource's limit of {limit} (max_rows_written); \
+                     it was rolled back",
+                    result.rows
+                )
+            } else {
+                "tollgate: the server's answer does not count the rows this statement wrote, so the row limit \
+                 (max_rows_written) could not be kept; it was rolled back"
+                    .to_owned()
+            };
+            result.outcome = Outcome::Error;
+            result.error = Some(ErrorInfo { code: OVER_LIMIT.into(), message: message.clone() });
+            vec![messages::error_response(Severity::Error, OVER_LIMIT, &message), ready(status)]
+        } else {
+            self.proxy_statement(&keep, &judged)?;
+            match self.quiet_outcome().await? {
+                None => with_status(kept, status),
+                // The commit failed (a deferred constraint): that is the statement's answer.
+                Some(error) => {
+                    if let Ok((code, message)) = messages::error_fields(&error[5..]) {
+                        result.outcome = Outcome::Error;
+                        result.error = Some(ErrorInfo { code, message });
+                    }
+                    let after = self.shared.tracker().status;
+                    vec![error, ready(after)]
+                }
+            }
+        };
+        for frame in shown {
+            if self.inject.send(frame).await.is_err() {
+                return Err(Stop::closed(EndReason::ClientClosed));
+            }
+        }
+        match self.recorder.seal(kind::COMMAND_RESULT, &result) {
+            Ok(event) => self.recorder.background(event),
+            Err(e) => tracing::error!(error = %e, "cannot seal command.result"),
+        }
+        Ok(())
+    }
+
+    /// Record and queue a statement the proxy runs itself; its answer is not relayed.
+    fn proxy_statement(&mut self, sql: &str, judged: &Judged) -> Result<(), Stop> {
+        let mut command = Command::new(Protocol::Simple, sql.to_owned(), Decision::Allow);
+        command.postgres = Some(PgCommand { step: Some(Step::RowLimit), ..PgCommand::default() });
+        command.rule = Some("max_rows_written".into());
+        command.policy_version = judged.command.policy_version;
+        command.classification = Some(Classification {
+            statements: sql.matches(';').count() + 1,
+            classes: std::iter::once("transaction".to_owned()).collect(),
+            ..Classification::default()
+        });
+        self.outbox.frames.push(messages::query(sql));
+        self.queue_exec(Protocol::Simple, Pending::simple().quiet());
+        self.outbox.record(self.recorder, &command)
+    }
+
+    /// Wait for the proxy's own statement just queued: its ErrorResponse, if it failed.
+    async fn quiet_outcome(&mut self) -> Result<Option<Bytes>, Stop> {
+        let end = self.segment;
+        self.settle_until(end).await?;
+        self.shared.tracker().quiet.take().ok_or_else(|| lost("the proxy's own statement's answer is missing"))
+    }
+}
+
+fn lost(what: &'static str) -> Stop {
+    Stop::refuse(
+        EndReason::ProtocolViolation,
+        super::super::super::session::SYSTEM_ERROR,
+        format!("tollgate: the proxy lost track of the server's answers ({what}); the session is closed"),
+    )
+}
