@@ -243,6 +243,17 @@ impl PolicyDocument {
             for (j, rule) in r.approvals.iter().enumerate() {
                 patterns(format!("{at}.approvals[{j}].commands"), &rule.commands, &mut problem);
             }
+            match r.guardrails.max_rows_written {
+                Some(0) => problem(
+                    format!("{at}.guardrails.max_rows_written"),
+                    "0 would refuse every write; deny the write classes instead".into(),
+                ),
+                Some(_) if ssh => problem(
+                    format!("{at}.guardrails.max_rows_written"),
+                    "a row limit applies to postgres resources only".into(),
+                ),
+                _ => {}
+            }
             if !ssh && !r.guardrails.deny_paths.is_empty() {
                 problem(format!("{at}.guardrails.deny_paths"), "paths apply to ssh resources only".into());
             }
