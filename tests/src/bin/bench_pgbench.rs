@@ -141,6 +141,8 @@ struct Bench<'a> {
     stack: &'a Stack,
     bouncer: &'a PgBouncer,
     seconds: u32,
+    /// pgbench's built-in read-only script (`-S`), or its TPC-B-like write script.
+    select_only: bool,
 }
 
 impl Bench<'_> {
@@ -153,10 +155,14 @@ impl Bench<'_> {
         mode: &'static str,
         clients: u32,
     ) -> Run {
-        let args: Vec<String> = ["-S", "-M", mode, "-h", "127.0.0.1", "-p", &port.to_string(), "-U", user, "demo"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let script = if self.select_only { "-S" } else { "-b" };
+        let builtin = if self.select_only { "select-only" } else { "tpcb-like" };
+        let args: Vec<String> =
+            [script, builtin, "-M", mode, "-h", "127.0.0.1", "-p", &port.to_string(), "-U", user, "demo"]
+                .iter()
+                .filter(|a| !(self.select_only && **a == "select-only"))
+                .map(|s| s.to_string())
+                .collect();
         settle(self.stack);
         let before = sample(self.stack, self.bouncer);
         let (tps, latency_ms) = tollgate_tests::pgbench(&self.stack.pg, &args, password, clients, self.seconds);
@@ -226,16 +232,22 @@ async fn main() {
             _ => "simple",
         };
         eprintln!("profiling window: pid {}", std::process::id());
-        let bench = Bench { stack: &stack, bouncer: &bouncer, seconds };
+        let bench = Bench { stack: &stack, bouncer: &bouncer, seconds, select_only: true };
         let run = bench.run("tollgate, strict", proxy_port, "ci", &token, mode, clients);
         println!("tollgate, {mode}, {clients} clients: {:.0} TPS, {:.3} ms", run.tps, run.latency_ms);
         control_runtime.shutdown_background();
         return;
     }
 
+    if std::env::var_os("ROW_LIMIT").is_some() {
+        row_limit(&stack, &bouncer, seconds, (pg_port, proxy_port), (&pw, &token)).await;
+        control_runtime.shutdown_background();
+        return;
+    }
+
     let mut runs = Vec::new();
     {
-        let bench = Bench { stack: &stack, bouncer: &bouncer, seconds };
+        let bench = Bench { stack: &stack, bouncer: &bouncer, seconds, select_only: true };
         for (mode, clients) in [("simple", 8), ("extended", 8), ("prepared", 8), ("simple", 1)] {
             runs.push(bench.run("direct", pg_port, "app", &pw, mode, clients));
             runs.push(bench.run("pgbouncer", bouncer_port, "app", &pw, mode, clients));
@@ -257,7 +269,7 @@ async fn main() {
         std::mem::replace(&mut stack.proxy, tollgate_data_plane::Proxy::start(overlapped).await.expect("proxy"));
     {
         let port = stack.proxy.postgres_addr.port();
-        let bench = Bench { stack: &stack, bouncer: &bouncer, seconds };
+        let bench = Bench { stack: &stack, bouncer: &bouncer, seconds, select_only: true };
         for (mode, clients) in [("simple", 8), ("extended", 8), ("prepared", 8), ("simple", 1)] {
             runs.push(bench.run("tollgate, overlapped", port, "ci", &token, mode, clients));
         }
@@ -269,13 +281,45 @@ async fn main() {
     idle.nats.url = "nats://127.0.0.1:9".into();
     stack.control = control_on(&control_runtime, idle).await;
     {
-        let bench = Bench { stack: &stack, bouncer: &bouncer, seconds };
+        let bench = Bench { stack: &stack, bouncer: &bouncer, seconds, select_only: true };
         for (mode, clients) in [("simple", 8), ("prepared", 8), ("simple", 1)] {
             runs.push(bench.run("tollgate, strict, projector stopped", proxy_port, "ci", &token, mode, clients));
         }
     }
     control_runtime.shutdown_background();
     report(&runs, seconds, events, messages);
+}
+
+/// `ROW_LIMIT=1`: pgbench's TPC-B-like script (five statements in a transaction, three updates
+/// and an insert) directly, through Tollgate, and through Tollgate with `max_rows_written` set,
+/// where every write runs inside a savepoint the proxy sets and releases.
+async fn row_limit(stack: &Stack, bouncer: &PgBouncer, seconds: u32, ports: (u16, u16), secrets: (&str, &str)) {
+    let ((pg_port, proxy_port), (pw, token)) = (ports, secrets);
+    let bench = Bench { stack, bouncer, seconds, select_only: false };
+    let mut runs = Vec::new();
+    for clients in [8, 1] {
+        runs.push(bench.run("direct", pg_port, "app", pw, "simple", clients));
+        runs.push(bench.run("tollgate, strict", proxy_port, "ci", token, "simple", clients));
+    }
+    let mut limited = bench_policy();
+    limited["resources"][0]["guardrails"]["max_rows_written"] = serde_json::json!(1000);
+    let version = stack.put_policy(&limited).await;
+    tollgate_tests::eventually(10, "the proxy to load the row limit", || async {
+        (stack.proxy.policy_version() == Some(version)).then_some(())
+    })
+    .await;
+    for clients in [8, 1] {
+        runs.push(bench.run("tollgate, strict, max_rows_written", proxy_port, "ci", token, "simple", clients));
+    }
+    println!("\npgbench TPC-B-like (simple protocol), scale 10, {seconds} s per run\n");
+    println!("| clients | direct TPS | tollgate TPS | with max_rows_written TPS | limit / no limit |");
+    println!("|---|---|---|---|---|");
+    for clients in [8, 1] {
+        let tps = |target: &str| runs.iter().find(|r| r.clients == clients && r.target == target).map_or(0.0, |r| r.tps);
+        let (direct, plain, limit) =
+            (tps("direct"), tps("tollgate, strict"), tps("tollgate, strict, max_rows_written"));
+        println!("| {clients} | {direct:.0} | {plain:.0} | {limit:.0} | {:.2} |", limit / plain.max(1.0));
+    }
 }
 
 fn report(runs: &[Run], seconds: u32, events: usize, messages: u64) {
