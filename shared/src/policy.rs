@@ -302,6 +302,12 @@ impl PolicyDocument {
                 if rule.approver_groups.is_empty() {
                     problem(format!("{at}.approver_groups"), "name at least one group that may approve".into());
                 }
+                if rule.rows_over.is_some() && ssh {
+                    problem(
+                        format!("{at}.rows_over"),
+                        "holding by rows written applies to postgres resources only".into(),
+                    );
+                }
             }
             if let Err(found) = crate::mask::Masker::new(&r.masking) {
                 for p in found {

@@ -126,3 +126,77 @@ async fn writes_over_the_limit_are_rolled_back_by_the_database_count() {
         "{result}"
     );
 }
+
+/// "Hold writes over 50 rows": the write runs, its commit waits for people; approved it
+/// commits, denied it is rolled back, and meanwhile nobody else sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_write_commits_only_when_approved() {
+    let stack = Stack::start().await;
+    stack.pg.admin_sql(
+        "demo",
+        "create table victims (id int primary key); insert into victims select generate_series(1, 1000);
+         alter table victims owner to app",
+    );
+    let policy = json!({
+        "resources": [{ "name": "demo", "kind": "postgres", "approvals": [
+            { "name": "big-writes", "hold_classes": ["delete", "update"], "rows_over": 50,
+              "approver_groups": ["dba"], "timeout_secs": 60 }] }],
+        "grants": [{ "name": "everyone", "who": { "agents": ["*"] }, "resources": { "names": ["demo"] }, "access": "admin" }]
+    });
+    stack.enforce(&policy).await;
+    let token = stack.agent_token("bot-bulk");
+    // Small: no hold.
+    let small = stack.psql(&token, None, &["-c", "DELETE FROM victims WHERE id <= 10"], None);
+    assert!(small.status.success(), "{small:?}");
+    assert_eq!(count(&stack, "select count(*) from victims"), "990");
+
+    // Large, approved: it ran before the decision (its rows are locked, not yet gone for anyone
+    // else), and commits after it.
+    let child = stack.psql_spawn(&token, None, &["-c", "DELETE FROM victims WHERE id <= 110"]);
+    let first = stack.approve_pending("alice@example.com", &["approvers", "dba"], "planned cleanup").await;
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().expect("psql")).await.expect("join");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "DELETE 100");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("waiting for approval"), "the agent was told");
+    assert_eq!(count(&stack, "select count(*) from victims"), "890");
+
+    // Large, denied: rolled back, the agent told why, nothing changed.
+    let child = stack.psql_spawn(&token, None, &["-c", "DELETE FROM victims WHERE id <= 300"]);
+    let pending = eventually(20, "the second request", || async {
+        let (_, list) = stack.api("/api/v1/approvals?status=pending").await;
+        list.as_array()?.iter().find(|a| a["id"] != first.as_str()).cloned()
+    })
+    .await;
+    let id = pending["id"].as_str().expect("id").to_owned();
+    assert_eq!(count(&stack, "select count(*) from victims"), "890", "uncommitted while it waits");
+    let bob = stack.person_token("bob@example.com", &["approvers", "dba"]);
+    let (status, body) = stack
+        .api_send("POST", &format!("/api/v1/approvals/{id}/deny"), Some(&bob), Some(&json!({ "reason": "too much" })))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().expect("psql")).await.expect("join");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("denied"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(count(&stack, "select count(*) from victims"), "890");
+
+    // The approvals evidence names both, with their outcomes.
+    let from = (chrono::Utc::now() - chrono::Duration::minutes(5)).format("%Y-%m-%dT%H:%M:%SZ");
+    let report = eventually(20, "both decisions in the evidence", || async {
+        let (_, page) = stack.api(&format!("/api/v1/reviews/approvals?from={from}")).await;
+        let items = page["items"].as_array()?.clone();
+        (items.len() == 2 && items.iter().all(|a| a["status"] != "pending")).then_some(items)
+    })
+    .await;
+    let mut outcomes: Vec<(String, String)> = report
+        .iter()
+        .map(|a| (a["statement"].as_str().unwrap_or("").to_owned(), a["status"].as_str().unwrap_or("").to_owned()))
+        .collect();
+    outcomes.sort();
+    assert_eq!(
+        outcomes,
+        [
+            ("DELETE FROM victims WHERE id <= 110".to_owned(), "approved".to_owned()),
+            ("DELETE FROM victims WHERE id <= 300".to_owned(), "denied".to_owned())
+        ]
+    );
+}

@@ -126,6 +126,8 @@ impl ResourcePolicy {
     ) -> Vec<&ApprovalRule> {
         self.approvals
             .iter()
+            // A rule that holds by rows written judges after the statement ran.
+            .filter(|rule| rule.rows_over.is_none())
             .filter(|rule| {
                 let command = rule.commands.is_empty()
                     || line.is_some_and(|line| {
@@ -138,6 +140,21 @@ impl ResourcePolicy {
                 let relation = rule.relations.is_empty() || relation_named_in(&rule.relations, &c.relations).is_some();
                 let agent = rule.agent_groups.is_empty() || rule.agent_groups.iter().any(|g| agent_groups.contains(g));
                 class && relation && agent && command
+            })
+            .collect()
+    }
+
+    /// Approval rules that hold this statement by the rows it writes (`rows_over`), judged
+    /// once it ran: its classes, relations and the agent's groups match.
+    pub fn holds_after(&self, agent_groups: &[String], c: &crate::event::Classification) -> Vec<&ApprovalRule> {
+        self.approvals
+            .iter()
+            .filter(|rule| rule.rows_over.is_some())
+            .filter(|rule| {
+                let class = rule.hold_classes.iter().any(|h| c.classes.contains(h));
+                let relation = rule.relations.is_empty() || relation_named_in(&rule.relations, &c.relations).is_some();
+                let agent = rule.agent_groups.is_empty() || rule.agent_groups.iter().any(|g| agent_groups.contains(g));
+                class && relation && agent
             })
             .collect()
     }

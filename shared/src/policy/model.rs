@@ -97,6 +97,11 @@ pub struct ApprovalRule {
     /// Seconds a request lives before it expires (and the command is refused).
     #[serde(default = "fifteen_minutes")]
     pub timeout_secs: u64,
+    /// PostgreSQL: hold by what a write did, not what it says: the statement runs (under the
+    /// row limit's transaction) and, when it wrote more rows than this, its commit waits for
+    /// approval; denied or expired, it is rolled back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows_over: Option<u64>,
 }
 
 fn one() -> u32 {

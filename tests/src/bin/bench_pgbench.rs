@@ -315,7 +315,8 @@ async fn row_limit(stack: &Stack, bouncer: &PgBouncer, seconds: u32, ports: (u16
     println!("| clients | direct TPS | tollgate TPS | with max_rows_written TPS | limit / no limit |");
     println!("|---|---|---|---|---|");
     for clients in [8, 1] {
-        let tps = |target: &str| runs.iter().find(|r| r.clients == clients && r.target == target).map_or(0.0, |r| r.tps);
+        let tps =
+            |target: &str| runs.iter().find(|r| r.clients == clients && r.target == target).map_or(0.0, |r| r.tps);
         let (direct, plain, limit) =
             (tps("direct"), tps("tollgate, strict"), tps("tollgate, strict, max_rows_written"));
         println!("| {clients} | {direct:.0} | {plain:.0} | {limit:.0} | {:.2} |", limit / plain.max(1.0));

@@ -258,9 +258,11 @@ where
         let pending = Pending::simple();
         let forward = Forward { protocol: Protocol::Simple, stand_in: messages::denied_query(), pending, changes };
         let own = analysis.as_deref().ok();
-        match row_limit::applies(self.guard.row_limit(), &judged, own, Protocol::Simple, resolved.executes.len()) {
+        let rows_rules = judged.command.classification.as_ref().map(|c| self.guard.rows_rules(c)).unwrap_or_default();
+        let (limit, executes) = (self.guard.row_limit(), resolved.executes.len());
+        match row_limit::applies(limit, !rows_rules.is_empty(), &judged, own, Protocol::Simple, executes) {
             Limit::None => self.submit(frame, judged, forward).await,
-            Limit::Run(limit) => self.run_limited(frame, judged, forward, limit).await,
+            Limit::Run(limit) => self.run_limited(frame, judged, forward, limit, rows_rules).await,
             Limit::Refuse(refusal) => {
                 let judged = self.guard.judge(subject(Some(refusal)));
                 self.submit(frame, judged, forward).await
@@ -359,8 +361,10 @@ where
         };
         let mut judged = self.guard.judge(subject(resolved.refusal));
         let limit = self.guard.row_limit();
+        let rows_rules = judged.command.classification.as_ref().is_some_and(|c| !self.guard.rows_rules(c).is_empty());
+        let analysis = Some(&*statement.analysis);
         if let Limit::Refuse(refusal) =
-            row_limit::applies(limit, &judged, Some(&statement.analysis), Protocol::Extended, resolved.executes.len())
+            row_limit::applies(limit, rows_rules, &judged, analysis, Protocol::Extended, resolved.executes.len())
         {
             judged = self.guard.judge(subject(Some(refusal)));
         }

@@ -76,6 +76,15 @@ impl Guard<'_> {
         crate::policy::masker(self.policy.borrow().as_deref(), self.resource)
     }
 
+    /// Approval rules that would hold this statement by the rows it writes (`rows_over`).
+    pub fn rows_rules(&self, c: &Classification) -> Vec<tollgate_shared::policy::ApprovalRule> {
+        let policy = self.policy.borrow();
+        let Some(resource) = policy.as_ref().and_then(|p| p.document.resource(self.resource)) else {
+            return Vec::new();
+        };
+        resource.holds_after(&self.agent.groups, c).into_iter().cloned().collect()
+    }
+
     /// The live policy's `max_rows_written` for this resource.
     pub fn row_limit(&self) -> Option<u64> {
         let policy = self.policy.borrow();

@@ -14,15 +14,20 @@
 use super::super::super::classify::{self, Analysis};
 use super::super::super::frame::Frame;
 use super::super::super::messages::{self, Severity};
+use super::super::expire;
 use super::super::guard::{Judged, Refusal};
+use super::super::hold::{self, Release};
 use super::super::tracker::{LimitedDone, Pending};
 use super::{Forward, Frontend};
 use crate::pg::relay::Stop;
+use crate::session::hold::Hold;
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tollgate_shared::event::{
-    kind, Classification, Command, Decision, EndReason, ErrorInfo, Outcome, PgCommand, Protocol, Step,
+    kind, ApprovalReleased, Classification, Command, CommandResult, Decision, EndReason, ErrorInfo, ExpiryReason,
+    Outcome, PgCommand, Protocol, Step,
 };
+use tollgate_shared::policy::ApprovalRule;
 
 /// SQLSTATE of a statement rolled back for writing too many rows (program_limit_exceeded).
 const OVER_LIMIT: &str = "54000";
@@ -47,15 +52,23 @@ pub(super) enum Limit {
 /// Whether and how `max_rows_written` applies to a statement judged `judged`.
 pub(super) fn applies(
     limit: Option<u64>,
+    rows_rules: bool,
     judged: &Judged,
     analysis: Option<&Analysis>,
     protocol: Protocol,
     executes: usize,
 ) -> Limit {
-    let Some(limit) = limit else { return Limit::None };
+    if limit.is_none() && !rows_rules {
+        return Limit::None;
+    }
     if judged.refusal.is_some() || judged.hold.is_some() {
         return Limit::None;
     }
+    let counted = match limit {
+        Some(n) => format!("limits writes to {n} rows per statement"),
+        None => "holds writes by the rows they write (an approval rule's rows_over)".to_owned(),
+    };
+    let limit = limit.unwrap_or(u64::MAX);
     let classes = judged.command.classification.as_ref().map(|c| &c.classes);
     let has = |list: &[&str]| classes.is_some_and(|c| list.iter().any(|x| c.contains(*x)));
     if !has(ROW_WRITERS) && !has(UNCOUNTABLE) {
@@ -64,16 +77,15 @@ pub(super) fn applies(
     let refuse = |reason: String| Limit::Refuse(Refusal { rule: "max_rows_written", reason });
     if protocol != Protocol::Simple {
         return refuse(format!(
-            "this resource limits writes to {limit} rows per statement, which the proxy enforces for simple-protocol \
-             statements only; send the write as a plain query"
+            "this resource {counted}, which the proxy enforces for simple-protocol statements only; send the write \
+             as a plain query"
         ));
     }
     let single = analysis.is_some_and(|a| a.row_writes == 1 && a.classification.statements == 1) && executes == 0;
     if has(UNCOUNTABLE) || !single {
         return refuse(format!(
-            "this resource limits writes to {limit} rows per statement, and the proxy cannot count what this one \
-             writes (several writes, writes in functions, TRUNCATE or COPY); send one INSERT, UPDATE, DELETE or MERGE \
-             at a time"
+            "this resource {counted}, and the proxy cannot count what this one writes (several writes, writes in \
+             functions, TRUNCATE or COPY); send one INSERT, UPDATE, DELETE or MERGE at a time"
         ));
     }
     Limit::Run(limit)
@@ -105,6 +117,7 @@ where
         mut judged: Judged,
         forward: Forward,
         limit: u64,
+        rows_rules: Vec<ApprovalRule>,
     ) -> Result<(), Stop> {
         // The transaction status decides the wrapper: everything sent before must be answered.
         let before = self.seq;
@@ -165,6 +178,15 @@ where
             result.outcome = Outcome::Error;
             result.error = Some(ErrorInfo { code: OVER_LIMIT.into(), message: message.clone() });
             vec![messages::error_response(Severity::Error, OVER_LIMIT, &message), ready(status)]
+        } else if let Some(error) = self.approve_commit(&rows_rules, &judged, &result).await? {
+            // Held by the rows it wrote, and not approved: rolled back.
+            self.proxy_statement(&undo, &judged)?;
+            self.quiet_outcome().await?;
+            if let Ok((code, message)) = messages::error_fields(&error[5..]) {
+                result.outcome = Outcome::Error;
+                result.error = Some(ErrorInfo { code, message });
+            }
+            vec![error, ready(status)]
         } else {
             self.proxy_statement(&keep, &judged)?;
             match self.quiet_outcome().await? {
@@ -190,6 +212,50 @@ where
             Err(e) => tracing::error!(error = %e, "cannot seal command.result"),
         }
         Ok(())
+    }
+
+    /// A write that wrote more rows than an approval rule's `rows_over`: its commit waits for
+    /// the decision (the rows stay locked meanwhile, at most the rule's timeout). `None` when it
+    /// may commit; the agent's error when it is to be rolled back.
+    async fn approve_commit(
+        &mut self,
+        rules: &[ApprovalRule],
+        judged: &Judged,
+        result: &CommandResult,
+    ) -> Result<Option<Bytes>, Stop> {
+        let Some(rule) = rules.iter().find(|r| r.rows_over.is_some_and(|n| result.rows > n)) else {
+            return Ok(None);
+        };
+        let hold = Hold::new(rule);
+        let mut waiter = self.guard.approvals.wait(hold.approval_id);
+        let command_id = result.command_id;
+        self.outbox.seal(self.recorder, kind::APPROVAL_REQUESTED, &hold.request(&judged.command, command_id))?;
+        self.flush().await?;
+        let _ = self.inject.send(hold::notice(&hold, self.guard.approval_url)).await;
+        tracing::info!(session = %self.recorder.session(), approval = %hold.approval_id, rule = %rule.name, rows = result.rows, "commit held for approval");
+        self.shared.tracker().waiting = Some(hold.approval_id);
+        let withdraw = self.guard.withdraw.as_deref();
+        let release = hold::await_release(&hold, &mut waiter, self.reader, &mut self.later, withdraw).await;
+        self.shared.tracker().waiting = None;
+        match release {
+            Release::Run { approvers } => {
+                // On record before the commit, which goes out with it.
+                let released = ApprovalReleased { approval_id: hold.approval_id, command_id, approvers };
+                self.outbox.seal(self.recorder, kind::APPROVAL_RELEASED, &released)?;
+                Ok(None)
+            }
+            Release::Refuse { error, expired } => {
+                if let Some(reason) = expired {
+                    expire(self.recorder, hold.approval_id, reason).await;
+                }
+                Ok(Some(error))
+            }
+            Release::AgentGone => {
+                // The session ends; the upstream rolls the open transaction back with it.
+                expire(self.recorder, hold.approval_id, ExpiryReason::SessionEnded).await;
+                Err(Stop::closed(EndReason::ClientClosed))
+            }
+        }
     }
 
     /// Record and queue a statement the proxy runs itself; its answer is not relayed.
