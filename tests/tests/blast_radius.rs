@@ -10,7 +10,9 @@ use tollgate_tests::{eventually, Stack};
 const UNBOUNDED: &[&str] = &[
     "delete from orders where true",
     "delete from orders where 1 = 1",
+    "delete from orders where 1 = 0",
     "delete from orders where id = id",
+    "delete from orders where orders.id = id",
     "delete from orders where id = 5 or true",
     "delete from orders where not false",
     "delete from orders where now() > '2000-01-01'",
@@ -28,7 +30,6 @@ const UNBOUNDED: &[&str] = &[
 
 /// Bounded look-alikes: each runs, and the state check below says what it changed.
 const BOUNDED: &[&str] = &[
-    "delete from orders where 1 = 0",
     "delete from orders where false",
     "delete from orders where id = 1",
     "update orders set total = 0 where id = 2",

@@ -5,6 +5,7 @@
 
 use serde_json::{json, Value};
 use tokio_postgres::SimpleQueryMessage;
+use tollgate_tests::wire::{self, Wire};
 use tollgate_tests::{eventually, Stack};
 
 fn completed(messages: &[SimpleQueryMessage]) -> Vec<u64> {
@@ -52,13 +53,30 @@ async fn writes_over_the_limit_are_rolled_back_by_the_database_count() {
     let err = client.simple_query("UPDATE victims SET v = 2").await.expect_err("every row");
     assert_eq!(err.code().map(|c| c.code()), Some("54000"));
     assert_eq!(count(&stack, "select count(*) from victims where v = 2"), "0");
-    // A write hidden in a CTE under a SELECT: the tag counts the SELECT, so it cannot stand.
+    // The server counts what the tag does not: a write in a CTE under a SELECT, a cascade, a
+    // function's writes.
     let err = client
         .simple_query("WITH gone AS (DELETE FROM victims WHERE id > 5000 RETURNING 1) SELECT count(*) FROM gone")
         .await
-        .expect_err("uncountable");
-    assert_eq!(err.code().map(|c| c.code()), Some("54000"));
+        .expect_err("5,000 rows through a CTE");
+    assert!(err.as_db_error().is_some_and(|e| e.message().contains("wrote 5000 rows")), "{err}");
     assert_eq!(count(&stack, "select count(*) from victims"), "9990");
+    stack.pg.admin_sql(
+        "demo",
+        "create table parents (id int primary key); create table children (parent int references parents on delete cascade);
+         insert into parents values (1), (2); insert into children select 1 from generate_series(1, 500);
+         alter table parents owner to app; alter table children owner to app;
+         create function wipe() returns int language plpgsql as $$ begin delete from children; return 0; end $$;
+         alter function wipe() owner to app",
+    );
+    let err = client.simple_query("DELETE FROM parents WHERE id = 1").await.expect_err("one row, 500 cascaded");
+    assert!(err.as_db_error().is_some_and(|e| e.message().contains("wrote 501 rows")), "{err}");
+    let err = client.simple_query("SELECT wipe()").await.expect_err("a function's writes");
+    assert_eq!(err.code().map(|c| c.code()), Some("54000"));
+    assert_eq!(count(&stack, "select count(*) from children"), "500");
+    assert_eq!(count(&stack, "select count(*) from parents"), "2");
+    let done = client.simple_query("DELETE FROM parents WHERE id = 2").await.expect("no children: one row");
+    assert_eq!(completed(&done), [1]);
     // The session goes on, and reads are untouched (both protocols).
     let rows = client.query_one("select count(*) from victims where id > $1", &[&9000i32]).await.expect("read");
     assert_eq!(rows.get::<_, i64>(0), 1000);
@@ -87,10 +105,31 @@ async fn writes_over_the_limit_are_rolled_back_by_the_database_count() {
     let err = client.execute("DELETE FROM victims WHERE id = $1", &[&5000i32]).await.expect_err("extended write");
     assert!(err.as_db_error().is_some_and(|e| e.message().contains("simple-protocol")), "{err}");
     assert_eq!(count(&stack, "select count(*) from victims"), "9980");
+    // Extended-protocol messages not yet ended by a Sync could have changed the transaction
+    // (an Execute of ROLLBACK): a write behind them is refused until the agent syncs.
+    let port = stack.proxy.postgres_addr.port();
+    let mut raw = Wire::connect(port, "demo", &stack.agent_token("bot-limited")).await.expect("raw connection");
+    let answers = raw
+        .round(
+            &[
+                wire::parse("", "ROLLBACK"),
+                wire::bind("", "", &[]),
+                wire::execute("", 0),
+                wire::query("DELETE FROM victims WHERE id = 9999"),
+                wire::sync(),
+            ],
+            2,
+        )
+        .await;
+    let errors = wire::errors(&answers);
+    assert!(errors.iter().any(|(code, m)| code == "42501" && m.contains("send Sync")), "{errors:?}");
+    assert_eq!(count(&stack, "select count(*) from victims where id = 9999"), "1");
+    drop(raw);
     drop(client);
 
     // The record: the proxy's own statements, the limit on the write, the attempted count.
-    let session = stack.ended_sessions(1).await.remove(0);
+    let sessions = stack.ended_sessions(2).await;
+    let session = sessions.iter().max_by_key(|s| s["commands"].as_u64()).expect("the main session");
     let id = session["id"].as_str().expect("id").to_owned();
     let events = eventually(30, "the session's results to be projected", || async {
         let (_, events) = stack.api(&format!("/api/v1/sessions/{id}/events")).await;
@@ -107,8 +146,14 @@ async fn writes_over_the_limit_are_rolled_back_by_the_database_count() {
         .filter(|c| c["postgres"]["step"] == "row_limit")
         .filter_map(|c| c["statement"].as_str())
         .collect();
-    assert!(own.starts_with(&["BEGIN", "COMMIT", "BEGIN", "COMMIT", "BEGIN", "ROLLBACK"]), "{own:?}");
-    assert!(own.contains(&"ROLLBACK TO SAVEPOINT tollgate_row_limit; RELEASE SAVEPOINT tollgate_row_limit"), "{own:?}");
+    let (counts, control): (Vec<&str>, Vec<&str>) =
+        own.iter().partition(|s| s.starts_with("SELECT pg_catalog.sum(n_tup_ins"));
+    assert_eq!(
+        counts.len(),
+        2 * control.iter().filter(|s| ["BEGIN", "SAVEPOINT tollgate_row_limit"].contains(s)).count()
+    );
+    assert!(control.starts_with(&["BEGIN", "COMMIT", "BEGIN", "COMMIT", "BEGIN", "ROLLBACK"]), "{control:?}");
+    assert!(control.contains(&"ROLLBACK TO SAVEPOINT tollgate_row_limit; RELEASE SAVEPOINT tollgate_row_limit"));
     let over_id = events
         .iter()
         .find(|e| e["type"] == "command" && e["event"]["payload"]["statement"] == "DELETE FROM victims WHERE id > 10")

@@ -148,12 +148,6 @@ pub struct Analysis {
     pub refusal: Option<String>,
     /// A `COPY ... TO` in binary format (its values cannot be masked by type).
     pub binary_copy_out: bool,
-    /// Whether a write's reach was judged by the values of constants (`WHERE 1 = 0`), which
-    /// the statement's shape (constants made parameters) cannot show.
-    pub judged_constants: bool,
-    /// INSERT, UPDATE, DELETE and MERGE statements in it, at any depth (a row limit can count
-    /// only one, at the top, from the server's command tag).
-    pub row_writes: usize,
 }
 
 /// An effect on the session's named prepared statements and portals.
@@ -231,8 +225,6 @@ impl Analysis {
             );
         }
         self.binary_copy_out |= other.binary_copy_out;
-        self.judged_constants |= other.judged_constants;
-        self.row_writes += other.row_writes;
     }
 }
 

@@ -8,7 +8,7 @@
 //! it may belong to another relation), and `IS NOT NULL` on a column counts as a condition
 //! (on a primary key it is always true, which the proxy cannot see).
 
-use super::walk::{literal, strings};
+use super::walk::strings;
 use serde_json::Value;
 
 /// What a condition is for the rows of the target.
@@ -45,21 +45,19 @@ impl Target {
     }
 }
 
-/// The reach of `condition` (absent: every row). `constants` is set when the answer rests on
-/// the values of constants or parameters (`1 = 0` folds to nothing, `$1 = $2` cannot), so an
-/// analysis of a statement's shape, where constants are parameters, is not used for its text.
-pub(super) fn of(condition: Option<&Value>, target: &Target, constants: &mut bool) -> Reach {
+/// The reach of `condition` (absent: every row).
+pub(super) fn of(condition: Option<&Value>, target: &Target) -> Reach {
     match condition.filter(|c| !c.is_null()) {
         None => Reach::All,
-        Some(c) => reach(c, target, constants),
+        Some(c) => reach(c, target),
     }
 }
 
-fn reach(node: &Value, t: &Target, constants: &mut bool) -> Reach {
+fn reach(node: &Value, t: &Target) -> Reach {
     let node = node.get("node").unwrap_or(node);
     if let Some(b) = node.get("BoolExpr") {
         let args: Vec<Reach> =
-            b.get("args").and_then(Value::as_array).into_iter().flatten().map(|a| reach(a, t, constants)).collect();
+            b.get("args").and_then(Value::as_array).into_iter().flatten().map(|a| reach(a, t)).collect();
         return match b.get("boolop").and_then(Value::as_i64) {
             // AND: any false arm is false; any row-dependent arm bounds.
             Some(1) if args.contains(&Reach::None) => Reach::None,
@@ -91,48 +89,33 @@ fn reach(node: &Value, t: &Target, constants: &mut bool) -> Reach {
         };
     }
     if let Some(e) = node.get("AExpr") {
-        return comparison(node, e, t, constants);
+        return comparison(node, e, t);
     }
     generic(node, t)
 }
 
-/// `a op b`: a column against itself is always true; constants fold where they can.
-fn comparison<'a>(node: &Value, e: &'a Value, t: &Target, constants: &mut bool) -> Reach {
+/// `a op b`: a column against itself is always true; constants on both sides are constant.
+fn comparison(node: &Value, e: &Value, t: &Target) -> Reach {
     let (left, right) = (e.get("lexpr"), e.get("rexpr"));
     let op = strings(e.get("name")).pop().unwrap_or_default();
     let kind = e.get("kind").and_then(Value::as_i64).unwrap_or(0);
-    let (lcol, rcol) = (left.and_then(column), right.and_then(column));
-    // AEXPR_OP with =, <=, >= or AEXPR_NOT_DISTINCT (`IS NOT DISTINCT FROM`).
+    // AEXPR_OP with =, <=, >= or AEXPR_NOT_DISTINCT (`IS NOT DISTINCT FROM`): the same
+    // expression of the same columns on both sides (`x = x`, `t.x = x`, `f(x) = f(x)`) holds for
+    // every row (NULLs aside).
     let reflexive = (kind == 1 && matches!(op.as_str(), "=" | "<=" | ">=")) || kind == 5;
-    if reflexive && lcol.is_some() && lcol == rcol {
-        return Reach::All;
+    if reflexive {
+        if let (Some(l), Some(r)) = (left, right) {
+            if touches(l, t, false) && normalized(l, t) == normalized(r, t) {
+                return Reach::All;
+            }
+        }
     }
     if touches(node, t, false) {
         return Reach::Rows;
     }
-    let is_param = |side: Option<&Value>| side.is_some_and(|s| s.pointer("/node/ParamRef").is_some());
-    if is_param(left) || is_param(right) {
-        *constants = true;
-        return Reach::Constant;
-    }
-    if kind == 1 && matches!(op.as_str(), "=" | "<>" | "!=") {
-        let (int, text) = ("/node/AConst/val/Ival", "/node/AConst/val/Sval/sval");
-        let at = |side: Option<&'a Value>, path: &str| side.and_then(|s| s.pointer(path));
-        let same = match (at(left, int), at(right, int), at(left, text), at(right, text)) {
-            (Some(a), Some(b), _, _) => {
-                Some(a.get("ival").and_then(Value::as_i64) == b.get("ival").and_then(Value::as_i64))
-            }
-            (_, _, Some(a), Some(b)) => Some(a == b),
-            _ => None,
-        };
-        if let Some(same) = same {
-            *constants = true;
-            return if same == (op == "=") { Reach::All } else { Reach::None };
-        }
-    }
-    if literal(left.unwrap_or(&Value::Null)).is_some() && literal(right.unwrap_or(&Value::Null)).is_some() {
-        *constants = true;
-    }
+    // Constants on both sides: the same for every row. Not folded, even `1 = 0`: the operator
+    // is whatever the session's search_path finds, which a function of the agent's can be (and
+    // a statement's shape, with constants made parameters, then judges as its text does).
     Reach::Constant
 }
 
@@ -145,11 +128,29 @@ fn generic(node: &Value, t: &Target) -> Reach {
     }
 }
 
-/// The names of a plain column reference (`x`, `t.x`), for comparing one side with the other.
-fn column(side: &Value) -> Option<Vec<String>> {
-    let fields = side.pointer("/node/ColumnRef/fields")?;
-    let names = strings(Some(fields));
-    (names.len() == fields.as_array().map_or(0, Vec::len)).then_some(names)
+/// An expression without its source positions, its columns named without the target's
+/// qualifier: two spellings of the same expression compare equal.
+fn normalized(node: &Value, t: &Target) -> Value {
+    match node {
+        Value::Object(map) => {
+            if let Some(fields) = map.get("ColumnRef").and_then(|c| c.get("fields")).and_then(Value::as_array) {
+                let names = strings(Some(&Value::Array(fields.clone())));
+                let plain = match names.as_slice() {
+                    [.., table, column] if *table == t.name => vec![column.clone()],
+                    _ => names,
+                };
+                return Value::from(plain);
+            }
+            Value::Object(
+                map.iter()
+                    .filter(|(k, _)| k.as_str() != "location")
+                    .map(|(k, v)| (k.clone(), normalized(v, t)))
+                    .collect(),
+            )
+        }
+        Value::Array(items) => Value::Array(items.iter().map(|i| normalized(i, t)).collect()),
+        other => other.clone(),
+    }
 }
 
 /// Whether a column of the target appears in `node`. Inside a subquery an unqualified name is

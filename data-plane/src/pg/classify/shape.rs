@@ -58,7 +58,6 @@ fn is_constant(token: i32) -> bool {
 /// Whether an analysis of a shape holds nothing a constant's value could have changed.
 pub(super) fn owes_nothing_to_constants(analysis: &Analysis) -> bool {
     analysis.settings.is_empty()
-        && !analysis.judged_constants
         && analysis.refusal.is_none()
         && !analysis.classification.classes.contains(DYNAMIC_SQL)
         && analysis.ops.iter().all(|(_, op)| match op {

@@ -131,13 +131,10 @@ impl<'s> Walker<'s> {
         if self.planning {
             return;
         }
-        if matches!(node, "InsertStmt" | "UpdateStmt" | "DeleteStmt" | "MergeStmt") {
-            self.out.row_writes += 1;
-        }
         match node {
             "DeleteStmt" | "UpdateStmt" => {
                 let target = Target::of(body.get("relation"));
-                if !reach::of(body.get("where_clause"), &target, &mut self.out.judged_constants).bounds() {
+                if !reach::of(body.get("where_clause"), &target).bounds() {
                     self.out.classification.unbounded_write = true;
                 }
             }
@@ -225,13 +222,13 @@ impl<'s> Walker<'s> {
         const UPDATE: i64 = 3;
         const DELETE: i64 = 5;
         let target = Target::of(body.get("relation"));
-        let join = reach::of(body.get("join_condition"), &target, &mut self.out.judged_constants);
+        let join = reach::of(body.get("join_condition"), &target);
         let clauses = body.get("merge_when_clauses").and_then(Value::as_array);
         for clause in clauses.into_iter().flatten().filter_map(|c| c.pointer("/node/MergeWhenClause")) {
             if !matches!(clause.get("command_type").and_then(Value::as_i64), Some(UPDATE | DELETE)) {
                 continue;
             }
-            let own = reach::of(clause.get("condition"), &target, &mut self.out.judged_constants).bounds();
+            let own = reach::of(clause.get("condition"), &target).bounds();
             let bounded = match clause.get("match_kind").and_then(Value::as_i64) {
                 Some(MATCHED) => own || join.bounds(),
                 Some(NOT_MATCHED_BY_SOURCE) => own,
@@ -257,7 +254,7 @@ impl<'s> Walker<'s> {
             .and_then(Value::as_array)
             .is_some_and(|rows| !rows.is_empty());
         let target = Target::of(body.get("relation"));
-        if !values && !reach::of(conflict.get("where_clause"), &target, &mut self.out.judged_constants).bounds() {
+        if !values && !reach::of(conflict.get("where_clause"), &target).bounds() {
             self.out.classification.unbounded_write = true;
         }
     }

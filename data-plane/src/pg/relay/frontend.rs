@@ -260,7 +260,9 @@ where
         let own = analysis.as_deref().ok();
         let rows_rules = judged.command.classification.as_ref().map(|c| self.guard.rows_rules(c)).unwrap_or_default();
         let (limit, executes) = (self.guard.row_limit(), resolved.executes.len());
-        match row_limit::applies(limit, !rows_rules.is_empty(), &judged, own, Protocol::Simple, executes) {
+        // Nothing queued since the last Sync or Query: the transaction status will be current.
+        let synced = self.seq == self.segment;
+        match row_limit::applies(limit, !rows_rules.is_empty(), &judged, own, Protocol::Simple, executes, synced) {
             Limit::None => self.submit(frame, judged, forward).await,
             Limit::Run(limit) => self.run_limited(frame, judged, forward, limit, rows_rules).await,
             Limit::Refuse(refusal) => {
@@ -364,7 +366,7 @@ where
         let rows_rules = judged.command.classification.as_ref().is_some_and(|c| !self.guard.rows_rules(c).is_empty());
         let analysis = Some(&*statement.analysis);
         if let Limit::Refuse(refusal) =
-            row_limit::applies(limit, rows_rules, &judged, analysis, Protocol::Extended, resolved.executes.len())
+            row_limit::applies(limit, rows_rules, &judged, analysis, Protocol::Extended, resolved.executes.len(), true)
         {
             judged = self.guard.judge(subject(Some(refusal)));
         }

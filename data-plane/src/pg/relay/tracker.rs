@@ -128,6 +128,14 @@ enum Delivery {
     Limited,
 }
 
+/// What a statement the proxy ran itself came back with.
+pub struct QuietDone {
+    /// Its ErrorResponse, when it failed.
+    pub error: Option<Bytes>,
+    /// Its DataRows.
+    pub rows: Vec<Bytes>,
+}
+
 /// A row-limited statement the server has answered, with what the agent has not seen yet.
 pub struct LimitedDone {
     pub result: CommandResult,
@@ -247,8 +255,8 @@ pub struct Tracker {
     pub status: u8,
     /// The row-limited statement just answered, for the frontend to settle.
     pub limited: Option<LimitedDone>,
-    /// The ErrorResponse of the quiet statement just answered (`None` when it succeeded).
-    pub quiet: Option<Option<Bytes>>,
+    /// The proxy's own statements answered so far, oldest first, for the frontend to read.
+    pub quiet: VecDeque<QuietDone>,
 }
 
 impl Default for Tracker {
@@ -266,7 +274,7 @@ impl Default for Tracker {
             waiting: None,
             status: b'I',
             limited: None,
-            quiet: None,
+            quiet: VecDeque::new(),
         }
     }
 }
@@ -388,7 +396,7 @@ impl Tracker {
         // A simple-protocol statement stays at the front until its ReadyForQuery.
         let delivery = self.front_exec().map_or(Delivery::Relay, |p| p.delivery);
         match (delivery, frame.tag()) {
-            (Delivery::Quiet, b'E') | (Delivery::Limited, b'C' | b'Z') => {
+            (Delivery::Quiet, b'E' | b'D') | (Delivery::Limited, b'C' | b'Z') => {
                 if let Some(p) = self.front_exec() {
                     p.kept.push(frame.bytes.clone());
                 }
@@ -501,7 +509,8 @@ impl Tracker {
         self.unattributed = Findings::default();
         let kept = match delivery {
             Delivery::Relay => false,
-            Delivery::Quiet => true,
+            // Settings and notices the proxy's own statements cause still reach the agent.
+            Delivery::Quiet => !matches!(frame.tag(), b'S' | b'N'),
             Delivery::Limited => matches!(frame.tag(), b'C' | b'Z'),
         };
         if hidden || kept {
@@ -600,7 +609,10 @@ impl Tracker {
                 Expect::Exec(mut p) if p.protocol == Protocol::Simple && !item.skipped => match p.delivery {
                     Delivery::Relay => done.push(p.finish(Outcome::Ok)),
                     Delivery::Quiet => {
-                        self.quiet = Some(p.kept.pop());
+                        let kept = std::mem::take(&mut p.kept);
+                        let (errors, rows): (Vec<Bytes>, Vec<Bytes>) =
+                            kept.into_iter().partition(|f| f.first() == Some(&b'E'));
+                        self.quiet.push_back(QuietDone { error: errors.into_iter().next(), rows });
                         done.push(p.finish(Outcome::Ok));
                     }
                     Delivery::Limited => {

@@ -5,11 +5,14 @@
 //! before the statement. The proxy's own statements are recorded like the agent's (step
 //! `row_limit`), so the upstream runs nothing the record does not show.
 //!
-//! The count comes from the statement's CommandComplete, so only a statement whose tag counts
-//! everything it writes is run: one INSERT, UPDATE, DELETE or MERGE at the top. Writes the tag
-//! cannot count (several writes, a write in a CTE under a SELECT, writes in functions or DO
-//! blocks, TRUNCATE, COPY FROM) are refused while a limit is set; so is any write over the
-//! extended protocol (not yet supported). Rows written by triggers are not counted.
+//! The count is the server's own: the rows the transaction inserted, updated and deleted in
+//! user tables (`pg_stat_xact_user_tables`) before and after the statement, read by statements
+//! the proxy sends in the same pipeline. So rows written by cascades, triggers, rules, functions
+//! and CTEs count too. A statement runs under the limit when it may write rows (its classes, or
+//! a function whose body the proxy cannot see); refused while a limit is set: TRUNCATE, COPY
+//! FROM, DO blocks and CALL (which may end transactions), several statements in one Query, a SQL
+//! EXECUTE, a write over the extended protocol (not yet supported), and a write sent while
+//! extended-protocol messages before it await a Sync (the transaction status is not known).
 
 use super::super::super::classify::{self, Analysis};
 use super::super::super::frame::Frame;
@@ -17,15 +20,15 @@ use super::super::super::messages::{self, Severity};
 use super::super::expire;
 use super::super::guard::{Judged, Refusal};
 use super::super::hold::{self, Release};
-use super::super::tracker::{LimitedDone, Pending};
+use super::super::tracker::{LimitedDone, Pending, QuietDone};
 use super::{Forward, Frontend};
 use crate::pg::relay::Stop;
 use crate::session::hold::Hold;
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tollgate_shared::event::{
-    kind, ApprovalReleased, Classification, Command, CommandResult, Decision, EndReason, ErrorInfo, ExpiryReason,
-    Outcome, PgCommand, Protocol, Step,
+    kind, ApprovalReleased, Command, CommandResult, Decision, EndReason, ErrorInfo, ExpiryReason, Outcome, PgCommand,
+    Protocol, Step,
 };
 use tollgate_shared::policy::ApprovalRule;
 
@@ -33,11 +36,15 @@ use tollgate_shared::policy::ApprovalRule;
 const OVER_LIMIT: &str = "54000";
 const SAVEPOINT: &str = "tollgate_row_limit";
 
-/// Classes that change rows of existing tables.
-const ROW_WRITERS: &[&str] = &["insert", "update", "delete", "merge"];
-/// Classes whose rows a command tag cannot count (or whose writes the proxy cannot see).
-const UNCOUNTABLE: &[&str] =
-    &["truncate", "copy_from", "do_block", "call", classify::USER_FUNCTION, classify::DYNAMIC_SQL];
+/// Classes that may change rows: the limit applies.
+const WRITERS: &[&str] = &["insert", "update", "delete", "merge", classify::USER_FUNCTION, classify::DYNAMIC_SQL];
+/// Classes the limit cannot be kept for: refused while it is set.
+const UNCOUNTABLE: &[&str] = &["truncate", "copy_from", "do_block", "call"];
+/// Rows the current transaction wrote in user tables so far (schema-qualified: the agent's
+/// search_path cannot put its own view, function or operator in their place).
+const WRITTEN: &str =
+    "SELECT pg_catalog.sum(n_tup_ins OPERATOR(pg_catalog.+) n_tup_upd OPERATOR(pg_catalog.+) n_tup_del) \
+     FROM pg_catalog.pg_stat_xact_user_tables";
 
 /// What a row limit makes of a statement the policy allows.
 pub(super) enum Limit {
@@ -57,6 +64,7 @@ pub(super) fn applies(
     analysis: Option<&Analysis>,
     protocol: Protocol,
     executes: usize,
+    synced: bool,
 ) -> Limit {
     if limit.is_none() && !rows_rules {
         return Limit::None;
@@ -71,7 +79,7 @@ pub(super) fn applies(
     let limit = limit.unwrap_or(u64::MAX);
     let classes = judged.command.classification.as_ref().map(|c| &c.classes);
     let has = |list: &[&str]| classes.is_some_and(|c| list.iter().any(|x| c.contains(*x)));
-    if !has(ROW_WRITERS) && !has(UNCOUNTABLE) {
+    if !has(WRITERS) && !has(UNCOUNTABLE) {
         return Limit::None;
     }
     let refuse = |reason: String| Limit::Refuse(Refusal { rule: "max_rows_written", reason });
@@ -81,19 +89,36 @@ pub(super) fn applies(
              as a plain query"
         ));
     }
-    let single = analysis.is_some_and(|a| a.row_writes == 1 && a.classification.statements == 1) && executes == 0;
+    let single = analysis.is_some_and(|a| a.classification.statements == 1) && executes == 0;
     if has(UNCOUNTABLE) || !single {
         return refuse(format!(
-            "this resource {counted}, and the proxy cannot count what this one writes (several writes, writes in \
-             functions, TRUNCATE or COPY); send one INSERT, UPDATE, DELETE or MERGE at a time"
+            "this resource {counted}, and the proxy cannot keep it for this statement (TRUNCATE, COPY FROM, DO, \
+             CALL, several statements in one query, or EXECUTE of a prepared statement); send one statement at a time"
+        ));
+    }
+    if !synced {
+        return refuse(format!(
+            "this resource {counted}; send Sync after extended-protocol messages before a write, so the proxy knows \
+             the transaction it runs in"
         ));
     }
     Limit::Run(limit)
 }
 
-/// The tag's verb counts what the statement writes (not the rows a SELECT over a CTE returns).
-fn counts_writes(tags: &[String]) -> bool {
-    matches!(tags, [tag] if ["INSERT ", "UPDATE ", "DELETE ", "MERGE "].iter().any(|verb| tag.starts_with(verb)))
+/// The number in a one-column DataRow (`NULL`, a sum over nothing, is 0).
+fn number(rows: &[Bytes]) -> Option<u64> {
+    let row = rows.first()?;
+    let body = row.get(5..)?;
+    let columns = i16::from_be_bytes([*body.first()?, *body.get(1)?]);
+    if columns != 1 {
+        return None;
+    }
+    let len = i32::from_be_bytes(body.get(2..6)?.try_into().ok()?);
+    if len < 0 {
+        return Some(0);
+    }
+    let text = std::str::from_utf8(body.get(6..6 + usize::try_from(len).ok()?)?).ok()?;
+    text.parse().ok()
 }
 
 fn ready(status: u8) -> Bytes {
@@ -119,7 +144,8 @@ where
         limit: u64,
         rows_rules: Vec<ApprovalRule>,
     ) -> Result<(), Stop> {
-        // The transaction status decides the wrapper: everything sent before must be answered.
+        // The transaction status decides the wrapper: everything sent before must be answered
+        // (and, `applies` made sure, ended by a Sync or a Query, so the status is current).
         let before = self.seq;
         self.settle_until(before).await?;
         let status = self.shared.tracker().status;
@@ -137,68 +163,70 @@ where
         } else {
             ("BEGIN".to_owned(), "COMMIT".to_owned(), "ROLLBACK".to_owned())
         };
+        // One pipeline: open, count, the agent's statement, count again.
         self.proxy_statement(&open, &judged)?;
+        self.proxy_statement(WRITTEN, &judged)?;
         judged.command.postgres.get_or_insert_with(PgCommand::default).row_limit = Some(limit);
         let Forward { protocol, pending, changes, .. } = forward;
         self.outbox.frames.push(frame.bytes.clone());
         self.queue_exec(protocol, pending.changing(changes).limited());
         self.outbox.record(self.recorder, &judged.command)?;
-        let end = self.segment;
-        self.settle_until(end).await?;
+        self.proxy_statement(WRITTEN, &judged)?;
+        let opened = self.quiet_outcome().await?;
+        let (first, second) = (self.next_quiet()?, self.next_quiet()?);
         let LimitedDone { mut result, kept } = self
             .shared
             .tracker()
             .limited
             .take()
             .ok_or_else(|| lost("the row-limited statement's answer is missing"))?;
-        // The agent sees, in order: what the server said (its rows already went), then this.
+        if opened.error.is_some() {
+            return Err(lost("the row limit's transaction could not be opened"));
+        }
         let shown: Vec<Bytes> = if result.error.is_some() {
             if own {
                 // Inside the agent's transaction the failure aborts it, as it would have.
                 kept
             } else {
-                self.proxy_statement(&undo, &judged)?;
-                self.quiet_outcome().await?;
+                self.undo(&undo, &judged).await?;
                 with_status(kept, b'I')
             }
-        } else if !counts_writes(&result.tags) || result.rows > limit {
-            self.proxy_statement(&undo, &judged)?;
-            self.quiet_outcome().await?;
-            let message = if counts_writes(&result.tags) {
-                format!(
-                    "tollgate: the statement wrote {} rows, over this resource's limit of {limit} (max_rows_written); \
-                     it was rolled back",
-                    result.rows
-                )
-            } else {
-                "tollgate: the server's answer does not count the rows this statement wrote, so the row limit \
-                 (max_rows_written) could not be kept; it was rolled back"
-                    .to_owned()
-            };
-            result.outcome = Outcome::Error;
-            result.error = Some(ErrorInfo { code: OVER_LIMIT.into(), message: message.clone() });
-            vec![messages::error_response(Severity::Error, OVER_LIMIT, &message), ready(status)]
-        } else if let Some(error) = self.approve_commit(&rows_rules, &judged, &result).await? {
-            // Held by the rows it wrote, and not approved: rolled back.
-            self.proxy_statement(&undo, &judged)?;
-            self.quiet_outcome().await?;
-            if let Ok((code, message)) = messages::error_fields(&error[5..]) {
-                result.outcome = Outcome::Error;
-                result.error = Some(ErrorInfo { code, message });
-            }
-            vec![error, ready(status)]
         } else {
-            self.proxy_statement(&keep, &judged)?;
-            match self.quiet_outcome().await? {
-                None => with_status(kept, status),
-                // The commit failed (a deferred constraint): that is the statement's answer.
-                Some(error) => {
-                    if let Ok((code, message)) = messages::error_fields(&error[5..]) {
-                        result.outcome = Outcome::Error;
-                        result.error = Some(ErrorInfo { code, message });
+            let written = match (number(&first.rows), number(&second.rows)) {
+                (Some(a), Some(b)) if first.error.is_none() && second.error.is_none() => b.saturating_sub(a),
+                _ => return Err(lost("the server's count of rows written could not be read")),
+            };
+            result.rows = written;
+            if written > limit {
+                self.undo(&undo, &judged).await?;
+                let message = format!(
+                    "tollgate: the statement wrote {written} rows, over this resource's limit of {limit} \
+                     (max_rows_written); it was rolled back"
+                );
+                result.outcome = Outcome::Error;
+                result.error = Some(ErrorInfo { code: OVER_LIMIT.into(), message: message.clone() });
+                vec![messages::error_response(Severity::Error, OVER_LIMIT, &message), ready(status)]
+            } else if let Some(error) = self.approve_commit(&rows_rules, &judged, &result).await? {
+                // Held by the rows it wrote, and not approved: rolled back.
+                self.undo(&undo, &judged).await?;
+                if let Ok((code, message)) = messages::error_fields(&error[5..]) {
+                    result.outcome = Outcome::Error;
+                    result.error = Some(ErrorInfo { code, message });
+                }
+                vec![error, ready(status)]
+            } else {
+                self.proxy_statement(&keep, &judged)?;
+                match self.quiet_outcome().await?.error {
+                    None => with_status(kept, status),
+                    // The commit failed (a deferred constraint): that is the statement's answer.
+                    Some(error) => {
+                        if let Ok((code, message)) = messages::error_fields(&error[5..]) {
+                            result.outcome = Outcome::Error;
+                            result.error = Some(ErrorInfo { code, message });
+                        }
+                        let after = self.shared.tracker().status;
+                        vec![error, ready(after)]
                     }
-                    let after = self.shared.tracker().status;
-                    vec![error, ready(after)]
                 }
             }
         };
@@ -212,6 +240,16 @@ where
             Err(e) => tracing::error!(error = %e, "cannot seal command.result"),
         }
         Ok(())
+    }
+
+    /// Roll the statement back; a rollback that fails leaves the session in a state nobody
+    /// can vouch for, so it ends.
+    async fn undo(&mut self, undo: &str, judged: &Judged) -> Result<(), Stop> {
+        self.proxy_statement(undo, judged)?;
+        match self.quiet_outcome().await?.error {
+            None => Ok(()),
+            Some(_) => Err(lost("the row limit's rollback failed")),
+        }
     }
 
     /// A write that wrote more rows than an approval rule's `rows_over`: its commit waits for
@@ -264,21 +302,23 @@ where
         command.postgres = Some(PgCommand { step: Some(Step::RowLimit), ..PgCommand::default() });
         command.rule = Some("max_rows_written".into());
         command.policy_version = judged.command.policy_version;
-        command.classification = Some(Classification {
-            statements: sql.matches(';').count() + 1,
-            classes: std::iter::once("transaction".to_owned()).collect(),
-            ..Classification::default()
-        });
+        command.classification = self.guard.classifier.classify(sql).ok().map(|a| a.classification.clone());
         self.outbox.frames.push(messages::query(sql));
         self.queue_exec(Protocol::Simple, Pending::simple().quiet());
         self.outbox.record(self.recorder, &command)
     }
 
-    /// Wait for the proxy's own statement just queued: its ErrorResponse, if it failed.
-    async fn quiet_outcome(&mut self) -> Result<Option<Bytes>, Stop> {
+    /// Wait until the server has answered everything queued, then take the oldest answer to
+    /// the proxy's own statements.
+    async fn quiet_outcome(&mut self) -> Result<QuietDone, Stop> {
         let end = self.segment;
         self.settle_until(end).await?;
-        self.shared.tracker().quiet.take().ok_or_else(|| lost("the proxy's own statement's answer is missing"))
+        self.next_quiet()
+    }
+
+    /// The oldest answer to the proxy's own statements not read yet.
+    fn next_quiet(&mut self) -> Result<QuietDone, Stop> {
+        self.shared.tracker().quiet.pop_front().ok_or_else(|| lost("the proxy's own statement's answer is missing"))
     }
 }
 
