@@ -154,18 +154,20 @@ where
             return self.submit(frame, judged, forward).await;
         }
         let own = status == b'T';
+        // The count so far is read with the opening statement (the statistics it reads also hold
+        // earlier transactions' writes the backend has not reported yet, so it is never 0 by
+        // assumption).
         let (open, keep, undo) = if own {
             (
-                format!("SAVEPOINT {SAVEPOINT}"),
+                format!("SAVEPOINT {SAVEPOINT}; {WRITTEN}"),
                 format!("RELEASE SAVEPOINT {SAVEPOINT}"),
                 format!("ROLLBACK TO SAVEPOINT {SAVEPOINT}; RELEASE SAVEPOINT {SAVEPOINT}"),
             )
         } else {
-            ("BEGIN".to_owned(), "COMMIT".to_owned(), "ROLLBACK".to_owned())
+            (format!("BEGIN; {WRITTEN}"), "COMMIT".to_owned(), "ROLLBACK".to_owned())
         };
-        // One pipeline: open, count, the agent's statement, count again.
+        // One pipeline: open (and count), the agent's statement, count again.
         self.proxy_statement(&open, &judged)?;
-        self.proxy_statement(WRITTEN, &judged)?;
         judged.command.postgres.get_or_insert_with(PgCommand::default).row_limit = Some(limit);
         let Forward { protocol, pending, changes, .. } = forward;
         self.outbox.frames.push(frame.bytes.clone());
@@ -173,7 +175,7 @@ where
         self.outbox.record(self.recorder, &judged.command)?;
         self.proxy_statement(WRITTEN, &judged)?;
         let opened = self.quiet_outcome().await?;
-        let (first, second) = (self.next_quiet()?, self.next_quiet()?);
+        let second = self.next_quiet()?;
         let LimitedDone { mut result, kept } = self
             .shared
             .tracker()
@@ -192,8 +194,8 @@ where
                 with_status(kept, b'I')
             }
         } else {
-            let written = match (number(&first.rows), number(&second.rows)) {
-                (Some(a), Some(b)) if first.error.is_none() && second.error.is_none() => b.saturating_sub(a),
+            let written = match (number(&opened.rows), number(&second.rows)) {
+                (Some(a), Some(b)) if second.error.is_none() => b.saturating_sub(a),
                 _ => return Err(lost("the server's count of rows written could not be read")),
             };
             result.rows = written;
