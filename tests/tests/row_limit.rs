@@ -147,8 +147,10 @@ async fn writes_over_the_limit_are_rolled_back_by_the_database_count() {
         .filter_map(|c| c["statement"].as_str())
         .collect();
     // Each write: the opening with a count, a count after it, the commit or rollback.
-    let count = "SELECT pg_catalog.sum(n_tup_ins OPERATOR(pg_catalog.+) n_tup_upd OPERATOR(pg_catalog.+) n_tup_del) \
-                 FROM pg_catalog.pg_stat_xact_user_tables";
+    let count = "SELECT pg_catalog.sum(pg_catalog.pg_stat_get_xact_tuples_inserted(c.oid) \
+                 OPERATOR(pg_catalog.+) pg_catalog.pg_stat_get_xact_tuples_updated(c.oid) \
+                 OPERATOR(pg_catalog.+) pg_catalog.pg_stat_get_xact_tuples_deleted(c.oid)) FROM pg_catalog.pg_class c \
+                 WHERE c.relkind IN ('r', 'p', 'm') AND c.relnamespace OPERATOR(pg_catalog.<>) 'pg_catalog'::pg_catalog.regnamespace";
     let (begin, savepoint) = (format!("BEGIN; {count}"), format!("SAVEPOINT tollgate_row_limit; {count}"));
     let shapes: Vec<&str> = own
         .iter()
