@@ -258,3 +258,40 @@ async fn a_large_write_commits_only_when_approved() {
         ]
     );
 }
+
+/// A statement held by its class and then approved still runs under the row limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approved_write_still_runs_under_the_limit() {
+    let stack = Stack::start().await;
+    stack.pg.admin_sql(
+        "demo",
+        "create table victims (id int primary key); insert into victims select generate_series(1, 1000);
+         alter table victims owner to app",
+    );
+    let policy = json!({
+        "resources": [{ "name": "demo", "kind": "postgres", "guardrails": { "max_rows_written": 100 },
+            "approvals": [{ "name": "deletes", "hold_classes": ["delete"], "approver_groups": ["dba"], "timeout_secs": 60 }] }],
+        "grants": [{ "name": "everyone", "who": { "agents": ["*"] }, "resources": { "names": ["demo"] }, "access": "admin" }]
+    });
+    stack.enforce(&policy).await;
+    let token = stack.agent_token("bot-approved");
+    let child = stack.psql_spawn(&token, None, &["-c", "DELETE FROM victims WHERE id <= 500"]);
+    let first = stack.approve_pending("alice@example.com", &["approvers", "dba"], "go").await;
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().expect("psql")).await.expect("join");
+    assert!(!out.status.success(), "approved, but over the limit");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("wrote 500 rows, over this resource's limit of 100"), "{stderr}");
+    assert_eq!(count(&stack, "select count(*) from victims"), "1000");
+
+    let child = stack.psql_spawn(&token, None, &["-c", "DELETE FROM victims WHERE id <= 10"]);
+    eventually(20, "the second request", || async {
+        let (_, list) = stack.api("/api/v1/approvals?status=pending").await;
+        list.as_array()?.iter().any(|a| a["id"] != first.as_str()).then_some(())
+    })
+    .await;
+    stack.approve_pending("alice@example.com", &["approvers", "dba"], "small").await;
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().expect("psql")).await.expect("join");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "DELETE 10");
+    assert_eq!(count(&stack, "select count(*) from victims"), "990");
+}

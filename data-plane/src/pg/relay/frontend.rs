@@ -264,7 +264,11 @@ where
         let synced = self.seq == self.segment;
         match row_limit::applies(limit, !rows_rules.is_empty(), &judged, own, Protocol::Simple, executes, synced) {
             Limit::None => self.submit(frame, judged, forward).await,
-            Limit::Run(limit) => self.run_limited(frame, judged, forward, limit, rows_rules).await,
+            // Held first: once approved, it runs under the limit too.
+            Limit::Run(limit) if judged.hold.is_some() => {
+                self.hold_then_forward(frame, judged, forward, Some((limit, rows_rules))).await
+            }
+            Limit::Run(limit) => self.run_limited(frame, judged, forward, limit, rows_rules, false).await,
             Limit::Refuse(refusal) => {
                 let judged = self.guard.judge(subject(Some(refusal)));
                 self.submit(frame, judged, forward).await
@@ -415,7 +419,7 @@ where
     /// Forward a judged Query or Execute, or its stand-in, or hold it.
     async fn submit(&mut self, frame: &Frame, judged: Judged, forward: Forward) -> Result<(), Stop> {
         if judged.hold.is_some() {
-            return self.hold_then_forward(frame, judged, forward).await;
+            return self.hold_then_forward(frame, judged, forward, None).await;
         }
         let Forward { protocol, stand_in, pending, changes } = forward;
         // A denied statement is replaced by a stand-in the upstream refuses to parse (after a
@@ -618,9 +622,20 @@ where
         }
     }
 
-    async fn hold_then_forward(&mut self, frame: &Frame, judged: Judged, forward: Forward) -> Result<(), Stop> {
-        let Judged { command, hold, .. } = judged;
+    /// Hold a statement for approval; released, it runs (under `limited`, the row limit and
+    /// the approval rules that judge by rows written, when they apply).
+    async fn hold_then_forward(
+        &mut self,
+        frame: &Frame,
+        judged: Judged,
+        forward: Forward,
+        limited: Option<(u64, Vec<tollgate_shared::policy::ApprovalRule>)>,
+    ) -> Result<(), Stop> {
+        let Judged { mut command, hold, .. } = judged;
         let Some(hold) = hold else { return Ok(()) };
+        if let Some((limit, _)) = &limited {
+            command.postgres.get_or_insert_with(Default::default).row_limit = Some(*limit);
+        }
         // Listen before asking, so no decision can slip by; record and forward what came before.
         let mut waiter = self.guard.approvals.wait(hold.approval_id);
         let event = self.outbox.seal(self.recorder, kind::COMMAND, &command)?;
@@ -642,6 +657,11 @@ where
                 // On record before it runs, with the batch it goes out with.
                 let released = ApprovalReleased { approval_id: hold.approval_id, command_id: event.id, approvers };
                 self.outbox.seal(self.recorder, kind::APPROVAL_RELEASED, &released)?;
+                if let Some((limit, rules)) = limited {
+                    let judged = Judged { command, refusal: None, hold: None };
+                    let forward = Forward { protocol, stand_in, pending, changes };
+                    return self.run_limited(frame, judged, forward, limit, rules, true).await;
+                }
                 self.outbox.frames.push(frame.bytes.clone());
                 self.apply(protocol, &changes);
                 pending.changing(changes)

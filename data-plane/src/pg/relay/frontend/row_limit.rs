@@ -72,7 +72,7 @@ pub(super) fn applies(
     if limit.is_none() && !rows_rules {
         return Limit::None;
     }
-    if judged.refusal.is_some() || judged.hold.is_some() {
+    if judged.refusal.is_some() {
         return Limit::None;
     }
     let counted = match limit {
@@ -146,6 +146,7 @@ where
         forward: Forward,
         limit: u64,
         rows_rules: Vec<ApprovalRule>,
+        recorded: bool,
     ) -> Result<(), Stop> {
         // The transaction status decides the wrapper: everything sent before must be answered
         // (and, `applies` made sure, ended by a Sync or a Query, so the status is current).
@@ -154,7 +155,13 @@ where
         let status = self.shared.tracker().status;
         if status == b'E' {
             // An aborted transaction runs nothing: the server refuses the statement itself.
-            return self.submit(frame, judged, forward).await;
+            let Forward { protocol, pending, changes, .. } = forward;
+            self.outbox.frames.push(frame.bytes.clone());
+            self.queue_exec(protocol, pending.changing(changes));
+            if !recorded {
+                self.outbox.record(self.recorder, &judged.command)?;
+            }
+            return Ok(());
         }
         let own = status == b'T';
         // The count so far is read with the opening statement (the statistics it reads also hold
@@ -171,11 +178,14 @@ where
         };
         // One pipeline: open (and count), the agent's statement, count again.
         self.proxy_statement(&open, &judged)?;
-        judged.command.postgres.get_or_insert_with(PgCommand::default).row_limit = Some(limit);
         let Forward { protocol, pending, changes, .. } = forward;
         self.outbox.frames.push(frame.bytes.clone());
         self.queue_exec(protocol, pending.changing(changes).limited());
-        self.outbox.record(self.recorder, &judged.command)?;
+        // A statement held and then approved is on record already (with its limit).
+        if !recorded {
+            judged.command.postgres.get_or_insert_with(PgCommand::default).row_limit = Some(limit);
+            self.outbox.record(self.recorder, &judged.command)?;
+        }
         self.proxy_statement(WRITTEN, &judged)?;
         let opened = self.quiet_outcome().await?;
         let second = self.next_quiet()?;
