@@ -17,6 +17,7 @@ const UNBOUNDED: &[&str] = &[
     "delete from orders where not false",
     "delete from orders where now() > '2000-01-01'",
     "delete from orders using customers where customers.vip",
+    "delete from orders where exists (select 1 from customers orders where orders.vip)",
     "update orders set total = 0 from customers c where c.id = 1",
     "update orders set total = 0 where 2 = 2 and true",
     "with gone as (delete from orders where 'a' = 'a' returning id) select count(*) from gone",

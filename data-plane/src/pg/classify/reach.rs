@@ -170,12 +170,41 @@ fn touches(node: &Value, t: &Target, in_subquery: bool) -> bool {
                 }
             }
             "SubLink" => {
+                // A subquery naming one of its own relations like the target hides the target.
                 child.get("testexpr").is_some_and(|e| touches(e, t, in_subquery))
-                    || child.get("subselect").is_some_and(|s| touches(s, t, true))
+                    || child
+                        .get("subselect")
+                        .is_some_and(|s| !names_in_from(s).contains(&t.name) && touches(s, t, true))
             }
             _ => touches(child, t, in_subquery),
         }),
         Value::Array(items) => items.iter().any(|item| touches(item, t, in_subquery)),
         _ => false,
     }
+}
+
+/// The names a subquery's FROM gives its relations (aliases, else relation names).
+fn names_in_from(subselect: &Value) -> Vec<String> {
+    fn collect(node: &Value, out: &mut Vec<String>) {
+        match node {
+            Value::Object(map) => {
+                if map.contains_key("relname") && map.contains_key("schemaname") {
+                    let alias = map.get("alias").and_then(|a| a.get("aliasname")).and_then(Value::as_str);
+                    let name = alias.or_else(|| map.get("relname").and_then(Value::as_str));
+                    out.extend(name.map(str::to_owned));
+                }
+                if let Some(alias) = map.get("RangeSubselect").and_then(|r| r.pointer("/alias/aliasname")) {
+                    out.extend(alias.as_str().map(str::to_owned));
+                }
+                map.values().for_each(|v| collect(v, out));
+            }
+            Value::Array(items) => items.iter().for_each(|i| collect(i, out)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    if let Some(from) = subselect.pointer("/node/SelectStmt/from_clause") {
+        collect(from, &mut out);
+    }
+    out
 }

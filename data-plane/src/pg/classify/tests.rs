@@ -466,6 +466,7 @@ fn a_write_is_unbounded_when_no_condition_bounds_its_reach() {
         "delete from orders where $1 = $2",
         "delete from orders where id is not distinct from id",
         "delete from orders where exists (select 1 from customers where vip)",
+        "delete from orders where exists (select 1 from customers orders where orders.vip)",
         "delete from orders using customers where customers.vip",
         "update orders set total = 0 from customers c where c.id = 7",
         "update orders set total = 0 where id = 1 or 2 = 2",
