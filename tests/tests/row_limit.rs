@@ -295,3 +295,35 @@ async fn an_approved_write_still_runs_under_the_limit() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "DELETE 10");
     assert_eq!(count(&stack, "select count(*) from victims"), "990");
 }
+
+/// Nobody decides on a large write's commit in time: it is rolled back, and the request is on
+/// record as expired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_write_nobody_approves_in_time_is_rolled_back() {
+    let stack = Stack::start().await;
+    stack.pg.admin_sql(
+        "demo",
+        "create table victims (id int primary key); insert into victims select generate_series(1, 1000);
+         alter table victims owner to app",
+    );
+    let policy = json!({
+        "resources": [{ "name": "demo", "kind": "postgres", "approvals": [
+            { "name": "big-writes", "hold_classes": ["update"], "rows_over": 50,
+              "approver_groups": ["dba"], "timeout_secs": 2 }] }],
+        "grants": [{ "name": "everyone", "who": { "agents": ["*"] }, "resources": { "names": ["demo"] }, "access": "admin" }]
+    });
+    stack.enforce(&policy).await;
+    let out = stack.psql(&stack.agent_token("bot-slow"), None, &["-c", "UPDATE victims SET id = id + 1000"], None);
+    assert!(!out.status.success(), "expired: {out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("waiting for approval") && stderr.contains("not approved in time"), "{stderr}");
+    assert_eq!(count(&stack, "select max(id) from victims"), "1000", "rolled back");
+    let from = (chrono::Utc::now() - chrono::Duration::minutes(5)).format("%Y-%m-%dT%H:%M:%SZ");
+    let expired = eventually(20, "the request on record as expired", || async {
+        let (_, page) = stack.api(&format!("/api/v1/reviews/approvals?from={from}")).await;
+        let item = page["items"].as_array()?.first()?.clone();
+        (item["status"] == "expired").then_some(item)
+    })
+    .await;
+    assert_eq!(expired["expiry_reason"], "timeout", "{expired}");
+}
