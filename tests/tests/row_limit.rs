@@ -77,6 +77,21 @@ async fn writes_over_the_limit_are_rolled_back_by_the_database_count() {
     assert_eq!(count(&stack, "select count(*) from parents"), "2");
     let done = client.simple_query("DELETE FROM parents WHERE id = 2").await.expect("no children: one row");
     assert_eq!(completed(&done), [1]);
+    // A table dropped inside the statement would take its counted rows with it: a statement
+    // that changes relations is rolled back.
+    stack.pg.admin_sql(
+        "demo",
+        "create table scratch (id int); insert into scratch values (1); alter table scratch owner to app;
+         create function sneaky() returns int language plpgsql as $$
+             begin drop table scratch; delete from victims where id <= 50; return 0; end $$;
+         alter function sneaky() owner to app",
+    );
+    let err = client.simple_query("SELECT sneaky()").await.expect_err("a drop inside");
+    assert!(err.as_db_error().is_some_and(|e| e.message().contains("dropped a relation")), "{err}");
+    assert_eq!(count(&stack, "select count(*) from scratch"), "1");
+    // A cursor runs its query when fetched, outside the statement: refused while a limit is set.
+    let err = client.simple_query("DECLARE c CURSOR WITH HOLD FOR SELECT wipe()").await.expect_err("a cursor");
+    assert!(err.as_db_error().is_some_and(|e| e.message().contains("max_rows_written")), "{err}");
     // The session goes on, and reads are untouched (both protocols).
     let rows = client.query_one("select count(*) from victims where id > $1", &[&9000i32]).await.expect("read");
     assert_eq!(rows.get::<_, i64>(0), 1000);
@@ -147,17 +162,13 @@ async fn writes_over_the_limit_are_rolled_back_by_the_database_count() {
         .filter_map(|c| c["statement"].as_str())
         .collect();
     // Each write: the opening with a count, a count after it, the commit or rollback.
-    let count = "SELECT pg_catalog.sum(pg_catalog.pg_stat_get_xact_tuples_inserted(c.oid) \
-                 OPERATOR(pg_catalog.+) pg_catalog.pg_stat_get_xact_tuples_updated(c.oid) \
-                 OPERATOR(pg_catalog.+) pg_catalog.pg_stat_get_xact_tuples_deleted(c.oid)) FROM pg_catalog.pg_class c \
-                 WHERE c.relkind IN ('r', 'p', 'm') AND c.relnamespace OPERATOR(pg_catalog.<>) 'pg_catalog'::pg_catalog.regnamespace";
-    let (begin, savepoint) = (format!("BEGIN; {count}"), format!("SAVEPOINT tollgate_row_limit; {count}"));
     let shapes: Vec<&str> = own
         .iter()
         .map(|s| match *s {
-            s if s == begin => "begin",
-            s if s == savepoint => "savepoint",
-            s if s == count => "count",
+            s if s.starts_with("BEGIN; SELECT COALESCE(pg_catalog.sum(pg_catalog.pg_stat_get_xact") => "begin",
+            s if s.starts_with("SAVEPOINT tollgate_row_limit; SELECT COALESCE(") => "savepoint",
+            s if s.starts_with("SET CONSTRAINTS ALL IMMEDIATE; SELECT COALESCE(") => "count",
+            s if s.starts_with("SELECT COALESCE(pg_catalog.sum(pg_catalog.pg_stat_get_xact") => "count",
             other => other,
         })
         .collect();
@@ -319,11 +330,12 @@ async fn a_large_write_nobody_approves_in_time_is_rolled_back() {
     assert!(stderr.contains("waiting for approval") && stderr.contains("not approved in time"), "{stderr}");
     assert_eq!(count(&stack, "select max(id) from victims"), "1000", "rolled back");
     let from = (chrono::Utc::now() - chrono::Duration::minutes(5)).format("%Y-%m-%dT%H:%M:%SZ");
+    // Expired by its proxy (not only past its time in the API's eyes): the reason is recorded.
     let expired = eventually(20, "the request on record as expired", || async {
         let (_, page) = stack.api(&format!("/api/v1/reviews/approvals?from={from}")).await;
         let item = page["items"].as_array()?.first()?.clone();
-        (item["status"] == "expired").then_some(item)
+        (item["expiry_reason"] == "timeout").then_some(item)
     })
     .await;
-    assert_eq!(expired["expiry_reason"], "timeout", "{expired}");
+    assert_eq!(expired["status"], "expired", "{expired}");
 }

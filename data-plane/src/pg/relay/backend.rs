@@ -30,6 +30,9 @@ where
         replaced.clear();
         // The read is cancel-safe (the buffer lives in the reader), so a notice can cut in.
         tokio::select! {
+            // The proxy's own messages first: a row-limited statement's answer must reach the
+            // agent before anything the server says after it.
+            biased;
             Some(notice) = injected.recv() => {
                 if let Err(e) = writer.write_all(&notice).await {
                     return Stop::io(EndReason::ClientClosed, e);

@@ -39,15 +39,29 @@ const SAVEPOINT: &str = "tollgate_row_limit";
 /// Classes that may change rows: the limit applies.
 const WRITERS: &[&str] = &["insert", "update", "delete", "merge", classify::USER_FUNCTION, classify::DYNAMIC_SQL];
 /// Classes the limit cannot be kept for: refused while it is set.
-const UNCOUNTABLE: &[&str] = &["truncate", "copy_from", "do_block", "call"];
-/// Rows the current transaction wrote in user tables so far (schema-qualified: the agent's
-/// search_path cannot put its own view, function or operator in their place). The statistics
-/// functions over `pg_class` directly: the `pg_stat_xact_user_tables` view costs three times as
-/// much (0.28 against 0.09 ms a call, `SELECT 1` being 0.03).
-const WRITTEN: &str = "SELECT pg_catalog.sum(pg_catalog.pg_stat_get_xact_tuples_inserted(c.oid) \
+const UNCOUNTABLE: &[&str] = &["truncate", "copy_from", "copy_program", "do_block", "call"];
+/// What the current transaction has done so far, in one row: rows written in tables outside
+/// `pg_catalog`, changes to `pg_class` itself (a relation created, altered, truncated or dropped:
+/// a dropped table's rows would leave the sum), and whether the server counts at all. Every name
+/// and operator is schema-qualified: the agent's search_path cannot put its own in their place.
+/// The statistics functions over `pg_class` directly: the `pg_stat_xact_user_tables` view costs
+/// three times as much (0.28 against 0.09 ms a call, `SELECT 1` being 0.03).
+const WRITTEN: &str = "SELECT COALESCE(pg_catalog.sum(pg_catalog.pg_stat_get_xact_tuples_inserted(c.oid) \
      OPERATOR(pg_catalog.+) pg_catalog.pg_stat_get_xact_tuples_updated(c.oid) \
-     OPERATOR(pg_catalog.+) pg_catalog.pg_stat_get_xact_tuples_deleted(c.oid)) FROM pg_catalog.pg_class c \
-     WHERE c.relkind IN ('r', 'p', 'm') AND c.relnamespace OPERATOR(pg_catalog.<>) 'pg_catalog'::pg_catalog.regnamespace";
+     OPERATOR(pg_catalog.+) pg_catalog.pg_stat_get_xact_tuples_deleted(c.oid)), 0), \
+     pg_catalog.pg_stat_get_xact_tuples_inserted('pg_catalog.pg_class'::pg_catalog.regclass) \
+     OPERATOR(pg_catalog.+) pg_catalog.pg_stat_get_xact_tuples_updated('pg_catalog.pg_class'::pg_catalog.regclass) \
+     OPERATOR(pg_catalog.+) pg_catalog.pg_stat_get_xact_tuples_deleted('pg_catalog.pg_class'::pg_catalog.regclass), \
+     pg_catalog.current_setting('track_counts') \
+     FROM pg_catalog.pg_class c WHERE c.relkind OPERATOR(pg_catalog.=) ANY ('{r,p,m}'::pg_catalog.\"char\"[]) \
+     AND c.relnamespace OPERATOR(pg_catalog.<>) 'pg_catalog'::pg_catalog.regnamespace";
+
+/// One reading of [`WRITTEN`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Tally {
+    rows: u64,
+    relations: u64,
+}
 
 /// What a row limit makes of a statement the policy allows.
 pub(super) enum Limit {
@@ -93,10 +107,15 @@ pub(super) fn applies(
         ));
     }
     let single = analysis.is_some_and(|a| a.classification.statements == 1) && executes == 0;
-    if has(UNCOUNTABLE) || !single {
+    // A cursor runs its query when it is fetched (outside this statement); dblink writes on
+    // another connection, which no rollback here undoes.
+    let functions = judged.command.classification.as_ref().map(|c| &c.functions);
+    let elsewhere = has(&["cursor"]) || functions.is_some_and(|f| f.iter().any(|f| f.contains("dblink")));
+    if has(UNCOUNTABLE) || !single || elsewhere {
         return refuse(format!(
             "this resource {counted}, and the proxy cannot keep it for this statement (TRUNCATE, COPY FROM, DO, \
-             CALL, several statements in one query, or EXECUTE of a prepared statement); send one statement at a time"
+             CALL, a cursor over a write, dblink, several statements in one query, or EXECUTE of a prepared \
+             statement); send one statement at a time"
         ));
     }
     if !synced {
@@ -108,20 +127,57 @@ pub(super) fn applies(
     Limit::Run(limit)
 }
 
-/// The number in a one-column DataRow (`NULL`, a sum over nothing, is 0).
-fn number(rows: &[Bytes]) -> Option<u64> {
-    let row = rows.first()?;
+/// The text values of a DataRow (`None` for NULL).
+fn values(row: &Bytes) -> Option<Vec<Option<String>>> {
     let body = row.get(5..)?;
-    let columns = i16::from_be_bytes([*body.first()?, *body.get(1)?]);
-    if columns != 1 {
-        return None;
+    let columns = usize::try_from(i16::from_be_bytes([*body.first()?, *body.get(1)?])).ok()?;
+    let mut at = 2;
+    let mut out = Vec::with_capacity(columns);
+    for _ in 0..columns {
+        let len = i32::from_be_bytes(body.get(at..at + 4)?.try_into().ok()?);
+        at += 4;
+        if len < 0 {
+            out.push(None);
+            continue;
+        }
+        let len = usize::try_from(len).ok()?;
+        out.push(Some(std::str::from_utf8(body.get(at..at + len)?).ok()?.to_owned()));
+        at += len;
     }
-    let len = i32::from_be_bytes(body.get(2..6)?.try_into().ok()?);
-    if len < 0 {
-        return Some(0);
+    Some(out)
+}
+
+/// A [`WRITTEN`] answer; `None` unless it is one well-formed row from a server that counts.
+fn tally(rows: &[Bytes]) -> Option<Tally> {
+    let [row] = rows else { return None };
+    match values(row)?.as_slice() {
+        [Some(rows), Some(relations), Some(track)] if track == "on" => {
+            Some(Tally { rows: rows.parse().ok()?, relations: relations.parse().ok()? })
+        }
+        _ => None,
     }
-    let text = std::str::from_utf8(body.get(6..6 + usize::try_from(len).ok()?)?).ok()?;
-    text.parse().ok()
+}
+
+/// How one statement is wrapped: the proxy's statements around it and what decides.
+struct Wrap {
+    open: String,
+    count: String,
+    keep: String,
+    undo: String,
+    /// Inside the agent's own transaction (a savepoint), not one the proxy opened.
+    own: bool,
+    /// The transaction status the agent would see after the statement.
+    status: u8,
+    limit: u64,
+    rules: Vec<ApprovalRule>,
+}
+
+/// Record an ErrorResponse as the statement's outcome.
+fn fail(result: &mut CommandResult, error: &Bytes) {
+    result.outcome = Outcome::Error;
+    if let Ok((code, message)) = messages::error_fields(error.get(5..).unwrap_or_default()) {
+        result.error = Some(ErrorInfo { code, message });
+    }
 }
 
 fn ready(status: u8) -> Bytes {
@@ -166,18 +222,33 @@ where
         let own = status == b'T';
         // The count so far is read with the opening statement (the statistics it reads also hold
         // earlier transactions' writes the backend has not reported yet, so it is never 0 by
-        // assumption).
-        let (open, keep, undo) = if own {
-            (
-                format!("SAVEPOINT {SAVEPOINT}; {WRITTEN}"),
-                format!("RELEASE SAVEPOINT {SAVEPOINT}"),
-                format!("ROLLBACK TO SAVEPOINT {SAVEPOINT}; RELEASE SAVEPOINT {SAVEPOINT}"),
-            )
+        // assumption). In a transaction of its own the proxy also fires deferred triggers before
+        // the second count, so their writes count too.
+        let wrap = if own {
+            Wrap {
+                open: format!("SAVEPOINT {SAVEPOINT}; {WRITTEN}"),
+                count: WRITTEN.to_owned(),
+                keep: format!("RELEASE SAVEPOINT {SAVEPOINT}"),
+                undo: format!("ROLLBACK TO SAVEPOINT {SAVEPOINT}; RELEASE SAVEPOINT {SAVEPOINT}"),
+                own,
+                status,
+                limit,
+                rules: rows_rules,
+            }
         } else {
-            (format!("BEGIN; {WRITTEN}"), "COMMIT".to_owned(), "ROLLBACK".to_owned())
+            Wrap {
+                open: format!("BEGIN; {WRITTEN}"),
+                count: format!("SET CONSTRAINTS ALL IMMEDIATE; {WRITTEN}"),
+                keep: "COMMIT".to_owned(),
+                undo: "ROLLBACK".to_owned(),
+                own,
+                status,
+                limit,
+                rules: rows_rules,
+            }
         };
         // One pipeline: open (and count), the agent's statement, count again.
-        self.proxy_statement(&open, &judged)?;
+        self.proxy_statement(&wrap.open, &judged)?;
         let Forward { protocol, pending, changes, .. } = forward;
         self.outbox.frames.push(frame.bytes.clone());
         self.queue_exec(protocol, pending.changing(changes).limited());
@@ -186,7 +257,7 @@ where
             judged.command.postgres.get_or_insert_with(PgCommand::default).row_limit = Some(limit);
             self.outbox.record(self.recorder, &judged.command)?;
         }
-        self.proxy_statement(WRITTEN, &judged)?;
+        self.proxy_statement(&wrap.count, &judged)?;
         let opened = self.quiet_outcome().await?;
         let second = self.next_quiet()?;
         let LimitedDone { mut result, kept } = self
@@ -195,66 +266,98 @@ where
             .limited
             .take()
             .ok_or_else(|| lost("the row-limited statement's answer is missing"))?;
-        if opened.error.is_some() {
-            return Err(lost("the row limit's transaction could not be opened"));
-        }
-        let shown: Vec<Bytes> = if result.error.is_some() {
-            if own {
-                // Inside the agent's transaction the failure aborts it, as it would have.
-                kept
-            } else {
-                self.undo(&undo, &judged).await?;
-                with_status(kept, b'I')
-            }
-        } else {
-            let written = match (number(&opened.rows), number(&second.rows)) {
-                (Some(a), Some(b)) if second.error.is_none() => b.saturating_sub(a),
-                _ => return Err(lost("the server's count of rows written could not be read")),
-            };
-            result.rows = written;
-            if written > limit {
-                self.undo(&undo, &judged).await?;
-                let message = format!(
-                    "tollgate: the statement wrote {written} rows, over this resource's limit of {limit} \
-                     (max_rows_written); it was rolled back"
-                );
-                result.outcome = Outcome::Error;
-                result.error = Some(ErrorInfo { code: OVER_LIMIT.into(), message: message.clone() });
-                vec![messages::error_response(Severity::Error, OVER_LIMIT, &message), ready(status)]
-            } else if let Some(error) = self.approve_commit(&rows_rules, &judged, &result).await? {
-                // Held by the rows it wrote, and not approved: rolled back.
-                self.undo(&undo, &judged).await?;
-                if let Ok((code, message)) = messages::error_fields(&error[5..]) {
-                    result.outcome = Outcome::Error;
-                    result.error = Some(ErrorInfo { code, message });
-                }
-                vec![error, ready(status)]
-            } else {
-                self.proxy_statement(&keep, &judged)?;
-                match self.quiet_outcome().await?.error {
-                    None => with_status(kept, status),
-                    // The commit failed (a deferred constraint): that is the statement's answer.
-                    Some(error) => {
-                        if let Ok((code, message)) = messages::error_fields(&error[5..]) {
-                            result.outcome = Outcome::Error;
-                            result.error = Some(ErrorInfo { code, message });
-                        }
-                        let after = self.shared.tracker().status;
-                        vec![error, ready(after)]
-                    }
-                }
-            }
-        };
-        for frame in shown {
-            if self.inject.send(frame).await.is_err() {
-                return Err(Stop::closed(EndReason::ClientClosed));
-            }
+        let decided = self.decide(&mut result, kept, (opened, second), &wrap, &judged).await;
+        if decided.is_err() {
+            // The session ends here: the statement's outcome is on record all the same.
+            result.outcome = Outcome::Unfinished;
         }
         match self.recorder.seal(kind::COMMAND_RESULT, &result) {
             Ok(event) => self.recorder.background(event),
             Err(e) => tracing::error!(error = %e, "cannot seal command.result"),
         }
+        for frame in decided? {
+            if self.inject.send(frame).await.is_err() {
+                return Err(Stop::closed(EndReason::ClientClosed));
+            }
+        }
         Ok(())
+    }
+
+    /// Commit or roll back a statement the server has answered; what the agent sees next.
+    async fn decide(
+        &mut self,
+        result: &mut CommandResult,
+        kept: Vec<Bytes>,
+        (opened, second): (QuietDone, QuietDone),
+        wrap: &Wrap,
+        judged: &Judged,
+    ) -> Result<Vec<Bytes>, Stop> {
+        if opened.error.is_some() {
+            return Err(lost("the row limit's transaction could not be opened"));
+        }
+        if result.error.is_some() {
+            if wrap.own {
+                // Inside the agent's transaction the failure aborts it, as it would have.
+                return Ok(kept);
+            }
+            self.undo(&wrap.undo, judged).await?;
+            return Ok(with_status(kept, b'I'));
+        }
+        if let (Some(error), false) = (&second.error, wrap.own) {
+            // A deferred constraint fired before the count failed: the statement's answer, as
+            // autocommit would have given it.
+            self.undo(&wrap.undo, judged).await?;
+            fail(result, error);
+            return Ok(vec![error.clone(), ready(b'I')]);
+        }
+        let (Some(before), Some(after)) = (tally(&opened.rows), tally(&second.rows)) else {
+            return Err(lost("the server's count of rows written could not be read (or it does not count)"));
+        };
+        let tagged: u64 = result
+            .tags
+            .iter()
+            .filter(|t| ["INSERT ", "UPDATE ", "DELETE ", "MERGE "].iter().any(|verb| t.starts_with(verb)))
+            .map(|t| messages::tag_rows(t))
+            .sum();
+        let written = after.rows.saturating_sub(before.rows).max(tagged);
+        result.rows = written;
+        let limit = wrap.limit;
+        let refusal = if after.relations != before.relations {
+            Some(
+                "tollgate: the statement created, altered, truncated or dropped a relation, which the row limit \
+                 (max_rows_written) cannot count past; it was rolled back"
+                    .to_owned(),
+            )
+        } else if written > limit {
+            Some(format!(
+                "tollgate: the statement wrote {written} rows, over this resource's limit of {limit} (max_rows_written); \
+                 it was rolled back"
+            ))
+        } else {
+            None
+        };
+        if let Some(message) = refusal {
+            self.undo(&wrap.undo, judged).await?;
+            let error = messages::error_response(Severity::Error, OVER_LIMIT, &message);
+            fail(result, &error);
+            return Ok(vec![error, ready(wrap.status)]);
+        }
+        if let Some(error) = self.approve_commit(&wrap.rules, judged, result).await? {
+            // Held by the rows it wrote, and not approved: rolled back.
+            self.undo(&wrap.undo, judged).await?;
+            fail(result, &error);
+            return Ok(vec![error, ready(wrap.status)]);
+        }
+        self.proxy_statement(&wrap.keep, judged)?;
+        match self.quiet_outcome().await?.error {
+            None => Ok(with_status(kept, wrap.status)),
+            // The commit failed: that is the statement's answer.
+            Some(error) => {
+                fail(result, &error);
+                let after = self.shared.tracker().status;
+                Ok(vec![error, ready(after)])
+            }
+        }
     }
 
     /// Roll the statement back; a rollback that fails leaves the session in a state nobody
