@@ -163,6 +163,14 @@ fn same_instant(a: DateTime<Utc>, b: DateTime<Utc>) -> bool {
     a.timestamp_micros() == b.timestamp_micros()
 }
 
+/// [`same_instant`] for times a row may not have yet.
+fn instant(a: Option<DateTime<Utc>>, b: Option<DateTime<Utc>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => same_instant(a, b),
+        (a, b) => a == b,
+    }
+}
+
 /// What the views should hold for a session's stored events, or why an event cannot say.
 #[derive(Default)]
 pub struct Expected {
@@ -307,10 +315,6 @@ pub fn expected_session(raws: &[&[u8]]) -> Option<SessionRow> {
 impl SessionRow {
     /// The columns where `self` (as the view holds it) says something other than `recorded`.
     pub fn differences(&self, recorded: &SessionRow) -> Vec<&'static str> {
-        let instant = |a: Option<DateTime<Utc>>, b: Option<DateTime<Utc>>| match (a, b) {
-            (Some(a), Some(b)) => same_instant(a, b),
-            (a, b) => a == b,
-        };
         differing(&[
             ("agent_id", self.agent_id == recorded.agent_id),
             ("resource", self.resource == recorded.resource),

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashSet};
 use uuid::Uuid;
 
 use super::super::apply::{agent_id, decode, Payload};
-use super::{differing, enum_text, same_instant};
+use super::{differing, enum_text, instant, same_instant};
 
 /// A row of `approvals`.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -66,13 +66,6 @@ pub const DECISION_COLUMNS: &str = "event_id, approval_id, at, verdict, channel,
 
 fn minutes(m: Option<u32>) -> Option<i32> {
     m.and_then(|m| i32::try_from(m).ok())
-}
-
-fn instant(a: Option<DateTime<Utc>>, b: Option<DateTime<Utc>>) -> bool {
-    match (a, b) {
-        (Some(a), Some(b)) => same_instant(a, b),
-        (a, b) => a == b,
-    }
 }
 
 impl ApprovalRow {
