@@ -57,6 +57,27 @@ async fn versions_concurrency_history_diff_and_dry_run() {
         .await;
     assert_eq!((dry["valid"].as_bool(), dry["live_version"].as_u64()), (Some(true), Some(3)));
     assert_eq!(dry["changes"][0]["after"], json!([]));
+    // The blast-radius settings: a row limit and a rule holding writes by the rows they write
+    // are shown as changes, and their mistakes as problems.
+    let mut limited = document(&["drop", "truncate"]);
+    limited["resources"][0]["guardrails"]["max_rows_written"] = json!(500);
+    limited["resources"][0]["approvals"] = json!([{ "name": "big-writes", "hold_classes": ["delete"],
+        "rows_over": 100, "approver_groups": ["dba"], "timeout_secs": 60 }]);
+    let (_, dry) =
+        stack.api_send("POST", "/api/v1/policy/dry-run", Some(&admin), Some(&json!({ "document": limited }))).await;
+    let paths: Vec<&str> = dry["changes"].as_array().into_iter().flatten().filter_map(|c| c["path"].as_str()).collect();
+    assert!(dry["valid"] == true && paths.contains(&"resources[demo].guardrails.max_rows_written"), "{dry}");
+    assert!(paths.iter().any(|p| p.starts_with("resources[demo].approvals")), "{dry}");
+    limited["resources"][0]["guardrails"]["max_rows_written"] = json!(0);
+    limited["resources"].as_array_mut().expect("resources").push(json!({ "name": "box", "kind": "ssh",
+        "approvals": [{ "name": "big", "hold_classes": ["exec"], "rows_over": 1, "approver_groups": ["dba"] }] }));
+    let (_, dry) =
+        stack.api_send("POST", "/api/v1/policy/dry-run", Some(&admin), Some(&json!({ "document": limited }))).await;
+    let problems: Vec<&str> =
+        dry["problems"].as_array().into_iter().flatten().filter_map(|p| p["path"].as_str()).collect();
+    assert_eq!(dry["valid"], false, "{dry}");
+    assert!(problems.contains(&"resources[0].guardrails.max_rows_written"), "{dry}");
+    assert!(problems.iter().any(|p| p.ends_with(".rows_over")), "{dry}");
 
     // The live policy, its history (projected from policy.changed events) and diffs.
     let (_, live) = stack.api("/api/v1/policy").await;

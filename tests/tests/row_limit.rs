@@ -1,7 +1,9 @@
 //! `max_rows_written`: the database counts, the proxy commits or rolls back. A write within the
 //! limit commits with the answer the agent would have had; one over it is rolled back and the
 //! agent is told why; inside the agent's own transaction only the statement is undone. The
-//! upstream proves each outcome, and the record shows the proxy's own statements.
+//! upstream proves each outcome, and the record shows the proxy's own statements. Over the
+//! extended protocol the write runs in its pipeline's transaction and an over-limit one fails
+//! as a failed statement would: the server skips to the agent's Sync.
 
 use serde_json::{json, Value};
 use tokio_postgres::SimpleQueryMessage;
@@ -113,12 +115,9 @@ async fn writes_over_the_limit_are_rolled_back_by_the_database_count() {
     client.simple_query("ROLLBACK").await.expect("rollback");
     assert_eq!(count(&stack, "select count(*) from victims"), "9980");
 
-    // What the limit cannot count is refused before it runs; so is a write over the extended
-    // protocol (not enforced there yet).
+    // What the limit cannot count is refused before it runs.
     let err = client.simple_query("TRUNCATE victims").await.expect_err("uncountable");
     assert!(err.as_db_error().is_some_and(|e| e.message().contains("max_rows_written")), "{err}");
-    let err = client.execute("DELETE FROM victims WHERE id = $1", &[&5000i32]).await.expect_err("extended write");
-    assert!(err.as_db_error().is_some_and(|e| e.message().contains("simple-protocol")), "{err}");
     assert_eq!(count(&stack, "select count(*) from victims"), "9980");
     // Extended-protocol messages not yet ended by a Sync could have changed the transaction
     // (an Execute of ROLLBACK): a write behind them is refused until the agent syncs.
@@ -248,12 +247,30 @@ async fn a_large_write_commits_only_when_approved() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("denied"), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(count(&stack, "select count(*) from victims"), "890");
 
-    // The approvals evidence names both, with their outcomes.
+    // A driver's parameterized write (extended protocol): held the same way, in its pipeline's
+    // transaction, and committed by the driver's Sync once approved.
+    let client = stack.agent_client(&token).await.expect("connect");
+    let write = tokio::spawn(async move { client.execute("DELETE FROM victims WHERE id <= $1", &[&200i32]).await });
+    let third = eventually(20, "the third request", || async {
+        let (_, list) = stack.api("/api/v1/approvals?status=pending").await;
+        list.as_array()?.first().cloned()
+    })
+    .await;
+    assert_eq!(count(&stack, "select count(*) from victims"), "890", "uncommitted while it waits");
+    let id = third["id"].as_str().expect("id");
+    let (status, body) = stack
+        .api_send("POST", &format!("/api/v1/approvals/{id}/approve"), Some(&bob), Some(&json!({ "reason": "fine" })))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(write.await.expect("join").expect("approved"), 90);
+    assert_eq!(count(&stack, "select count(*) from victims"), "800");
+
+    // The approvals evidence names all three, with their outcomes.
     let from = (chrono::Utc::now() - chrono::Duration::minutes(5)).format("%Y-%m-%dT%H:%M:%SZ");
     let report = eventually(20, "both decisions in the evidence", || async {
         let (_, page) = stack.api(&format!("/api/v1/reviews/approvals?from={from}")).await;
         let items = page["items"].as_array()?.clone();
-        (items.len() == 2 && items.iter().all(|a| a["status"] != "pending")).then_some(items)
+        (items.len() == 3 && items.iter().all(|a| a["status"] != "pending")).then_some(items)
     })
     .await;
     let mut outcomes: Vec<(String, String)> = report
@@ -264,6 +281,7 @@ async fn a_large_write_commits_only_when_approved() {
     assert_eq!(
         outcomes,
         [
+            ("DELETE FROM victims WHERE id <= $1".to_owned(), "approved".to_owned()),
             ("DELETE FROM victims WHERE id <= 110".to_owned(), "approved".to_owned()),
             ("DELETE FROM victims WHERE id <= 300".to_owned(), "denied".to_owned())
         ]
@@ -338,4 +356,162 @@ async fn a_large_write_nobody_approves_in_time_is_rolled_back() {
     })
     .await;
     assert_eq!(expired["status"], "expired", "{expired}");
+}
+
+/// The extended protocol: a driver's parameterized write is counted in its own pipeline; over
+/// the limit it fails as a failing statement would (the pipeline's transaction rolled back, the
+/// rest of the pipeline skipped, the agent's block aborted), within it the agent gets the
+/// server's own answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extended_protocol_writes_are_counted_in_their_pipeline() {
+    let stack = Stack::start().await;
+    stack.pg.admin_sql(
+        "demo",
+        "create table victims (id int primary key, secret text); insert into victims select g, 'x' from generate_series(1, 1000) g;
+         create table notes (id int); alter table victims owner to app; alter table notes owner to app",
+    );
+    let policy = json!({
+        "resources": [{ "name": "demo", "kind": "postgres", "guardrails": { "max_rows_written": 100 } }],
+        "grants": [{ "name": "everyone", "who": { "agents": ["*"] }, "resources": { "names": ["demo"] }, "access": "admin" }]
+    });
+    stack.enforce(&policy).await;
+    let token = stack.agent_token("bot-driver");
+    let mut client = stack.agent_client(&token).await.expect("connect");
+
+    // Within the limit: the driver's answer, committed by its Sync.
+    let n = client.execute("DELETE FROM victims WHERE id <= $1", &[&10i32]).await.expect("10 rows");
+    assert_eq!(n, 10);
+    assert_eq!(count(&stack, "select count(*) from victims"), "990");
+    // Rows returned in binary, within the limit.
+    let rows = client.query("DELETE FROM victims WHERE id <= $1 RETURNING id", &[&20i32]).await.expect("returning");
+    assert_eq!(rows.iter().map(|r| r.get::<_, i32>(0)).sum::<i32>(), (11..=20).sum::<i32>());
+    // Over it: nothing changed, the agent told why.
+    let err = client.execute("UPDATE victims SET secret = $1", &[&"y"]).await.expect_err("980 rows");
+    let db = err.as_db_error().expect("a server error");
+    assert_eq!(db.code().code(), "54000");
+    assert!(db.message().contains("wrote 980 rows, over this resource's limit of 100"), "{}", db.message());
+    assert_eq!(count(&stack, "select count(*) from victims where secret = 'y'"), "0");
+    // In the agent's transaction: the statement's failure aborts it, as any failure would; a
+    // savepoint of the agent's own brings it back, with the earlier work intact.
+    let mut tx = client.transaction().await.expect("begin");
+    tx.execute("INSERT INTO notes VALUES ($1)", &[&1i32]).await.expect("note 1");
+    let sp = tx.savepoint("before_cleanup").await.expect("savepoint");
+    let err = sp.execute("DELETE FROM victims WHERE id > $1", &[&0i32]).await.expect_err("over the limit");
+    assert_eq!(err.code().map(|c| c.code()), Some("54000"));
+    let err = sp.execute("INSERT INTO notes VALUES ($1)", &[&99i32]).await.expect_err("aborted");
+    assert_eq!(err.code().map(|c| c.code()), Some("25P02"), "{err}");
+    sp.rollback().await.expect("rollback to savepoint");
+    tx.execute("INSERT INTO notes VALUES ($1)", &[&2i32]).await.expect("note 2");
+    tx.commit().await.expect("commit");
+    assert_eq!(count(&stack, "select string_agg(id::text, ',' order by id) from notes"), "1,2");
+    assert_eq!(count(&stack, "select count(*) from victims"), "980");
+
+    // One pipeline: an insert, a write over the limit, another insert, one Sync. The server
+    // skips what follows the failure and the Sync rolls the first insert back with it.
+    let port = stack.proxy.postgres_addr.port();
+    let mut raw = Wire::connect(port, "demo", &token).await.expect("raw connection");
+    let pipeline = [
+        wire::parse("", "INSERT INTO notes VALUES (3)"),
+        wire::bind("", "", &[]),
+        wire::execute("", 0),
+        wire::parse("wipe", "DELETE FROM victims WHERE id > $1"),
+        wire::bind("", "wipe", &[Some("0")]),
+        wire::execute("", 0),
+        wire::parse("", "INSERT INTO notes VALUES (4)"),
+        wire::bind("", "", &[]),
+        wire::execute("", 0),
+        wire::sync(),
+    ];
+    let answers = raw.round(&pipeline, 1).await;
+    let tags: Vec<u8> = answers.iter().map(|m| m.tag).collect();
+    assert_eq!(tags, b"12C12EZ", "{answers:?}");
+    assert!(wire::errors(&answers)[0].1.contains("wrote 980 rows"), "{answers:?}");
+    assert_eq!(answers.last().map(|m| m.body[0]), Some(b'I'), "the pipeline's transaction is over");
+    assert_eq!(count(&stack, "select string_agg(id::text, ',' order by id) from notes"), "1,2");
+    assert_eq!(count(&stack, "select count(*) from victims"), "980");
+    // The same pipeline within the limit commits all three, the answers as the server gave them.
+    let answers = raw
+        .round(
+            &[
+                wire::parse("", "INSERT INTO notes VALUES (3)"),
+                wire::bind("", "", &[]),
+                wire::execute("", 0),
+                wire::bind("", "wipe", &[Some("950")]),
+                wire::execute("", 0),
+                wire::parse("", "INSERT INTO notes VALUES (4)"),
+                wire::bind("", "", &[]),
+                wire::execute("", 0),
+                wire::sync(),
+            ],
+            1,
+        )
+        .await;
+    let tags: Vec<String> = answers.iter().filter_map(|m| m.command()).collect();
+    assert_eq!(tags, ["INSERT 0 1", "DELETE 50", "INSERT 0 1"], "{answers:?}");
+    assert_eq!(count(&stack, "select string_agg(id::text, ',' order by id) from notes"), "1,2,3,4");
+    assert_eq!(count(&stack, "select count(*) from victims"), "930");
+    // A write fetched a few rows at a time (PortalSuspended): it ran whole at the first
+    // Execute, which is counted; the next fetch writes nothing more.
+    let answers = raw
+        .round(
+            &[
+                wire::parse("", "DELETE FROM victims WHERE id > 945 RETURNING id"),
+                wire::bind("p", "", &[]),
+                wire::execute("p", 2),
+                wire::execute("p", 0),
+                wire::sync(),
+            ],
+            1,
+        )
+        .await;
+    let tags: Vec<u8> = answers.iter().map(|m| m.tag).collect();
+    assert_eq!(tags, b"12DDsDDDCZ", "{answers:?}");
+    // (The server tags a resumed portal with the rows of that fetch.)
+    assert_eq!(answers.iter().filter_map(|m| m.command()).collect::<Vec<_>>(), ["DELETE 3"]);
+    assert_eq!(count(&stack, "select count(*) from victims"), "925");
+    // The proxy's names are its own: an agent may not take them.
+    let answers = raw.round(&[wire::parse("tollgate_row_limit", "SELECT 1"), wire::sync()], 1).await;
+    assert!(wire::errors(&answers).iter().any(|(_, m)| m.contains("the proxy's own")), "{answers:?}");
+    drop(raw);
+    let err = client.simple_query("PREPARE tollgate_row_limit AS SELECT 1").await.expect_err("reserved");
+    assert!(err.as_db_error().is_some_and(|e| e.message().contains("the proxy's own")), "{err}");
+    drop(client);
+
+    // The record: the write's limit and attempted count, and the proxy's counts as extended
+    // statements (the upstream's log is checked against them when the stack stops).
+    let sessions = stack.ended_sessions(2).await;
+    let mut events = Vec::new();
+    for session in &sessions {
+        let id = session["id"].as_str().expect("id").to_owned();
+        events.extend(
+            eventually(30, "the session's results to be projected", || async {
+                let (_, events) = stack.api(&format!("/api/v1/sessions/{id}/events")).await;
+                let events = events.as_array()?.clone();
+                events.iter().any(|e| e["type"] == "session.ended").then_some(events)
+            })
+            .await,
+        );
+    }
+    let over = events
+        .iter()
+        .find(|e| e["type"] == "command" && e["event"]["payload"]["statement"] == "UPDATE victims SET secret = $1")
+        .expect("the over-limit write on record");
+    assert_eq!(over["event"]["payload"]["postgres"]["row_limit"], 100);
+    let result = events
+        .iter()
+        .filter(|e| e["type"] == "command.result")
+        .map(|e| &e["event"]["payload"])
+        .find(|r| r["command_id"] == over["id"])
+        .expect("its result");
+    assert_eq!(
+        (result["outcome"].as_str(), result["rows"].as_u64(), result["error"]["code"].as_str()),
+        (Some("error"), Some(980), Some("54000")),
+        "{result}"
+    );
+    let counts = events
+        .iter()
+        .map(|e| &e["event"]["payload"])
+        .filter(|c| c["postgres"]["step"] == "row_limit" && c["protocol"] == "extended")
+        .count();
+    assert!(counts >= 10, "two counts per write, each on record: {counts}");
 }

@@ -252,6 +252,51 @@ pub fn denied_parse() -> Bytes {
     framed(b'P', &body)
 }
 
+/// Names the proxy keeps for its own statements and portals: an agent's name with this prefix
+/// is refused, so the proxy's never stand for the agent's.
+pub const OWN_NAME_PREFIX: &str = "tollgate_";
+
+/// A Parse of a named statement with no parameter types, as the proxy sends it itself.
+pub fn parse(name: &str, sql: &str) -> Bytes {
+    let mut body = BytesMut::new();
+    put_cstr(&mut body, name);
+    put_cstr(&mut body, sql);
+    body.put_i16(0);
+    framed(b'P', &body)
+}
+
+/// A Bind of `statement` to `portal` with no parameters and text results.
+pub fn bind(portal: &str, statement: &str) -> Bytes {
+    let mut body = BytesMut::new();
+    put_cstr(&mut body, portal);
+    put_cstr(&mut body, statement);
+    body.put_i16(0);
+    body.put_i16(0);
+    body.put_i16(0);
+    framed(b'B', &body)
+}
+
+/// An Execute of `portal` to completion.
+pub fn execute(portal: &str) -> Bytes {
+    let mut body = BytesMut::new();
+    put_cstr(&mut body, portal);
+    body.put_i32(0);
+    framed(b'E', &body)
+}
+
+/// A Close of a statement (`S`) or portal (`P`).
+pub fn close(kind: u8, name: &str) -> Bytes {
+    let mut body = BytesMut::new();
+    body.put_u8(kind);
+    put_cstr(&mut body, name);
+    framed(b'C', &body)
+}
+
+/// Flush: the server sends what it has without ending the pipeline's transaction.
+pub fn flush() -> Bytes {
+    framed(b'H', &[])
+}
+
 /// AuthenticationCleartextPassword: ask the agent for its token.
 pub fn auth_cleartext_request() -> Bytes {
     framed(b'R', &3i32.to_be_bytes())

@@ -99,7 +99,8 @@ where
             return Stop::io(EndReason::ClientClosed, e);
         }
         // Results are recorded after the agent has them: off the critical path.
-        for result in finished.drain(..) {
+        // (A stand-in bound to no command answers for one whose result the frontend records.)
+        for result in finished.drain(..).filter(|r| !r.command_id.is_nil()) {
             match recorder.seal(kind::COMMAND_RESULT, &result) {
                 Ok(event) => recorder.background(event),
                 Err(e) => tracing::error!(error = %e, "cannot seal command.result"),

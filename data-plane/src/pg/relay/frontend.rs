@@ -71,6 +71,16 @@ struct Resolved {
 }
 
 fn check_name(name: &str) -> Result<(), Stop> {
+    if name.starts_with(messages::OWN_NAME_PREFIX) {
+        return Err(Stop::refuse(
+            EndReason::ProtocolViolation,
+            PROTOCOL_VIOLATION,
+            format!(
+                "tollgate: statement and portal names beginning with {:?} are the proxy's own",
+                messages::OWN_NAME_PREFIX
+            ),
+        ));
+    }
     if name.len() > MAX_NAME {
         return Err(Stop::refuse(
             EndReason::ProtocolViolation,
@@ -367,13 +377,25 @@ where
         };
         let mut judged = self.guard.judge(subject(resolved.refusal));
         let limit = self.guard.row_limit();
-        let rows_rules = judged.command.classification.as_ref().is_some_and(|c| !self.guard.rows_rules(c).is_empty());
+        let rows_rules = judged.command.classification.as_ref().map(|c| self.guard.rows_rules(c)).unwrap_or_default();
         let analysis = Some(&*statement.analysis);
-        if let Limit::Refuse(refusal) =
-            row_limit::applies(limit, rows_rules, &judged, analysis, Protocol::Extended, resolved.executes.len(), true)
-        {
-            judged = self.guard.judge(subject(Some(refusal)));
-        }
+        let executes = resolved.executes.len();
+        let limited = match row_limit::applies(
+            limit,
+            !rows_rules.is_empty(),
+            &judged,
+            analysis,
+            Protocol::Extended,
+            executes,
+            true,
+        ) {
+            Limit::None => None,
+            Limit::Run(limit) => Some(limit),
+            Limit::Refuse(refusal) => {
+                judged = self.guard.judge(subject(Some(refusal)));
+                None
+            }
+        };
         // Binary results are masked by type: without a description of this statement, ask the
         // server for one first (its answer is not relayed).
         if portal.result_formats.contains(&1) && statement.described.get().is_none() && judged.refusal.is_none() {
@@ -383,7 +405,14 @@ where
         let pending = Pending::extended(Some(statement.clone()), portal.result_formats.clone());
         let changes = names::changes_of(&statement.analysis, &statement.text);
         let forward = Forward { protocol: Protocol::Extended, stand_in: messages::denied_parse(), pending, changes };
-        self.submit(frame, judged, forward).await
+        match limited {
+            None => self.submit(frame, judged, forward).await,
+            // Held first: once approved, it runs under the limit too.
+            Some(limit) if judged.hold.is_some() => {
+                self.hold_then_forward(frame, judged, forward, Some((limit, rows_rules))).await
+            }
+            Some(limit) => self.run_limited(frame, judged, forward, limit, rows_rules, false).await,
+        }
     }
 
     async fn describe(&mut self, frame: &Frame) -> Result<(), Stop> {
@@ -497,6 +526,15 @@ where
         let mut all_gone = false;
         let mut prepares = 0;
         for (_, op) in &analysis.ops {
+            if let NameOp::Prepare { name, .. } | NameOp::Declare { name, .. } = op {
+                if name.starts_with(messages::OWN_NAME_PREFIX) {
+                    resolved.refusal = Some(Refusal {
+                        rule: "reserved_name",
+                        reason: format!("names beginning with {:?} are the proxy's own", messages::OWN_NAME_PREFIX),
+                    });
+                    return Ok(resolved);
+                }
+            }
             match op {
                 NameOp::Prepare { name, inner } => {
                     prepares += 1;

@@ -31,6 +31,9 @@ pub enum Expect {
     },
     /// A Parse, Bind or Close: the change takes effect when the server confirms it.
     Name(Change),
+    /// A Parse, Bind or Close the proxy sent itself (its names are its own): its answer is not
+    /// relayed.
+    Own,
     /// The agent's Sync, answered by ReadyForQuery; it ends the server's skipping after an error.
     Sync,
     /// The ReadyForQuery that ends a Query (not a Sync: a Query skipped after an
@@ -50,7 +53,7 @@ impl Expect {
     fn extended(&self) -> bool {
         match self {
             Expect::Exec(p) => p.protocol == Protocol::Extended,
-            Expect::Describe { .. } | Expect::Name(_) => true,
+            Expect::Describe { .. } | Expect::Name(_) | Expect::Own => true,
             Expect::Sync | Expect::QueryEnd | Expect::CopyEnd => false,
         }
     }
@@ -298,7 +301,7 @@ impl Tracker {
                     self.copy_in = false;
                     self.syncs_during_copy = 0;
                 }
-                Expect::Sync | Expect::QueryEnd | Expect::Describe { .. } | Expect::Name(_) => {}
+                Expect::Sync | Expect::QueryEnd | Expect::Describe { .. } | Expect::Name(_) | Expect::Own => {}
             }
             if self.ignoring {
                 match item.expect {
@@ -372,7 +375,7 @@ impl Tracker {
 
     /// A Parse, Bind or Close was confirmed (ParseComplete, BindComplete, CloseComplete).
     fn confirm_name(&mut self) {
-        if let Some(Expect::Name(_)) = self.front() {
+        if let Some(Expect::Name(_) | Expect::Own) = self.front() {
             if let Some(Expect::Name(change)) = self.pop_front() {
                 self.names.apply(&change);
             }
@@ -396,16 +399,19 @@ impl Tracker {
         // A simple-protocol statement stays at the front until its ReadyForQuery.
         let delivery = self.front_exec().map_or(Delivery::Relay, |p| p.delivery);
         match (delivery, frame.tag()) {
-            (Delivery::Quiet, b'E' | b'D') | (Delivery::Limited, b'C' | b'Z') => {
+            (Delivery::Quiet, b'E' | b'D') | (Delivery::Limited, b'C' | b'Z' | b's') => {
                 if let Some(p) = self.front_exec() {
                     p.kept.push(frame.bytes.clone());
                 }
             }
             _ => {}
         }
-        // The answer to a describe the proxy sent itself goes no further.
-        let hidden =
-            matches!(self.front(), Some(Expect::Describe { hidden: true, .. })) && matches!(frame.tag(), b'T' | b'n');
+        // The answer to a describe, parse, bind or close the proxy sent itself goes no further.
+        let hidden = match self.front() {
+            Some(Expect::Describe { hidden: true, .. }) => matches!(frame.tag(), b'T' | b'n'),
+            Some(Expect::Own) => matches!(frame.tag(), b'1' | b'2' | b'3'),
+            _ => false,
+        };
         let masked = match frame.tag() {
             b'1' | b'2' | b'3' => {
                 self.confirm_name();
@@ -462,16 +468,16 @@ impl Tracker {
                     }
                 }
                 if extended {
-                    done.extend(self.pop_front_exec().map(|p| p.finish(Outcome::Ok)));
+                    self.extended_done(Outcome::Ok, done);
                 }
                 None
             }
             b'I' if self.front_is_extended() => {
-                done.extend(self.pop_front_exec().map(|p| p.finish(Outcome::Ok)));
+                self.extended_done(Outcome::Ok, done);
                 None
             }
             b's' if self.front_is_extended() => {
-                done.extend(self.pop_front_exec().map(|p| p.finish(Outcome::Suspended)));
+                self.extended_done(Outcome::Suspended, done);
                 None
             }
             b'E' => {
@@ -486,7 +492,7 @@ impl Tracker {
                     }
                     self.copy_in = false;
                 }
-                denial = self.on_error(ErrorInfo { code, message }, done)?;
+                denial = self.on_error(ErrorInfo { code, message }, &frame.bytes, done)?;
                 masked
             }
             b'N' => mask::mask_fields(masker, b'N', body, self.findings())?,
@@ -511,7 +517,7 @@ impl Tracker {
             Delivery::Relay => false,
             // Settings and notices the proxy's own statements cause still reach the agent.
             Delivery::Quiet => !matches!(frame.tag(), b'S' | b'N'),
-            Delivery::Limited => matches!(frame.tag(), b'C' | b'Z'),
+            Delivery::Limited => matches!(frame.tag(), b'C' | b'Z' | b's'),
         };
         if hidden || kept {
             return Ok(Some(Bytes::new()));
@@ -522,7 +528,12 @@ impl Tracker {
     /// An ErrorResponse. In the extended protocol the failing message is the first one owed an
     /// answer; its failure is the command's (a failed Parse, Bind or Describe fails the Execute
     /// that follows), and the server skips everything up to the next Sync.
-    fn on_error(&mut self, error: ErrorInfo, done: &mut Vec<CommandResult>) -> Result<Option<Bytes>, Malformed> {
+    fn on_error(
+        &mut self,
+        error: ErrorInfo,
+        frame: &Bytes,
+        done: &mut Vec<CommandResult>,
+    ) -> Result<Option<Bytes>, Malformed> {
         let extended =
             self.queue.iter().find(|i| i.expect.answered() && !i.skipped).is_some_and(|i| i.expect.extended());
         if !extended {
@@ -552,6 +563,10 @@ impl Tracker {
                 denial = Some(replacement);
             }
             p.error.get_or_insert(error);
+            if p.delivery == Delivery::Quiet {
+                let rows = std::mem::take(&mut p.kept).into_iter().filter(|f| f.first() != Some(&b'E')).collect();
+                self.quiet.push_back(QuietDone { error: Some(frame.clone()), rows });
+            }
             done.push(p.finish(Outcome::Error));
         }
         // Everything up to the next Sync is skipped; with no Sync queued yet, whatever comes
@@ -566,6 +581,22 @@ impl Tracker {
         }
         self.ignoring = !synced;
         Ok(denial)
+    }
+
+    /// The front extended-protocol Execute completed (or was suspended): a statement the proxy
+    /// ran itself leaves its answer for the frontend, a row-limited one waits for its decision.
+    fn extended_done(&mut self, outcome: Outcome, done: &mut Vec<CommandResult>) {
+        let Some(mut p) = self.pop_front_exec() else { return };
+        match p.delivery {
+            Delivery::Relay => {}
+            Delivery::Quiet => self.quiet.push_back(QuietDone { error: None, rows: std::mem::take(&mut p.kept) }),
+            Delivery::Limited => {
+                let kept = std::mem::take(&mut p.kept);
+                self.limited = Some(LimitedDone { result: p.finish(outcome), kept });
+                return;
+            }
+        }
+        done.push(p.finish(outcome));
     }
 
     /// The server ignores Syncs that reach it during COPY FROM STDIN: forget the ones already
@@ -605,7 +636,12 @@ impl Tracker {
         while let Some(item) = self.queue.pop_front() {
             match item.expect {
                 Expect::Sync | Expect::QueryEnd if !item.skipped => break,
-                Expect::Sync | Expect::QueryEnd | Expect::CopyEnd | Expect::Describe { .. } | Expect::Name(_) => {}
+                Expect::Sync
+                | Expect::QueryEnd
+                | Expect::CopyEnd
+                | Expect::Describe { .. }
+                | Expect::Name(_)
+                | Expect::Own => {}
                 Expect::Exec(mut p) if p.protocol == Protocol::Simple && !item.skipped => match p.delivery {
                     Delivery::Relay => done.push(p.finish(Outcome::Ok)),
                     Delivery::Quiet => {
@@ -640,7 +676,7 @@ impl Tracker {
         self.queue
             .drain(..)
             .filter_map(|item| match item.expect {
-                Expect::Exec(p) => Some(p.finish(Outcome::Unfinished)),
+                Expect::Exec(p) if !p.command_id.is_nil() => Some(p.finish(Outcome::Unfinished)),
                 _ => None,
             })
             .collect()

@@ -11,8 +11,16 @@
 //! and CTEs count too. A statement runs under the limit when it may write rows (its classes, or
 //! a function whose body the proxy cannot see); refused while a limit is set: TRUNCATE, COPY
 //! FROM, DO blocks and CALL (which may end transactions), several statements in one Query, a SQL
-//! EXECUTE, a write over the extended protocol (not yet supported), and a write sent while
-//! extended-protocol messages before it await a Sync (the transaction status is not known).
+//! EXECUTE, and a Query sent while extended-protocol messages before it await a Sync (the
+//! transaction status is not known).
+//!
+//! Over the extended protocol no transaction needs opening: a statement runs in its pipeline's
+//! transaction (implicit, committed by the agent's Sync, or the agent's own block). The proxy
+//! counts with a named statement of its own just before and just after the agent's Execute and
+//! sends a Flush for the answers. Within the limit the agent gets its CommandComplete; over it,
+//! the proxy sends a stand-in the server fails on: the server aborts the transaction and skips
+//! to the agent's Sync, exactly as if the statement itself had failed, and the agent gets the
+//! error naming the limit. Deferred triggers fire at the agent's commit, after the count.
 
 use super::super::super::classify::{self, Analysis};
 use super::super::super::frame::Frame;
@@ -20,7 +28,7 @@ use super::super::super::messages::{self, Severity};
 use super::super::expire;
 use super::super::guard::{Judged, Refusal};
 use super::super::hold::{self, Release};
-use super::super::tracker::{LimitedDone, Pending, QuietDone};
+use super::super::tracker::{Expect, LimitedDone, Pending, QuietDone};
 use super::{Forward, Frontend};
 use crate::pg::relay::Stop;
 use crate::session::hold::Hold;
@@ -35,6 +43,8 @@ use tollgate_shared::policy::ApprovalRule;
 /// SQLSTATE of a statement rolled back for writing too many rows (program_limit_exceeded).
 const OVER_LIMIT: &str = "54000";
 const SAVEPOINT: &str = "tollgate_row_limit";
+/// The proxy's own statement and portal that count over the extended protocol.
+const COUNTER: &str = "tollgate_row_limit";
 
 /// Classes that may change rows: the limit applies.
 const WRITERS: &[&str] = &["insert", "update", "delete", "merge", classify::USER_FUNCTION, classify::DYNAMIC_SQL];
@@ -100,12 +110,6 @@ pub(super) fn applies(
         return Limit::None;
     }
     let refuse = |reason: String| Limit::Refuse(Refusal { rule: "max_rows_written", reason });
-    if protocol != Protocol::Simple {
-        return refuse(format!(
-            "this resource {counted}, which the proxy enforces for simple-protocol statements only; send the write \
-             as a plain query"
-        ));
-    }
     let single = analysis.is_some_and(|a| a.classification.statements == 1) && executes == 0;
     // A cursor runs its query when it is fetched (outside this statement); dblink writes on
     // another connection, which no rollback here undoes.
@@ -118,7 +122,7 @@ pub(super) fn applies(
              statement); send one statement at a time"
         ));
     }
-    if !synced {
+    if protocol == Protocol::Simple && !synced {
         return refuse(format!(
             "this resource {counted}; send Sync after extended-protocol messages before a write, so the proxy knows \
              the transaction it runs in"
@@ -204,6 +208,9 @@ where
         rows_rules: Vec<ApprovalRule>,
         recorded: bool,
     ) -> Result<(), Stop> {
+        if forward.protocol == Protocol::Extended {
+            return self.run_limited_extended(frame, judged, forward, limit, rows_rules, recorded).await;
+        }
         // The transaction status decides the wrapper: everything sent before must be answered
         // (and, `applies` made sure, ended by a Sync or a Query, so the status is current).
         let before = self.seq;
@@ -310,36 +317,8 @@ where
             fail(result, error);
             return Ok(vec![error.clone(), ready(b'I')]);
         }
-        let (Some(before), Some(after)) = (tally(&opened.rows), tally(&second.rows)) else {
-            return Err(lost("the server's count of rows written could not be read (or it does not count)"));
-        };
-        let tagged: u64 = result
-            .tags
-            .iter()
-            .filter(|t| ["INSERT ", "UPDATE ", "DELETE ", "MERGE "].iter().any(|verb| t.starts_with(verb)))
-            .map(|t| messages::tag_rows(t))
-            .sum();
-        let written = after.rows.saturating_sub(before.rows).max(tagged);
-        result.rows = written;
-        let limit = wrap.limit;
-        let refusal = if after.relations != before.relations {
-            Some(
-                "tollgate: the statement created, altered, truncated or dropped a relation, which the row limit \
-                 (max_rows_written) cannot count past; it was rolled back"
-                    .to_owned(),
-            )
-        } else if written > limit {
-            Some(format!(
-                "tollgate: the statement wrote {written} rows, over this resource's limit of {limit} (max_rows_written); \
-                 it was rolled back"
-            ))
-        } else {
-            None
-        };
-        if let Some(message) = refusal {
+        if let Some(error) = over_limit(result, &opened, &second, wrap.limit)? {
             self.undo(&wrap.undo, judged).await?;
-            let error = messages::error_response(Severity::Error, OVER_LIMIT, &message);
-            fail(result, &error);
             return Ok(vec![error, ready(wrap.status)]);
         }
         if let Some(error) = self.approve_commit(&wrap.rules, judged, result).await? {
@@ -358,6 +337,93 @@ where
                 Ok(vec![error, ready(after)])
             }
         }
+    }
+
+    /// A write over the extended protocol (see the module's documentation).
+    async fn run_limited_extended(
+        &mut self,
+        frame: &Frame,
+        mut judged: Judged,
+        forward: Forward,
+        limit: u64,
+        rows_rules: Vec<ApprovalRule>,
+        recorded: bool,
+    ) -> Result<(), Stop> {
+        let Forward { protocol, stand_in, pending, changes } = forward;
+        self.count_extended(&judged)?;
+        self.outbox.frames.push(frame.bytes.clone());
+        self.apply(protocol, &changes);
+        self.unseen_in_segment |= super::unseen(&judged);
+        self.queue_exec(protocol, pending.changing(changes).limited());
+        if !recorded {
+            judged.command.postgres.get_or_insert_with(PgCommand::default).row_limit = Some(limit);
+            self.outbox.record(self.recorder, &judged.command)?;
+        }
+        self.count_extended(&judged)?;
+        self.outbox.frames.push(messages::flush());
+        let end = self.seq;
+        self.settle_until(end).await?;
+        let (limited, quiet) = {
+            let mut tracker = self.shared.tracker();
+            (tracker.limited.take(), std::mem::take(&mut tracker.quiet))
+        };
+        let Some(LimitedDone { mut result, kept }) = limited else {
+            // It failed, or the server skipped it after an earlier failure: its answer reached
+            // the agent as it came, and there is nothing to decide.
+            return Ok(());
+        };
+        let decided = match <[QuietDone; 2]>::try_from(Vec::from(quiet)) {
+            Ok([opened, second]) => match over_limit(&mut result, &opened, &second, limit) {
+                Ok(None) => self.approve_commit(&rows_rules, &judged, &result).await,
+                other => other,
+            },
+            Err(_) => Err(lost("the row limit's counts are missing")),
+        };
+        if decided.is_err() {
+            result.outcome = Outcome::Unfinished;
+        }
+        if let Ok(Some(error)) = &decided {
+            fail(&mut result, error);
+        }
+        match self.recorder.seal(kind::COMMAND_RESULT, &result) {
+            Ok(event) => self.recorder.background(event),
+            Err(e) => tracing::error!(error = %e, "cannot seal command.result"),
+        }
+        match decided? {
+            None => {
+                for frame in kept {
+                    if self.inject.send(frame).await.is_err() {
+                        return Err(Stop::closed(EndReason::ClientClosed));
+                    }
+                }
+            }
+            // The server fails on the stand-in and skips to the agent's Sync, rolling the
+            // pipeline's transaction back (or aborting the agent's block); the agent gets the
+            // reason in place of the server's error. Its result is the one just recorded.
+            Some(error) => {
+                self.outbox.frames.push(stand_in);
+                let pending = Pending::extended(None, Vec::new()).replacing_error_with(Some(error));
+                self.queue_exec(Protocol::Extended, pending);
+            }
+        }
+        Ok(())
+    }
+
+    /// Count the rows written so far with the proxy's own named statement and portal (closed
+    /// first, which is no error when absent: an earlier count cut short may have left it).
+    fn count_extended(&mut self, judged: &Judged) -> Result<(), Stop> {
+        for message in
+            [messages::close(b'S', COUNTER), messages::parse(COUNTER, WRITTEN), messages::bind(COUNTER, COUNTER)]
+        {
+            self.outbox.frames.push(message);
+            self.expect(Expect::Own);
+        }
+        self.outbox.frames.push(messages::execute(COUNTER));
+        self.queue_exec(Protocol::Extended, Pending::extended(None, Vec::new()).quiet());
+        self.outbox.record(self.recorder, &self.own_command(Protocol::Extended, WRITTEN, judged))?;
+        self.outbox.frames.push(messages::close(b'P', COUNTER));
+        self.expect(Expect::Own);
+        Ok(())
     }
 
     /// Roll the statement back; a rollback that fails leaves the session in a state nobody
@@ -416,14 +482,19 @@ where
 
     /// Record and queue a statement the proxy runs itself; its answer is not relayed.
     fn proxy_statement(&mut self, sql: &str, judged: &Judged) -> Result<(), Stop> {
-        let mut command = Command::new(Protocol::Simple, sql.to_owned(), Decision::Allow);
+        self.outbox.frames.push(messages::query(sql));
+        self.queue_exec(Protocol::Simple, Pending::simple().quiet());
+        self.outbox.record(self.recorder, &self.own_command(Protocol::Simple, sql, judged))
+    }
+
+    /// The record of a statement the proxy runs itself for the row limit.
+    fn own_command(&self, protocol: Protocol, sql: &str, judged: &Judged) -> Command {
+        let mut command = Command::new(protocol, sql.to_owned(), Decision::Allow);
         command.postgres = Some(PgCommand { step: Some(Step::RowLimit), ..PgCommand::default() });
         command.rule = Some("max_rows_written".into());
         command.policy_version = judged.command.policy_version;
         command.classification = self.guard.classifier.classify(sql).ok().map(|a| a.classification.clone());
-        self.outbox.frames.push(messages::query(sql));
-        self.queue_exec(Protocol::Simple, Pending::simple().quiet());
-        self.outbox.record(self.recorder, &command)
+        command
     }
 
     /// Wait until the server has answered everything queued, then take the oldest answer to
@@ -438,6 +509,42 @@ where
     fn next_quiet(&mut self) -> Result<QuietDone, Stop> {
         self.shared.tracker().quiet.pop_front().ok_or_else(|| lost("the proxy's own statement's answer is missing"))
     }
+}
+
+/// The count decides: the agent's error (and the statement's recorded failure) when the
+/// statement is to be undone, with `result.rows` set to what it wrote.
+fn over_limit(
+    result: &mut CommandResult,
+    opened: &QuietDone,
+    second: &QuietDone,
+    limit: u64,
+) -> Result<Option<Bytes>, Stop> {
+    let (Some(before), Some(after)) = (tally(&opened.rows), tally(&second.rows)) else {
+        return Err(lost("the server's count of rows written could not be read (or it does not count)"));
+    };
+    let tagged: u64 = result
+        .tags
+        .iter()
+        .filter(|t| ["INSERT ", "UPDATE ", "DELETE ", "MERGE "].iter().any(|verb| t.starts_with(verb)))
+        .map(|t| messages::tag_rows(t))
+        .sum();
+    let written = after.rows.saturating_sub(before.rows).max(tagged);
+    result.rows = written;
+    let message = if after.relations != before.relations {
+        "tollgate: the statement created, altered, truncated or dropped a relation, which the row limit \
+         (max_rows_written) cannot count past; it was rolled back"
+            .to_owned()
+    } else if written > limit {
+        format!(
+            "tollgate: the statement wrote {written} rows, over this resource's limit of {limit} (max_rows_written); \
+             it was rolled back"
+        )
+    } else {
+        return Ok(None);
+    };
+    let error = messages::error_response(Severity::Error, OVER_LIMIT, &message);
+    fail(result, &error);
+    Ok(Some(error))
 }
 
 fn lost(what: &'static str) -> Stop {
