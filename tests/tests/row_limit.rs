@@ -94,6 +94,11 @@ async fn writes_over_the_limit_are_rolled_back_by_the_database_count() {
     // A cursor runs its query when fetched, outside the statement: refused while a limit is set.
     let err = client.simple_query("DECLARE c CURSOR WITH HOLD FOR SELECT wipe()").await.expect_err("a cursor");
     assert!(err.as_db_error().is_some_and(|e| e.message().contains("max_rows_written")), "{err}");
+    // Large objects live in pg_catalog, outside the count: writing them is refused too.
+    stack.pg.admin_sql("demo", "select lo_create(4242); alter large object 4242 owner to app");
+    let err = client.simple_query("SELECT pg_catalog.lo_unlink(4242)").await.expect_err("a large object");
+    assert!(err.as_db_error().is_some_and(|e| e.message().contains("large objects")), "{err}");
+    assert_eq!(count(&stack, "select count(*) from pg_largeobject_metadata where oid = 4242"), "1");
     // The session goes on, and reads are untouched (both protocols).
     let rows = client.query_one("select count(*) from victims where id > $1", &[&9000i32]).await.expect("read");
     assert_eq!(rows.get::<_, i64>(0), 1000);

@@ -292,14 +292,16 @@ async fn main() {
 
 /// `ROW_LIMIT=1`: pgbench's TPC-B-like script (five statements in a transaction, three updates
 /// and an insert) directly, through Tollgate, and through Tollgate with `max_rows_written` set,
-/// where every write runs inside a savepoint the proxy sets and releases.
+/// over both protocols: simple, where every write runs inside a savepoint the proxy sets and
+/// releases, and extended, where it is counted in its pipeline.
 async fn row_limit(stack: &Stack, bouncer: &PgBouncer, seconds: u32, ports: (u16, u16), secrets: (&str, &str)) {
     let ((pg_port, proxy_port), (pw, token)) = (ports, secrets);
     let bench = Bench { stack, bouncer, seconds, select_only: false };
+    let shapes = [("simple", 8), ("simple", 1), ("extended", 8), ("extended", 1)];
     let mut runs = Vec::new();
-    for clients in [8, 1] {
-        runs.push(bench.run("direct", pg_port, "app", pw, "simple", clients));
-        runs.push(bench.run("tollgate, strict", proxy_port, "ci", token, "simple", clients));
+    for (mode, clients) in shapes {
+        runs.push(bench.run("direct", pg_port, "app", pw, mode, clients));
+        runs.push(bench.run("tollgate, strict", proxy_port, "ci", token, mode, clients));
     }
     let mut limited = bench_policy();
     limited["resources"][0]["guardrails"]["max_rows_written"] = serde_json::json!(1000);
@@ -308,18 +310,19 @@ async fn row_limit(stack: &Stack, bouncer: &PgBouncer, seconds: u32, ports: (u16
         (stack.proxy.policy_version() == Some(version)).then_some(())
     })
     .await;
-    for clients in [8, 1] {
-        runs.push(bench.run("tollgate, strict, max_rows_written", proxy_port, "ci", token, "simple", clients));
+    for (mode, clients) in shapes {
+        runs.push(bench.run("tollgate, strict, max_rows_written", proxy_port, "ci", token, mode, clients));
     }
-    println!("\npgbench TPC-B-like (simple protocol), scale 10, {seconds} s per run\n");
-    println!("| clients | direct TPS | tollgate TPS | with max_rows_written TPS | limit / no limit |");
-    println!("|---|---|---|---|---|");
-    for clients in [8, 1] {
-        let tps =
-            |target: &str| runs.iter().find(|r| r.clients == clients && r.target == target).map_or(0.0, |r| r.tps);
+    println!("\npgbench TPC-B-like, scale 10, {seconds} s per run\n");
+    println!("| protocol | clients | direct TPS | tollgate TPS | with max_rows_written TPS | limit / no limit |");
+    println!("|---|---|---|---|---|---|");
+    for (mode, clients) in shapes {
+        let tps = |target: &str| {
+            runs.iter().find(|r| r.mode == mode && r.clients == clients && r.target == target).map_or(0.0, |r| r.tps)
+        };
         let (direct, plain, limit) =
             (tps("direct"), tps("tollgate, strict"), tps("tollgate, strict, max_rows_written"));
-        println!("| {clients} | {direct:.0} | {plain:.0} | {limit:.0} | {:.2} |", limit / plain.max(1.0));
+        println!("| {mode} | {clients} | {direct:.0} | {plain:.0} | {limit:.0} | {:.2} |", limit / plain.max(1.0));
     }
 }
 

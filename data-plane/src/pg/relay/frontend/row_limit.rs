@@ -50,6 +50,20 @@ const COUNTER: &str = "tollgate_row_limit";
 const WRITERS: &[&str] = &["insert", "update", "delete", "merge", classify::USER_FUNCTION, classify::DYNAMIC_SQL];
 /// Classes the limit cannot be kept for: refused while it is set.
 const UNCOUNTABLE: &[&str] = &["truncate", "copy_from", "copy_program", "do_block", "call"];
+/// Built-in functions that write large objects: their rows live in `pg_catalog`, which the
+/// count leaves out, so a statement calling one is refused while a limit is set.
+const LARGE_OBJECT_WRITERS: &[&str] = &[
+    "lo_create",
+    "lo_creat",
+    "lo_import",
+    "lo_from_bytea",
+    "lo_put",
+    "lo_unlink",
+    "lowrite",
+    "lo_truncate",
+    "lo_truncate64",
+];
+
 /// What the current transaction has done so far, in one row: rows written in tables outside
 /// `pg_catalog`, changes to `pg_class` itself (a relation created, altered, truncated or dropped:
 /// a dropped table's rows would leave the sum), and whether the server counts at all. Every name
@@ -106,14 +120,22 @@ pub(super) fn applies(
     let limit = limit.unwrap_or(u64::MAX);
     let classes = judged.command.classification.as_ref().map(|c| &c.classes);
     let has = |list: &[&str]| classes.is_some_and(|c| list.iter().any(|x| c.contains(*x)));
+    let functions = judged.command.classification.as_ref().map(|c| &c.functions);
+    let calls =
+        |list: &[&str]| functions.is_some_and(|f| f.iter().any(|f| list.contains(&f.rsplit('.').next().unwrap_or(f))));
+    let refuse = |reason: String| Limit::Refuse(Refusal { rule: "max_rows_written", reason });
+    if calls(LARGE_OBJECT_WRITERS) {
+        return refuse(format!(
+            "this resource {counted}, and large objects are written outside the tables the proxy counts; write them \
+             elsewhere"
+        ));
+    }
     if !has(WRITERS) && !has(UNCOUNTABLE) {
         return Limit::None;
     }
-    let refuse = |reason: String| Limit::Refuse(Refusal { rule: "max_rows_written", reason });
     let single = analysis.is_some_and(|a| a.classification.statements == 1) && executes == 0;
     // A cursor runs its query when it is fetched (outside this statement); dblink writes on
     // another connection, which no rollback here undoes.
-    let functions = judged.command.classification.as_ref().map(|c| &c.functions);
     let elsewhere = has(&["cursor"]) || functions.is_some_and(|f| f.iter().any(|f| f.contains("dblink")));
     if has(UNCOUNTABLE) || !single || elsewhere {
         return refuse(format!(
