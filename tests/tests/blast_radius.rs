@@ -1,7 +1,9 @@
 //! Blast-radius guardrails: a write no condition bounds is refused in every form it takes (no
 //! WHERE, a WHERE true for every row, MERGE actions, data-modifying CTEs, upserts from a query,
 //! joins that do not tie the target), over both protocols, and the upstream proves it: the
-//! victim rows are intact and its statement log never shows the text. Look-alikes that are
+//! victim rows are intact and its statement log never shows the text. `IS NOT NULL` on a
+//! primary key bounds nothing (the catalog knows the column cannot be null); on a nullable
+//! column it bounds. Look-alikes that are
 //! bounded run and change exactly what they name; a plain EXPLAIN is a read.
 
 use serde_json::json;
@@ -27,6 +29,8 @@ const UNBOUNDED: &[&str] = &[
     "merge into orders o using refunds r on o.id = r.order_id when not matched by source then delete",
     "insert into orders select * from orders on conflict (id) do update set total = 0",
     "explain analyze delete from orders where 1 = 1",
+    "delete from orders where id is not null",
+    "update orders o set total = 0 where o.id is not null and true",
 ];
 
 /// Bounded look-alikes: each runs, and the state check below says what it changed.
@@ -40,6 +44,7 @@ const BOUNDED: &[&str] = &[
     "update orders set total = total + 1 from customers c where orders.customer_id = c.id and c.closed",
     "explain delete from orders",
     "explain (costs off) merge into orders o using customers c on true when matched then delete",
+    "update refunds set order_id = order_id where order_id is not null",
 ];
 
 fn policy() -> serde_json::Value {

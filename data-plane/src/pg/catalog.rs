@@ -10,12 +10,15 @@
 //!   (`random`, `clock_timestamp`...) is refused: `pg_terminate_backend`, `pg_advisory_lock`,
 //!   `lo_export` and their kind change things a read-only transaction does not stop.
 //!
+//! It also knows which columns are `NOT NULL`: `DELETE ... WHERE id IS NOT NULL` on a primary
+//! key is a write no condition bounds.
+//!
 //! Loaded when the first session of a resource opens; read again when it is older than a minute
 //! or a statement calls a function it does not have (at most every two seconds). What runs
 //! inside the database beyond the statement (triggers, operators, defaults, views) is bounded by
 //! the database's own privileges: see the trust boundary in ARCHITECTURE.md.
 
-use super::classify::{self, Analysis, FunctionRef, USER_FUNCTION};
+use super::classify::{self, Analysis, FunctionRef, NullTested, USER_FUNCTION};
 use super::messages::{self, Cursor};
 use super::upstream;
 use crate::config::PgResource;
@@ -31,6 +34,13 @@ CASE WHEN n.nspname IN ('pg_catalog', 'information_schema') OR p.prokind NOT IN 
 THEN NULL ELSE pg_get_functiondef(p.oid) END \
 FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
 JOIN pg_catalog.pg_language l ON l.oid = p.prolang";
+
+/// The columns declared `NOT NULL`, by table (the second statement of a load).
+pub const NOT_NULL_QUERY: &str = "SELECT n.nspname, c.relname, a.attname \
+FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+WHERE a.attnotnull AND a.attnum > 0 AND NOT a.attisdropped AND c.relkind IN ('r', 'p') \
+AND n.nspname NOT IN ('pg_catalog', 'information_schema')";
 
 /// The application name of the proxy's catalog connection.
 const APPLICATION: &str = "tollgate-catalog";
@@ -88,10 +98,12 @@ struct Function {
     body: Body,
 }
 
-/// One database's functions, by name.
+/// One database's functions, by name, and its `NOT NULL` columns.
 #[derive(Debug, Default)]
 pub struct Catalog {
     by_name: HashMap<String, Vec<Function>>,
+    /// By table name: each schema's table of that name with its `NOT NULL` columns.
+    not_null: HashMap<String, Vec<(String, HashSet<String>)>>,
 }
 
 /// What judging a statement's calls found.
@@ -124,7 +136,31 @@ impl Catalog {
             let volatile = volatility.as_deref() == Some("v");
             by_name.entry(name).or_default().push(Function { schema, volatile, body });
         }
-        Catalog { by_name }
+        Catalog { by_name, not_null: HashMap::new() }
+    }
+
+    /// Add the `NOT NULL` columns (rows of [`NOT_NULL_QUERY`]).
+    fn with_not_null(mut self, rows: Vec<[Option<String>; 5]>) -> Catalog {
+        for [schema, table, column, ..] in rows {
+            let (Some(schema), Some(table), Some(column)) = (schema, table, column) else { continue };
+            let tables = self.not_null.entry(table).or_default();
+            match tables.iter_mut().find(|(s, _)| *s == schema) {
+                Some((_, columns)) => {
+                    columns.insert(column);
+                }
+                None => tables.push((schema, HashSet::from([column]))),
+            }
+        }
+        self
+    }
+
+    /// Whether a write bounded only by `IS NOT NULL` tests reaches every row: every tested
+    /// column is `NOT NULL` in a table it may mean (the schema named, or with the search_path
+    /// unknown, any schema's table of that name).
+    pub fn reaches_every_row(&self, tested: &NullTested) -> bool {
+        self.not_null.get(&tested.table).into_iter().flatten().any(|(schema, columns)| {
+            tested.schema.as_ref().is_none_or(|s| s == schema) && tested.columns.iter().all(|c| columns.contains(c))
+        })
     }
 
     /// The functions a call may mean: every overload, in the schema named or (unqualified, with
@@ -296,29 +332,33 @@ async fn load(resource: &PgResource, max_message: usize) -> Result<Catalog, Stri
         ("options".to_owned(), super::lexical::UPSTREAM_OPTIONS.to_owned()),
     ];
     let mut upstream = upstream::connect(resource, &params, max_message).await.map_err(|e| e.to_string())?;
-    upstream.writer.write_all(&messages::query(QUERY)).await.map_err(|e| e.to_string())?;
+    for query in [QUERY, NOT_NULL_QUERY] {
+        upstream.writer.write_all(&messages::query(query)).await.map_err(|e| e.to_string())?;
+    }
     upstream.writer.flush().await.map_err(|e| e.to_string())?;
-    let mut rows = Vec::new();
+    let mut rows = [Vec::new(), Vec::new()];
+    let mut answered = 0;
     let mut failure = None;
-    loop {
+    while answered < rows.len() {
         let frame = upstream.reader.read_frame().await.map_err(|e| e.to_string())?;
         let Some(frame) = frame else { return Err("the upstream closed the catalog connection".into()) };
         match frame.tag() {
-            b'D' => rows.push(row(frame.body()).map_err(|e| e.to_string())?),
+            b'D' => rows[answered].push(row(frame.body()).map_err(|e| e.to_string())?),
             b'E' => failure = Some(messages::error_fields(frame.body()).map_err(|e| e.to_string())?),
-            b'Z' => break,
+            b'Z' => answered += 1,
             _ => {}
         }
     }
+    let [functions, not_null] = rows;
     let _ = upstream.writer.write_all(&messages::framed(b'X', &[])).await;
     let _ = upstream.writer.flush().await;
     match failure {
         Some((code, message)) => Err(format!("{code} {message}")),
-        None => Ok(Catalog::from_rows(rows)),
+        None => Ok(Catalog::from_rows(functions).with_not_null(not_null)),
     }
 }
 
-/// A DataRow of five text columns.
+/// A DataRow of up to five text columns.
 fn row(body: &[u8]) -> Result<[Option<String>; 5], messages::Malformed> {
     let mut c = Cursor::new(body, "DataRow");
     let mut out: [Option<String>; 5] = Default::default();
@@ -388,6 +428,27 @@ mod tests {
             assert!(c.classes.contains(USER_FUNCTION) && c.writes, "{sql}: {c:?}");
         }
         assert!(catalog().knows(&[&classify::analyze("select count(1), public.wipe()").unwrap()]));
+    }
+
+    #[test]
+    fn not_null_columns_make_is_not_null_bound_nothing() {
+        let row = |schema: &str, table: &str, column: &str| {
+            [Some(schema.into()), Some(table.into()), Some(column.into()), None, None]
+        };
+        let known = catalog().with_not_null(vec![
+            row("public", "orders", "id"),
+            row("public", "orders", "total"),
+            row("archive", "orders", "closed_at"),
+        ]);
+        let tested = |sql: &str| classify::analyze(sql).unwrap().null_tested.remove(0);
+        assert!(known.reaches_every_row(&tested("delete from orders where id is not null")));
+        assert!(known.reaches_every_row(&tested("delete from orders where id is not null and total is not null")));
+        // Unqualified, any schema's table of that name may be meant.
+        assert!(known.reaches_every_row(&tested("delete from orders where closed_at is not null")));
+        assert!(!known.reaches_every_row(&tested("delete from public.orders where closed_at is not null")));
+        assert!(!known.reaches_every_row(&tested("delete from orders where note is not null")));
+        assert!(!known.reaches_every_row(&tested("delete from orders where id is not null and closed_at is not null")));
+        assert!(!known.reaches_every_row(&tested("delete from others where id is not null")));
         assert!(!catalog().knows(&[&classify::analyze("select nobody_knows()").unwrap()]));
     }
 }

@@ -148,6 +148,17 @@ pub struct Analysis {
     pub refusal: Option<String>,
     /// A `COPY ... TO` in binary format (its values cannot be masked by type).
     pub binary_copy_out: bool,
+    /// Writes bounded only by `IS NOT NULL` tests: unbounded if those columns are `NOT NULL`
+    /// (a primary key's are), which the catalog tells.
+    pub null_tested: Vec<NullTested>,
+}
+
+/// A write whose condition is true for every row if each of `columns` of `table` is `NOT NULL`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NullTested {
+    pub schema: Option<String>,
+    pub table: String,
+    pub columns: Vec<String>,
 }
 
 /// An effect on the session's named prepared statements and portals.
@@ -225,6 +236,7 @@ impl Analysis {
             );
         }
         self.binary_copy_out |= other.binary_copy_out;
+        self.null_tested.extend(other.null_tested.iter().cloned());
     }
 }
 

@@ -5,8 +5,10 @@
 //! with itself (`x = x`), and an `OR` with such a branch.
 //!
 //! Without the schema, an unqualified column counts as the target's (in `UPDATE ... FROM`
-//! it may belong to another relation), and `IS NOT NULL` on a column counts as a condition
-//! (on a primary key it is always true, which the proxy cannot see).
+//! it may belong to another relation). `IS NOT NULL` on a column is a condition unless the
+//! column is `NOT NULL` (a primary key's is): a condition bounded only by such tests is judged
+//! a second time with them true for every row ([`if_not_null`]), and the columns they test go
+//! to the catalog, which knows.
 
 use super::walk::strings;
 use serde_json::Value;
@@ -34,6 +36,8 @@ impl Reach {
 /// The relation a write changes, as its columns may be qualified.
 pub(super) struct Target {
     name: String,
+    /// Judge `IS NOT NULL` on a column of the target as true for every row, noting the column.
+    not_null: Option<std::cell::RefCell<Vec<String>>>,
 }
 
 impl Target {
@@ -41,7 +45,7 @@ impl Target {
     pub(super) fn of(relation: Option<&Value>) -> Target {
         let alias = relation.and_then(|r| r.pointer("/alias/aliasname")).and_then(Value::as_str);
         let name = alias.or_else(|| relation.and_then(|r| r.get("relname")).and_then(Value::as_str));
-        Target { name: name.unwrap_or_default().to_owned() }
+        Target { name: name.unwrap_or_default().to_owned(), not_null: None }
     }
 }
 
@@ -51,6 +55,20 @@ pub(super) fn of(condition: Option<&Value>, target: &Target) -> Reach {
         None => Reach::All,
         Some(c) => reach(c, target),
     }
+}
+
+/// For a condition that bounds: the target's columns whose `IS NOT NULL` tests are all that
+/// bound it (with them true for every row, it no longer does); `None` when something else does.
+pub(super) fn if_not_null(condition: Option<&Value>, target: &Target) -> Option<Vec<String>> {
+    let condition = condition.filter(|c| !c.is_null())?;
+    let assuming = Target { name: target.name.clone(), not_null: Some(Default::default()) };
+    if reach(condition, &assuming).bounds() {
+        return None;
+    }
+    let mut columns = assuming.not_null.map(|c| c.into_inner()).unwrap_or_default();
+    columns.sort();
+    columns.dedup();
+    (!columns.is_empty()).then_some(columns)
 }
 
 fn reach(node: &Value, t: &Target) -> Reach {
@@ -91,7 +109,26 @@ fn reach(node: &Value, t: &Target) -> Reach {
     if let Some(e) = node.get("AExpr") {
         return comparison(node, e, t);
     }
+    if let (Some(test), Some(noted)) = (node.get("NullTest"), &t.not_null) {
+        const IS_NOT_NULL: i64 = 2;
+        if let Some(column) = test.get("arg").and_then(|a| column_of(a, t)) {
+            let not = test.get("nulltesttype").and_then(Value::as_i64) == Some(IS_NOT_NULL);
+            noted.borrow_mut().push(column);
+            return if not { Reach::All } else { Reach::None };
+        }
+    }
     generic(node, t)
+}
+
+/// The name of a column of the target (`x` or `t.x`), when `node` is one.
+fn column_of(node: &Value, t: &Target) -> Option<String> {
+    let fields = node.get("node").unwrap_or(node).pointer("/ColumnRef/fields")?.as_array()?;
+    let names = strings(Some(&Value::Array(fields.clone())));
+    match names.as_slice() {
+        [column] => Some(column.clone()),
+        [.., table, column] if *table == t.name => Some(column.clone()),
+        _ => None,
+    }
 }
 
 /// `a op b`: a column against itself is always true; constants on both sides are constant.

@@ -512,6 +512,38 @@ fn a_write_is_unbounded_when_no_condition_bounds_its_reach() {
 }
 
 #[test]
+fn a_write_bounded_only_by_is_not_null_names_the_columns_for_the_catalog() {
+    let tested = |sql: &str| {
+        let a = analyze(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+        assert!(!a.classification.unbounded_write, "{sql}: bounded unless the catalog says otherwise");
+        a.null_tested.iter().map(|t| (t.schema.clone(), t.table.clone(), t.columns.join(","))).collect::<Vec<_>>()
+    };
+    let orders = |columns: &str| vec![(None, "orders".to_owned(), columns.to_owned())];
+    assert_eq!(tested("delete from orders where id is not null"), orders("id"));
+    assert_eq!(tested("delete from orders o where o.id is not null and true"), orders("id"));
+    assert_eq!(tested("update orders set total = 0 where not (id is null)"), orders("id"));
+    assert_eq!(tested("delete from orders where id is not null and closed_at is not null"), orders("closed_at,id"));
+    assert_eq!(
+        tested("delete from shop.orders where id is not null"),
+        [(Some("shop".to_owned()), "orders".to_owned(), "id".to_owned())]
+    );
+    assert_eq!(
+        tested("with x as (delete from orders where id is not null returning 1) select 1"),
+        orders("id"),
+        "in a CTE too"
+    );
+    // Something else bounds it, or the test is of another relation's column: nothing to ask.
+    for sql in [
+        "delete from orders where id is not null and total > 5",
+        "delete from orders where id is null",
+        "delete from orders using customers c where c.id is not null and c.id = orders.customer_id",
+        "delete from orders where id = 1",
+    ] {
+        assert_eq!(tested(sql), [], "{sql}");
+    }
+}
+
+#[test]
 fn explain_without_analyze_is_a_read_and_keeps_its_functions() {
     for sql in [
         "explain delete from orders",

@@ -2,7 +2,7 @@
 //! statement node anywhere (a DELETE in a CTE, an EXECUTE inside EXPLAIN ANALYZE) is found.
 
 use super::reach::{self, Target};
-use super::{body, Analysis, FunctionRef, NameOp, Setting, SettingValue, CLASSES};
+use super::{body, Analysis, FunctionRef, NameOp, NullTested, Setting, SettingValue, CLASSES};
 use serde_json::Value;
 use std::sync::Arc;
 use tollgate_shared::policy::RelationName;
@@ -134,8 +134,16 @@ impl<'s> Walker<'s> {
         match node {
             "DeleteStmt" | "UpdateStmt" => {
                 let target = Target::of(body.get("relation"));
-                if !reach::of(body.get("where_clause"), &target).bounds() {
+                let condition = body.get("where_clause");
+                if !reach::of(condition, &target).bounds() {
                     self.out.classification.unbounded_write = true;
+                } else if let Some(columns) = reach::if_not_null(condition, &target) {
+                    let relation = |field: &str| body.pointer(&format!("/relation/{field}")).and_then(Value::as_str);
+                    self.out.null_tested.push(NullTested {
+                        schema: relation("schemaname").filter(|s| !s.is_empty()).map(str::to_owned),
+                        table: relation("relname").unwrap_or_default().to_owned(),
+                        columns,
+                    });
                 }
             }
             "MergeStmt" => self.merge(body),

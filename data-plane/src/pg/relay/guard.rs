@@ -105,7 +105,10 @@ impl Guard<'_> {
             for inner in &runs[1..] {
                 classify::merge(&mut c, &inner.classification);
             }
-            calls = Some(self.catalog.current().expand(&mut c, &runs, self.access == Access::ReadOnly));
+            let catalog = self.catalog.current();
+            calls = Some(catalog.expand(&mut c, &runs, self.access == Access::ReadOnly));
+            // `IS NOT NULL` on a column that cannot be null bounds nothing.
+            c.unbounded_write |= runs.iter().flat_map(|a| &a.null_tested).any(|t| catalog.reaches_every_row(t));
             c
         });
         let masker = crate::policy::masker(policy.as_deref(), self.resource);
