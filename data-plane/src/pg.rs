@@ -27,7 +27,7 @@ use tokio::net::TcpListener;
 
 /// Statements the proxy itself runs upstream (not on any agent's behalf), by exact text: the
 /// upstream statement log check leaves them out.
-pub const OWN_STATEMENTS: &[&str] = &[catalog::QUERY, catalog::NOT_NULL_QUERY];
+pub const OWN_STATEMENTS: &[&str] = &[catalog::QUERY, catalog::NOT_NULL_QUERY, catalog::DEFERRABLE_TRIGGERS_QUERY];
 
 /// A byte stream to an agent or an upstream, plain or TLS.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}

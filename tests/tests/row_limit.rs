@@ -455,25 +455,40 @@ async fn extended_protocol_writes_are_counted_in_their_pipeline() {
     assert_eq!(tags, ["INSERT 0 1", "DELETE 50", "INSERT 0 1"], "{answers:?}");
     assert_eq!(count(&stack, "select string_agg(id::text, ',' order by id) from notes"), "1,2,3,4");
     assert_eq!(count(&stack, "select count(*) from victims"), "930");
-    // A write fetched a few rows at a time (PortalSuspended): it ran whole at the first
-    // Execute, which is counted; the next fetch writes nothing more.
+    // A portal run a few rows at a time would be counted a few rows at a time: a write must
+    // run whole; and SQL FETCH or MOVE would run a bound portal past its Execute.
     let answers = raw
         .round(
             &[
                 wire::parse("", "DELETE FROM victims WHERE id > 945 RETURNING id"),
                 wire::bind("p", "", &[]),
                 wire::execute("p", 2),
-                wire::execute("p", 0),
                 wire::sync(),
             ],
             1,
         )
         .await;
+    assert!(wire::errors(&answers).iter().any(|(_, m)| m.contains("to completion")), "{answers:?}");
+    let answers = raw
+        .round(
+            &[
+                wire::parse("", "DELETE FROM victims WHERE id > $1 RETURNING 1"),
+                wire::bind("p", "", &[Some("0")]),
+                wire::query("MOVE ALL IN p"),
+            ],
+            1,
+        )
+        .await;
+    assert!(wire::errors(&answers).iter().any(|(_, m)| m.contains("fetch_of_bound_portal")), "{answers:?}");
+    raw.round(&[wire::sync()], 1).await;
+    assert_eq!(count(&stack, "select count(*) from victims"), "930");
+    // A Bind the server refuses fails the agent's Execute, not the proxy's count: the agent
+    // gets the server's error and nothing else, as without the proxy.
+    let answers =
+        raw.round(&[wire::bind("", "wipe", &[Some("not a number")]), wire::execute("", 0), wire::sync()], 1).await;
     let tags: Vec<u8> = answers.iter().map(|m| m.tag).collect();
-    assert_eq!(tags, b"12DDsDDDCZ", "{answers:?}");
-    // (The server tags a resumed portal with the rows of that fetch.)
-    assert_eq!(answers.iter().filter_map(|m| m.command()).collect::<Vec<_>>(), ["DELETE 3"]);
-    assert_eq!(count(&stack, "select count(*) from victims"), "925");
+    assert_eq!(tags, b"EZ", "{answers:?}");
+    assert_eq!(wire::errors(&answers)[0].0, "22P02", "{answers:?}");
     // The proxy's names are its own: an agent may not take them.
     let answers = raw.round(&[wire::parse("tollgate_row_limit", "SELECT 1"), wire::sync()], 1).await;
     assert!(wire::errors(&answers).iter().any(|(_, m)| m.contains("the proxy's own")), "{answers:?}");
@@ -519,4 +534,56 @@ async fn extended_protocol_writes_are_counted_in_their_pipeline() {
         .filter(|c| c["postgres"]["step"] == "row_limit" && c["protocol"] == "extended")
         .count();
     assert!(counts >= 10, "two counts per write, each on record: {counts}");
+}
+
+/// Deferrable constraint triggers write at commit. Where the proxy opens the transaction it
+/// fires them before its count; in the agent's own transaction or pipeline it cannot, so there
+/// a write is refused once such a trigger may exist (created in this session, or in the catalog).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deferred_trigger_writes_are_counted_or_refused() {
+    let stack = Stack::start().await;
+    stack.pg.admin_sql(
+        "demo",
+        "create table victims (id int primary key); create table notes (id int); create table log (n int);
+         alter table victims owner to app; alter table notes owner to app; alter table log owner to app;
+         create function bulk() returns trigger language plpgsql as $$
+             begin insert into log select generate_series(1, 500); return null; end $$;
+         alter function bulk() owner to app",
+    );
+    let policy = json!({
+        "resources": [{ "name": "demo", "kind": "postgres", "guardrails": { "max_rows_written": 100 } }],
+        "grants": [{ "name": "everyone", "who": { "agents": ["*"] }, "resources": { "names": ["demo"] }, "access": "admin" }]
+    });
+    stack.enforce(&policy).await;
+    let token = stack.agent_token("bot-triggers");
+    let client = stack.agent_client(&token).await.expect("connect");
+    // Before any such trigger, both protocols write.
+    client.execute("INSERT INTO notes VALUES ($1)", &[&1i32]).await.expect("extended insert");
+    client.simple_query("BEGIN; INSERT INTO notes VALUES (2); COMMIT").await.expect_err("several statements");
+    client.simple_query("INSERT INTO notes VALUES (2)").await.expect("simple insert");
+    client
+        .simple_query(
+            "CREATE CONSTRAINT TRIGGER fan_out AFTER INSERT ON notes DEFERRABLE INITIALLY DEFERRED \
+             FOR EACH ROW EXECUTE FUNCTION bulk()",
+        )
+        .await
+        .expect("the agent creates a deferred trigger");
+    // Outside a transaction: the proxy's own transaction fires it before the count.
+    let err = client.simple_query("INSERT INTO notes VALUES (3)").await.expect_err("1 row + 500 at commit");
+    assert!(err.as_db_error().is_some_and(|e| e.message().contains("wrote 501 rows")), "{err}");
+    // In the agent's transaction or over the extended protocol: refused before it runs.
+    let err = client.execute("INSERT INTO notes VALUES ($1)", &[&4i32]).await.expect_err("extended");
+    assert!(err.as_db_error().is_some_and(|e| e.message().contains("deferrable constraint triggers")), "{err}");
+    client.simple_query("BEGIN").await.expect("begin");
+    let err = client.simple_query("INSERT INTO notes VALUES (5)").await.expect_err("in a transaction");
+    assert!(err.as_db_error().is_some_and(|e| e.message().contains("deferrable constraint triggers")), "{err}");
+    client.simple_query("ROLLBACK").await.expect("rollback");
+    assert_eq!(count(&stack, "select string_agg(id::text, ',' order by id) from notes"), "1,2");
+    assert_eq!(count(&stack, "select count(*) from log"), "0");
+    drop(client);
+    // A new session knows from the catalog (read again once this proxy saw the trigger made).
+    let client = stack.agent_client(&token).await.expect("connect");
+    let err = client.execute("INSERT INTO notes VALUES ($1)", &[&6i32]).await.expect_err("extended");
+    assert!(err.as_db_error().is_some_and(|e| e.message().contains("deferrable constraint triggers")), "{err}");
+    assert_eq!(count(&stack, "select count(*) from log"), "0");
 }

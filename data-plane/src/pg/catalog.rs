@@ -42,6 +42,11 @@ JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
 WHERE a.attnotnull AND a.attnum > 0 AND NOT a.attisdropped AND c.relkind IN ('r', 'p') \
 AND n.nspname NOT IN ('pg_catalog', 'information_schema')";
 
+/// Whether the database has deferrable constraint triggers of its users (their writes happen at
+/// commit; foreign keys' own triggers never write when deferred). The third statement of a load.
+pub const DEFERRABLE_TRIGGERS_QUERY: &str = "SELECT pg_catalog.count(*) FROM pg_catalog.pg_trigger \
+WHERE tgdeferrable AND NOT tgisinternal";
+
 /// The application name of the proxy's catalog connection.
 const APPLICATION: &str = "tollgate-catalog";
 const MAX_AGE: Duration = Duration::from_secs(60);
@@ -104,6 +109,8 @@ pub struct Catalog {
     by_name: HashMap<String, Vec<Function>>,
     /// By table name: each schema's table of that name with its `NOT NULL` columns.
     not_null: HashMap<String, Vec<(String, HashSet<String>)>>,
+    /// Deferrable constraint triggers exist (see [`DEFERRABLE_TRIGGERS_QUERY`]).
+    pub deferrable_triggers: bool,
 }
 
 /// What judging a statement's calls found.
@@ -136,7 +143,7 @@ impl Catalog {
             let volatile = volatility.as_deref() == Some("v");
             by_name.entry(name).or_default().push(Function { schema, volatile, body });
         }
-        Catalog { by_name, not_null: HashMap::new() }
+        Catalog { by_name, not_null: HashMap::new(), deferrable_triggers: false }
     }
 
     /// Add the `NOT NULL` columns (rows of [`NOT_NULL_QUERY`]).
@@ -254,6 +261,8 @@ pub struct CatalogCell {
     loading: tokio::sync::Mutex<Option<Instant>>,
     /// A session created functions since the last load: the next unknown call reloads at once.
     dirty: std::sync::atomic::AtomicBool,
+    /// A session created a deferrable trigger since the last load.
+    triggers_dirty: std::sync::atomic::AtomicBool,
 }
 
 impl CatalogCell {
@@ -264,6 +273,7 @@ impl CatalogCell {
             current: RwLock::new(None),
             loading: tokio::sync::Mutex::new(None),
             dirty: std::sync::atomic::AtomicBool::new(false),
+            triggers_dirty: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -304,6 +314,21 @@ impl CatalogCell {
         }
     }
 
+    /// A statement that creates a deferrable trigger was forwarded: read the catalog again
+    /// before the next row-limited write.
+    pub fn triggers_changed(&self) {
+        self.triggers_dirty.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether deferrable constraint triggers exist, reading the catalog again first when a
+    /// session of this proxy created one since it was read.
+    pub async fn deferrable_triggers(&self) -> bool {
+        if self.triggers_dirty.swap(false, std::sync::atomic::Ordering::AcqRel) {
+            self.reload(Duration::ZERO).await;
+        }
+        self.current().deferrable_triggers
+    }
+
     /// A statement that creates or replaces functions was forwarded.
     pub fn functions_changed(&self) {
         self.dirty.store(true, std::sync::atomic::Ordering::Release);
@@ -332,11 +357,11 @@ async fn load(resource: &PgResource, max_message: usize) -> Result<Catalog, Stri
         ("options".to_owned(), super::lexical::UPSTREAM_OPTIONS.to_owned()),
     ];
     let mut upstream = upstream::connect(resource, &params, max_message).await.map_err(|e| e.to_string())?;
-    for query in [QUERY, NOT_NULL_QUERY] {
+    for query in [QUERY, NOT_NULL_QUERY, DEFERRABLE_TRIGGERS_QUERY] {
         upstream.writer.write_all(&messages::query(query)).await.map_err(|e| e.to_string())?;
     }
     upstream.writer.flush().await.map_err(|e| e.to_string())?;
-    let mut rows = [Vec::new(), Vec::new()];
+    let mut rows = [Vec::new(), Vec::new(), Vec::new()];
     let mut answered = 0;
     let mut failure = None;
     while answered < rows.len() {
@@ -349,12 +374,17 @@ async fn load(resource: &PgResource, max_message: usize) -> Result<Catalog, Stri
             _ => {}
         }
     }
-    let [functions, not_null] = rows;
+    let [functions, not_null, triggers] = rows;
     let _ = upstream.writer.write_all(&messages::framed(b'X', &[])).await;
     let _ = upstream.writer.flush().await;
     match failure {
         Some((code, message)) => Err(format!("{code} {message}")),
-        None => Ok(Catalog::from_rows(functions).with_not_null(not_null)),
+        None => {
+            let mut catalog = Catalog::from_rows(functions).with_not_null(not_null);
+            // Unreadable: assume there are.
+            catalog.deferrable_triggers = triggers.first().and_then(|[n, ..]| n.as_deref()) != Some("0");
+            Ok(catalog)
+        }
     }
 }
 

@@ -151,6 +151,8 @@ pub struct Analysis {
     /// Writes bounded only by `IS NOT NULL` tests: unbounded if those columns are `NOT NULL`
     /// (a primary key's are), which the catalog tells.
     pub null_tested: Vec<NullTested>,
+    /// It creates a deferrable constraint trigger, whose writes happen at commit.
+    pub creates_deferrable_trigger: bool,
 }
 
 /// A write whose condition is true for every row if each of `columns` of `table` is `NOT NULL`.
@@ -168,6 +170,8 @@ pub enum NameOp {
     Prepare { name: String, inner: Arc<Analysis> },
     /// `EXECUTE name`, anywhere (also inside EXPLAIN ANALYZE or CREATE TABLE AS).
     Execute { name: String },
+    /// `FETCH` or `MOVE` in a portal: it runs (more of) the portal's statement.
+    Fetch { name: String },
     /// `DEALLOCATE name`, or every statement (`None`).
     Deallocate(Option<String>),
     /// `DISCARD ALL`: every statement and every portal.
@@ -237,6 +241,7 @@ impl Analysis {
         }
         self.binary_copy_out |= other.binary_copy_out;
         self.null_tested.extend(other.null_tested.iter().cloned());
+        self.creates_deferrable_trigger |= other.creates_deferrable_trigger;
     }
 }
 

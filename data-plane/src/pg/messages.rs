@@ -130,9 +130,10 @@ fn render_param(value: &[u8], format: i16) -> String {
     }
 }
 
-/// `Execute`: portal name.
-pub fn execute_message(body: &[u8]) -> Result<&str, Malformed> {
-    Cursor::new(body, "Execute").cstr()
+/// `Execute`: portal name, and the most rows to return (0: all).
+pub fn execute_message(body: &[u8]) -> Result<(&str, i32), Malformed> {
+    let mut c = Cursor::new(body, "Execute");
+    Ok((c.cstr()?, c.i32()?))
 }
 
 /// `Close`: `S` or `P`, and the name.

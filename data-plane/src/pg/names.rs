@@ -46,6 +46,9 @@ pub struct Portal {
     pub result_formats: Vec<i16>,
     /// `DECLARE ... WITH HOLD`: it outlives its transaction.
     pub holdable: bool,
+    /// Made by a Bind (not a DECLARE): its statement was judged when prepared and is judged
+    /// again when it runs, at Execute.
+    pub bound: bool,
 }
 
 /// One change to the names.
@@ -92,13 +95,14 @@ pub fn changes_of(analysis: &Analysis, text: &Arc<str>) -> Vec<(usize, Change)> 
                     params: Vec::new(),
                     result_formats: Vec::new(),
                     holdable: *holdable,
+                    bound: false,
                 };
                 Change::Portal(name.clone(), Some(Arc::new(portal)))
             }
             NameOp::Close(Some(name)) => Change::Portal(name.clone(), None),
             NameOp::Close(None) => Change::AllPortals,
             NameOp::EndTransaction => Change::EndTransaction,
-            NameOp::Execute { .. } => continue,
+            NameOp::Execute { .. } | NameOp::Fetch { .. } => continue,
         };
         changes.push((*index, change));
     }
@@ -241,6 +245,7 @@ mod tests {
             params: Vec::new(),
             result_formats: Vec::new(),
             holdable,
+            bound: false,
         })
     }
 

@@ -148,6 +148,7 @@ fn ops(sql: &str) -> Vec<(usize, String)> {
                     )
                 }
                 NameOp::Execute { name } => format!("execute {name}"),
+                NameOp::Fetch { name } => format!("fetch {name}"),
                 NameOp::Deallocate(name) => format!("deallocate {}", name.as_deref().unwrap_or("*")),
                 NameOp::DiscardAll => "discard all".into(),
                 NameOp::Declare { name, holdable, .. } => format!("declare {name} hold={holdable}"),

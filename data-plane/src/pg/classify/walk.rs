@@ -132,6 +132,9 @@ impl<'s> Walker<'s> {
             return;
         }
         match node {
+            "CreateTrigStmt" if body.get("deferrable").and_then(Value::as_bool) == Some(true) => {
+                self.out.creates_deferrable_trigger = true;
+            }
             "DeleteStmt" | "UpdateStmt" => {
                 let target = Target::of(body.get("relation"));
                 let condition = body.get("where_clause");
@@ -198,6 +201,7 @@ impl<'s> Walker<'s> {
                 let holdable = options & CURSOR_OPT_HOLD != 0;
                 self.op(NameOp::Declare { name: name("portalname"), holdable, inner });
             }
+            "FetchStmt" => self.op(NameOp::Fetch { name: name("portalname") }),
             "ClosePortalStmt" => {
                 let portal = name("portalname");
                 self.op(NameOp::Close((!portal.is_empty()).then_some(portal)));

@@ -48,6 +48,9 @@ pub struct Frontend<'a, R, W: AsyncWrite + Unpin> {
     barrier: Option<u64>,
     /// Frames that arrived while a statement was held, to handle before reading more.
     later: Vec<Frame>,
+    /// A statement of this session created a deferrable constraint trigger (perhaps in a
+    /// transaction the catalog cannot see yet).
+    created_deferrable_trigger: bool,
 }
 
 /// PostgreSQL keeps 63 bytes of a statement or portal name: longer names would collide on
@@ -128,6 +131,7 @@ where
             unseen_in_segment: false,
             barrier: None,
             later: Vec::new(),
+            created_deferrable_trigger: false,
         }
     }
 
@@ -246,6 +250,7 @@ where
         let sql = messages::query_message(frame.body()).map_err(malformed)?;
         self.before_text().await?;
         let analysis = self.guard.classifier.classify_async(sql).await;
+        self.note_triggers(analysis.as_deref().ok());
         let text: Arc<str> = Arc::from(sql);
         let (resolved, changes) = match &analysis {
             Ok(a) => (self.resolve(a, &text).await?, names::changes_of(a, &text)),
@@ -272,7 +277,12 @@ where
         let (limit, executes) = (self.guard.row_limit(), resolved.executes.len());
         // Nothing queued since the last Sync or Query: the transaction status will be current.
         let synced = self.seq == self.segment;
-        match row_limit::applies(limit, !rows_rules.is_empty(), &judged, own, Protocol::Simple, executes, synced) {
+        let mut limited =
+            row_limit::applies(limit, !rows_rules.is_empty(), &judged, own, Protocol::Simple, executes, synced);
+        if let (Limit::Run(_), Some(refusal)) = (&limited, self.deferred_writes(Protocol::Simple).await?) {
+            limited = Limit::Refuse(refusal);
+        }
+        match limited {
             Limit::None => self.submit(frame, judged, forward).await,
             // Held first: once approved, it runs under the limit too.
             Limit::Run(limit) if judged.hold.is_some() => {
@@ -292,6 +302,7 @@ where
         check_name(name)?;
         self.before_text().await?;
         let analysis = self.guard.classifier.classify_async(sql).await;
+        self.note_triggers(analysis.as_deref().ok());
         let adds = usize::from(!name.is_empty() && !matches!(self.overlay.statement(name), Lookup::Known(_)));
         let refusal = self.over_limit(adds);
         if let Ok(a) = &analysis {
@@ -341,6 +352,7 @@ where
             params: bind.params,
             result_formats: bind.result_formats,
             holdable: false,
+            bound: true,
         };
         let change = Change::Portal(bind.portal.to_owned(), Some(Arc::new(portal)));
         self.overlay.apply(&change);
@@ -352,7 +364,7 @@ where
     /// `Execute`: the portal's statement is judged (again: the policy may have changed since it
     /// was prepared) with the prepared statements it EXECUTEs.
     async fn execute(&mut self, frame: &Frame) -> Result<(), Stop> {
-        let name = messages::execute_message(frame.body()).map_err(malformed)?;
+        let (name, max_rows) = messages::execute_message(frame.body()).map_err(malformed)?;
         check_name(name)?;
         let Some(portal) = self.portal(name).await? else {
             let judged = self.guard.refused(
@@ -380,6 +392,8 @@ where
         let rows_rules = judged.command.classification.as_ref().map(|c| self.guard.rows_rules(c)).unwrap_or_default();
         let analysis = Some(&*statement.analysis);
         let executes = resolved.executes.len();
+        // (A portal run a few rows at a time would be counted a few rows at a time.)
+        let whole = max_rows == 0;
         let limited = match row_limit::applies(
             limit,
             !rows_rules.is_empty(),
@@ -387,10 +401,16 @@ where
             analysis,
             Protocol::Extended,
             executes,
-            true,
+            whole,
         ) {
             Limit::None => None,
-            Limit::Run(limit) => Some(limit),
+            Limit::Run(limit) => match self.deferred_writes(Protocol::Extended).await? {
+                None => Some(limit),
+                Some(refusal) => {
+                    judged = self.guard.judge(subject(Some(refusal)));
+                    None
+                }
+            },
             Limit::Refuse(refusal) => {
                 judged = self.guard.judge(subject(Some(refusal)));
                 None
@@ -468,6 +488,15 @@ where
         };
         self.queue_exec(protocol, pending);
         self.outbox.record(self.recorder, &judged.command)
+    }
+
+    /// A statement that creates a deferrable constraint trigger was seen (judged allowed or
+    /// not): the row limit counts on it from now on.
+    fn note_triggers(&mut self, analysis: Option<&Analysis>) {
+        if analysis.is_some_and(|a| a.creates_deferrable_trigger) {
+            self.created_deferrable_trigger = true;
+            self.guard.catalog.triggers_changed();
+        }
     }
 
     /// A statement creating functions runs: a call of them next is judged by their body.
@@ -563,6 +592,20 @@ where
                             });
                             return Ok(resolved);
                         }
+                    }
+                }
+                // A portal bound over the extended protocol runs at Execute, where it is judged
+                // (holds, the row limit); SQL FETCH or MOVE would run it past that.
+                NameOp::Fetch { name } => {
+                    if self.portal(name).await?.is_some_and(|p| p.bound) {
+                        resolved.refusal = Some(Refusal {
+                            rule: "fetch_of_bound_portal",
+                            reason: format!(
+                                "portal {name:?} was bound over the extended protocol: run it with Execute, not FETCH \
+                                 or MOVE"
+                            ),
+                        });
+                        return Ok(resolved);
                     }
                 }
                 NameOp::Declare { .. } | NameOp::Close(_) | NameOp::EndTransaction => {}

@@ -398,6 +398,8 @@ impl Tracker {
         }
         // A simple-protocol statement stays at the front until its ReadyForQuery.
         let delivery = self.front_exec().map_or(Delivery::Relay, |p| p.delivery);
+        // The failure of the proxy's own count in a pipeline is the agent's Execute's: relayed.
+        let relay_error = frame.tag() == b'E' && delivery == Delivery::Quiet && self.front_is_extended();
         match (delivery, frame.tag()) {
             (Delivery::Quiet, b'E' | b'D') | (Delivery::Limited, b'C' | b'Z' | b's') => {
                 if let Some(p) = self.front_exec() {
@@ -516,7 +518,7 @@ impl Tracker {
         let kept = match delivery {
             Delivery::Relay => false,
             // Settings and notices the proxy's own statements cause still reach the agent.
-            Delivery::Quiet => !matches!(frame.tag(), b'S' | b'N'),
+            Delivery::Quiet => !matches!(frame.tag(), b'S' | b'N') && !relay_error,
             Delivery::Limited => matches!(frame.tag(), b'C' | b'Z' | b's'),
         };
         if hidden || kept {
@@ -551,11 +553,28 @@ impl Tracker {
             return Ok(denial);
         }
         // Messages before the failing command fail with it (a Parse, Bind or Describe).
+        let mut agent_message = false;
         while !matches!(self.front(), Some(Expect::Exec(_) | Expect::Sync | Expect::QueryEnd) | None) {
+            agent_message |= !matches!(self.front(), Some(Expect::Own));
             self.pop_front();
         }
         let mut denial = None;
-        if let Some(mut p) = self.pop_front_exec() {
+        while let Some(mut p) = self.pop_front_exec() {
+            if p.delivery == Delivery::Quiet && p.protocol == Protocol::Extended {
+                // The proxy's count ahead of the agent's Execute failed, or was skipped after the
+                // agent's Bind failed: either way the failure is the agent's Execute's, next.
+                let rows = std::mem::take(&mut p.kept).into_iter().filter(|f| f.first() != Some(&b'E')).collect();
+                self.quiet.push_back(QuietDone { error: Some(frame.clone()), rows });
+                let outcome = if agent_message { Outcome::Skipped } else { Outcome::Error };
+                if !agent_message {
+                    p.error = Some(error.clone());
+                }
+                done.push(p.finish(outcome));
+                while matches!(self.front(), Some(Expect::Own)) {
+                    self.pop_front();
+                }
+                continue;
+            }
             let mut error = error;
             if let Some(replacement) = p.replacement.take() {
                 let (code, message) = messages::error_fields(&replacement[5..])?;
@@ -568,6 +587,7 @@ impl Tracker {
                 self.quiet.push_back(QuietDone { error: Some(frame.clone()), rows });
             }
             done.push(p.finish(Outcome::Error));
+            break;
         }
         // Everything up to the next Sync is skipped; with no Sync queued yet, whatever comes
         // before the agent's next one is.

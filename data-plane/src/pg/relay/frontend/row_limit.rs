@@ -97,7 +97,9 @@ pub(super) enum Limit {
     Refuse(Refusal),
 }
 
-/// Whether and how `max_rows_written` applies to a statement judged `judged`.
+/// Whether and how `max_rows_written` applies to a statement judged `judged`. `whole`: a Query
+/// with nothing unsynced before it (the transaction status is known), an Execute that runs its
+/// portal to completion.
 pub(super) fn applies(
     limit: Option<u64>,
     rows_rules: bool,
@@ -105,7 +107,7 @@ pub(super) fn applies(
     analysis: Option<&Analysis>,
     protocol: Protocol,
     executes: usize,
-    synced: bool,
+    whole: bool,
 ) -> Limit {
     if limit.is_none() && !rows_rules {
         return Limit::None;
@@ -144,11 +146,22 @@ pub(super) fn applies(
              statement); send one statement at a time"
         ));
     }
-    if protocol == Protocol::Simple && !synced {
-        return refuse(format!(
-            "this resource {counted}; send Sync after extended-protocol messages before a write, so the proxy knows \
-             the transaction it runs in"
-        ));
+    match (protocol, whole) {
+        (Protocol::Simple, false) => {
+            return refuse(format!(
+                "this resource {counted}; send Sync after extended-protocol messages before a write, so the proxy \
+                 knows the transaction it runs in"
+            ))
+        }
+        // A statement run a few rows at a time writes a few rows at a time, each Execute under
+        // the limit: the portal must run whole.
+        (Protocol::Extended, false) => {
+            return refuse(format!(
+                "this resource {counted}; run a statement that may write to completion (Execute with no row count), \
+                 so the proxy can count it whole"
+            ))
+        }
+        _ => {}
     }
     Limit::Run(limit)
 }
@@ -220,6 +233,30 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    /// Deferrable constraint triggers write at commit: in a transaction the proxy opens itself
+    /// it fires them before its second count, but not in the agent's own transaction nor in a
+    /// pipeline's (the agent's Sync commits it). Where they may exist, such a write is refused.
+    pub(super) async fn deferred_writes(&mut self, protocol: Protocol) -> Result<Option<Refusal>, Stop> {
+        if !self.created_deferrable_trigger && !self.guard.catalog.deferrable_triggers().await {
+            return Ok(None);
+        }
+        let at_agents_commit = match protocol {
+            Protocol::Simple => {
+                let end = self.seq;
+                self.settle_until(end).await?;
+                self.shared.tracker().status != b'I'
+            }
+            _ => true,
+        };
+        Ok(at_agents_commit.then(|| Refusal {
+            rule: "max_rows_written",
+            reason: "this resource limits the rows a statement writes, and its database has deferrable constraint \
+                     triggers, which write at commit, after the proxy's count; send the write as a plain query \
+                     outside a transaction"
+                .into(),
+        }))
+    }
+
     /// Run a write under `limit` (see the module's documentation).
     pub(super) async fn run_limited(
         &mut self,
