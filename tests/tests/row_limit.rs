@@ -482,6 +482,36 @@ async fn extended_protocol_writes_are_counted_in_their_pipeline() {
     assert!(wire::errors(&answers).iter().any(|(_, m)| m.contains("fetch_of_bound_portal")), "{answers:?}");
     raw.round(&[wire::sync()], 1).await;
     assert_eq!(count(&stack, "select count(*) from victims"), "930");
+    // Nor may anything else run it by name while it is open: a built-in that fetches from a
+    // portal, or a FETCH after a ROLLBACK TO SAVEPOINT (which leaves older portals open).
+    raw.round(&[wire::query("BEGIN")], 1).await;
+    raw.round(
+        &[
+            wire::parse("", "UPDATE victims SET secret = 'z' WHERE id > $1 RETURNING id"),
+            wire::bind("q", "", &[Some("0")]),
+            wire::sync(),
+        ],
+        1,
+    )
+    .await;
+    let answers = raw.round(&[wire::query("SELECT cursor_to_xml('q', 1000, true, true, '')")], 1).await;
+    assert!(wire::errors(&answers).iter().any(|(_, m)| m.contains("open_bound_portal")), "{answers:?}");
+    raw.round(&[wire::query("ROLLBACK"), wire::query("BEGIN")], 2).await;
+    raw.round(
+        &[
+            wire::parse("", "DELETE FROM victims WHERE id > $1 RETURNING 1"),
+            wire::bind("r", "", &[Some("0")]),
+            wire::sync(),
+        ],
+        1,
+    )
+    .await;
+    raw.round(&[wire::query("SAVEPOINT s"), wire::query("ROLLBACK TO SAVEPOINT s")], 2).await;
+    let answers = raw.round(&[wire::query("FETCH ALL FROM r")], 1).await;
+    assert!(wire::errors(&answers).iter().any(|(_, m)| m.contains("fetch_of_bound_portal")), "{answers:?}");
+    raw.round(&[wire::query("ROLLBACK")], 1).await;
+    assert_eq!(count(&stack, "select count(*) from victims where secret = 'z'"), "0");
+    assert_eq!(count(&stack, "select count(*) from victims"), "930");
     // A Bind the server refuses fails the agent's Execute, not the proxy's count: the agent
     // gets the server's error and nothing else, as without the proxy.
     let answers =

@@ -145,6 +145,11 @@ impl Names {
         self.portals.get(name).cloned()
     }
 
+    /// The portals, by name.
+    pub fn portals(&self) -> impl Iterator<Item = (&String, &Arc<Portal>)> {
+        self.portals.iter()
+    }
+
     /// Named statements held (the unnamed one is not counted).
     pub fn statement_count(&self) -> usize {
         self.statements.keys().filter(|name| !name.is_empty()).count()
@@ -222,6 +227,15 @@ impl Overlay {
             None if self.ended => Lookup::ConfirmedIfHoldable,
             None => Lookup::Confirmed,
         }
+    }
+
+    /// The portals open once this segment's changes are made, from the confirmed view's.
+    pub fn open_portals<'n>(&'n self, confirmed: &'n Names) -> Vec<(&'n String, &'n Arc<Portal>)> {
+        let kept = confirmed
+            .portals()
+            .filter(|(name, p)| !self.portals.contains_key(*name) && !self.all_portals && (!self.ended || p.holdable));
+        let here = self.portals.iter().filter_map(|(name, p)| p.as_ref().map(|p| (name, p)));
+        kept.chain(here).collect()
     }
 
     /// Statements this segment defines that the confirmed view may not have yet.

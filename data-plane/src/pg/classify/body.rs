@@ -193,6 +193,11 @@ fn walk_plpgsql(w: &mut Walker<'_>, value: &Value, dynamic: bool) {
                     }
                     "dynquery" => walk_plpgsql(w, child, true),
                     "PLpgSQL_stmt_commit" | "PLpgSQL_stmt_rollback" => w.class("transaction"),
+                    // A cursor variable names its portal: it can run any portal of the session.
+                    "PLpgSQL_stmt_fetch" | "PLpgSQL_stmt_open" => {
+                        w.class("cursor");
+                        walk_plpgsql(w, child, dynamic);
+                    }
                     _ => walk_plpgsql(w, child, dynamic),
                 }
             }

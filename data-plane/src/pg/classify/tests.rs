@@ -179,7 +179,7 @@ fn what_statements_do_to_prepared_statements_and_portals() {
         (9, "close c"),
         (10, "close *"),
         (12, "end"),
-        (13, "end"),
+        // (ROLLBACK TO SAVEPOINT keeps the portals made before the savepoint.)
         (14, "end"),
     ];
     assert_eq!(got, want.into_iter().map(|(i, s)| (i, s.to_owned())).collect::<Vec<_>>());
@@ -258,6 +258,12 @@ fn sql_inside_sql_is_classified() {
     )
     .unwrap();
     assert!(body.classification.functions.contains("pg_terminate_backend"), "{:?}", body.classification.functions);
+    // A cursor variable names its portal: FETCH, MOVE and OPEN in a body are cursor operations.
+    let body = analyze(
+        "create function g(c refcursor) returns int language plpgsql as $$ begin move forward all in c; return 0; end $$",
+    )
+    .unwrap();
+    assert!(body.classification.classes.contains("cursor"), "{:?}", body.classification.classes);
     // Computed SQL text handed to a built-in that runs it is refused outright.
     for sql in ["select query_to_xml(q, true, true, '') from t", "select query_to_xml('selec 1', true, true, '')"] {
         assert!(analyze(sql).unwrap().refusal.is_some(), "{sql}");

@@ -173,8 +173,10 @@ impl<'s> Walker<'s> {
                 if sets_read_write(body) {
                     self.out.classification.escapes_read_only = true;
                 }
-                // COMMIT, ROLLBACK, ROLLBACK TO SAVEPOINT, PREPARE TRANSACTION end portals.
-                if matches!(body.get("kind").and_then(Value::as_i64), Some(3 | 4 | 7 | 8)) {
+                // COMMIT, ROLLBACK, PREPARE TRANSACTION end portals. ROLLBACK TO SAVEPOINT ends
+                // only those made since the savepoint, which the proxy cannot tell apart: it
+                // keeps them all (running one the server dropped fails there).
+                if matches!(body.get("kind").and_then(Value::as_i64), Some(3 | 4 | 8)) {
                     self.op(NameOp::EndTransaction);
                 }
             }

@@ -269,7 +269,11 @@ where
             params: None,
             prepared: None,
         };
-        let judged = self.guard.judge(subject(resolved.refusal));
+        let mut judged = self.guard.judge(subject(resolved.refusal));
+        // (A Query replaces the unnamed portal before it runs.)
+        if let Some(refusal) = self.portals_at_risk(&judged, "").await? {
+            judged = self.guard.judge(subject(Some(refusal)));
+        }
         let pending = Pending::simple();
         let forward = Forward { protocol: Protocol::Simple, stand_in: messages::denied_query(), pending, changes };
         let own = analysis.as_deref().ok();
@@ -388,6 +392,9 @@ where
             prepared: (!portal.prepared.is_empty()).then(|| portal.prepared.clone()),
         };
         let mut judged = self.guard.judge(subject(resolved.refusal));
+        if let Some(refusal) = self.portals_at_risk(&judged, name).await? {
+            judged = self.guard.judge(subject(Some(refusal)));
+        }
         let limit = self.guard.row_limit();
         let rows_rules = judged.command.classification.as_ref().map(|c| self.guard.rows_rules(c)).unwrap_or_default();
         let analysis = Some(&*statement.analysis);
@@ -488,6 +495,42 @@ where
         };
         self.queue_exec(protocol, pending);
         self.outbox.record(self.recorder, &judged.command)
+    }
+
+    /// A portal bound over the extended protocol runs at its Execute, where it is judged
+    /// (holds, the row limit). Other ways run a portal by its name: SQL FETCH or MOVE, a
+    /// PL/pgSQL cursor variable, `cursor_to_xml`, and whatever dynamic SQL or a function the
+    /// proxy cannot read does. A statement that may do so is refused while a bound portal of a
+    /// statement that writes or calls functions is open (other than `except`, which runs next).
+    async fn portals_at_risk(&mut self, judged: &Judged, except: &str) -> Result<Option<Refusal>, Stop> {
+        const BY_NAME: &[&str] = &["cursor_to_xml", "cursor_to_xmlschema"];
+        let Some(c) = judged.command.classification.as_ref().filter(|_| judged.refusal.is_none()) else {
+            return Ok(None);
+        };
+        let runs_portals =
+            ["cursor", classify::DYNAMIC_SQL, classify::USER_FUNCTION].iter().any(|k| c.classes.contains(*k))
+                || c.functions.iter().any(|f| BY_NAME.contains(&f.rsplit('.').next().unwrap_or(f)));
+        if !runs_portals {
+            return Ok(None);
+        }
+        // The confirmed view must hold every Bind sent before this segment.
+        self.settle().await?;
+        let tracker = self.shared.tracker();
+        let open = self.overlay.open_portals(&tracker.names);
+        let risky = open.iter().find(|(name, p)| {
+            name.as_str() != except
+                && p.bound
+                && (p.statement.analysis.classification.writes
+                    || !p.statement.analysis.calls.is_empty()
+                    || !p.statement.analysis.attribute_calls.is_empty())
+        });
+        Ok(risky.map(|(name, _)| Refusal {
+            rule: "open_bound_portal",
+            reason: format!(
+                "portal {name:?}, bound over the extended protocol, runs only by Execute; this statement could run it \
+                 by its name (a cursor, dynamic SQL or a function): close the portal first"
+            ),
+        }))
     }
 
     /// A statement that creates a deferrable constraint trigger was seen (judged allowed or
