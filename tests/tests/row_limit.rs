@@ -611,7 +611,8 @@ async fn deferred_trigger_writes_are_counted_or_refused() {
     assert_eq!(count(&stack, "select string_agg(id::text, ',' order by id) from notes"), "1,2");
     assert_eq!(count(&stack, "select count(*) from log"), "0");
     drop(client);
-    // A new session knows from the catalog (read again once this proxy saw the trigger made).
+    // A new session knows too (this proxy saw the trigger made; other proxies read it in their
+    // catalog).
     let client = stack.agent_client(&token).await.expect("connect");
     let err = client.execute("INSERT INTO notes VALUES ($1)", &[&6i32]).await.expect_err("extended");
     assert!(err.as_db_error().is_some_and(|e| e.message().contains("deferrable constraint triggers")), "{err}");

@@ -261,8 +261,8 @@ pub struct CatalogCell {
     loading: tokio::sync::Mutex<Option<Instant>>,
     /// A session created functions since the last load: the next unknown call reloads at once.
     dirty: std::sync::atomic::AtomicBool,
-    /// A session created a deferrable trigger since the last load.
-    triggers_dirty: std::sync::atomic::AtomicBool,
+    /// When a session last may have created a deferrable trigger.
+    triggers_created: std::sync::Mutex<Option<Instant>>,
 }
 
 impl CatalogCell {
@@ -273,7 +273,7 @@ impl CatalogCell {
             current: RwLock::new(None),
             loading: tokio::sync::Mutex::new(None),
             dirty: std::sync::atomic::AtomicBool::new(false),
-            triggers_dirty: std::sync::atomic::AtomicBool::new(false),
+            triggers_created: std::sync::Mutex::new(None),
         }
     }
 
@@ -314,17 +314,21 @@ impl CatalogCell {
         }
     }
 
-    /// A statement that creates a deferrable trigger was forwarded: read the catalog again
-    /// before the next row-limited write.
+    /// A session of this proxy may have created a deferrable trigger (perhaps in a transaction
+    /// not committed yet, which the catalog's connection cannot see).
     pub fn triggers_changed(&self) {
-        self.triggers_dirty.store(true, std::sync::atomic::Ordering::Release);
+        *self.triggers_created.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
     }
 
-    /// Whether deferrable constraint triggers exist, reading the catalog again first when a
-    /// session of this proxy created one since it was read.
+    /// Whether deferrable constraint triggers may exist: for two minutes after a session of
+    /// this proxy may have created one, yes; else what a catalog at most a minute old says.
     pub async fn deferrable_triggers(&self) -> bool {
-        if self.triggers_dirty.swap(false, std::sync::atomic::Ordering::AcqRel) {
-            self.reload(Duration::ZERO).await;
+        let created = *self.triggers_created.lock().unwrap_or_else(|p| p.into_inner());
+        if created.is_some_and(|at| at.elapsed() < 2 * MAX_AGE) {
+            return true;
+        }
+        if self.age().is_none_or(|age| age >= MAX_AGE) {
+            self.reload(MIN_RELOAD).await;
         }
         self.current().deferrable_triggers
     }

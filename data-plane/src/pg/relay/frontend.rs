@@ -536,7 +536,10 @@ where
     /// A statement that creates a deferrable constraint trigger was seen (judged allowed or
     /// not): the row limit counts on it from now on.
     fn note_triggers(&mut self, analysis: Option<&Analysis>) {
-        if analysis.is_some_and(|a| a.creates_deferrable_trigger) {
+        // (Dynamic SQL may create one too.)
+        let may =
+            |a: &Analysis| a.creates_deferrable_trigger || a.classification.classes.contains(classify::DYNAMIC_SQL);
+        if analysis.is_some_and(may) {
             self.created_deferrable_trigger = true;
             self.guard.catalog.triggers_changed();
         }
