@@ -22,7 +22,6 @@ use std::sync::Arc;
 use tollgate_shared::jwks::Verifier;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
-use utoipa_scalar::Servable;
 
 pub use auth::{Role, RoleConfig};
 pub use channels::{SlackInbound, WebhookInbound};
@@ -169,6 +168,26 @@ pub fn router(state: AppState) -> Router {
             "/openapi.json",
             get(|| async { ([(axum::http::header::CONTENT_TYPE, "application/json")], openapi_json()) }),
         )
-        .merge(utoipa_scalar::Scalar::with_url("/docs", ApiDoc::openapi()))
+        .route("/docs", get(|| async { page("text/html; charset=utf-8", DOCS_HTML) }))
+        .route("/docs/reference.js", get(|| async { page("text/javascript; charset=utf-8", DOCS_JS) }))
+        .route("/docs/reference.css", get(|| async { page("text/css; charset=utf-8", DOCS_CSS) }))
         .with_state(state)
+}
+
+/// The API reference page: the control plane's own files, rendered from `/openapi.json` in the
+/// browser, so it works without the internet (and its policy lets nothing else load).
+const DOCS_HTML: &str = include_str!("api/docs/index.html");
+const DOCS_JS: &str = include_str!("api/docs/reference.js");
+const DOCS_CSS: &str = include_str!("api/docs/reference.css");
+
+fn page(content_type: &'static str, body: &'static str) -> impl axum::response::IntoResponse {
+    use axum::http::header;
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CONTENT_SECURITY_POLICY, "default-src 'self'; frame-ancestors 'none'"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        body,
+    )
 }

@@ -172,9 +172,25 @@ async fn health_readiness_metrics_and_the_api_document() {
     let served = reqwest::get(format!("{base}/openapi.json")).await.unwrap().text().await.unwrap();
     let checked_in = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../openapi/openapi.json")).unwrap();
     assert_eq!(served, checked_in);
+    // The API reference is the control plane's own files: nothing loads from elsewhere, and
+    // its content policy says so to the browser.
     let page = reqwest::get(format!("{base}/docs")).await.unwrap();
     assert_eq!(page.status().as_u16(), 200);
-    assert!(page.text().await.unwrap().contains("<html"));
+    assert_eq!(page.headers()["content-security-policy"], "default-src 'self'; frame-ancestors 'none'");
+    let html = page.text().await.unwrap();
+    assert!(html.contains("<html") && html.contains(r#"<script src="/docs/reference.js""#), "{html}");
+    assert!(html.contains(r#"<label for="filter">"#), "the filter has a label");
+    for (asset, kind, holds) in
+        [("reference.js", "text/javascript", "fetch(\"/openapi.json\")"), ("reference.css", "text/css", "section.op")]
+    {
+        let served = reqwest::get(format!("{base}/docs/{asset}")).await.unwrap();
+        assert_eq!(served.status().as_u16(), 200, "{asset}");
+        assert!(served.headers()["content-type"].to_str().unwrap().starts_with(kind), "{asset}");
+        let text = served.text().await.unwrap();
+        assert!(text.contains(holds), "{asset}");
+        assert!(!text.contains("http://") && !text.contains("https://"), "{asset} names no other origin");
+    }
+    assert!(!html.contains("http://") && !html.contains("https://"), "the page names no other origin");
 
     // With NATS gone, the control plane says it is not ready, and why.
     stack.nats.kill();
