@@ -511,6 +511,20 @@ async fn extended_protocol_writes_are_counted_in_their_pipeline() {
     assert!(wire::errors(&answers).iter().any(|(_, m)| m.contains("fetch_of_bound_portal")), "{answers:?}");
     raw.round(&[wire::query("ROLLBACK")], 1).await;
     assert_eq!(count(&stack, "select count(*) from victims where secret = 'z'"), "0");
+    // A portal of a read may be fetched by name: the check is about writes.
+    raw.round(&[wire::query("BEGIN")], 1).await;
+    raw.round(
+        &[
+            wire::parse("", "SELECT lower(secret) FROM victims WHERE id = 21"),
+            wire::bind("reader", "", &[]),
+            wire::sync(),
+        ],
+        1,
+    )
+    .await;
+    let answers = raw.round(&[wire::query("SELECT cursor_to_xml('reader', 1, true, true, '')")], 1).await;
+    assert!(wire::values(&answers).iter().flatten().any(|v| v.contains("<lower>x</lower>")), "{answers:?}");
+    raw.round(&[wire::query("COMMIT")], 1).await;
     assert_eq!(count(&stack, "select count(*) from victims"), "930");
     // A Bind the server refuses fails the agent's Execute, not the proxy's count: the agent
     // gets the server's error and nothing else, as without the proxy.

@@ -501,7 +501,8 @@ where
     /// (holds, the row limit). Other ways run a portal by its name: SQL FETCH or MOVE, a
     /// PL/pgSQL cursor variable, `cursor_to_xml`, and whatever dynamic SQL or a function the
     /// proxy cannot read does. A statement that may do so is refused while a bound portal of a
-    /// statement that writes or calls functions is open (other than `except`, which runs next).
+    /// statement that writes (itself or through what it calls) is open (other than `except`,
+    /// which runs next).
     async fn portals_at_risk(&mut self, judged: &Judged, except: &str) -> Result<Option<Refusal>, Stop> {
         const BY_NAME: &[&str] = &["cursor_to_xml", "cursor_to_xmlschema"];
         let Some(c) = judged.command.classification.as_ref().filter(|_| judged.refusal.is_none()) else {
@@ -515,15 +516,17 @@ where
         }
         // The confirmed view must hold every Bind sent before this segment.
         self.settle().await?;
+        // A portal's statement writes by itself or through what it calls (an unreadable
+        // function counts as writing).
+        let catalog = self.guard.catalog.current();
+        let writes = |analysis: &Analysis| {
+            let mut c = analysis.classification.clone();
+            catalog.expand(&mut c, &[analysis], false);
+            c.writes
+        };
         let tracker = self.shared.tracker();
         let open = self.overlay.open_portals(&tracker.names);
-        let risky = open.iter().find(|(name, p)| {
-            name.as_str() != except
-                && p.bound
-                && (p.statement.analysis.classification.writes
-                    || !p.statement.analysis.calls.is_empty()
-                    || !p.statement.analysis.attribute_calls.is_empty())
-        });
+        let risky = open.iter().find(|(name, p)| name.as_str() != except && p.bound && writes(&p.statement.analysis));
         Ok(risky.map(|(name, _)| Refusal {
             rule: "open_bound_portal",
             reason: format!(
