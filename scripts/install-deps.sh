@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what building, testing and the quickstart need on a fresh Debian machine:
 # libclang (for pg_query), PostgreSQL server and client tools (initdb, pg_ctl, psql, pgbench), pgbouncer, runuser,
-# curl, psycopg (a driver the tests use), openssh-server and -client (the SSH tests' host and agent), and from PyPI a current nats-server (Debian's is too old for JetStream features we use) and ansible-core.
+# curl, psycopg (a driver the tests use), openssh-server and -client (the SSH tests' host and agent), chromium and
+# chromium-driver (the browser tests), and from PyPI a current nats-server (Debian's is too old for JetStream features we use) and ansible-core.
 # Idempotent: installs only what is missing.
 set -euo pipefail
 
@@ -23,6 +24,9 @@ command -v cc >/dev/null 2>&1 || need+=(build-essential)
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v ssh >/dev/null 2>&1 || need+=(openssh-client)
 command -v rsync >/dev/null 2>&1 || need+=(rsync)
+# The browser tests drive a real headless Chromium (and, for interaction, its WebDriver).
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 # pg_query builds PostgreSQL's parser from C and generates bindings with libclang.
 dpkg -s libclang-dev >/dev/null 2>&1 || need+=(libclang-dev)
 if [ "${#need[@]}" -gt 0 ]; then
