@@ -31,6 +31,7 @@ const UNBOUNDED: &[&str] = &[
     "explain analyze delete from orders where 1 = 1",
     "delete from orders where id is not null",
     "update orders o set total = 0 where o.id is not null and true",
+    "merge into orders o using customers c on o.id is not null when matched then delete",
 ];
 
 /// Bounded look-alikes: each runs, and the state check below says what it changed.

@@ -539,12 +539,25 @@ fn a_write_bounded_only_by_is_not_null_names_the_columns_for_the_catalog() {
         orders("id"),
         "in a CTE too"
     );
+    assert_eq!(
+        tested("merge into orders o using refunds r on o.id is not null when matched then delete"),
+        [(None, "orders".to_owned(), "id".to_owned())]
+    );
+    assert_eq!(
+        tested("merge into orders o using refunds r on o.id = r.order_id when not matched by source and o.id is not null then delete"),
+        [(None, "orders".to_owned(), "id".to_owned())]
+    );
+    assert_eq!(
+        tested("insert into orders select * from archive on conflict (id) do update set total = 0 where orders.id is not null"),
+        orders("id")
+    );
     // Something else bounds it, or the test is of another relation's column: nothing to ask.
     for sql in [
         "delete from orders where id is not null and total > 5",
         "delete from orders where id is null",
         "delete from orders using customers c where c.id is not null and c.id = orders.customer_id",
         "delete from orders where id = 1",
+        "merge into orders o using refunds r on o.id = r.order_id when matched and o.id is not null then delete",
     ] {
         assert_eq!(tested(sql), [], "{sql}");
     }

@@ -7,6 +7,29 @@ use serde_json::Value;
 use std::sync::Arc;
 use tollgate_shared::policy::RelationName;
 
+/// What a condition does to a write's reach.
+#[derive(Clone)]
+enum Bound {
+    /// It bounds it.
+    Rows,
+    /// Only its `IS NOT NULL` tests of these columns bound it: nothing, if they are `NOT NULL`.
+    IfNullable(Vec<String>),
+    /// It does not.
+    Nothing,
+}
+
+impl Bound {
+    fn of(condition: Option<&Value>, target: &Target) -> Bound {
+        if !reach::of(condition, target).bounds() {
+            return Bound::Nothing;
+        }
+        match reach::if_not_null(condition, target) {
+            Some(columns) => Bound::IfNullable(columns),
+            None => Bound::Rows,
+        }
+    }
+}
+
 /// Analyse a parse tree of `source` (`{"stmts": [...]}`).
 pub(super) fn analyze_tree(source: &str, tree: &Value, depth: u8) -> Analysis {
     let stmts = tree.get("stmts").and_then(Value::as_array);
@@ -137,17 +160,8 @@ impl<'s> Walker<'s> {
             }
             "DeleteStmt" | "UpdateStmt" => {
                 let target = Target::of(body.get("relation"));
-                let condition = body.get("where_clause");
-                if !reach::of(condition, &target).bounds() {
-                    self.out.classification.unbounded_write = true;
-                } else if let Some(columns) = reach::if_not_null(condition, &target) {
-                    let relation = |field: &str| body.pointer(&format!("/relation/{field}")).and_then(Value::as_str);
-                    self.out.null_tested.push(NullTested {
-                        schema: relation("schemaname").filter(|s| !s.is_empty()).map(str::to_owned),
-                        table: relation("relname").unwrap_or_default().to_owned(),
-                        columns,
-                    });
-                }
+                let bound = Bound::of(body.get("where_clause"), &target);
+                self.judge_reach(body, &[bound]);
             }
             "MergeStmt" => self.merge(body),
             "InsertStmt" => self.upsert(body),
@@ -236,22 +250,44 @@ impl<'s> Walker<'s> {
         const UPDATE: i64 = 3;
         const DELETE: i64 = 5;
         let target = Target::of(body.get("relation"));
-        let join = reach::of(body.get("join_condition"), &target);
+        let join = Bound::of(body.get("join_condition"), &target);
         let clauses = body.get("merge_when_clauses").and_then(Value::as_array);
         for clause in clauses.into_iter().flatten().filter_map(|c| c.pointer("/node/MergeWhenClause")) {
             if !matches!(clause.get("command_type").and_then(Value::as_i64), Some(UPDATE | DELETE)) {
                 continue;
             }
-            let own = reach::of(clause.get("condition"), &target).bounds();
-            let bounded = match clause.get("match_kind").and_then(Value::as_i64) {
-                Some(MATCHED) => own || join.bounds(),
-                Some(NOT_MATCHED_BY_SOURCE) => own,
-                _ => true,
-            };
-            if !bounded {
-                self.out.classification.unbounded_write = true;
+            let own = Bound::of(clause.get("condition"), &target);
+            match clause.get("match_kind").and_then(Value::as_i64) {
+                Some(MATCHED) => self.judge_reach(body, &[own, join.clone()]),
+                Some(NOT_MATCHED_BY_SOURCE) => self.judge_reach(body, &[own]),
+                _ => {}
             }
         }
+    }
+
+    /// A write is bounded when any of `bounds` bounds it. When only `IS NOT NULL` tests do,
+    /// the catalog decides (the columns go to `null_tested`); when none does, it is unbounded.
+    fn judge_reach(&mut self, body: &Value, bounds: &[Bound]) {
+        if bounds.iter().any(|b| matches!(b, Bound::Rows)) {
+            return;
+        }
+        let mut columns: Vec<String> = bounds
+            .iter()
+            .filter_map(|b| if let Bound::IfNullable(c) = b { Some(c.clone()) } else { None })
+            .flatten()
+            .collect();
+        if columns.is_empty() {
+            self.out.classification.unbounded_write = true;
+            return;
+        }
+        columns.sort();
+        columns.dedup();
+        let relation = |field: &str| body.pointer(&format!("/relation/{field}")).and_then(Value::as_str);
+        self.out.null_tested.push(NullTested {
+            schema: relation("schemaname").filter(|s| !s.is_empty()).map(str::to_owned),
+            table: relation("relname").unwrap_or_default().to_owned(),
+            columns,
+        });
     }
 
     /// `INSERT ... SELECT ... ON CONFLICT DO UPDATE`: every existing row the query names is
@@ -267,9 +303,9 @@ impl<'s> Walker<'s> {
             .pointer("/select_stmt/node/SelectStmt/values_lists")
             .and_then(Value::as_array)
             .is_some_and(|rows| !rows.is_empty());
-        let target = Target::of(body.get("relation"));
-        if !values && !reach::of(conflict.get("where_clause"), &target).bounds() {
-            self.out.classification.unbounded_write = true;
+        if !values {
+            let target = Target::of(body.get("relation"));
+            self.judge_reach(body, &[Bound::of(conflict.get("where_clause"), &target)]);
         }
     }
 
