@@ -632,3 +632,30 @@ async fn deferred_trigger_writes_are_counted_or_refused() {
     assert!(err.as_db_error().is_some_and(|e| e.message().contains("deferrable constraint triggers")), "{err}");
     assert_eq!(count(&stack, "select count(*) from log"), "0");
 }
+
+/// A deferrable trigger made before the proxy ever connected is found in its catalog.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deferrable_trigger_in_the_catalog_refuses_writes_that_commit_after_the_count() {
+    let stack = Stack::start().await;
+    stack.pg.admin_sql(
+        "demo",
+        "create table notes (id int); create table log (n int);
+         alter table notes owner to app; alter table log owner to app;
+         create function bulk() returns trigger language plpgsql as $$
+             begin insert into log select generate_series(1, 500); return null; end $$;
+         create constraint trigger fan_out after insert on notes deferrable initially deferred
+             for each row execute function bulk()",
+    );
+    let policy = json!({
+        "resources": [{ "name": "demo", "kind": "postgres", "guardrails": { "max_rows_written": 100 } }],
+        "grants": [{ "name": "everyone", "who": { "agents": ["*"] }, "resources": { "names": ["demo"] }, "access": "admin" }]
+    });
+    stack.enforce(&policy).await;
+    let client = stack.agent_client(&stack.agent_token("bot-catalog")).await.expect("connect");
+    let err = client.execute("INSERT INTO notes VALUES ($1)", &[&1i32]).await.expect_err("extended");
+    assert!(err.as_db_error().is_some_and(|e| e.message().contains("deferrable constraint triggers")), "{err}");
+    let err = client.simple_query("INSERT INTO notes VALUES (2)").await.expect_err("counted at the proxy's commit");
+    assert!(err.as_db_error().is_some_and(|e| e.message().contains("wrote 501 rows")), "{err}");
+    assert_eq!(count(&stack, "select count(*) from notes"), "0");
+    assert_eq!(count(&stack, "select count(*) from log"), "0");
+}
