@@ -278,15 +278,11 @@ where
         let forward = Forward { protocol: Protocol::Simple, stand_in: messages::denied_query(), pending, changes };
         let own = analysis.as_deref().ok();
         let rows_rules = judged.command.classification.as_ref().map(|c| self.guard.rows_rules(c)).unwrap_or_default();
-        let (limit, executes) = (self.guard.row_limit(), resolved.executes.len());
+        let executes = resolved.executes.len();
         // Nothing queued since the last Sync or Query: the transaction status will be current.
         let synced = self.seq == self.segment;
-        let mut limited =
-            row_limit::applies(limit, !rows_rules.is_empty(), &judged, own, Protocol::Simple, executes, synced);
-        if let (Limit::Run(_), Some(refusal)) = (&limited, self.deferred_writes(Protocol::Simple).await?) {
-            limited = Limit::Refuse(refusal);
-        }
-        match limited {
+        let rules = !rows_rules.is_empty();
+        match self.limit_of(&judged, rules, own, Protocol::Simple, executes, synced).await? {
             Limit::None => self.submit(frame, judged, forward).await,
             // Held first: once approved, it runs under the limit too.
             Limit::Run(limit) if judged.hold.is_some() => {
@@ -395,29 +391,13 @@ where
         if let Some(refusal) = self.portals_at_risk(&judged, name).await? {
             judged = self.guard.judge(subject(Some(refusal)));
         }
-        let limit = self.guard.row_limit();
         let rows_rules = judged.command.classification.as_ref().map(|c| self.guard.rows_rules(c)).unwrap_or_default();
-        let analysis = Some(&*statement.analysis);
-        let executes = resolved.executes.len();
+        let (analysis, executes, rules) = (Some(&*statement.analysis), resolved.executes.len(), !rows_rules.is_empty());
         // (A portal run a few rows at a time would be counted a few rows at a time.)
         let whole = max_rows == 0;
-        let limited = match row_limit::applies(
-            limit,
-            !rows_rules.is_empty(),
-            &judged,
-            analysis,
-            Protocol::Extended,
-            executes,
-            whole,
-        ) {
+        let limited = match self.limit_of(&judged, rules, analysis, Protocol::Extended, executes, whole).await? {
             Limit::None => None,
-            Limit::Run(limit) => match self.deferred_writes(Protocol::Extended).await? {
-                None => Some(limit),
-                Some(refusal) => {
-                    judged = self.guard.judge(subject(Some(refusal)));
-                    None
-                }
-            },
+            Limit::Run(limit) => Some(limit),
             Limit::Refuse(refusal) => {
                 judged = self.guard.judge(subject(Some(refusal)));
                 None

@@ -100,7 +100,7 @@ pub(super) enum Limit {
 /// Whether and how `max_rows_written` applies to a statement judged `judged`. `whole`: a Query
 /// with nothing unsynced before it (the transaction status is known), an Execute that runs its
 /// portal to completion.
-pub(super) fn applies(
+fn applies(
     limit: Option<u64>,
     rows_rules: bool,
     judged: &Judged,
@@ -233,10 +233,31 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    /// Whether and how the live policy's row limit (and its rules by rows written) applies to
+    /// a statement judged `judged`: [`applies`], with deferrable triggers considered.
+    pub(super) async fn limit_of(
+        &mut self,
+        judged: &Judged,
+        rows_rules: bool,
+        analysis: Option<&Analysis>,
+        protocol: Protocol,
+        executes: usize,
+        whole: bool,
+    ) -> Result<Limit, Stop> {
+        let limit = self.guard.row_limit();
+        let decided = applies(limit, rows_rules, judged, analysis, protocol, executes, whole);
+        if let Limit::Run(_) = decided {
+            if let Some(refusal) = self.deferred_writes(protocol).await? {
+                return Ok(Limit::Refuse(refusal));
+            }
+        }
+        Ok(decided)
+    }
+
     /// Deferrable constraint triggers write at commit: in a transaction the proxy opens itself
     /// it fires them before its second count, but not in the agent's own transaction nor in a
     /// pipeline's (the agent's Sync commits it). Where they may exist, such a write is refused.
-    pub(super) async fn deferred_writes(&mut self, protocol: Protocol) -> Result<Option<Refusal>, Stop> {
+    async fn deferred_writes(&mut self, protocol: Protocol) -> Result<Option<Refusal>, Stop> {
         if !self.created_deferrable_trigger && !self.guard.catalog.deferrable_triggers().await {
             return Ok(None);
         }
@@ -333,15 +354,25 @@ where
             .take()
             .ok_or_else(|| lost("the row-limited statement's answer is missing"))?;
         let decided = self.decide(&mut result, kept, (opened, second), &wrap, &judged).await;
-        if decided.is_err() {
-            // The session ends here: the statement's outcome is on record all the same.
+        self.record_result(&mut result, decided.is_err());
+        self.relay(decided?).await
+    }
+
+    /// Put a row-limited statement's result on record: when the session ends here, as
+    /// unfinished.
+    fn record_result(&self, result: &mut CommandResult, session_ends: bool) {
+        if session_ends {
             result.outcome = Outcome::Unfinished;
         }
-        match self.recorder.seal(kind::COMMAND_RESULT, &result) {
+        match self.recorder.seal(kind::COMMAND_RESULT, &*result) {
             Ok(event) => self.recorder.background(event),
             Err(e) => tracing::error!(error = %e, "cannot seal command.result"),
         }
-        for frame in decided? {
+    }
+
+    /// Hand the agent frames the proxy kept or made, in order with what the backend relays.
+    async fn relay(&mut self, frames: Vec<Bytes>) -> Result<(), Stop> {
+        for frame in frames {
             if self.inject.send(frame).await.is_err() {
                 return Err(Stop::closed(EndReason::ClientClosed));
             }
@@ -378,6 +409,7 @@ where
         }
         if let Some(error) = over_limit(result, &opened, &second, wrap.limit)? {
             self.undo(&wrap.undo, judged).await?;
+            fail(result, &error);
             return Ok(vec![error, ready(wrap.status)]);
         }
         if let Some(error) = self.approve_commit(&wrap.rules, judged, result).await? {
@@ -438,24 +470,12 @@ where
             },
             Err(_) => Err(lost("the row limit's counts are missing")),
         };
-        if decided.is_err() {
-            result.outcome = Outcome::Unfinished;
-        }
         if let Ok(Some(error)) = &decided {
             fail(&mut result, error);
         }
-        match self.recorder.seal(kind::COMMAND_RESULT, &result) {
-            Ok(event) => self.recorder.background(event),
-            Err(e) => tracing::error!(error = %e, "cannot seal command.result"),
-        }
+        self.record_result(&mut result, decided.is_err());
         match decided? {
-            None => {
-                for frame in kept {
-                    if self.inject.send(frame).await.is_err() {
-                        return Err(Stop::closed(EndReason::ClientClosed));
-                    }
-                }
-            }
+            None => self.relay(kept).await?,
             // The server fails on the stand-in and skips to the agent's Sync, rolling the
             // pipeline's transaction back (or aborting the agent's block); the agent gets the
             // reason in place of the server's error. Its result is the one just recorded.
@@ -570,8 +590,8 @@ where
     }
 }
 
-/// The count decides: the agent's error (and the statement's recorded failure) when the
-/// statement is to be undone, with `result.rows` set to what it wrote.
+/// The count decides: the agent's error when the statement is to be undone, with
+/// `result.rows` set to what it wrote.
 fn over_limit(
     result: &mut CommandResult,
     opened: &QuietDone,
@@ -601,9 +621,7 @@ fn over_limit(
     } else {
         return Ok(None);
     };
-    let error = messages::error_response(Severity::Error, OVER_LIMIT, &message);
-    fail(result, &error);
-    Ok(Some(error))
+    Ok(Some(messages::error_response(Severity::Error, OVER_LIMIT, &message)))
 }
 
 fn lost(what: &'static str) -> Stop {
