@@ -161,7 +161,11 @@ impl Masker {
                 literal_owner.extend(std::iter::repeat_n(index, list.len()));
             }
         }
-        let literals = AhoCorasick::builder().ascii_case_insensitive(true).build(&words);
+        // A DFA: one table lookup per byte for the overlapping scan every value gets.
+        let literals = AhoCorasick::builder()
+            .ascii_case_insensitive(true)
+            .kind(Some(aho_corasick::AhoCorasickKind::DFA))
+            .build(&words);
         let literals = match literals {
             Ok(literals) if problems.is_empty() => literals,
             Ok(_) => return Err(problems),
@@ -201,6 +205,15 @@ impl Masker {
 
     pub fn has_column_rules(&self) -> bool {
         !self.columns.is_empty()
+    }
+
+    /// The same detectors with every gate open: what the gates must never change.
+    #[cfg(test)]
+    fn without_gates(mut self) -> Masker {
+        for detector in &mut self.detectors {
+            detector.gate = None;
+        }
+        self
     }
 
     /// Whether a column rule masks this result column (`type_name` as `canonical_type` gives it).
@@ -286,7 +299,9 @@ impl Masker {
         let shape = Shape::of(text);
         // Built-in detectors come first, so every gated one has an index below 64.
         let mut literal_hits = 0u64;
-        for hit in self.literals.find_overlapping_iter(text) {
+        for hit in
+            self.literals.find_overlapping_iter(text).take(usize::from(!self.literal_owner.is_empty()) * usize::MAX)
+        {
             literal_hits |= 1 << (self.literal_owner[hit.pattern().as_usize()] % 64);
         }
         for (index, detector) in self.detectors.iter().enumerate() {
@@ -333,16 +348,25 @@ struct Span {
     detector: usize,
 }
 
-/// The shapes gates look for, measured in one pass.
+/// The shapes gates look for, measured in one pass. Each is a necessary condition for its
+/// detector's pattern and check to find something (`gates_never_hide_a_finding` compares every
+/// detector with and without its gate on generated values).
 #[derive(Default)]
 struct Shape {
-    /// Two letters followed by two digits somewhere (how every IBAN starts).
-    letters_digits: bool,
-    digits: usize,
     digit_run: usize,
-    alnum_run: usize,
-    token_run: usize,
     base64_run: usize,
+    /// A run of token characters of at least 24 holding both an upper- and a lower-case letter
+    /// (what `opaque_token` needs of a whole run).
+    mixed_token: bool,
+    /// An IBAN's start (two letters of a country that issues IBANs, two digits) followed by at
+    /// least 15 letters and digits in all, single spaces allowed between them.
+    iban: bool,
+    /// Digit groups written as a phone number: `+` and 8 digits among `0-9 .()-`, or
+    /// `(ddd) ddd-dddd` (3, 3 and 4 digits, `)` and one of ` .-` between them).
+    phone: bool,
+    /// Digit groups written as an SSN: at least 3, exactly 2, at least 4, one `-` or space
+    /// between them.
+    ssn: bool,
 }
 
 /// Byte classes for [`Shape::of`], one table lookup per byte.
@@ -352,6 +376,12 @@ const DIGIT: u8 = 2;
 const TOKEN: u8 = 4;
 /// Letters, digits and `+/=` and line breaks (base64).
 const BASE64: u8 = 8;
+/// Upper-case letters.
+const UPPER: u8 = 16;
+/// Lower-case letters.
+const LOWER: u8 = 32;
+/// What may sit between a phone number's digits after its `+`: ` .()-`.
+const PHONE_SEP: u8 = 64;
 
 const CLASSES: [u8; 256] = {
     let mut table = [0u8; 256];
@@ -364,11 +394,19 @@ const CLASSES: [u8; 256] = {
         } else if c.is_ascii_digit() {
             class |= DIGIT | TOKEN | BASE64;
         }
+        if c.is_ascii_uppercase() {
+            class |= UPPER;
+        } else if c.is_ascii_lowercase() {
+            class |= LOWER;
+        }
         if matches!(c, b'+' | b'/' | b'_' | b'=' | b'-') {
             class |= TOKEN;
         }
         if matches!(c, b'+' | b'/' | b'=' | b'\r' | b'\n') {
             class |= BASE64;
+        }
+        if matches!(c, b' ' | b'.' | b'(' | b')' | b'-') {
+            class |= PHONE_SEP;
         }
         table[b] = class;
         b += 1;
@@ -376,58 +414,163 @@ const CLASSES: [u8; 256] = {
     table
 };
 
+/// The digit groups of a value, for the phone and SSN shapes: where the last two ended.
+#[derive(Clone, Copy)]
+struct Group {
+    start: usize,
+    end: usize,
+}
+
+impl Group {
+    fn len(self) -> usize {
+        self.end - self.start
+    }
+}
+
 impl Shape {
     fn of(text: &[u8]) -> Shape {
         let mut shape = Shape::default();
-        let (mut digit_run, mut alnum_run, mut token_run, mut base64_run) = (0, 0, 0, 0);
-        let (mut digit_sep, mut alnum_sep) = (false, false);
+        // Runs are kept as where they started, so letters and digits (most of every value) only
+        // move the digit counters; a run's length is measured when it ends.
+        let (mut token_from, mut base64_from, mut alnum_from) = (0usize, 0usize, 0usize);
+        // Digits in the current run of digit groups with single spaces or dashes between them;
+        // whether the byte before was such a separator.
+        let (mut digit_run, mut digit_sep) = (0usize, false);
+        // Whether the byte before was a single space inside an alphanumeric run.
+        let mut alnum_sep = false;
+        // Digits ending here (the current digit group).
+        let mut group = 0usize;
+        // The last two digit groups that ended at a separator.
+        let mut groups: [Option<Group>; 2] = [None, None];
+        // Upper- and lower-case letters seen in the current token run (their class bits).
+        let mut token_cases = 0u8;
         // The letter (1) / digit (2) / other (0) classes of the last three bytes, two bits each,
         // for the IBAN start: letter, letter, digit, then this digit.
         let mut last = 0u8;
-        for &b in text {
+        // Where the first IBAN start in the current alphanumeric run is.
+        let mut iban_from: Option<usize> = None;
+        // 1 + the digits since the last `+` while only phone separators came between them;
+        // 0 when there is no such `+`.
+        let mut plus = 0usize;
+        for (i, &b) in text.iter().enumerate() {
             let classes = CLASSES[b as usize];
             let class = classes & (LETTER | DIGIT);
-            shape.letters_digits |= class == DIGIT && last == 0b01_01_10;
-            last = ((last << 2) | class) & 0b11_11_11;
-            if class == DIGIT {
-                shape.digits += 1;
-                digit_run += 1;
-                digit_sep = false;
-            } else if (b == b' ' || b == b'-') && digit_run > 0 && !digit_sep {
-                digit_sep = true;
-            } else {
-                digit_run = 0;
-                digit_sep = false;
-            }
             if class != 0 {
-                alnum_run += 1;
+                // No branch here depends on letter or digit (random tokens would mispredict).
+                let digit = usize::from(class == DIGIT);
+                digit_run = (digit_run + 1) * digit;
+                group = (group + 1) * digit;
+                plus = (plus + usize::from(plus != 0)) * digit;
+                digit_sep = false;
                 alnum_sep = false;
-            } else if b == b' ' && alnum_run > 0 && !alnum_sep {
-                alnum_sep = true;
+                token_cases |= classes & (UPPER | LOWER);
+                shape.digit_run = shape.digit_run.max(digit_run);
+                shape.phone |= plus >= 9;
+                if group == 4 {
+                    shape.chain(text, &groups, i - 3);
+                }
+                if digit == 1 && last == 0b01_01_10 && iban_from.is_none() && iban_country(text[i - 3], text[i - 2]) {
+                    iban_from = Some(i - 3);
+                }
             } else {
-                alnum_run = 0;
-                alnum_sep = false;
+                if group > 0 {
+                    groups = [groups[1], Some(Group { start: i - group, end: i })];
+                    group = 0;
+                }
+                if (b == b' ' || b == b'-') && digit_run > 0 && !digit_sep {
+                    digit_sep = true;
+                } else {
+                    digit_run = 0;
+                    digit_sep = false;
+                }
+                if b == b'+' {
+                    plus = 1;
+                } else if classes & PHONE_SEP == 0 {
+                    plus = 0;
+                }
+                if b == b' ' && i > alnum_from && !alnum_sep {
+                    alnum_sep = true;
+                } else {
+                    shape.end_alnum(iban_from.take(), i);
+                    alnum_from = i + 1;
+                    alnum_sep = false;
+                }
+                if classes & TOKEN == 0 {
+                    shape.end_token(i - token_from, token_cases);
+                    token_from = i + 1;
+                    token_cases = 0;
+                }
+                if classes & BASE64 == 0 {
+                    shape.base64_run = shape.base64_run.max(i - base64_from);
+                    base64_from = i + 1;
+                }
             }
-            token_run = if classes & TOKEN != 0 { token_run + 1 } else { 0 };
-            base64_run = if classes & BASE64 != 0 { base64_run + 1 } else { 0 };
-            shape.digit_run = shape.digit_run.max(digit_run);
-            shape.alnum_run = shape.alnum_run.max(alnum_run);
-            shape.token_run = shape.token_run.max(token_run);
-            shape.base64_run = shape.base64_run.max(base64_run);
+            last = ((last << 2) | class) & 0b11_11_11;
         }
+        let end = text.len();
+        shape.end_alnum(iban_from, end);
+        shape.end_token(end - token_from, token_cases);
+        shape.base64_run = shape.base64_run.max(end - base64_from);
         shape
+    }
+
+    /// An alphanumeric run ended at `end`: the IBAN shape needs 15 bytes from its start (the
+    /// pattern's letters and digits, and at most as many single spaces).
+    fn end_alnum(&mut self, iban_from: Option<usize>, end: usize) {
+        self.iban |= iban_from.is_some_and(|from| end - from >= 15);
+    }
+
+    /// A token run of `len` ended, holding the letter cases `cases`.
+    fn end_token(&mut self, len: usize, cases: u8) {
+        self.mixed_token |= len >= 24 && cases == UPPER | LOWER;
+    }
+
+    /// A digit group reached 4 digits at `third`: with the two groups before it, is it an SSN
+    /// or a North American phone number as the patterns write them?
+    fn chain(&mut self, text: &[u8], groups: &[Option<Group>; 2], third: usize) {
+        let [Some(first), Some(second)] = *groups else { return };
+        let one_of = |at: usize, set: &[u8]| set.contains(&text[at]);
+        let next_to = |a: Group, b: usize, set: &[u8]| a.end + 1 == b && one_of(a.end, set);
+        self.ssn |= first.len() >= 3
+            && second.len() == 2
+            && next_to(first, second.start, b"- ")
+            && next_to(second, third, b"- ");
+        let after_paren = first.end + 2 == second.start && text[first.end] == b')' && one_of(first.end + 1, b" .-");
+        self.phone |= first.len() == 3
+            && second.len() == 3
+            && (next_to(first, second.start, b" .-") || after_paren)
+            && next_to(second, third, b" .-");
     }
 
     fn opens(&self, gate: Gate) -> bool {
         match gate {
             Gate::Literal(_) => false,
             Gate::DigitRun(n) => self.digit_run >= n,
-            Gate::Digits(n) => self.digits >= n,
-            Gate::IbanRun(n) => self.letters_digits && self.alnum_run >= n,
-            Gate::TokenRun(n) => self.token_run >= n,
+            Gate::Phone => self.phone,
+            Gate::Ssn => self.ssn,
+            Gate::Iban => self.iban,
+            Gate::MixedTokenRun => self.mixed_token,
             Gate::Base64Run(n) => self.base64_run >= n,
         }
     }
+}
+
+/// Whether two letters (either case) are a country code that issues IBANs.
+fn iban_country(a: u8, b: u8) -> bool {
+    static COUNTRIES: std::sync::OnceLock<[u32; 26]> = std::sync::OnceLock::new();
+    let countries = COUNTRIES.get_or_init(|| {
+        let mut table = [0u32; 26];
+        for first in b'A'..=b'Z' {
+            for second in b'A'..=b'Z' {
+                if checks::iban_length([first, second]).is_some() {
+                    table[usize::from(first - b'A')] |= 1 << (second - b'A');
+                }
+            }
+        }
+        table
+    });
+    let (a, b) = (a.to_ascii_uppercase().wrapping_sub(b'A'), b.to_ascii_uppercase().wrapping_sub(b'A'));
+    a < 26 && b < 26 && countries[usize::from(a)] & (1 << b) != 0
 }
 
 fn render(out: &mut Vec<u8>, detector: &Detector, found: &[u8]) {

@@ -144,7 +144,7 @@ pub fn luhn(candidate: &[u8]) -> bool {
 /// IBANs are, spaces aside, and passing mod-97.
 pub fn iban(candidate: &[u8]) -> Option<usize> {
     let country = [candidate.first()?.to_ascii_uppercase(), candidate.get(1)?.to_ascii_uppercase()];
-    let want = IBAN_LENGTHS.iter().find(|(code, _)| code.as_bytes() == country)?.1;
+    let want = iban_length(country)?;
     let mut compact = [0u8; 34];
     let mut n = 0;
     for (i, &b) in candidate.iter().enumerate() {
@@ -163,7 +163,12 @@ pub fn iban(candidate: &[u8]) -> Option<usize> {
     None
 }
 
-/// IBAN length by country (ISO 13616 registry).
+/// The length of a country's IBANs, for an upper-case country code.
+pub fn iban_length(country: [u8; 2]) -> Option<usize> {
+    IBAN_LENGTHS.binary_search_by(|(code, _)| code.as_bytes().cmp(&country[..])).ok().map(|i| IBAN_LENGTHS[i].1)
+}
+
+/// IBAN length by country (ISO 13616 registry), sorted by country code.
 const IBAN_LENGTHS: &[(&str, usize)] = &[
     ("AD", 24),
     ("AE", 23),
@@ -319,17 +324,62 @@ pub fn entropy(bytes: &[u8]) -> f64 {
     counts.iter().filter(|c| **c > 0).map(|c| f64::from(*c) / n).map(|p| -p * p.log2()).sum()
 }
 
-/// The text a base64 or hex candidate decodes to, when it is text.
+/// The text a base64 or hex candidate decodes to, when it is text. Most candidates (digests,
+/// UUIDs, random ids) decode to binary: the first bytes, decoded on the stack, tell.
 pub fn decode(candidate: &[u8]) -> Option<String> {
     let hex_body = candidate.strip_prefix(b"\\x").unwrap_or(candidate);
     if hex_body.len().is_multiple_of(2) && hex_body.iter().all(u8::is_ascii_hexdigit) {
-        if let Some(text) = hex::decode(hex_body).ok().and_then(printable) {
-            return Some(text);
+        let mut head = [0u8; PREFIX];
+        let n = hex_body.len().min(2 * PREFIX) / 2;
+        for (i, pair) in hex_body[..2 * n].chunks_exact(2).enumerate() {
+            head[i] = nibble(pair[0]) << 4 | nibble(pair[1]);
+        }
+        if may_be_text(&head[..n]) {
+            if let Some(text) = hex::decode(hex_body).ok().and_then(printable) {
+                return Some(text);
+            }
+        }
+    }
+    // The first whole groups of four before any padding (what every engine decodes the same
+    // way), gathered without the line breaks base64 may have.
+    let mut chars = [0u8; 4 * PREFIX / 3];
+    let mut n = 0;
+    for &b in candidate.iter().filter(|b| !b.is_ascii_whitespace()).take_while(|b| **b != b'=').take(chars.len()) {
+        chars[n] = b;
+        n += 1;
+    }
+    let mut head = [0u8; PREFIX + 4];
+    if n >= 4 {
+        let decoded = base64::engine::general_purpose::STANDARD_NO_PAD.decode_slice(&chars[..n / 4 * 4], &mut head);
+        if !decoded.is_ok_and(|len| may_be_text(&head[..len])) {
+            return None;
         }
     }
     let compact: Vec<u8> = candidate.iter().copied().filter(|b| !b.is_ascii_whitespace()).collect();
     let engines = [&base64::engine::general_purpose::STANDARD, &base64::engine::general_purpose::STANDARD_NO_PAD];
     engines.iter().find_map(|engine| engine.decode(&compact).ok()).and_then(printable)
+}
+
+/// Bytes decoded ahead to reject binary early.
+const PREFIX: usize = 12;
+
+fn nibble(hex: u8) -> u8 {
+    match hex {
+        b'0'..=b'9' => hex - b'0',
+        b'a'..=b'f' => hex - b'a' + 10,
+        _ => hex.wrapping_sub(b'A').wrapping_add(10),
+    }
+}
+
+/// Whether decoded bytes may be the start of text [`printable`] accepts: UTF-8 (a character
+/// cut at the end aside) without control characters.
+fn may_be_text(head: &[u8]) -> bool {
+    let valid = match std::str::from_utf8(head) {
+        Ok(text) => text,
+        Err(e) if e.error_len().is_none() => std::str::from_utf8(&head[..e.valid_up_to()]).unwrap_or_default(),
+        Err(_) => return false,
+    };
+    !valid.chars().any(|c| c.is_control() && !c.is_whitespace())
 }
 
 fn printable(bytes: Vec<u8>) -> Option<String> {

@@ -21,13 +21,15 @@ pub enum Gate {
     Literal(&'static [&'static str]),
     /// A run of at least this many digits, single spaces or dashes allowed between them.
     DigitRun(usize),
-    /// At least this many digits in the value.
-    Digits(usize),
-    /// An IBAN's start (two letters, two digits) somewhere, and a run of at least this many
-    /// letters and digits, single spaces allowed between them.
-    IbanRun(usize),
-    /// A run of at least this many token characters (`A-Za-z0-9+/_=-`).
-    TokenRun(usize),
+    /// Digit groups written as a phone number (see `Shape::phone`).
+    Phone,
+    /// Digit groups written as an SSN (see `Shape::ssn`).
+    Ssn,
+    /// An IBAN's start with a country code that issues IBANs, then at least 15 letters and
+    /// digits in all, single spaces allowed between them.
+    Iban,
+    /// A run of at least 24 token characters (`A-Za-z0-9+/_=-`) with both letter cases.
+    MixedTokenRun,
     /// A run of at least this many base64 characters (hex is a subset).
     Base64Run(usize),
 }
@@ -51,20 +53,15 @@ pub const BUILTINS: &[Builtin] = &[
         name: "iban",
         pattern: r"(?-u)(?i)[a-z]{2}[0-9]{2}(?:[ ]?[a-z0-9]){11,30}",
         check: Check::Iban,
-        gate: Gate::IbanRun(15),
+        gate: Gate::Iban,
     },
-    Builtin {
-        name: "ssn",
-        pattern: r"(?-u)[0-9]{3}[- ][0-9]{2}[- ][0-9]{4}",
-        check: Check::Ssn,
-        gate: Gate::DigitRun(9),
-    },
+    Builtin { name: "ssn", pattern: r"(?-u)[0-9]{3}[- ][0-9]{2}[- ][0-9]{4}", check: Check::Ssn, gate: Gate::Ssn },
     Builtin {
         // International (+CC ...) or North American ((415) 555-0100, 415-555-0100) numbers.
         name: "phone",
         pattern: r"(?-u)\+[0-9]{1,3}(?:[ .-]?\(?[0-9]{1,5}\)?){2,6}|(?:^|[^0-9])(?P<v>\(?[0-9]{3}\)?[ .-][0-9]{3}[ .-][0-9]{4})",
         check: Check::Phone,
-        gate: Gate::Digits(8),
+        gate: Gate::Phone,
     },
     Builtin {
         name: "jwt",
@@ -133,7 +130,7 @@ pub const BUILTINS: &[Builtin] = &[
         name: "high_entropy",
         pattern: r"(?-u)[A-Za-z0-9+/_=-]{24,}",
         check: Check::Entropy,
-        gate: Gate::TokenRun(24),
+        gate: Gate::MixedTokenRun,
     },
     Builtin {
         // base64 or hex text that decodes to something another detector finds.

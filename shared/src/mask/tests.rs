@@ -297,3 +297,156 @@ fn profile_detectors() {
     }
     println!("mask {:>8.1} µs/value", t.elapsed().as_secs_f64() * 1e6 / sample.len() as f64);
 }
+
+/// A small deterministic generator for the property tests below.
+struct Xorshift(u64);
+
+impl Xorshift {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n as u64) as usize
+    }
+}
+
+fn findings(masker: &Masker, text: &[u8]) -> Vec<(Range<usize>, usize)> {
+    let mut spans = Vec::new();
+    masker.scan(text, true, &mut spans);
+    spans.into_iter().map(|s| (s.range, s.detector)).collect()
+}
+
+/// Every gate is a necessary condition: each detector finds exactly what it finds with every
+/// gate open, on values drawn from the characters the patterns care about and on the known
+/// secrets with random edits (near misses of every shape).
+#[test]
+fn gates_never_hide_a_finding() {
+    let gated = Masker::new(&Masking::default()).expect("built-in detectors");
+    let open = Masker::new(&Masking::default()).expect("built-in detectors").without_gates();
+    let seeds: &[&str] = &[
+        "4111 1111 1111 1111",
+        "DE89 3704 0044 0532 0130 00",
+        "gb82west12345698765432",
+        "NO93 8601 1117 947",
+        "BE68 5390 0754 7034",
+        "123-45-6789",
+        "+1 415 555 0100",
+        "(415) 555-0100",
+        "+44-20-7946-0958",
+        "415.555.0100",
+        "Zx9Qw2Er7Ty1Ui8Op3As6Df4Gh5Jk0Lz",
+        "MTIzLTQ1LTY3ODk=",
+        "\\x3132332d34352d36373839",
+        "2026-11-26 12:34:56.123456+00",
+        "0f3a9c2e-41d7-7b21-8c3e-9d2a4f6b8e01",
+    ];
+    let alphabet = b"0123456789012345678901234567890123456789 -.()+/_=@:aAbBdDeEgGkKxXzZ\\\n'";
+    let mut rng = Xorshift(0x2545_F491_4F6C_DD1D);
+    let mut differences = Vec::new();
+    for round in 0..60_000 {
+        let mut text: Vec<u8> = if round % 2 == 0 {
+            (0..6 + rng.below(40)).map(|_| alphabet[rng.below(alphabet.len())]).collect()
+        } else {
+            seeds[rng.below(seeds.len())].as_bytes().to_vec()
+        };
+        for _ in 0..rng.below(4) {
+            let at = rng.below(text.len() + 1);
+            let byte = alphabet[rng.below(alphabet.len())];
+            match rng.below(3) {
+                0 => text.insert(at, byte),
+                1 if at < text.len() => text[at] = byte,
+                _ if at < text.len() => {
+                    text.remove(at);
+                }
+                _ => {}
+            }
+        }
+        let (with, without) = (findings(&gated, &text), findings(&open, &text));
+        if with != without {
+            differences.push((String::from_utf8_lossy(&text).into_owned(), with, without));
+        }
+    }
+    assert!(
+        differences.is_empty(),
+        "{} values differ, e.g. {:?}",
+        differences.len(),
+        &differences[..differences.len().min(5)]
+    );
+}
+
+/// The positive control for the property above: the generated values do reach the shaped
+/// detectors, so an equal result is not two empty ones.
+#[test]
+fn shaped_detectors_fire_on_generated_near_misses() {
+    let masker = Masker::new(&Masking::default()).expect("built-in detectors");
+    for (value, detector) in [
+        ("x 123 45 6789 y", "ssn"),
+        ("(415) 555.0100", "phone"),
+        ("+49 (30) 1234-5678", "phone"),
+        ("ch93 0076 2011 6238 5295 7", "iban"),
+        ("aB3dE5fG7hJ9kL1mN3pQ5rS7", "high_entropy"),
+    ] {
+        let found = findings(&masker, value.as_bytes());
+        let names: Vec<&str> = found.iter().map(|(_, d)| &*masker.detectors[*d].name).collect();
+        assert!(names.contains(&detector), "{value:?}: {names:?}");
+    }
+}
+
+#[test]
+fn iban_countries_are_sorted_for_lookup() {
+    assert_eq!(checks::iban_length(*b"DE"), Some(22));
+    assert_eq!(checks::iban_length(*b"XK"), Some(20));
+    assert_eq!(checks::iban_length(*b"AD"), Some(24));
+    assert_eq!(checks::iban_length(*b"US"), None);
+}
+
+/// Decoding everything, then asking whether it is text: what `checks::decode` must agree with
+/// (it rejects binary from the first bytes).
+fn decode_everything(candidate: &[u8]) -> Option<String> {
+    use base64::Engine;
+    let text = |bytes: Vec<u8>| {
+        String::from_utf8(bytes).ok().filter(|t| !t.chars().any(|c| c.is_control() && !c.is_whitespace()))
+    };
+    let hex_body = candidate.strip_prefix(b"\\x").unwrap_or(candidate);
+    if let Some(found) = hex::decode(hex_body).ok().and_then(text) {
+        return Some(found);
+    }
+    let compact: Vec<u8> = candidate.iter().copied().filter(|b| !b.is_ascii_whitespace()).collect();
+    let engines = [&base64::engine::general_purpose::STANDARD, &base64::engine::general_purpose::STANDARD_NO_PAD];
+    engines.iter().find_map(|engine| engine.decode(&compact).ok()).and_then(text)
+}
+
+#[test]
+fn decoding_ahead_rejects_only_binary() {
+    use base64::Engine;
+    let mut rng = Xorshift(0x9E37_79B9_7F4A_7C15);
+    let texts = ["123-45-6789", "password=hunter2 and more", "été: 4111 1111 1111 1111", "plain words, nothing else"];
+    let (mut agreed, mut found) = (0, 0);
+    for round in 0..40_000 {
+        let candidate: Vec<u8> = match round % 4 {
+            0 => {
+                let mut bytes: Vec<u8> = texts[rng.below(texts.len())].bytes().collect();
+                if rng.below(2) == 0 {
+                    let at = rng.below(bytes.len());
+                    bytes[at] = rng.below(256) as u8;
+                }
+                base64::engine::general_purpose::STANDARD.encode(&bytes).into_bytes()
+            }
+            1 => {
+                let text = texts[rng.below(texts.len())];
+                let cut = rng.below(text.len() + 1);
+                hex::encode(&text.as_bytes()[..cut]).into_bytes()
+            }
+            2 => (0..12 + rng.below(60)).map(|_| b"0123456789abcdef"[rng.below(16)]).collect(),
+            _ => (0..12 + rng.below(60))
+                .map(|_| b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/\n"[rng.below(65)])
+                .collect(),
+        };
+        let expected = decode_everything(&candidate);
+        found += usize::from(expected.is_some());
+        assert_eq!(checks::decode(&candidate), expected, "{:?}", String::from_utf8_lossy(&candidate));
+        agreed += 1;
+    }
+    assert_eq!(agreed, 40_000);
+    assert!(found > 10_000, "the generated candidates hold text often enough to test both ways: {found}");
+}

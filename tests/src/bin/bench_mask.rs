@@ -9,6 +9,7 @@
 //! ```sh
 //! cargo run --release -p tollgate-tests --bin bench_mask [-- SECONDS]
 //! DETECTORS=1 cargo run --release -p tollgate-tests --bin bench_mask   # engine, per detector
+//! ONLY=encoded cargo run --release -p tollgate-tests --bin bench_mask   # one detector or all (perf)
 //! ```
 
 use bytes::{BufMut, BytesMut};
@@ -127,6 +128,14 @@ async fn main() {
     let names = ["id", "order_uuid", "placed_at", "name", "email", "status", "total", "digest", "note"];
     let columns: Vec<Column> = names.iter().map(|n| Column { name: (*n).into(), type_oid: 25, format: 0 }).collect();
     let mb = rows.iter().map(Vec::len).sum::<usize>() as f64 / 1e6;
+    // `ONLY=<detector>`: that detector alone, for a profiler.
+    if let Ok(name) = std::env::var("ONLY") {
+        let detectors = (name != "all").then(|| vec![name.clone()]);
+        let one = Masker::new(&Masking { detectors, ..Default::default() }).expect("detector");
+        let (mbs, rps, _) = engine(&one, &rows, &columns);
+        println!("| {name} | {mbs:.0} | {rps:.0} |");
+        return;
+    }
     let all = Masker::strict();
     let none = Masker::new(&Masking { detectors: Some(vec![]), ..Default::default() }).expect("no detectors");
     let (all_mbs, all_rows, changed) = engine(&all, &rows, &columns);
