@@ -76,7 +76,11 @@ fi
 "$BIN/tollgate-control" nats-config --dir "$DATA/secrets/nats" --node quickstart-proxy --listen 127.0.0.1:$NATS_PORT \
   --store-dir "$DATA/nats" --tls-cert "$DATA/pki/cert.pem" --tls-key "$DATA/pki/key.pem" >/dev/null
 "$NATS_SERVER" -c "$DATA/secrets/nats/nats-server.conf" >"$DATA/nats.log" 2>&1 & echo $! > "$DATA/nats.pid"
+# One person for the console (an approver in dba and a reviewer), with a password made here.
+[ -f "$DATA/secrets/console.pw" ] || (umask 077; openssl rand -hex 12 > "$DATA/secrets/console.pw")
 "$BIN/tollgate-control" dev-issuer serve --listen 127.0.0.1:$ISSUER_PORT --key-file "$DATA/secrets/dev-issuer.key" \
+  --user "ada:$(cat "$DATA/secrets/console.pw"):tollgate-reviewers,tollgate-approvers,dba" \
+  --client "tollgate-console=http://127.0.0.1:$API_PORT/console/callback" \
   >"$DATA/issuer.log" 2>&1 & echo $! > "$DATA/issuer.pid"
 wait_port $NATS_PORT; wait_port $ISSUER_PORT
 
@@ -98,6 +102,10 @@ mapping = { groups_claim = "groups" }
 reviewer = ["tollgate-reviewers"]
 approver = ["tollgate-approvers"]
 admin = ["tollgate-admins"]
+[console]
+issuer = "http://127.0.0.1:$ISSUER_PORT"
+client_id = "tollgate-console"
+public_url = "http://127.0.0.1:$API_PORT"
 TOML
 cat > "$DATA/proxy.toml" <<TOML
 [node]
@@ -159,6 +167,7 @@ Review what it did:
 
   curl -s -H "Authorization: Bearer \$(cat .tollgate/reviewer.token)" http://127.0.0.1:$API_PORT/api/v1/sessions
   open http://127.0.0.1:$API_PORT/docs for the API reference
+  open http://127.0.0.1:$API_PORT/console and sign in as ada (password in .tollgate/secrets/console.pw)
 
 Schema changes wait for a person (the quickstart policy holds ALTER for the dba group):
 

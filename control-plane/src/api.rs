@@ -23,7 +23,11 @@ use tollgate_shared::jwks::Verifier;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-pub use auth::{Role, RoleConfig};
+pub use auth::{Caller, Role, RoleConfig};
+/// The roles each part of the API (and the console) needs.
+pub use auth::{
+    ADMIN as ADMIN_ROLES, APPROVE as APPROVE_ROLES, READ as READ_ROLES, READ_APPROVALS as READ_APPROVAL_ROLES,
+};
 pub use channels::{SlackInbound, WebhookInbound};
 pub use error::ApiError;
 
@@ -48,6 +52,8 @@ pub struct AppState {
     /// Decisions are taken one at a time, each once its predecessor is projected, so the
     /// checks of the next (one vote per person, the quorum of a standing approval) see it.
     pub deciding: Arc<tokio::sync::Mutex<()>>,
+    /// The web console, when configured.
+    pub console: Option<Arc<crate::console::Console>>,
 }
 
 #[derive(OpenApi)]
@@ -171,6 +177,7 @@ pub fn router(state: AppState) -> Router {
         .route("/docs", get(|| async { page("text/html; charset=utf-8", DOCS_HTML) }))
         .route("/docs/reference.js", get(|| async { page("text/javascript; charset=utf-8", DOCS_JS) }))
         .route("/docs/reference.css", get(|| async { page("text/css; charset=utf-8", DOCS_CSS) }))
+        .merge(crate::console::router())
         .with_state(state)
 }
 

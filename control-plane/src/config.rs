@@ -43,6 +43,40 @@ pub struct ControlConfig {
     pub nodes: NodesConfig,
     #[serde(default)]
     pub approvals: ApprovalsConfig,
+    /// The web console for reviewers and approvers, signed in with an identity provider.
+    #[serde(default)]
+    pub console: Option<ConsoleConfig>,
+}
+
+/// `[console]`: people sign in with `issuer` (OpenID Connect, authorization code with PKCE).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// The identity provider's issuer URL, exactly as its tokens name it. It must also be one of
+    /// `reviewer_issuers`: its identity mapping gives people their groups, and so their roles.
+    pub issuer: String,
+    /// The console's client id at the provider (the ID token's audience).
+    pub client_id: String,
+    /// For a confidential client, its secret by reference (`env:...`, `file:...`).
+    #[serde(default)]
+    pub client_secret: Option<tollgate_shared::config::SecretRef>,
+    /// The control plane's address as browsers reach it; the redirect URI registered at the
+    /// provider is `<public_url>/console/callback`.
+    pub public_url: String,
+    /// Scopes asked for (`openid` first).
+    #[serde(default = "default_console_scopes")]
+    pub scopes: Vec<String>,
+    /// How long a sign-in lasts.
+    #[serde(default = "default_console_session_minutes")]
+    pub session_minutes: u64,
+}
+
+fn default_console_scopes() -> Vec<String> {
+    vec!["openid".into(), "profile".into(), "groups".into()]
+}
+
+fn default_console_session_minutes() -> u64 {
+    480
 }
 
 /// Node keys trusted without an admin's decision.
@@ -190,12 +224,21 @@ impl ControlConfig {
         "inbound_webhook",
         "nodes",
         "approvals",
+        "console",
     ];
 
     pub fn load(path: Option<&std::path::Path>) -> Result<Self, tollgate_shared::config::ConfigError> {
         let config: ControlConfig = tollgate_shared::config::load(path, "TOLLGATE_", Self::SECTIONS, std::env::vars())?;
         for issuer in &config.reviewer_issuers {
             issuer.clone().resolve().map_err(tollgate_shared::config::ConfigError::Invalid)?;
+        }
+        if let Some(console) = &config.console {
+            if !config.reviewer_issuers.iter().any(|i| i.issuer == console.issuer) {
+                return Err(tollgate_shared::config::ConfigError::Invalid(format!(
+                    "console.issuer {:?} is not one of reviewer_issuers: its identity mapping gives people their roles",
+                    console.issuer
+                )));
+            }
         }
         if !(1..=5).contains(&config.nats.replicas) {
             return Err(tollgate_shared::config::ConfigError::Invalid(format!(

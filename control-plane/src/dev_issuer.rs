@@ -2,16 +2,26 @@
 //! document and a JWKS, and mints ES256 tokens for any subject on request. Anyone who can run it
 //! can mint tokens, so it is off unless started explicitly, binds to loopback only, and must
 //! never be listed as an issuer in production.
+//!
+//! For people it also signs in test users with the authorization code flow (PKCE S256 required):
+//! `/authorize` shows a login form, `/token` exchanges the code for an ID token carrying the
+//! user's claims and the request's nonce.
 
+use axum::extract::{Form, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use ring::rand::SystemRandom;
 use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+use serde::Deserialize;
 use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 /// One signing key.
 struct SigningKey {
@@ -53,6 +63,77 @@ pub struct DevIssuer {
     keys: RwLock<Vec<SigningKey>>,
     /// How often the JWKS was fetched (tests check that verifiers do not hammer issuers).
     jwks_fetches: std::sync::atomic::AtomicU64,
+    people: RwLock<People>,
+}
+
+/// Test users, registered clients and codes not yet exchanged.
+#[derive(Default)]
+struct People {
+    /// User name → password and the claims their tokens carry.
+    users: BTreeMap<String, (String, serde_json::Map<String, Value>)>,
+    /// Client id → the redirect URIs it registered.
+    clients: BTreeMap<String, Vec<String>>,
+    codes: HashMap<String, IssuedCode>,
+}
+
+/// A code handed to a client, for one exchange within a minute.
+struct IssuedCode {
+    client_id: String,
+    redirect_uri: String,
+    challenge: String,
+    nonce: Option<String>,
+    user: String,
+    until: Instant,
+}
+
+/// How long a code may wait for its exchange.
+const CODE_TTL: Duration = Duration::from_secs(60);
+/// How long the ID tokens of signed-in users last.
+const ID_TOKEN_TTL_SECS: i64 = 600;
+
+/// The parameters of an authorization request (as query, then as hidden form fields).
+#[derive(Debug, Clone, Deserialize)]
+pub struct AuthorizeParams {
+    #[serde(default)]
+    response_type: String,
+    #[serde(default)]
+    client_id: String,
+    #[serde(default)]
+    redirect_uri: String,
+    #[serde(default)]
+    scope: String,
+    #[serde(default)]
+    state: Option<String>,
+    #[serde(default)]
+    nonce: Option<String>,
+    #[serde(default)]
+    code_challenge: String,
+    #[serde(default)]
+    code_challenge_method: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Login {
+    #[serde(flatten)]
+    request: AuthorizeParams,
+    #[serde(default)]
+    username: String,
+    #[serde(default)]
+    password: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct TokenRequest {
+    #[serde(default)]
+    grant_type: String,
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    redirect_uri: String,
+    #[serde(default)]
+    client_id: Option<String>,
+    #[serde(default)]
+    code_verifier: String,
 }
 
 impl DevIssuer {
@@ -61,6 +142,7 @@ impl DevIssuer {
             url: url.into(),
             keys: RwLock::new(vec![SigningKey::generate()?]),
             jwks_fetches: Default::default(),
+            people: Default::default(),
         })
     }
 
@@ -78,7 +160,12 @@ impl DevIssuer {
             }
             Err(e) => return Err(e.into()),
         };
-        Ok(DevIssuer { url: url.into(), keys: RwLock::new(vec![key]), jwks_fetches: Default::default() })
+        Ok(DevIssuer {
+            url: url.into(),
+            keys: RwLock::new(vec![key]),
+            jwks_fetches: Default::default(),
+            people: Default::default(),
+        })
     }
 
     /// JWKS requests served so far.
@@ -110,10 +197,144 @@ impl DevIssuer {
         json!({
             "issuer": self.url,
             "jwks_uri": format!("{}/jwks", self.url),
+            "authorization_endpoint": format!("{}/authorize", self.url),
+            "token_endpoint": format!("{}/token", self.url),
             "id_token_signing_alg_values_supported": ["ES256"],
-            "response_types_supported": ["id_token"],
+            "response_types_supported": ["code", "id_token"],
+            "grant_types_supported": ["authorization_code"],
+            "code_challenge_methods_supported": ["S256"],
+            "token_endpoint_auth_methods_supported": ["none"],
+            "scopes_supported": ["openid", "profile", "groups"],
             "subject_types_supported": ["public"],
         })
+    }
+
+    /// A test user who can sign in with `password`; their ID tokens carry `claims` (`groups`,
+    /// `name`...) besides the standard ones.
+    pub fn add_user(&self, name: &str, password: &str, claims: serde_json::Map<String, Value>) {
+        self.people().users.insert(name.to_owned(), (password.to_owned(), claims));
+    }
+
+    /// A client (public, PKCE) allowed to receive codes at `redirect_uri`.
+    pub fn add_client(&self, client_id: &str, redirect_uri: &str) {
+        self.people().clients.entry(client_id.to_owned()).or_default().push(redirect_uri.to_owned());
+    }
+
+    fn people(&self) -> std::sync::RwLockWriteGuard<'_, People> {
+        self.people.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Why an authorization request cannot go on (before any redirect: the client or its
+    /// redirect URI is not known, so errors are shown here, not sent there).
+    fn check_request(&self, request: &AuthorizeParams) -> Result<(), String> {
+        let people = self.people.read().unwrap_or_else(|p| p.into_inner());
+        let registered = people.clients.get(&request.client_id).ok_or("unknown client_id")?;
+        if !registered.contains(&request.redirect_uri) {
+            return Err("redirect_uri is not registered for this client".into());
+        }
+        if request.response_type != "code" {
+            return Err("response_type must be code".into());
+        }
+        if !request.scope.split(' ').any(|s| s == "openid") {
+            return Err("scope must include openid".into());
+        }
+        if request.code_challenge_method != "S256" || request.code_challenge.len() < 43 {
+            return Err("PKCE with code_challenge_method S256 is required".into());
+        }
+        Ok(())
+    }
+
+    /// The login form for an authorization request.
+    fn login_page(&self, request: &AuthorizeParams, error: Option<&str>) -> Response {
+        let hidden = |name: &str, value: &str| {
+            format!(r#"<input type="hidden" name="{name}" value="{}">"#, crate::web::escape(value))
+        };
+        let fields = [
+            hidden("response_type", &request.response_type),
+            hidden("client_id", &request.client_id),
+            hidden("redirect_uri", &request.redirect_uri),
+            hidden("scope", &request.scope),
+            hidden("state", request.state.as_deref().unwrap_or("")),
+            hidden("nonce", request.nonce.as_deref().unwrap_or("")),
+            hidden("code_challenge", &request.code_challenge),
+            hidden("code_challenge_method", &request.code_challenge_method),
+        ]
+        .concat();
+        let error =
+            error.map(|e| format!(r#"<p role="alert" id="error">{}</p>"#, crate::web::escape(e))).unwrap_or_default();
+        let body = format!(
+            r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Sign in (development issuer)</title></head>
+<body><main><h1>Sign in</h1><p><strong>Development issuer: never use it in production.</strong></p>{error}
+<form method="post" action="/authorize">{fields}
+<p><label for="username">User name</label> <input id="username" name="username" autocomplete="username" required autofocus></p>
+<p><label for="password">Password</label> <input id="password" name="password" type="password" autocomplete="current-password" required></p>
+<p><button type="submit" id="sign-in">Sign in</button></p></form></main></body></html>"#
+        );
+        let status = if error.is_empty() { StatusCode::OK } else { StatusCode::UNAUTHORIZED };
+        (status, [(header::CONTENT_SECURITY_POLICY, "default-src 'none'; form-action 'self'")], Html(body))
+            .into_response()
+    }
+
+    /// Check the user's password and send the browser back to the client with a code.
+    fn sign_in(&self, login: &Login) -> Result<String, String> {
+        let mut people = self.people();
+        let valid = people
+            .users
+            .get(&login.username)
+            .is_some_and(|(password, _)| crate::web::same_secret(password.as_bytes(), login.password.as_bytes()));
+        if !valid {
+            return Err("unknown user name or wrong password".into());
+        }
+        let code = random_token()?;
+        let now = Instant::now();
+        people.codes.retain(|_, c| c.until > now);
+        let request = &login.request;
+        people.codes.insert(
+            code.clone(),
+            IssuedCode {
+                client_id: request.client_id.clone(),
+                redirect_uri: request.redirect_uri.clone(),
+                challenge: request.code_challenge.clone(),
+                nonce: request.nonce.clone().filter(|n| !n.is_empty()),
+                user: login.username.clone(),
+                until: now + CODE_TTL,
+            },
+        );
+        let mut target = url::Url::parse(&request.redirect_uri).map_err(|e| format!("redirect_uri: {e}"))?;
+        target.query_pairs_mut().append_pair("code", &code);
+        if let Some(state) = request.state.as_deref().filter(|s| !s.is_empty()) {
+            target.query_pairs_mut().append_pair("state", state);
+        }
+        Ok(target.to_string())
+    }
+
+    /// Exchange a code (once, by the client it was issued to, with the PKCE verifier) for an
+    /// ID token.
+    fn exchange(&self, request: &TokenRequest) -> Result<Value, &'static str> {
+        if request.grant_type != "authorization_code" {
+            return Err("unsupported_grant_type");
+        }
+        let mut people = self.people();
+        let issued = people.codes.remove(&request.code).ok_or("invalid_grant")?;
+        let verifier_hash =
+            URL_SAFE_NO_PAD.encode(ring::digest::digest(&ring::digest::SHA256, request.code_verifier.as_bytes()));
+        let valid = issued.until > Instant::now()
+            && issued.redirect_uri == request.redirect_uri
+            && request.client_id.as_deref().is_none_or(|c| c == issued.client_id)
+            && crate::web::same_secret(verifier_hash.as_bytes(), issued.challenge.as_bytes());
+        if !valid {
+            return Err("invalid_grant");
+        }
+        let (_, claims) = people.users.get(&issued.user).ok_or("invalid_grant")?;
+        let mut extra = claims.clone();
+        if let Some(nonce) = &issued.nonce {
+            extra.insert("nonce".into(), Value::String(nonce.clone()));
+        }
+        let id_token =
+            self.mint(&issued.user, &issued.client_id, ID_TOKEN_TTL_SECS, &extra).map_err(|_| "server_error")?;
+        Ok(
+            json!({ "access_token": id_token, "id_token": id_token, "token_type": "Bearer", "expires_in": ID_TOKEN_TTL_SECS }),
+        )
     }
 
     /// Sign `claims` as they are (the caller sets iss, sub, aud, exp...).
@@ -169,7 +390,12 @@ impl DevIssuer {
 
     pub fn router(self: Arc<Self>) -> Router {
         let discovery = self.clone();
+        let people = Router::new()
+            .route("/authorize", get(authorize_form).post(authorize))
+            .route("/token", axum::routing::post(token))
+            .with_state(self.clone());
         Router::new()
+            .merge(people)
             .route("/.well-known/openid-configuration", get(move || async move { Json(discovery.discovery()) }))
             .route(
                 "/jwks",
@@ -179,4 +405,35 @@ impl DevIssuer {
                 }),
             )
     }
+}
+
+async fn authorize_form(State(issuer): State<Arc<DevIssuer>>, Query(request): Query<AuthorizeParams>) -> Response {
+    match issuer.check_request(&request) {
+        Ok(()) => issuer.login_page(&request, None),
+        Err(e) => (StatusCode::BAD_REQUEST, format!("authorization request refused: {e}")).into_response(),
+    }
+}
+
+async fn authorize(State(issuer): State<Arc<DevIssuer>>, Form(login): Form<Login>) -> Response {
+    if let Err(e) = issuer.check_request(&login.request) {
+        return (StatusCode::BAD_REQUEST, format!("authorization request refused: {e}")).into_response();
+    }
+    match issuer.sign_in(&login) {
+        Ok(target) => (StatusCode::SEE_OTHER, [(header::LOCATION, target)]).into_response(),
+        Err(e) => issuer.login_page(&login.request, Some(&e)),
+    }
+}
+
+async fn token(State(issuer): State<Arc<DevIssuer>>, Form(request): Form<TokenRequest>) -> Response {
+    match issuer.exchange(&request) {
+        Ok(body) => ([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response(),
+        Err(error) => (StatusCode::BAD_REQUEST, Json(json!({ "error": error }))).into_response(),
+    }
+}
+
+/// 32 random bytes, base64url.
+fn random_token() -> Result<String, String> {
+    let mut bytes = [0u8; 32];
+    ring::rand::SecureRandom::fill(&SystemRandom::new(), &mut bytes).map_err(|_| "no randomness".to_owned())?;
+    Ok(URL_SAFE_NO_PAD.encode(bytes))
 }

@@ -6,6 +6,7 @@ mod announce;
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod dev_issuer;
 pub mod fingerprint;
 pub mod natsconf;
@@ -13,6 +14,7 @@ pub mod policy;
 pub mod projector;
 pub mod signing;
 pub mod ssh_cert;
+pub mod web;
 
 use anyhow::Context;
 use std::net::SocketAddr;
@@ -128,6 +130,10 @@ impl Control {
             trusted_nodes: Arc::new(config.nodes.trusted.iter().map(|k| k.trim().to_ascii_lowercase()).collect()),
             self_links: Arc::new(config.approvals.self_links.clone()),
             deciding: Arc::default(),
+            console: match &config.console {
+                Some(console) => Some(Arc::new(console::Console::new(console.clone())?)),
+                None => None,
+            },
         };
         let listener = tokio::net::TcpListener::bind(&config.listen)
             .await

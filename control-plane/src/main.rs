@@ -87,6 +87,13 @@ enum DevCmd {
         /// Allow a non-loopback listen address (a demo network only: anyone reaching it can mint tokens).
         #[arg(long)]
         insecure_any_address: bool,
+        /// A person who may sign in: `name:password:group1,group2` (repeat for each).
+        #[arg(long = "user")]
+        users: Vec<String>,
+        /// A client allowed to receive sign-in codes: `client_id=redirect_uri` (repeat for each),
+        /// e.g. `tollgate-console=http://127.0.0.1:8080/console/callback`.
+        #[arg(long = "client")]
+        clients: Vec<String>,
     },
     /// Print a signed token.
     Mint {
@@ -157,7 +164,7 @@ async fn main() -> anyhow::Result<()> {
         Cmd::PublicKey { key_file } => {
             println!("{}", tollgate_control_plane::load_signing_key(&key_file)?.public_hex());
         }
-        Cmd::DevIssuer(DevCmd::Serve { listen, key_file, public_url, insecure_any_address }) => {
+        Cmd::DevIssuer(DevCmd::Serve { listen, key_file, public_url, insecure_any_address, users, clients }) => {
             let addr: std::net::SocketAddr = listen.parse().context("--listen must be ip:port")?;
             anyhow::ensure!(
                 addr.ip().is_loopback() || insecure_any_address,
@@ -165,6 +172,23 @@ async fn main() -> anyhow::Result<()> {
             );
             let url = public_url.unwrap_or_else(|| format!("http://{addr}"));
             let issuer = Arc::new(DevIssuer::with_key_file(url.clone(), &key_file)?);
+            for user in &users {
+                let mut parts = user.splitn(3, ':');
+                let (Some(name), Some(password)) = (parts.next(), parts.next()) else {
+                    anyhow::bail!("--user {user:?}: write name:password:group1,group2");
+                };
+                let groups: Vec<&str> = parts.next().unwrap_or("").split(',').filter(|g| !g.is_empty()).collect();
+                let mut claims = serde_json::Map::new();
+                claims.insert("groups".into(), serde_json::json!(groups));
+                claims.insert("name".into(), serde_json::json!(name));
+                issuer.add_user(name, password, claims);
+            }
+            for client in &clients {
+                let Some((id, redirect)) = client.split_once('=') else {
+                    anyhow::bail!("--client {client:?}: write client_id=redirect_uri");
+                };
+                issuer.add_client(id, redirect);
+            }
             eprintln!("*** DEVELOPMENT ISSUER {url}: anyone who can reach it can mint tokens. Never trust it in production. ***");
             let listener = tokio::net::TcpListener::bind(addr).await?;
             axum::serve(listener, issuer.router()).await?;

@@ -144,6 +144,28 @@ impl Verifier {
         Ok((verified, identity))
     }
 
+    /// Map claims already verified (an ID token checked by an OpenID Connect client) to an
+    /// identity by `issuer`'s rules, as [`Verifier::identify`] would for its tokens.
+    pub fn identify_claims(
+        &self,
+        issuer: &str,
+        subject: &str,
+        claims: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<AgentIdentity, String> {
+        let keys = self
+            .issuers
+            .iter()
+            .find(|i| i.config.issuer == issuer)
+            .ok_or_else(|| format!("{issuer} is not a configured issuer"))?;
+        let verified = VerifiedToken {
+            issuer: issuer.to_owned(),
+            subject: subject.to_owned(),
+            expires_at: claims.get("exp").and_then(|e| e.as_u64()).unwrap_or(0),
+            claims: claims.clone(),
+        };
+        keys.config.identify(&verified).map_err(|e| e.to_string())
+    }
+
     async fn verify_with_issuer(&self, token: &str) -> Result<(&IssuerKeys, VerifiedToken), TokenError> {
         let max = self.issuers.iter().map(|i| i.config.max_token_bytes).max().unwrap_or(8192);
         if token.is_empty() {

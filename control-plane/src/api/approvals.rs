@@ -148,6 +148,16 @@ pub async fn list_approvals(
     Ok(Json(rows))
 }
 
+/// Requests waiting for a decision (not expired), oldest first, with the decisions so far.
+pub async fn pending(state: &AppState) -> Result<Vec<ApprovalView>, ApiError> {
+    let sql = format!("SELECT * FROM ({SELECT}) a WHERE status = 'pending' ORDER BY requested_at LIMIT 200");
+    let mut rows: Vec<ApprovalView> = sqlx::query_as(&sql).fetch_all(&state.db).await?;
+    for row in &mut rows {
+        row.decisions = decisions(state, row.id).await?;
+    }
+    Ok(rows)
+}
+
 /// One approval request with its decisions.
 #[utoipa::path(get, path = "/api/v1/approvals/{id}", tag = "approvals", params(("id" = Uuid, Path)),
     responses((status = 200, body = ApprovalView), (status = 404, body = super::error::Problem), (status = 401, body = super::error::Problem), (status = 403, body = super::error::Problem)),

@@ -488,6 +488,8 @@ pub enum Channel {
     Rest,
     Slack,
     Webhook,
+    /// The control plane's web console (a person signed in with their identity provider).
+    Console,
 }
 
 /// `approval.decided`: one person's decision on a request (quorum may need several). Published

@@ -1,0 +1,444 @@
+//! The console: web pages for the people who review and approve, signed in with their identity
+//! provider by the authorization code flow with PKCE (`openidconnect`: discovery, ID token
+//! signature, audience, expiry and nonce).
+//!
+//! Sessions live in Postgres, so any replica serves them and a restart signs no one out. The
+//! cookie (`HttpOnly`, `Secure`, `SameSite=Lax`) holds a random id that the database keeps only
+//! as its hash. Every form that changes something carries the session's CSRF token, and a
+//! request from another origin is refused as well. Roles come from the same group mapping as
+//! bearer tokens: the identity provider must be one of the reviewer issuers.
+
+// The helpers below return the page to answer with when they refuse; it is sent at once, never
+// stored or passed around, so its size does not matter.
+#![allow(clippy::result_large_err)]
+
+mod pages;
+
+use crate::api::{ApiError, AppState, Caller, Role};
+use crate::config::ConsoleConfig;
+use axum::extract::rejection::{FormRejection, QueryRejection};
+use axum::extract::{Form, Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use openidconnect::core::{CoreAuthenticationFlow, CoreClient, CoreProviderMetadata};
+use openidconnect::{
+    AuthorizationCode, ClientId, ClientSecret, CsrfToken, EndpointMaybeSet, EndpointNotSet, EndpointSet, IssuerUrl,
+    Nonce, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, Scope, TokenResponse,
+};
+use serde::Deserialize;
+use std::time::Duration;
+use tollgate_shared::identity::AgentIdentity;
+use uuid::Uuid;
+
+/// The session cookie's name.
+pub const COOKIE: &str = "tollgate_console";
+/// How long a sign-in may take at the identity provider.
+const LOGIN_MINUTES: i64 = 10;
+
+type OidcClient =
+    CoreClient<EndpointSet, EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointMaybeSet, EndpointMaybeSet>;
+
+/// The console of one control plane: its configuration and, once discovered, its client at the
+/// identity provider.
+pub struct Console {
+    config: ConsoleConfig,
+    client_secret: Option<String>,
+    /// Redirects are never followed (a token endpoint that redirects is refused).
+    http: reqwest::Client,
+    client: tokio::sync::OnceCell<OidcClient>,
+    /// The origin forms must come from (`scheme://host[:port]` of `public_url`).
+    origin: String,
+}
+
+impl Console {
+    pub fn new(config: ConsoleConfig) -> anyhow::Result<Self> {
+        let public = url::Url::parse(&config.public_url)
+            .map_err(|e| anyhow::anyhow!("console.public_url {:?}: {e}", config.public_url))?;
+        let origin = public.origin().ascii_serialization();
+        let client_secret = config.client_secret.as_ref().map(|s| s.resolve()).transpose()?;
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(10))
+            .build()?;
+        Ok(Console { config, client_secret, http, client: Default::default(), origin })
+    }
+
+    fn redirect_uri(&self) -> String {
+        format!("{}/console/callback", self.config.public_url.trim_end_matches('/'))
+    }
+
+    /// The client, discovering the provider on first use (it may start after the control plane).
+    async fn client(&self) -> Result<&OidcClient, String> {
+        self.client
+            .get_or_try_init(|| async {
+                let issuer = IssuerUrl::new(self.config.issuer.clone()).map_err(|e| format!("issuer URL: {e}"))?;
+                let metadata = CoreProviderMetadata::discover_async(issuer, &self.http)
+                    .await
+                    .map_err(|e| format!("discovery of {}: {e}", self.config.issuer))?;
+                let redirect = RedirectUrl::new(self.redirect_uri()).map_err(|e| format!("redirect URI: {e}"))?;
+                Ok(CoreClient::from_provider_metadata(
+                    metadata,
+                    ClientId::new(self.config.client_id.clone()),
+                    self.client_secret.clone().map(ClientSecret::new),
+                )
+                .set_redirect_uri(redirect))
+            })
+            .await
+    }
+}
+
+/// A signed-in person, from their session.
+pub struct Person {
+    pub identity: AgentIdentity,
+    pub caller: Caller,
+    pub csrf: String,
+}
+
+impl Person {
+    pub fn can(&self, roles: &[Role]) -> bool {
+        self.caller.has_any(roles)
+    }
+}
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/console", get(pages::inbox))
+        .route("/console/sessions", get(pages::sessions))
+        .route("/console/login", get(login))
+        .route("/console/callback", get(callback))
+        .route("/console/logout", post(logout))
+        .route("/console/signed-out", get(pages::signed_out))
+        .route("/console/approvals/{id}/approve", post(approve))
+        .route("/console/approvals/{id}/deny", post(deny))
+}
+
+fn console(state: &AppState) -> Result<&Console, Response> {
+    state.console.as_deref().ok_or_else(|| {
+        pages::message(StatusCode::NOT_FOUND, "Console not configured", "This control plane has no [console] section.")
+    })
+}
+
+fn sha256(text: &str) -> String {
+    tollgate_shared::event::sha256_hex(text.as_bytes())
+}
+
+fn random() -> Result<String, Response> {
+    let mut bytes = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+        .map_err(|_| pages::message(StatusCode::INTERNAL_SERVER_ERROR, "Error", "No randomness available."))?;
+    Ok(URL_SAFE_NO_PAD.encode(bytes))
+}
+
+fn redirect(to: &str) -> Response {
+    (StatusCode::SEE_OTHER, [(header::LOCATION, to.to_owned())]).into_response()
+}
+
+fn internal(e: impl std::fmt::Display) -> Response {
+    tracing::warn!(error = %e, "console request failed");
+    pages::message(StatusCode::INTERNAL_SERVER_ERROR, "Error", "The request failed; the control plane's log says why.")
+}
+
+/// The session id in the request's cookie.
+fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == COOKIE)
+        .map(|(_, value)| value)
+}
+
+/// The person signed in with this request's cookie, if any.
+pub async fn person(state: &AppState, headers: &HeaderMap) -> Result<Option<Person>, Response> {
+    let Some(id) = session_cookie(headers) else { return Ok(None) };
+    let row: Option<(serde_json::Value, String)> =
+        sqlx::query_as("SELECT identity, csrf FROM console_sessions WHERE id_hash = $1 AND expires_at > now()")
+            .bind(sha256(id))
+            .fetch_optional(&state.db)
+            .await
+            .map_err(internal)?;
+    let Some((identity, csrf)) = row else { return Ok(None) };
+    let identity: AgentIdentity = serde_json::from_value(identity).map_err(internal)?;
+    let caller = Caller {
+        issuer: identity.issuer.clone(),
+        subject: identity.subject.clone(),
+        roles: state.roles.roles_of(&identity.groups),
+        identity: identity.clone(),
+    };
+    Ok(Some(Person { identity, caller, csrf }))
+}
+
+/// The signed-in person, or the way to the sign-in.
+pub async fn signed_in(state: &AppState, headers: &HeaderMap) -> Result<Person, Response> {
+    match person(state, headers).await? {
+        Some(person) => Ok(person),
+        None => Err(redirect("/console/login")),
+    }
+}
+
+/// Start a sign-in: remember the state, PKCE verifier and nonce, and send the browser to the
+/// identity provider.
+async fn login(State(state): State<AppState>) -> Response {
+    let console = match console(&state) {
+        Ok(c) => c,
+        Err(page) => return page,
+    };
+    let client = match console.client().await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "console sign-in unavailable");
+            return pages::message(
+                StatusCode::BAD_GATEWAY,
+                "Sign-in unavailable",
+                "The identity provider could not be reached; try again shortly.",
+            );
+        }
+    };
+    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+    let (url, csrf, nonce) = client
+        .authorize_url(CoreAuthenticationFlow::AuthorizationCode, CsrfToken::new_random, Nonce::new_random)
+        .add_scopes(console.config.scopes.iter().map(|s| Scope::new(s.clone())))
+        .set_pkce_challenge(challenge)
+        .url();
+    let stored = sqlx::query(
+        "INSERT INTO console_logins (state_hash, verifier, nonce, expires_at)
+         VALUES ($1, $2, $3, now() + make_interval(mins => $4::int))",
+    )
+    .bind(sha256(csrf.secret()))
+    .bind(verifier.secret())
+    .bind(nonce.secret())
+    .bind(LOGIN_MINUTES as i32)
+    .execute(&state.db)
+    .await;
+    if let Err(e) = stored {
+        return internal(e);
+    }
+    redirect(url.as_str())
+}
+
+#[derive(Deserialize)]
+struct Callback {
+    code: Option<String>,
+    state: Option<String>,
+    error: Option<String>,
+}
+
+/// The identity provider sent the browser back: exchange the code (with the PKCE verifier),
+/// check the ID token (signature, issuer, audience, expiry, nonce), map its claims to the
+/// person and their roles, and open a session.
+async fn callback(State(state): State<AppState>, query: Result<Query<Callback>, QueryRejection>) -> Response {
+    let console = match console(&state) {
+        Ok(c) => c,
+        Err(page) => return page,
+    };
+    let refused = |why: &str| {
+        tracing::info!(reason = why, "console sign-in refused");
+        pages::message(StatusCode::BAD_REQUEST, "Sign-in failed", &format!("{why} Start again from the console."))
+    };
+    let Ok(Query(callback)) = query else { return refused("The identity provider's answer was malformed.") };
+    if let Some(error) = callback.error {
+        return refused(&format!("The identity provider refused: {error}."));
+    }
+    let (Some(code), Some(login_state)) = (callback.code, callback.state) else {
+        return refused("The answer had no code or no state.");
+    };
+    // The state is used once, whatever happens next.
+    let pending: Option<(String, String)> = match sqlx::query_as(
+        "DELETE FROM console_logins WHERE state_hash = $1 AND expires_at > now() RETURNING verifier, nonce",
+    )
+    .bind(sha256(&login_state))
+    .fetch_optional(&state.db)
+    .await
+    {
+        Ok(p) => p,
+        Err(e) => return internal(e),
+    };
+    let Some((verifier, nonce)) = pending else {
+        return refused("This sign-in is unknown or expired (each works once, for ten minutes).");
+    };
+    let client = match console.client().await {
+        Ok(c) => c,
+        Err(e) => return internal(e),
+    };
+    let request = match client.exchange_code(AuthorizationCode::new(code)) {
+        Ok(r) => r,
+        Err(e) => return internal(format!("the provider has no token endpoint: {e}")),
+    };
+    let tokens = match request.set_pkce_verifier(PkceCodeVerifier::new(verifier)).request_async(&console.http).await {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::info!(error = %e, "console code exchange failed");
+            return refused("The code could not be exchanged.");
+        }
+    };
+    let Some(id_token) = tokens.id_token() else { return refused("The provider sent no ID token.") };
+    let verified = match id_token.claims(&client.id_token_verifier(), &Nonce::new(nonce)) {
+        Ok(claims) => claims,
+        Err(e) => {
+            tracing::info!(error = %e, "console ID token refused");
+            return refused("The ID token did not verify.");
+        }
+    };
+    let subject = verified.subject().as_str().to_owned();
+    // Its signature verified above: read every claim of that exact token for the mapping.
+    let identity = match tollgate_shared::token::peek_claims(&id_token.to_string())
+        .map_err(|e| e.to_string())
+        .and_then(|claims| state.reviewers.identify_claims(&console.config.issuer, &subject, &claims))
+    {
+        Ok(identity) => identity,
+        Err(e) => {
+            tracing::info!(error = %e, "console identity mapping refused");
+            return refused("Your identity provider's claims map to no identity here.");
+        }
+    };
+    let (session, csrf) = match (random(), random()) {
+        (Ok(s), Ok(c)) => (s, c),
+        (Err(page), _) | (_, Err(page)) => return page,
+    };
+    let identity_json = match serde_json::to_value(&identity) {
+        Ok(v) => v,
+        Err(e) => return internal(e),
+    };
+    let opened = sqlx::query(
+        "INSERT INTO console_sessions (id_hash, identity, csrf, expires_at)
+         VALUES ($1, $2, $3, now() + make_interval(mins => $4::int))",
+    )
+    .bind(sha256(&session))
+    .bind(identity_json)
+    .bind(&csrf)
+    .bind(i32::try_from(console.config.session_minutes).unwrap_or(i32::MAX))
+    .execute(&state.db)
+    .await;
+    if let Err(e) = opened {
+        return internal(e);
+    }
+    let _ = sqlx::query("DELETE FROM console_sessions WHERE expires_at < now() - interval '1 day'")
+        .execute(&state.db)
+        .await;
+    tracing::info!(person = %identity.name, issuer = %identity.issuer, "console sign-in");
+    let cookie = format!(
+        "{COOKIE}={session}; Path=/; HttpOnly; Secure; SameSite=Lax; Max-Age={}",
+        console.config.session_minutes * 60
+    );
+    (StatusCode::SEE_OTHER, [(header::SET_COOKIE, cookie), (header::LOCATION, "/console".to_owned())]).into_response()
+}
+
+/// A form that changes something: the CSRF token it carries, and where it comes from.
+#[derive(Deserialize)]
+pub struct Change {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    grant_minutes: Option<String>,
+}
+
+/// Refuse a form without this session's CSRF token, or sent from another origin.
+fn check_form(state: &AppState, person: &Person, headers: &HeaderMap, form: &Change) -> Result<(), Response> {
+    let console = console(state)?;
+    let same_origin = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()).is_none_or(|o| o == console.origin);
+    let token_ok = crate::web::same_secret(form.csrf.as_bytes(), person.csrf.as_bytes());
+    if !same_origin || !token_ok {
+        return Err(pages::message(
+            StatusCode::FORBIDDEN,
+            "Refused",
+            "This form is not from your console session (missing or wrong CSRF token, or another site).",
+        ));
+    }
+    Ok(())
+}
+
+async fn logout(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    form: Result<Form<Change>, FormRejection>,
+) -> Response {
+    let person = match signed_in(&state, &headers).await {
+        Ok(p) => p,
+        Err(page) => return page,
+    };
+    let Ok(Form(form)) = form else { return pages::message(StatusCode::BAD_REQUEST, "Refused", "Malformed form.") };
+    if let Err(page) = check_form(&state, &person, &headers, &form) {
+        return page;
+    }
+    if let Some(id) = session_cookie(&headers) {
+        if let Err(e) =
+            sqlx::query("DELETE FROM console_sessions WHERE id_hash = $1").bind(sha256(id)).execute(&state.db).await
+        {
+            return internal(e);
+        }
+    }
+    let cookie = format!("{COOKIE}=; Path=/; HttpOnly; Secure; SameSite=Lax; Max-Age=0");
+    (StatusCode::SEE_OTHER, [(header::SET_COOKIE, cookie), (header::LOCATION, "/console/signed-out".to_owned())])
+        .into_response()
+}
+
+async fn approve(
+    state: State<AppState>,
+    headers: HeaderMap,
+    id: Path<Uuid>,
+    form: Result<Form<Change>, FormRejection>,
+) -> Response {
+    decide(state, headers, id, form, tollgate_shared::event::Verdict::Approve).await
+}
+
+async fn deny(
+    state: State<AppState>,
+    headers: HeaderMap,
+    id: Path<Uuid>,
+    form: Result<Form<Change>, FormRejection>,
+) -> Response {
+    decide(state, headers, id, form, tollgate_shared::event::Verdict::Deny).await
+}
+
+/// Approve or deny from the inbox: an approver's decision, taken exactly as the REST API takes
+/// it (approver groups, one vote per person, self-approval rules), recorded with channel
+/// `console`.
+async fn decide(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<Uuid>,
+    form: Result<Form<Change>, FormRejection>,
+    verdict: tollgate_shared::event::Verdict,
+) -> Response {
+    let person = match signed_in(&state, &headers).await {
+        Ok(p) => p,
+        Err(page) => return page,
+    };
+    let Ok(Form(form)) = form else { return pages::message(StatusCode::BAD_REQUEST, "Refused", "Malformed form.") };
+    if let Err(page) = check_form(&state, &person, &headers, &form) {
+        return page;
+    }
+    if !person.can(crate::api::APPROVE_ROLES) {
+        return pages::message(StatusCode::FORBIDDEN, "Refused", "Deciding needs the approver role.");
+    }
+    let grant_minutes = match form.grant_minutes.as_deref().map(str::trim).filter(|m| !m.is_empty()) {
+        None => None,
+        Some(text) => match text.parse::<u32>() {
+            Ok(minutes) => Some(minutes),
+            Err(_) => return pages::message(StatusCode::BAD_REQUEST, "Refused", "Minutes must be a whole number."),
+        },
+    };
+    let reason = form.reason.filter(|r| !r.trim().is_empty());
+    let decision = crate::api::approvals::Decision {
+        verdict,
+        channel: tollgate_shared::event::Channel::Console,
+        reason,
+        grant_minutes,
+    };
+    match crate::api::approvals::decide_or_refuse(&state, &person.identity, id, decision).await {
+        Ok(_) => redirect(&format!("/console?decided={id}")),
+        Err(ApiError::Forbidden(why)) => pages::message(StatusCode::FORBIDDEN, "Refused", &why),
+        Err(ApiError::NotFound(why)) => pages::message(StatusCode::NOT_FOUND, "Not found", &why),
+        Err(ApiError::Conflict(why)) => pages::message(StatusCode::CONFLICT, "Already decided", &why),
+        Err(ApiError::BadRequest(why)) => pages::message(StatusCode::BAD_REQUEST, "Refused", &why),
+        Err(e) => internal(e),
+    }
+}
