@@ -13,6 +13,9 @@ CREATE INDEX console_sessions_expires_at ON console_sessions (expires_at);
 -- PKCE verifier and the nonce the ID token must carry. Used once, for ten minutes at most.
 CREATE TABLE console_logins (
     state_hash text PRIMARY KEY,
+    -- The SHA-256 of a cookie set in the browser that started the sign-in: the callback counts
+    -- only there.
+    browser_hash text NOT NULL,
     verifier text NOT NULL,
     nonce text NOT NULL,
     expires_at timestamptz NOT NULL

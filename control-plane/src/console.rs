@@ -34,8 +34,10 @@ use std::time::Duration;
 use tollgate_shared::identity::AgentIdentity;
 use uuid::Uuid;
 
-/// The session cookie's name.
-pub const COOKIE: &str = "tollgate_console";
+/// The session cookie's name (`__Host-`: only this origin may set it, for the whole site).
+pub const COOKIE: &str = "__Host-tollgate_console";
+/// The cookie that ties a sign-in's callback to the browser that started it.
+pub const LOGIN_COOKIE: &str = "__Host-tollgate_login";
 /// How long a sign-in may take at the identity provider.
 const LOGIN_MINUTES: i64 = 10;
 
@@ -49,7 +51,9 @@ pub struct Console {
     client_secret: Option<String>,
     /// Redirects are never followed (a token endpoint that redirects is refused).
     http: reqwest::Client,
-    client: tokio::sync::OnceCell<OidcClient>,
+    /// The client as last discovered, and when (discovery runs again, at most once a minute,
+    /// when an ID token names a key it does not hold: the provider rotated its keys).
+    client: tokio::sync::Mutex<Option<(std::sync::Arc<OidcClient>, std::time::Instant)>>,
     /// The origin forms must come from (`scheme://host[:port]` of `public_url`).
     origin: String,
 }
@@ -64,6 +68,15 @@ impl Console {
             .redirect(reqwest::redirect::Policy::none())
             .timeout(Duration::from_secs(10))
             .build()?;
+        if !(1..=1440).contains(&config.session_minutes) {
+            anyhow::bail!("console.session_minutes is {}: use 1 to 1440", config.session_minutes);
+        }
+        let loopback = public
+            .host_str()
+            .is_some_and(|h| h == "localhost" || h.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback()));
+        if public.scheme() != "https" && !loopback {
+            anyhow::bail!("console.public_url must be https (plain http only on a loopback address, for development)");
+        }
         Ok(Console { config, client_secret, http, client: Default::default(), origin })
     }
 
@@ -71,24 +84,48 @@ impl Console {
         format!("{}/console/callback", self.config.public_url.trim_end_matches('/'))
     }
 
-    /// The client, discovering the provider on first use (it may start after the control plane).
-    async fn client(&self) -> Result<&OidcClient, String> {
-        self.client
-            .get_or_try_init(|| async {
-                let issuer = IssuerUrl::new(self.config.issuer.clone()).map_err(|e| format!("issuer URL: {e}"))?;
-                let metadata = CoreProviderMetadata::discover_async(issuer, &self.http)
-                    .await
-                    .map_err(|e| format!("discovery of {}: {e}", self.config.issuer))?;
-                let redirect = RedirectUrl::new(self.redirect_uri()).map_err(|e| format!("redirect URI: {e}"))?;
-                Ok(CoreClient::from_provider_metadata(
-                    metadata,
-                    ClientId::new(self.config.client_id.clone()),
-                    self.client_secret.clone().map(ClientSecret::new),
-                )
-                .set_redirect_uri(redirect))
-            })
+    /// The client, discovering the provider on first use (it may start after the control plane),
+    /// or again when `stale` and the last discovery is over a minute old.
+    async fn client(&self, stale: bool) -> Result<std::sync::Arc<OidcClient>, String> {
+        let mut cached = self.client.lock().await;
+        if let Some((client, at)) = cached.as_ref() {
+            if !stale || at.elapsed() < Duration::from_secs(60) {
+                return Ok(client.clone());
+            }
+        }
+        let issuer = IssuerUrl::new(self.config.issuer.clone()).map_err(|e| format!("issuer URL: {e}"))?;
+        let metadata = CoreProviderMetadata::discover_async(issuer, &self.http)
             .await
+            .map_err(|e| format!("discovery of {}: {e}", self.config.issuer))?;
+        let redirect = RedirectUrl::new(self.redirect_uri()).map_err(|e| format!("redirect URI: {e}"))?;
+        let client = std::sync::Arc::new(
+            CoreClient::from_provider_metadata(
+                metadata,
+                ClientId::new(self.config.client_id.clone()),
+                self.client_secret.clone().map(ClientSecret::new),
+            )
+            .set_redirect_uri(redirect),
+        );
+        *cached = Some((client.clone(), std::time::Instant::now()));
+        Ok(client)
     }
+}
+
+/// Signatures an ID token may carry: public-key ones only (an HMAC would be keyed with the
+/// client secret, which the API never accepts either).
+fn allowed_algorithms() -> Vec<openidconnect::core::CoreJwsSigningAlgorithm> {
+    use openidconnect::core::CoreJwsSigningAlgorithm as A;
+    vec![
+        A::EcdsaP256Sha256,
+        A::EcdsaP384Sha384,
+        A::RsaSsaPkcs1V15Sha256,
+        A::RsaSsaPkcs1V15Sha384,
+        A::RsaSsaPkcs1V15Sha512,
+        A::RsaSsaPssSha256,
+        A::RsaSsaPssSha384,
+        A::RsaSsaPssSha512,
+        A::EdDsa,
+    ]
 }
 
 /// A signed-in person, from their session.
@@ -142,16 +179,21 @@ fn internal(e: impl std::fmt::Display) -> Response {
     pages::message(StatusCode::INTERNAL_SERVER_ERROR, "Error", "The request failed; the control plane's log says why.")
 }
 
-/// The session id in the request's cookie.
-fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+/// The value of the request's cookie `name`.
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == COOKIE)
+        .find(|(n, _)| *n == name)
         .map(|(_, value)| value)
+}
+
+/// The session id in the request's cookie.
+fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+    cookie(headers, COOKIE)
 }
 
 /// The person signed in with this request's cookie, if any.
@@ -185,11 +227,12 @@ pub async fn signed_in(state: &AppState, headers: &HeaderMap) -> Result<Person, 
 /// Start a sign-in: remember the state, PKCE verifier and nonce, and send the browser to the
 /// identity provider.
 async fn login(State(state): State<AppState>) -> Response {
+    let _ = sqlx::query("DELETE FROM console_logins WHERE expires_at < now()").execute(&state.db).await;
     let console = match console(&state) {
         Ok(c) => c,
         Err(page) => return page,
     };
-    let client = match console.client().await {
+    let client = match console.client(false).await {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(error = %e, "console sign-in unavailable");
@@ -203,14 +246,21 @@ async fn login(State(state): State<AppState>) -> Response {
     let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
     let (url, csrf, nonce) = client
         .authorize_url(CoreAuthenticationFlow::AuthorizationCode, CsrfToken::new_random, Nonce::new_random)
-        .add_scopes(console.config.scopes.iter().map(|s| Scope::new(s.clone())))
+        .add_scopes(console.config.scopes.iter().filter(|s| *s != "openid").map(|s| Scope::new(s.clone())))
         .set_pkce_challenge(challenge)
         .url();
+    // The callback counts only in the browser that started the sign-in: a callback URL seen
+    // elsewhere (a log, a link sent to someone) signs no one in.
+    let browser = match random() {
+        Ok(b) => b,
+        Err(page) => return page,
+    };
     let stored = sqlx::query(
-        "INSERT INTO console_logins (state_hash, verifier, nonce, expires_at)
-         VALUES ($1, $2, $3, now() + make_interval(mins => $4::int))",
+        "INSERT INTO console_logins (state_hash, browser_hash, verifier, nonce, expires_at)
+         VALUES ($1, $2, $3, $4, now() + make_interval(mins => $5::int))",
     )
     .bind(sha256(csrf.secret()))
+    .bind(sha256(&browser))
     .bind(verifier.secret())
     .bind(nonce.secret())
     .bind(LOGIN_MINUTES as i32)
@@ -219,7 +269,9 @@ async fn login(State(state): State<AppState>) -> Response {
     if let Err(e) = stored {
         return internal(e);
     }
-    redirect(url.as_str())
+    let cookie =
+        format!("{LOGIN_COOKIE}={browser}; Path=/; HttpOnly; Secure; SameSite=Lax; Max-Age={}", LOGIN_MINUTES * 60);
+    (StatusCode::SEE_OTHER, [(header::SET_COOKIE, cookie), (header::LOCATION, url.to_string())]).into_response()
 }
 
 #[derive(Deserialize)]
@@ -232,7 +284,11 @@ struct Callback {
 /// The identity provider sent the browser back: exchange the code (with the PKCE verifier),
 /// check the ID token (signature, issuer, audience, expiry, nonce), map its claims to the
 /// person and their roles, and open a session.
-async fn callback(State(state): State<AppState>, query: Result<Query<Callback>, QueryRejection>) -> Response {
+async fn callback(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<Callback>, QueryRejection>,
+) -> Response {
     let console = match console(&state) {
         Ok(c) => c,
         Err(page) => return page,
@@ -243,16 +299,34 @@ async fn callback(State(state): State<AppState>, query: Result<Query<Callback>, 
     };
     let Ok(Query(callback)) = query else { return refused("The identity provider's answer was malformed.") };
     if let Some(error) = callback.error {
-        return refused(&format!("The identity provider refused: {error}."));
+        // Only the standard codes are shown: the parameter is anyone's text.
+        const CODES: &[&str] = &[
+            "access_denied",
+            "login_required",
+            "consent_required",
+            "interaction_required",
+            "server_error",
+            "temporarily_unavailable",
+            "invalid_request",
+            "unauthorized_client",
+            "invalid_scope",
+        ];
+        let code = CODES.iter().find(|c| **c == error).copied().unwrap_or("an error");
+        return refused(&format!("The identity provider refused ({code})."));
     }
     let (Some(code), Some(login_state)) = (callback.code, callback.state) else {
         return refused("The answer had no code or no state.");
     };
-    // The state is used once, whatever happens next.
+    let Some(browser) = cookie(&headers, LOGIN_COOKIE) else {
+        return refused("This browser did not start this sign-in.");
+    };
+    // The state is used once, whatever happens next, and only by the browser that started it.
     let pending: Option<(String, String)> = match sqlx::query_as(
-        "DELETE FROM console_logins WHERE state_hash = $1 AND expires_at > now() RETURNING verifier, nonce",
+        "DELETE FROM console_logins WHERE state_hash = $1 AND browser_hash = $2 AND expires_at > now()
+         RETURNING verifier, nonce",
     )
     .bind(sha256(&login_state))
+    .bind(sha256(browser))
     .fetch_optional(&state.db)
     .await
     {
@@ -260,9 +334,9 @@ async fn callback(State(state): State<AppState>, query: Result<Query<Callback>, 
         Err(e) => return internal(e),
     };
     let Some((verifier, nonce)) = pending else {
-        return refused("This sign-in is unknown or expired (each works once, for ten minutes).");
+        return refused("This sign-in is unknown, expired or not this browser's (each works once, for ten minutes).");
     };
-    let client = match console.client().await {
+    let client = match console.client(false).await {
         Ok(c) => c,
         Err(e) => return internal(e),
     };
@@ -278,14 +352,29 @@ async fn callback(State(state): State<AppState>, query: Result<Query<Callback>, 
         }
     };
     let Some(id_token) = tokens.id_token() else { return refused("The provider sent no ID token.") };
-    let verified = match id_token.claims(&client.id_token_verifier(), &Nonce::new(nonce)) {
-        Ok(claims) => claims,
-        Err(e) => {
-            tracing::info!(error = %e, "console ID token refused");
-            return refused("The ID token did not verify.");
+    let nonce = Nonce::new(nonce);
+    let verify = |client: &OidcClient| {
+        id_token
+            .claims(&client.id_token_verifier().set_allowed_algs(allowed_algorithms()), &nonce)
+            .map(|claims| claims.subject().as_str().to_owned())
+    };
+    let subject = match verify(&client) {
+        Ok(subject) => subject,
+        Err(first) => {
+            // Perhaps a key the provider rotated in since discovery: discover again, once.
+            let retried = match console.client(true).await {
+                Ok(fresh) if !std::sync::Arc::ptr_eq(&fresh, &client) => verify(&fresh).map_err(|e| e.to_string()),
+                _ => Err(first.to_string()),
+            };
+            match retried {
+                Ok(subject) => subject,
+                Err(e) => {
+                    tracing::info!(error = %e, "console ID token refused");
+                    return refused("The ID token did not verify.");
+                }
+            }
         }
     };
-    let subject = verified.subject().as_str().to_owned();
     // Its signature verified above: read every claim of that exact token for the mapping.
     let identity = match tollgate_shared::token::peek_claims(&id_token.to_string())
         .map_err(|e| e.to_string())
@@ -318,6 +407,13 @@ async fn callback(State(state): State<AppState>, query: Result<Query<Callback>, 
     if let Err(e) = opened {
         return internal(e);
     }
+    // A session this browser had before is over (no one keeps a session they did not open).
+    if let Some(previous) = session_cookie(&headers) {
+        let _ = sqlx::query("DELETE FROM console_sessions WHERE id_hash = $1")
+            .bind(sha256(previous))
+            .execute(&state.db)
+            .await;
+    }
     let _ = sqlx::query("DELETE FROM console_sessions WHERE expires_at < now() - interval '1 day'")
         .execute(&state.db)
         .await;
@@ -326,7 +422,14 @@ async fn callback(State(state): State<AppState>, query: Result<Query<Callback>, 
         "{COOKIE}={session}; Path=/; HttpOnly; Secure; SameSite=Lax; Max-Age={}",
         console.config.session_minutes * 60
     );
-    (StatusCode::SEE_OTHER, [(header::SET_COOKIE, cookie), (header::LOCATION, "/console".to_owned())]).into_response()
+    let spent = format!("{LOGIN_COOKIE}=; Path=/; HttpOnly; Secure; SameSite=Lax; Max-Age=0");
+    let mut response = redirect("/console");
+    for value in [cookie, spent] {
+        if let Ok(value) = header::HeaderValue::from_str(&value) {
+            response.headers_mut().append(header::SET_COOKIE, value);
+        }
+    }
+    response
 }
 
 /// A form that changes something: the CSRF token it carries, and where it comes from.

@@ -271,8 +271,12 @@ impl DevIssuer {
 <p><button type="submit" id="sign-in">Sign in</button></p></form></main></body></html>"#
         );
         let status = if error.is_empty() { StatusCode::OK } else { StatusCode::UNAUTHORIZED };
-        (status, [(header::CONTENT_SECURITY_POLICY, "default-src 'none'; form-action 'self'")], Html(body))
-            .into_response()
+        // The form posts here and is redirected to the client: browsers hold redirects after a
+        // form to the same policy, so the (registered) redirect URI's origin is allowed too.
+        let client =
+            url::Url::parse(&request.redirect_uri).map(|u| u.origin().ascii_serialization()).unwrap_or_default();
+        let policy = format!("default-src 'none'; form-action 'self' {client}; frame-ancestors 'none'");
+        (status, [(header::CONTENT_SECURITY_POLICY, policy)], Html(body)).into_response()
     }
 
     /// Check the user's password and send the browser back to the client with a code.
@@ -320,7 +324,7 @@ impl DevIssuer {
             URL_SAFE_NO_PAD.encode(ring::digest::digest(&ring::digest::SHA256, request.code_verifier.as_bytes()));
         let valid = issued.until > Instant::now()
             && issued.redirect_uri == request.redirect_uri
-            && request.client_id.as_deref().is_none_or(|c| c == issued.client_id)
+            && request.client_id.as_deref() == Some(issued.client_id.as_str())
             && crate::web::same_secret(verifier_hash.as_bytes(), issued.challenge.as_bytes());
         if !valid {
             return Err("invalid_grant");

@@ -38,8 +38,9 @@ async fn stack() -> (Stack, String) {
     });
     stack.issuer.add_client(CLIENT, &format!("{base}/console/callback"));
     let claims = |groups: &[&str]| json!({ "groups": groups }).as_object().cloned().unwrap_or_default();
-    stack.issuer.add_user("ada", "ada-password", claims(&["approvers", "dba"]));
+    stack.issuer.add_user("ada", "ada-password", claims(&["reviewers", "approvers", "dba"]));
     stack.issuer.add_user("rita", "rita-password", claims(&["reviewers"]));
+    stack.issuer.add_user("olga", "olga-password", claims(&["approvers"]));
     stack.control = tollgate_control_plane::Control::start(config).await.expect("the control plane with a console");
     stack.pg.admin_sql("demo", "CREATE TABLE victims (id int); ALTER TABLE victims OWNER TO app");
     let version = stack.put_policy(&policy()).await;
@@ -50,58 +51,87 @@ async fn stack() -> (Stack, String) {
     (stack, base)
 }
 
-/// One person's browser: no redirect followed on its own, the console's cookie kept.
+/// One person's browser: no redirect followed on its own, the console's cookies kept.
 struct Browser {
     http: reqwest::Client,
     base: String,
-    cookie: Option<String>,
+    cookies: std::collections::BTreeMap<String, String>,
 }
 
 struct Page {
     status: u16,
     location: Option<String>,
-    set_cookie: Option<String>,
+    /// Every `Set-Cookie` of the answer.
+    set_cookies: Vec<String>,
     body: String,
 }
+
+const SESSION: &str = "__Host-tollgate_console";
 
 impl Browser {
     fn new(base: &str) -> Browser {
         let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
-        Browser { http, base: base.to_owned(), cookie: None }
+        Browser { http, base: base.to_owned(), cookies: Default::default() }
     }
 
     async fn read(response: reqwest::Response) -> Page {
-        let header = |name| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
-        let (status, location, set_cookie) = (response.status().as_u16(), header(LOCATION), header(SET_COOKIE));
-        Page { status, location, set_cookie, body: response.text().await.expect("body") }
+        let location = response.headers().get(LOCATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let set_cookies =
+            response.headers().get_all(SET_COOKIE).iter().filter_map(|v| v.to_str().ok()).map(str::to_owned).collect();
+        Page { status: response.status().as_u16(), location, set_cookies, body: response.text().await.expect("body") }
+    }
+
+    /// Keep (or drop, at `Max-Age=0`) what the console set.
+    fn keep(&mut self, page: &Page) {
+        for cookie in &page.set_cookies {
+            let Some((name, value)) = cookie.split(';').next().and_then(|p| p.split_once('=')) else { continue };
+            if cookie.contains("Max-Age=0") {
+                self.cookies.remove(name);
+            } else {
+                self.cookies.insert(name.to_owned(), value.to_owned());
+            }
+        }
+    }
+
+    fn cookie_header(&self) -> Option<String> {
+        (!self.cookies.is_empty())
+            .then(|| self.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; "))
     }
 
     /// GET `url` (a path of the console, or a whole URL), with the cookie when it is the console's.
     async fn get(&self, url: &str) -> Page {
         let url = if url.starts_with('/') { format!("{}{url}", self.base) } else { url.to_owned() };
         let mut request = self.http.get(&url);
-        if let (Some(cookie), true) = (&self.cookie, url.starts_with(&self.base)) {
+        if let (Some(cookie), true) = (self.cookie_header(), url.starts_with(&self.base)) {
             request = request.header(COOKIE, cookie);
         }
         Self::read(request.send().await.expect("GET")).await
+    }
+
+    /// GET and keep the cookies the console set.
+    async fn visit(&mut self, url: &str) -> Page {
+        let page = self.get(url).await;
+        self.keep(&page);
+        page
     }
 
     /// POST a form to a console path, from the console's origin unless `origin` says otherwise.
     async fn post(&self, path: &str, form: &[(&str, &str)], origin: Option<&str>) -> Page {
         let mut request =
             self.http.post(format!("{}{path}", self.base)).form(form).header(ORIGIN, origin.unwrap_or(&self.base));
-        if let Some(cookie) = &self.cookie {
+        if let Some(cookie) = self.cookie_header() {
             request = request.header(COOKIE, cookie);
         }
         Self::read(request.send().await.expect("POST")).await
     }
 
-    /// Sign in through the development issuer's form; returns the callback URL it used.
-    async fn sign_in(&mut self, user: &str, password: &str) -> String {
+    /// Go as far as the identity provider's answer: the callback URL it sends the browser to.
+    async fn until_callback(&mut self, user: &str, password: &str) -> String {
         let start = self.get("/console").await;
         assert_eq!((start.status, start.location.as_deref()), (303, Some("/console/login")), "{}", start.body);
-        let login = self.get("/console/login").await;
+        let login = self.visit("/console/login").await;
         assert_eq!(login.status, 303, "{}", login.body);
+        assert!(self.cookies.contains_key("__Host-tollgate_login"), "the sign-in is tied to this browser");
         let authorize = login.location.expect("the identity provider's address");
         assert!(authorize.contains("code_challenge_method=S256") && authorize.contains("nonce="), "{authorize}");
         let form = self.get(&authorize).await;
@@ -115,13 +145,19 @@ impl Browser {
         assert_eq!(sent.status, 303, "{}", sent.body);
         let callback = sent.location.expect("back to the console");
         assert!(callback.starts_with(&format!("{}/console/callback?code=", self.base)), "{callback}");
-        let landed = self.get(&callback).await;
+        callback
+    }
+
+    /// Sign in through the development issuer's form; returns the callback URL it used.
+    async fn sign_in(&mut self, user: &str, password: &str) -> String {
+        let callback = self.until_callback(user, password).await;
+        let landed = self.visit(&callback).await;
         assert_eq!((landed.status, landed.location.as_deref()), (303, Some("/console")), "{}", landed.body);
-        let cookie = landed.set_cookie.expect("a session cookie");
+        let cookie = landed.set_cookies.iter().find(|c| c.starts_with(SESSION)).expect("a session cookie");
         for attribute in ["HttpOnly", "Secure", "SameSite=Lax", "Path=/"] {
             assert!(cookie.contains(attribute), "{attribute} in {cookie}");
         }
-        self.cookie = Some(cookie.split(';').next().expect("name=value").to_owned());
+        assert!(!self.cookies.contains_key("__Host-tollgate_login"), "the sign-in's cookie is spent");
         callback
     }
 
@@ -153,19 +189,34 @@ async fn finish(child: Child) -> Output {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_approver_signs_in_and_approves_a_held_command_from_the_inbox() {
     let (stack, base) = stack().await;
+    // A callback URL seen elsewhere (a log, a link sent to someone) signs no one in, and does
+    // not spend the sign-in of the browser that started it.
     let mut ada = Browser::new(&base);
-    let callback = ada.sign_in("ada", "ada-password").await;
+    let early = ada.until_callback("ada", "ada-password").await;
+    let mut mallory = Browser::new(&base);
+    let stolen = mallory.visit(&early).await;
+    assert_eq!(stolen.status, 400, "{}", stolen.body);
+    assert!(!mallory.cookies.contains_key(SESSION), "no session for another browser");
+    let landed = ada.visit(&early).await;
+    assert_eq!((landed.status, landed.location.as_deref()), (303, Some("/console")), "{}", landed.body);
+    let session = ada.cookies.get(SESSION).cloned().expect("ada's session");
+    let callback = early;
     let inbox = ada.get("/console").await;
     assert_eq!(inbox.status, 200, "{}", inbox.body);
     assert!(inbox.body.contains(r#"id="empty""#), "nothing held yet: {}", inbox.body);
-    assert!(inbox.body.contains("ada (approver)"), "{}", inbox.body);
+    assert!(inbox.body.contains("ada (reviewer, approver)"), "{}", inbox.body);
 
     // A sign-in works once: its state and code are spent.
-    let replay = Browser::new(&base).get(&callback).await;
+    let mut again = Browser::new(&base);
+    again.visit("/console/login").await;
+    let replay = again.get(&callback).await;
     assert_eq!(replay.status, 400, "{}", replay.body);
-    assert!(replay.body.contains("unknown or expired"), "{}", replay.body);
+    assert!(replay.body.contains("unknown, expired"), "{}", replay.body);
 
-    let child = stack.psql_spawn(&stack.agent_token("deploy-bot"), None, &["-c", "DROP TABLE victims"]);
+    // The statement as the agent wrote it, markup and a right-to-left override included: shown
+    // as text, never as markup, and the override as its code.
+    let statement = "DROP TABLE victims /* <script>alert(1)</script> \"><form action=x> \u{202E}kcab */";
+    let child = stack.psql_spawn(&stack.agent_token("deploy-bot"), None, &["-c", statement]);
     let id = eventually(20, "the held command in the inbox", || async {
         let page = ada.get("/console").await;
         let at = page.body.find(r#"id="approve-"#)?;
@@ -173,7 +224,14 @@ async fn an_approver_signs_in_and_approves_a_held_command_from_the_inbox() {
     })
     .await;
     let inbox = ada.get("/console").await;
-    assert!(inbox.body.contains(r#"<code class="statement">DROP TABLE victims</code>"#), "{}", inbox.body);
+    assert!(
+        inbox.body.contains(
+            r#"<code class="statement">DROP TABLE victims /* &lt;script&gt;alert(1)&lt;/script&gt; &quot;&gt;&lt;form action=x&gt; \u{202E}kcab */</code>"#
+        ),
+        "{}",
+        inbox.body
+    );
+    assert!(!inbox.body.contains("<script>") && !inbox.body.contains('\u{202E}'), "{}", inbox.body);
     assert!(inbox.body.contains("deploy-bot") && inbox.body.contains("rule destructive"), "{}", inbox.body);
 
     // A reviewer sees the request but no button, and a decision she forges is refused.
@@ -186,8 +244,18 @@ async fn an_approver_signs_in_and_approves_a_held_command_from_the_inbox() {
     assert_eq!(forged.status, 403, "{}", forged.body);
     assert!(forged.body.contains("approver role"), "{}", forged.body);
 
-    // The approver's own forms: without the CSRF token, or from another site, refused.
+    // An approver outside the request's approver groups is refused too.
+    let mut olga = Browser::new(&base);
+    olga.sign_in("olga", "olga-password").await;
+    let olga_csrf = olga.csrf().await;
+    let outside = olga.post(&format!("/console/approvals/{id}/approve"), &[("csrf", &olga_csrf)], None).await;
+    assert_eq!(outside.status, 403, "{}", outside.body);
+
+    // The approver's own forms: without the CSRF token, with another session's, or from another
+    // site, refused.
     let csrf = ada.csrf().await;
+    let borrowed = ada.post(&format!("/console/approvals/{id}/approve"), &[("csrf", &rita_csrf)], None).await;
+    assert_eq!(borrowed.status, 403, "{}", borrowed.body);
     let no_token = ada.post(&format!("/console/approvals/{id}/approve"), &[("reason", "ok")], None).await;
     assert_eq!(no_token.status, 403, "{}", no_token.body);
     let other_site =
@@ -195,6 +263,9 @@ async fn an_approver_signs_in_and_approves_a_held_command_from_the_inbox() {
     assert_eq!(other_site.status, 403, "{}", other_site.body);
     let (_, request) = stack.api(&format!("/api/v1/approvals/{id}")).await;
     assert_eq!(request["status"], "pending", "nothing refused was counted: {request}");
+    let control = stack.psql(&stack.agent_token("deploy-bot"), None, &["-c", "SELECT 'positive-control'"], None);
+    assert!(control.status.success(), "{}", String::from_utf8_lossy(&control.stderr));
+    assert!(stack.pg.database_log("demo").contains("positive-control"), "the log holds what ran (positive control)");
     assert!(!stack.pg.database_log("demo").contains("DROP TABLE victims"), "still held");
 
     let decided = ada
@@ -223,7 +294,9 @@ async fn an_approver_signs_in_and_approves_a_held_command_from_the_inbox() {
     // Signing out ends the session on the server: the old cookie leads to the sign-in.
     let out = ada.post("/console/logout", &[("csrf", &csrf)], None).await;
     assert_eq!((out.status, out.location.as_deref()), (303, Some("/console/signed-out")), "{}", out.body);
-    assert!(out.set_cookie.as_deref().is_some_and(|c| c.contains("Max-Age=0")), "the cookie is cleared");
+    assert!(out.set_cookies.iter().any(|c| c.starts_with(SESSION) && c.contains("Max-Age=0")), "the cookie is cleared");
+    ada.keep(&out);
+    ada.cookies.insert(SESSION.into(), session.clone());
     let again = ada.get("/console").await;
     assert_eq!((again.status, again.location.as_deref()), (303, Some("/console/login")), "{}", again.body);
 }
@@ -255,4 +328,196 @@ async fn the_development_issuer_refuses_a_wrong_password_and_an_unregistered_red
 
 fn urlencode(text: &str) -> String {
     url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
+}
+
+/// chromedriver on a free port, stopped with the test.
+struct Driver {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn chromedriver() -> Driver {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("addr").port();
+    let child = std::process::Command::new("chromedriver")
+        .arg(format!("--port={port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("chromedriver runs (scripts/install-deps.sh installs chromium-driver)");
+    eventually(20, "chromedriver to listen", || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok().map(|_| ())
+    })
+    .await;
+    Driver { child, url: format!("http://127.0.0.1:{port}") }
+}
+
+async fn browser(driver: &Driver) -> fantoccini::Client {
+    let mut capabilities = serde_json::Map::new();
+    capabilities.insert(
+        "goog:chromeOptions".into(),
+        json!({ "args": [
+            "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--window-size=1280,900",
+            "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"
+        ] }),
+    );
+    fantoccini::ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(capabilities)
+        .connect(&driver.url)
+        .await
+        .expect("a Chromium session")
+}
+
+fn screenshot(name: &str, png: &[u8]) {
+    let dir = std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/screenshots"));
+    std::fs::create_dir_all(&dir).expect("the screenshots directory");
+    std::fs::write(dir.join(name), png).expect("a screenshot");
+    assert!(png.len() > 10_000, "{name}: a rendered page ({} bytes)", png.len());
+}
+
+/// Every visible form control has a label naming it (`<label for=id>`).
+fn labelled(html: &str) {
+    for input in html.split("<input").skip(1) {
+        let tag = input.split('>').next().unwrap_or_default();
+        if tag.contains(r#"type="hidden""#) {
+            continue;
+        }
+        let id = tag.split(r#"id=""#).nth(1).and_then(|r| r.split('"').next()).unwrap_or_default();
+        assert!(!id.is_empty() && html.contains(&format!(r#"for="{id}""#)), "an unlabelled control: <input{tag}>");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_real_browser_an_approver_signs_in_sees_the_held_command_and_approves_it() {
+    use fantoccini::Locator;
+    let (stack, base) = stack().await;
+    let driver = chromedriver().await;
+    let browser = browser(&driver).await;
+
+    browser.goto(&format!("{base}/console")).await.expect("open the console");
+    browser.wait().for_element(Locator::Id("username")).await.expect("the sign-in form");
+    assert!(browser.current_url().await.expect("url").as_str().contains("/authorize?"), "sent to the issuer");
+    labelled(&browser.source().await.expect("source"));
+    browser.find(Locator::Id("username")).await.expect("user field").send_keys("ada").await.expect("type");
+    browser.find(Locator::Id("password")).await.expect("password field").send_keys("ada-password").await.expect("type");
+    browser.find(Locator::Id("sign-in")).await.expect("button").click().await.expect("sign in");
+    if browser.wait().for_element(Locator::Id("who")).await.is_err() {
+        panic!("not signed in: {}", browser.source().await.unwrap_or_default());
+    }
+    assert_eq!(browser.current_url().await.expect("url").as_str(), format!("{base}/console"));
+
+    let child = stack.psql_spawn(&stack.agent_token("deploy-bot"), None, &["-c", "DROP TABLE victims"]);
+    let id = eventually(20, "the held command in the inbox", || async {
+        browser.refresh().await.ok()?;
+        let source = browser.source().await.ok()?;
+        let at = source.find(r#"id="approve-"#)?;
+        Some(source[at + 12..at + 48].to_owned())
+    })
+    .await;
+    let source = browser.source().await.expect("source");
+    assert!(source.contains("DROP TABLE victims"), "{source}");
+    labelled(&source);
+    screenshot("console-inbox.png", &browser.screenshot().await.expect("screenshot"));
+
+    browser.find(Locator::Id(&format!("reason-{id}"))).await.expect("reason").send_keys("planned").await.expect("type");
+    browser.find(Locator::Id(&format!("approve-{id}"))).await.expect("approve").click().await.expect("approve");
+    browser.wait().for_element(Locator::Id("decided")).await.expect("the decision acknowledged");
+    let out = finish(child).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stack.pg.database_log("demo").contains("DROP TABLE victims"), "the statement ran once approved");
+    let approved = eventually(20, "the decision to be projected", || async {
+        let (_, a) = stack.api(&format!("/api/v1/approvals/{id}")).await;
+        (a["status"] == "approved").then_some(a)
+    })
+    .await;
+    assert_eq!(approved["decisions"][0]["channel"], "console", "{approved}");
+
+    browser.goto(&format!("{base}/console/sessions")).await.expect("sessions");
+    browser.wait().for_element(Locator::Css("tr.session")).await.expect("a session listed");
+    screenshot("console-sessions.png", &browser.screenshot().await.expect("screenshot"));
+
+    browser.find(Locator::Id("sign-out")).await.expect("sign out").click().await.expect("sign out");
+    browser.wait().for_element(Locator::Id("message")).await.expect("signed out");
+    browser.goto(&format!("{base}/console")).await.expect("open the console again");
+    browser.wait().for_element(Locator::Id("username")).await.expect("back at the sign-in form");
+    browser.close().await.expect("close the browser");
+}
+
+/// The development issuer's code exchange: PKCE required and checked, the client named, each
+/// code used once, the nonce carried into the ID token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_development_issuer_exchanges_a_code_once_with_its_verifier() {
+    use base64::Engine;
+    let (stack, base) = stack().await;
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+    let issuer = stack.issuer.url().to_owned();
+    let redirect = format!("{base}/console/callback");
+    let verifier = "a-verifier-of-at-least-forty-three-characters-0123456789";
+    let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(ring::digest::digest(&ring::digest::SHA256, verifier.as_bytes()));
+    let code = || async {
+        let fields = [
+            ("response_type", "code"),
+            ("client_id", CLIENT),
+            ("redirect_uri", redirect.as_str()),
+            ("scope", "openid"),
+            ("state", "s"),
+            ("nonce", "n-123"),
+            ("code_challenge", challenge.as_str()),
+            ("code_challenge_method", "S256"),
+            ("username", "ada"),
+            ("password", "ada-password"),
+        ];
+        let sent =
+            Browser::read(http.post(format!("{issuer}/authorize")).form(&fields).send().await.expect("login")).await;
+        assert_eq!(sent.status, 303, "{}", sent.body);
+        let location = sent.location.expect("redirect");
+        let url = url::Url::parse(&location).expect("a URL");
+        url.query_pairs().find(|(k, _)| k == "code").map(|(_, v)| v.into_owned()).expect("a code")
+    };
+    let exchange = |code: String, verifier: &'static str, client: Option<&'static str>| {
+        let (http, issuer, redirect) = (http.clone(), issuer.clone(), redirect.clone());
+        async move {
+            let mut form = vec![
+                ("grant_type", "authorization_code".to_owned()),
+                ("code", code),
+                ("redirect_uri", redirect),
+                ("code_verifier", verifier.to_owned()),
+            ];
+            if let Some(client) = client {
+                form.push(("client_id", client.to_owned()));
+            }
+            let response = http.post(format!("{issuer}/token")).form(&form).send().await.expect("token");
+            (response.status().as_u16(), response.json::<Value>().await.expect("json"))
+        }
+    };
+
+    let first = code().await;
+    let (status, body) =
+        exchange(first.clone(), "the-wrong-verifier-of-forty-three-characters-0123456789", Some(CLIENT)).await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("invalid_grant")), "{body}");
+    let (status, body) = exchange(first, verifier, Some(CLIENT)).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "a code is spent by any attempt: {body}"
+    );
+
+    let (status, body) = exchange(code().await, verifier, None).await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("invalid_grant")), "the client must be named: {body}");
+
+    let (status, body) = exchange(code().await, verifier, Some(CLIENT)).await;
+    assert_eq!(status, 200, "{body}");
+    let claims = tollgate_shared::token::peek_claims(body["id_token"].as_str().expect("an ID token")).expect("claims");
+    assert_eq!(
+        (claims["nonce"].as_str(), claims["aud"].as_str(), claims["sub"].as_str()),
+        (Some("n-123"), Some(CLIENT), Some("ada"))
+    );
+    assert_eq!(claims["groups"], json!(["reviewers", "approvers", "dba"]));
 }

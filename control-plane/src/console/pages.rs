@@ -3,7 +3,7 @@
 
 use super::{signed_in, Person};
 use crate::api::AppState;
-use crate::web::escape;
+use crate::web::{escape, escape_shown};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -131,9 +131,9 @@ pub async fn inbox(
                 body,
                 r#"<tr class="pending" id="request-{id}"><td><code class="statement">{statement}</code></td><td>{agent}<br><small>{claims}</small></td><td>{resource}<br><small>rule {rule}, quorum {quorum}, groups {groups}</small></td><td>{at}<br><small>expires {expires}</small></td><td>{decide}</td></tr>"#,
                 id = request.id,
-                statement = escape(&request.statement),
-                agent = escape(agent),
-                claims = escape(&claims),
+                statement = escape_shown(&request.statement),
+                agent = escape_shown(agent),
+                claims = escape_shown(&claims),
                 resource = escape(&request.resource),
                 rule = escape(&request.rule),
                 quorum = request.quorum,
