@@ -149,8 +149,7 @@ pub fn router() -> Router<AppState> {
         .route("/console/callback", get(callback))
         .route("/console/logout", post(logout))
         .route("/console/signed-out", get(pages::signed_out))
-        .route("/console/approvals/{id}/approve", post(approve))
-        .route("/console/approvals/{id}/deny", post(deny))
+        .route("/console/approvals/{id}/{verdict}", post(decide))
 }
 
 fn console(state: &AppState) -> Result<&Console, Response> {
@@ -458,17 +457,27 @@ fn check_form(state: &AppState, person: &Person, headers: &HeaderMap, form: &Cha
     Ok(())
 }
 
+/// The person and the form of a request that changes something, once its CSRF token and origin
+/// checked out.
+async fn change(
+    state: &AppState,
+    headers: &HeaderMap,
+    form: Result<Form<Change>, FormRejection>,
+) -> Result<(Person, Change), Response> {
+    let person = signed_in(state, headers).await?;
+    let Ok(Form(form)) = form else {
+        return Err(pages::message(StatusCode::BAD_REQUEST, "Refused", "Malformed form."));
+    };
+    check_form(state, &person, headers, &form)?;
+    Ok((person, form))
+}
+
 async fn logout(
     State(state): State<AppState>,
     headers: HeaderMap,
     form: Result<Form<Change>, FormRejection>,
 ) -> Response {
-    let person = match signed_in(&state, &headers).await {
-        Ok(p) => p,
-        Err(page) => return page,
-    };
-    let Ok(Form(form)) = form else { return pages::message(StatusCode::BAD_REQUEST, "Refused", "Malformed form.") };
-    if let Err(page) = check_form(&state, &person, &headers, &form) {
+    if let Err(page) = change(&state, &headers, form).await {
         return page;
     }
     if let Some(id) = session_cookie(&headers) {
@@ -483,42 +492,24 @@ async fn logout(
         .into_response()
 }
 
-async fn approve(
-    state: State<AppState>,
-    headers: HeaderMap,
-    id: Path<Uuid>,
-    form: Result<Form<Change>, FormRejection>,
-) -> Response {
-    decide(state, headers, id, form, tollgate_shared::event::Verdict::Approve).await
-}
-
-async fn deny(
-    state: State<AppState>,
-    headers: HeaderMap,
-    id: Path<Uuid>,
-    form: Result<Form<Change>, FormRejection>,
-) -> Response {
-    decide(state, headers, id, form, tollgate_shared::event::Verdict::Deny).await
-}
-
 /// Approve or deny from the inbox: an approver's decision, taken exactly as the REST API takes
 /// it (approver groups, one vote per person, self-approval rules), recorded with channel
 /// `console`.
 async fn decide(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path(id): Path<Uuid>,
+    Path((id, verdict)): Path<(Uuid, String)>,
     form: Result<Form<Change>, FormRejection>,
-    verdict: tollgate_shared::event::Verdict,
 ) -> Response {
-    let person = match signed_in(&state, &headers).await {
-        Ok(p) => p,
+    let verdict = match verdict.as_str() {
+        "approve" => tollgate_shared::event::Verdict::Approve,
+        "deny" => tollgate_shared::event::Verdict::Deny,
+        _ => return pages::message(StatusCode::NOT_FOUND, "Not found", "Decide with approve or deny."),
+    };
+    let (person, form) = match change(&state, &headers, form).await {
+        Ok(checked) => checked,
         Err(page) => return page,
     };
-    let Ok(Form(form)) = form else { return pages::message(StatusCode::BAD_REQUEST, "Refused", "Malformed form.") };
-    if let Err(page) = check_form(&state, &person, &headers, &form) {
-        return page;
-    }
     if !person.can(crate::api::APPROVE_ROLES) {
         return pages::message(StatusCode::FORBIDDEN, "Refused", "Deciding needs the approver role.");
     }

@@ -182,6 +182,17 @@ fn hidden_fields(html: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The request once its approval is projected, decided in the console.
+async fn approved_in_the_console(stack: &Stack, id: &str) -> Value {
+    let approved = eventually(20, "the decision to be projected", || async {
+        let (_, a) = stack.api(&format!("/api/v1/approvals/{id}")).await;
+        (a["status"] == "approved").then_some(a)
+    })
+    .await;
+    assert_eq!(approved["decisions"][0]["channel"], "console", "{approved}");
+    approved
+}
+
 async fn finish(child: Child) -> Output {
     tokio::task::spawn_blocking(move || child.wait_with_output().expect("psql output")).await.expect("join")
 }
@@ -280,12 +291,7 @@ async fn an_approver_signs_in_and_approves_a_held_command_from_the_inbox() {
     let out = finish(child).await;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(stack.pg.database_log("demo").contains("DROP TABLE victims"), "it ran once approved");
-    let approved = eventually(20, "the decision to be projected", || async {
-        let (_, a) = stack.api(&format!("/api/v1/approvals/{id}")).await;
-        (a["status"] == "approved").then_some(a)
-    })
-    .await;
-    assert_eq!(approved["decisions"][0]["channel"], "console", "{approved}");
+    let approved = approved_in_the_console(&stack, &id).await;
     assert_eq!(approved["decisions"][0]["approver_name"], "ada", "{approved}");
     assert_eq!(approved["decisions"][0]["reason"], "planned cleanup", "{approved}");
     let after = ada.get("/console").await;
@@ -431,12 +437,7 @@ async fn in_a_real_browser_an_approver_signs_in_sees_the_held_command_and_approv
     let out = finish(child).await;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(stack.pg.database_log("demo").contains("DROP TABLE victims"), "the statement ran once approved");
-    let approved = eventually(20, "the decision to be projected", || async {
-        let (_, a) = stack.api(&format!("/api/v1/approvals/{id}")).await;
-        (a["status"] == "approved").then_some(a)
-    })
-    .await;
-    assert_eq!(approved["decisions"][0]["channel"], "console", "{approved}");
+    approved_in_the_console(&stack, &id).await;
 
     browser.goto(&format!("{base}/console/sessions")).await.expect("sessions");
     browser.wait().for_element(Locator::Css("tr.session")).await.expect("a session listed");
