@@ -299,10 +299,11 @@ impl Masker {
         let shape = Shape::of(text);
         // Built-in detectors come first, so every gated one has an index below 64.
         let mut literal_hits = 0u64;
-        for hit in
-            self.literals.find_overlapping_iter(text).take(usize::from(!self.literal_owner.is_empty()) * usize::MAX)
-        {
-            literal_hits |= 1 << (self.literal_owner[hit.pattern().as_usize()] % 64);
+        // No literal gate (custom detectors only): no scan at all.
+        if !self.literal_owner.is_empty() {
+            for hit in self.literals.find_overlapping_iter(text) {
+                literal_hits |= 1 << (self.literal_owner[hit.pattern().as_usize()] % 64);
+            }
         }
         for (index, detector) in self.detectors.iter().enumerate() {
             let open = match detector.gate {
