@@ -7,6 +7,7 @@ scripts/install-deps.sh
 TOLLGATE_NATS_SERVER="$(scripts/nats-server-path.sh)"
 export TOLLGATE_NATS_SERVER
 echo "test: using $TOLLGATE_NATS_SERVER ($("$TOLLGATE_NATS_SERVER" --version))"
+echo "test: disk before the build: $(df -h --output=avail . | tail -1) free"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # Every target but doc tests (there are none); the summary line sums all test binaries.

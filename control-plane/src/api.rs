@@ -11,8 +11,8 @@ mod health;
 pub mod nodes;
 mod policy;
 mod reviews;
-mod sessions;
-mod transcript;
+pub mod sessions;
+pub mod transcript;
 
 use crate::projector::ProjectorStats;
 use axum::routing::get;
@@ -65,6 +65,7 @@ pub struct AppState {
         sessions::session_events,
         sessions::session_commands,
         sessions::verify_session,
+        sessions::end_session,
         sessions::session_asciicast,
         transcript::session_transcript,
         reviews::agents,
@@ -149,6 +150,7 @@ pub fn router(state: AppState) -> Router {
     let decide = Router::new()
         .route("/approvals/{id}/approve", axum::routing::post(approvals::approve))
         .route("/approvals/{id}/deny", axum::routing::post(approvals::deny))
+        .route("/sessions/{id}/end", axum::routing::post(sessions::end_session))
         .route_layer(axum::middleware::from_fn(|r, n| auth::require(auth::APPROVE, r, n)));
     let admin = Router::new()
         .route("/policy", axum::routing::put(policy::put_policy))

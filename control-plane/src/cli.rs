@@ -1,6 +1,8 @@
 //! The admin CLI's work (`tollgate policy apply|diff|get`), as functions the binary and the
 //! tests share. A document is checked locally first, so YAML errors name the YAML path.
 
+pub mod login;
+
 use serde_json::Value;
 use std::path::Path;
 use tollgate_shared::policy::{Format, PolicyDocument};

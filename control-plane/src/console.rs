@@ -56,6 +56,8 @@ pub struct Console {
     client: tokio::sync::Mutex<Option<(std::sync::Arc<OidcClient>, std::time::Instant)>>,
     /// The origin forms must come from (`scheme://host[:port]` of `public_url`).
     origin: String,
+    /// What changed in the views (`approvals`, `sessions`), for the live pages.
+    changes: tokio::sync::broadcast::Sender<&'static str>,
 }
 
 impl Console {
@@ -77,7 +79,8 @@ impl Console {
         if public.scheme() != "https" && !loopback {
             anyhow::bail!("console.public_url must be https (plain http only on a loopback address, for development)");
         }
-        Ok(Console { config, client_secret, http, client: Default::default(), origin })
+        let (changes, _) = tokio::sync::broadcast::channel(64);
+        Ok(Console { config, client_secret, http, client: Default::default(), origin, changes })
     }
 
     fn redirect_uri(&self) -> String {
@@ -141,15 +144,46 @@ impl Person {
     }
 }
 
+/// Pass on what the views' notifications say changed (migration 0019: the projector's writes
+/// notify, whichever replica made them) to the live pages of this replica, until it stops.
+pub async fn listen(db: sqlx::PgPool, console: std::sync::Arc<Console>) {
+    loop {
+        let listened = async {
+            let mut listener = sqlx::postgres::PgListener::connect_with(&db).await?;
+            listener.listen("tollgate_console").await?;
+            // Anything may have changed while no one listened.
+            let _ = console.changes.send("changed");
+            loop {
+                let notice = listener.recv().await?;
+                let kind = match notice.payload() {
+                    "approvals" => "approvals",
+                    "sessions" => "sessions",
+                    _ => "changed",
+                };
+                let _ = console.changes.send(kind);
+            }
+        };
+        let result: Result<(), sqlx::Error> = listened.await;
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "console: listening for view changes failed; again in a second");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/console", get(pages::inbox))
         .route("/console/sessions", get(pages::sessions))
+        .route("/console/sessions/{id}", get(pages::session))
+        .route("/console/events", get(events))
+        .route("/console/live.js", get(pages::live_script))
         .route("/console/login", get(login))
         .route("/console/callback", get(callback))
         .route("/console/logout", post(logout))
         .route("/console/signed-out", get(pages::signed_out))
         .route("/console/approvals/{id}/{verdict}", post(decide))
+        .route("/console/sessions/{id}/end", post(end_session))
 }
 
 fn console(state: &AppState) -> Result<&Console, Response> {
@@ -431,6 +465,50 @@ async fn callback(
     response
 }
 
+/// Server-sent events for the live pages: `approvals` or `sessions` when the views change
+/// (`changed` when the replica may have missed some), for as long as the console session that
+/// opened the stream lasts.
+async fn events(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    use axum::response::sse::{Event, Sse};
+    use tokio::sync::broadcast::error::RecvError;
+    let person = match signed_in(&state, &headers).await {
+        Ok(p) => p,
+        Err(page) => return page,
+    };
+    if !person.can(crate::api::READ_APPROVAL_ROLES) {
+        return pages::message(StatusCode::FORBIDDEN, "Refused", "Live updates need a console role.");
+    }
+    let (Ok(console), Some(id)) = (console(&state), session_cookie(&headers)) else {
+        return redirect("/console/login");
+    };
+    let watch =
+        (console.changes.subscribe(), tokio::time::interval(Duration::from_secs(15)), state.db.clone(), sha256(id));
+    let stream = futures_util::stream::unfold(watch, |(mut changes, mut ticks, db, id_hash)| async move {
+        let event = tokio::select! {
+            change = changes.recv() => match change {
+                Ok(kind) => Event::default().event(kind).data(kind),
+                Err(RecvError::Lagged(_)) => Event::default().event("changed").data("changed"),
+                Err(RecvError::Closed) => return None,
+            },
+            _ = ticks.tick() => {
+                let alive: bool = sqlx::query_scalar(
+                    "SELECT EXISTS (SELECT 1 FROM console_sessions WHERE id_hash = $1 AND expires_at > now())",
+                )
+                .bind(&id_hash)
+                .fetch_one(&db)
+                .await
+                .unwrap_or(false);
+                if !alive {
+                    return None;
+                }
+                Event::default().comment("open")
+            }
+        };
+        Some((Ok::<_, std::convert::Infallible>(event), (changes, ticks, db, id_hash)))
+    });
+    Sse::new(stream).into_response()
+}
+
 /// A form that changes something: the CSRF token it carries, and where it comes from.
 #[derive(Deserialize)]
 pub struct Change {
@@ -529,10 +607,40 @@ async fn decide(
     };
     match crate::api::approvals::decide_or_refuse(&state, &person.identity, id, decision).await {
         Ok(_) => redirect(&format!("/console?decided={id}")),
-        Err(ApiError::Forbidden(why)) => pages::message(StatusCode::FORBIDDEN, "Refused", &why),
-        Err(ApiError::NotFound(why)) => pages::message(StatusCode::NOT_FOUND, "Not found", &why),
-        Err(ApiError::Conflict(why)) => pages::message(StatusCode::CONFLICT, "Already decided", &why),
-        Err(ApiError::BadRequest(why)) => pages::message(StatusCode::BAD_REQUEST, "Refused", &why),
-        Err(e) => internal(e),
+        Err(e) => refusal(e),
+    }
+}
+
+/// The page for what the API refused.
+fn refusal(e: ApiError) -> Response {
+    match e {
+        ApiError::Forbidden(why) => pages::message(StatusCode::FORBIDDEN, "Refused", &why),
+        ApiError::NotFound(why) => pages::message(StatusCode::NOT_FOUND, "Not found", &why),
+        ApiError::Conflict(why) => pages::message(StatusCode::CONFLICT, "Already done", &why),
+        ApiError::BadRequest(why) => pages::message(StatusCode::BAD_REQUEST, "Refused", &why),
+        e => internal(e),
+    }
+}
+
+/// End a live session (approvers): the same request as the REST API's, recorded with channel
+/// `console`; the proxy holding the session closes it.
+async fn end_session(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    id: Result<Path<Uuid>, axum::extract::rejection::PathRejection>,
+    form: Result<Form<Change>, FormRejection>,
+) -> Response {
+    let Ok(Path(id)) = id else { return pages::message(StatusCode::NOT_FOUND, "Not found", "No such session.") };
+    let (person, form) = match change(&state, &headers, form).await {
+        Ok(checked) => checked,
+        Err(page) => return page,
+    };
+    if !person.can(crate::api::APPROVE_ROLES) {
+        return pages::message(StatusCode::FORBIDDEN, "Refused", "Ending a session needs the approver role.");
+    }
+    let channel = tollgate_shared::event::Channel::Console;
+    match crate::api::sessions::end(&state, &person.identity, id, channel, form.reason).await {
+        Ok(_) => redirect(&format!("/console/sessions/{id}?ending=1")),
+        Err(e) => refusal(e),
     }
 }

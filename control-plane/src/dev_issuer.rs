@@ -5,7 +5,9 @@
 //!
 //! For people it also signs in test users with the authorization code flow (PKCE S256 required):
 //! `/authorize` shows a login form, `/token` exchanges the code for an ID token carrying the
-//! user's claims and the request's nonce.
+//! user's claims and the request's nonce. For command lines it runs the device authorization
+//! grant (RFC 8628): `/device_authorization` hands out a device code and a user code, the user
+//! signs in at `/device` with that code, and `/token` answers the polling client.
 
 use axum::extract::{Form, Query, State};
 use axum::http::{header, StatusCode};
@@ -74,7 +76,33 @@ struct People {
     /// Client id → the redirect URIs it registered.
     clients: BTreeMap<String, Vec<String>>,
     codes: HashMap<String, IssuedCode>,
+    /// Device code → a device authorization waiting for its user.
+    devices: HashMap<String, DeviceGrant>,
 }
+
+/// A device authorization (RFC 8628): the code its user types, and what they answered.
+struct DeviceGrant {
+    client_id: String,
+    user_code: String,
+    until: Instant,
+    /// When the client may poll again (polling sooner gets `slow_down`).
+    next_poll: Instant,
+    answer: DeviceAnswer,
+}
+
+#[derive(Clone)]
+enum DeviceAnswer {
+    Waiting,
+    Allowed { user: String },
+    Denied,
+}
+
+/// How long a device code and its user code last.
+const DEVICE_TTL: Duration = Duration::from_secs(600);
+/// The polling interval device clients are told to keep.
+const DEVICE_INTERVAL: Duration = Duration::from_secs(1);
+/// The grant type a device client polls with.
+pub const DEVICE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
 
 /// A code handed to a client, for one exchange within a minute.
 struct IssuedCode {
@@ -134,6 +162,37 @@ pub struct TokenRequest {
     client_id: Option<String>,
     #[serde(default)]
     code_verifier: String,
+    #[serde(default)]
+    device_code: String,
+}
+
+/// A device authorization request.
+#[derive(Debug, Deserialize)]
+pub struct DeviceRequest {
+    #[serde(default)]
+    client_id: String,
+    #[serde(default)]
+    scope: String,
+}
+
+/// The user's answer at the verification page.
+#[derive(Debug, Deserialize)]
+pub struct DeviceLogin {
+    #[serde(default)]
+    user_code: String,
+    #[serde(default)]
+    username: String,
+    #[serde(default)]
+    password: String,
+    /// `allow` or `deny`.
+    #[serde(default)]
+    answer: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct DevicePage {
+    #[serde(default)]
+    user_code: String,
 }
 
 impl DevIssuer {
@@ -199,9 +258,10 @@ impl DevIssuer {
             "jwks_uri": format!("{}/jwks", self.url),
             "authorization_endpoint": format!("{}/authorize", self.url),
             "token_endpoint": format!("{}/token", self.url),
+            "device_authorization_endpoint": format!("{}/device_authorization", self.url),
             "id_token_signing_alg_values_supported": ["ES256"],
             "response_types_supported": ["code", "id_token"],
-            "grant_types_supported": ["authorization_code"],
+            "grant_types_supported": ["authorization_code", DEVICE_GRANT],
             "code_challenge_methods_supported": ["S256"],
             "token_endpoint_auth_methods_supported": ["none"],
             "scopes_supported": ["openid", "profile", "groups"],
@@ -218,6 +278,11 @@ impl DevIssuer {
     /// A client (public, PKCE) allowed to receive codes at `redirect_uri`.
     pub fn add_client(&self, client_id: &str, redirect_uri: &str) {
         self.people().clients.entry(client_id.to_owned()).or_default().push(redirect_uri.to_owned());
+    }
+
+    /// A client that signs in with the device grant only (a command line: no redirect URI).
+    pub fn add_device_client(&self, client_id: &str) {
+        self.people().clients.entry(client_id.to_owned()).or_default();
     }
 
     fn people(&self) -> std::sync::RwLockWriteGuard<'_, People> {
@@ -315,6 +380,9 @@ impl DevIssuer {
     /// Exchange a code (once, by the client it was issued to, with the PKCE verifier) for an
     /// ID token.
     fn exchange(&self, request: &TokenRequest) -> Result<Value, &'static str> {
+        if request.grant_type == DEVICE_GRANT {
+            return self.poll_device(request);
+        }
         if request.grant_type != "authorization_code" {
             return Err("unsupported_grant_type");
         }
@@ -334,11 +402,125 @@ impl DevIssuer {
         if let Some(nonce) = &issued.nonce {
             extra.insert("nonce".into(), Value::String(nonce.clone()));
         }
-        let id_token =
-            self.mint(&issued.user, &issued.client_id, ID_TOKEN_TTL_SECS, &extra).map_err(|_| "server_error")?;
+        self.tokens_for(&issued.user, &issued.client_id, extra)
+    }
+
+    /// The token response for `user` at `client_id`: an ID token, which is also the access token.
+    fn tokens_for(
+        &self,
+        user: &str,
+        client_id: &str,
+        extra: serde_json::Map<String, Value>,
+    ) -> Result<Value, &'static str> {
+        let id_token = self.mint(user, client_id, ID_TOKEN_TTL_SECS, &extra).map_err(|_| "server_error")?;
         Ok(
             json!({ "access_token": id_token, "id_token": id_token, "token_type": "Bearer", "expires_in": ID_TOKEN_TTL_SECS }),
         )
+    }
+
+    /// Start a device authorization for a registered client: a device code for it to poll with,
+    /// and a short code for its user to type at the verification page.
+    fn start_device(&self, request: &DeviceRequest) -> Result<Value, &'static str> {
+        if !request.scope.is_empty() && !request.scope.split(' ').any(|s| s == "openid") {
+            return Err("invalid_scope");
+        }
+        let mut people = self.people();
+        if !people.clients.contains_key(&request.client_id) {
+            return Err("invalid_client");
+        }
+        let device_code = random_token().map_err(|_| "server_error")?;
+        let user_code = user_code().map_err(|_| "server_error")?;
+        let now = Instant::now();
+        people.devices.retain(|_, d| d.until > now);
+        people.devices.insert(
+            device_code.clone(),
+            DeviceGrant {
+                client_id: request.client_id.clone(),
+                user_code: user_code.clone(),
+                until: now + DEVICE_TTL,
+                next_poll: now,
+                answer: DeviceAnswer::Waiting,
+            },
+        );
+        Ok(json!({
+            "device_code": device_code,
+            "user_code": user_code,
+            "verification_uri": format!("{}/device", self.url),
+            "verification_uri_complete": format!("{}/device?user_code={user_code}", self.url),
+            "expires_in": DEVICE_TTL.as_secs(),
+            "interval": DEVICE_INTERVAL.as_secs(),
+        }))
+    }
+
+    /// A device client polls: still waiting, too soon, refused, expired, or its tokens (once).
+    fn poll_device(&self, request: &TokenRequest) -> Result<Value, &'static str> {
+        let mut people = self.people();
+        let now = Instant::now();
+        let grant = people.devices.get_mut(&request.device_code).ok_or("invalid_grant")?;
+        if request.client_id.as_deref() != Some(grant.client_id.as_str()) {
+            return Err("invalid_grant");
+        }
+        if grant.until <= now {
+            people.devices.remove(&request.device_code);
+            return Err("expired_token");
+        }
+        let answer = grant.answer.clone();
+        if matches!(answer, DeviceAnswer::Waiting) {
+            let early = now < grant.next_poll;
+            grant.next_poll = now + DEVICE_INTERVAL;
+            return Err(if early { "slow_down" } else { "authorization_pending" });
+        }
+        let Some(grant) = people.devices.remove(&request.device_code) else { return Err("invalid_grant") };
+        let DeviceAnswer::Allowed { user } = answer else { return Err("access_denied") };
+        let (_, claims) = people.users.get(&user).ok_or("invalid_grant")?;
+        let claims = claims.clone();
+        drop(people);
+        self.tokens_for(&user, &grant.client_id, claims)
+    }
+
+    /// The user's answer at the verification page: their password, the code their device shows,
+    /// and allow or deny.
+    fn answer_device(&self, login: &DeviceLogin) -> Result<&'static str, String> {
+        let mut people = self.people();
+        let valid = people
+            .users
+            .get(&login.username)
+            .is_some_and(|(password, _)| crate::web::same_secret(password.as_bytes(), login.password.as_bytes()));
+        if !valid {
+            return Err("unknown user name or wrong password".into());
+        }
+        let typed = normalize_user_code(&login.user_code);
+        let now = Instant::now();
+        let grant = people
+            .devices
+            .values_mut()
+            .find(|d| d.until > now && matches!(d.answer, DeviceAnswer::Waiting) && d.user_code == typed)
+            .ok_or("this code is unknown, expired or already used")?;
+        if login.answer == "deny" {
+            grant.answer = DeviceAnswer::Denied;
+            Ok("Refused. The device is not signed in.")
+        } else {
+            grant.answer = DeviceAnswer::Allowed { user: login.username.clone() };
+            Ok("Signed in. You may go back to your device.")
+        }
+    }
+
+    /// The verification page: the code from the device, the user's name and password.
+    fn device_page(&self, user_code: &str, status: StatusCode, note: Option<&str>) -> Response {
+        let note =
+            note.map(|n| format!(r#"<p role="alert" id="note">{}</p>"#, crate::web::escape(n))).unwrap_or_default();
+        let body = format!(
+            r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Sign in a device (development issuer)</title></head>
+<body><main><h1>Sign in a device</h1><p><strong>Development issuer: never use it in production.</strong></p>{note}
+<form method="post" action="/device">
+<p><label for="user_code">Code shown by the device</label> <input id="user_code" name="user_code" value="{code}" required autocomplete="off"></p>
+<p><label for="username">User name</label> <input id="username" name="username" autocomplete="username" required></p>
+<p><label for="password">Password</label> <input id="password" name="password" type="password" autocomplete="current-password" required></p>
+<p><button type="submit" name="answer" value="allow" id="allow">Allow</button> <button type="submit" name="answer" value="deny" id="deny">Deny</button></p></form></main></body></html>"#,
+            code = crate::web::escape(user_code),
+        );
+        let policy = "default-src 'none'; form-action 'self'; frame-ancestors 'none'";
+        (status, [(header::CONTENT_SECURITY_POLICY, policy)], Html(body)).into_response()
     }
 
     /// Sign `claims` as they are (the caller sets iss, sub, aud, exp...).
@@ -397,6 +579,8 @@ impl DevIssuer {
         let people = Router::new()
             .route("/authorize", get(authorize_form).post(authorize))
             .route("/token", axum::routing::post(token))
+            .route("/device_authorization", axum::routing::post(device_authorization))
+            .route("/device", get(device_form).post(device_answer))
             .with_state(self.clone());
         Router::new()
             .merge(people)
@@ -432,6 +616,55 @@ async fn token(State(issuer): State<Arc<DevIssuer>>, Form(request): Form<TokenRe
     match issuer.exchange(&request) {
         Ok(body) => ([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response(),
         Err(error) => (StatusCode::BAD_REQUEST, Json(json!({ "error": error }))).into_response(),
+    }
+}
+
+async fn device_authorization(State(issuer): State<Arc<DevIssuer>>, Form(request): Form<DeviceRequest>) -> Response {
+    match issuer.start_device(&request) {
+        Ok(body) => ([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response(),
+        Err(error) => (StatusCode::BAD_REQUEST, Json(json!({ "error": error }))).into_response(),
+    }
+}
+
+async fn device_form(
+    State(issuer): State<Arc<DevIssuer>>,
+    query: Result<Query<DevicePage>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let page = query.map(|Query(p)| p).unwrap_or_default();
+    issuer.device_page(&page.user_code, StatusCode::OK, None)
+}
+
+async fn device_answer(State(issuer): State<Arc<DevIssuer>>, Form(login): Form<DeviceLogin>) -> Response {
+    match issuer.answer_device(&login) {
+        Ok(done) => issuer.device_page("", StatusCode::OK, Some(done)),
+        Err(e) => issuer.device_page(&login.user_code, StatusCode::UNAUTHORIZED, Some(&e)),
+    }
+}
+
+/// A user code: eight letters a person reads without confusion (no vowels, no look-alikes),
+/// shown as two groups of four.
+fn user_code() -> Result<String, String> {
+    const LETTERS: &[u8; 20] = b"BCDFGHJKLMNPQRSTVWXZ";
+    let mut letters = Vec::with_capacity(8);
+    while letters.len() < 8 {
+        let mut bytes = [0u8; 16];
+        ring::rand::SecureRandom::fill(&SystemRandom::new(), &mut bytes).map_err(|_| "no randomness".to_owned())?;
+        // 240 is the largest multiple of 20 below 256: bytes above it are dropped, so every
+        // letter is as likely as the others.
+        let wanted = 8 - letters.len();
+        letters.extend(bytes.iter().filter(|b| **b < 240).map(|b| LETTERS[usize::from(b % 20)]).take(wanted));
+    }
+    let (head, tail) = letters.split_at(4);
+    Ok(format!("{}-{}", String::from_utf8_lossy(head), String::from_utf8_lossy(tail)))
+}
+
+/// A typed user code as issued: capitals, one dash after four (people type it in any case and
+/// with or without the dash).
+fn normalize_user_code(typed: &str) -> String {
+    let letters: String = typed.chars().filter(|c| c.is_ascii_alphanumeric()).map(|c| c.to_ascii_uppercase()).collect();
+    match (letters.get(..4), letters.get(4..)) {
+        (Some(head), Some(tail)) if !tail.is_empty() => format!("{head}-{tail}"),
+        _ => letters,
     }
 }
 

@@ -117,6 +117,14 @@ impl Control {
             })),
             None => None,
         };
+        let console = match &config.console {
+            Some(console) => {
+                let console = Arc::new(console::Console::new(console.clone())?);
+                tasks.push(tokio::spawn(console::listen(db.clone(), console.clone())));
+                Some(console)
+            }
+            None => None,
+        };
         let state = api::AppState {
             db,
             slack,
@@ -130,10 +138,7 @@ impl Control {
             trusted_nodes: Arc::new(config.nodes.trusted.iter().map(|k| k.trim().to_ascii_lowercase()).collect()),
             self_links: Arc::new(config.approvals.self_links.clone()),
             deciding: Arc::default(),
-            console: match &config.console {
-                Some(console) => Some(Arc::new(console::Console::new(console.clone())?)),
-                None => None,
-            },
+            console: console.clone(),
         };
         let listener = tokio::net::TcpListener::bind(&config.listen)
             .await

@@ -91,7 +91,8 @@ enum DevCmd {
         #[arg(long = "user")]
         users: Vec<String>,
         /// A client allowed to receive sign-in codes: `client_id=redirect_uri` (repeat for each),
-        /// e.g. `tollgate-console=http://127.0.0.1:8080/console/callback`.
+        /// e.g. `tollgate-console=http://127.0.0.1:8080/console/callback`; or a bare
+        /// `client_id` for a command line that signs in with the device grant (`tollgate login`).
         #[arg(long = "client")]
         clients: Vec<String>,
     },
@@ -184,10 +185,10 @@ async fn main() -> anyhow::Result<()> {
                 issuer.add_user(name, password, claims);
             }
             for client in &clients {
-                let Some((id, redirect)) = client.split_once('=') else {
-                    anyhow::bail!("--client {client:?}: write client_id=redirect_uri");
-                };
-                issuer.add_client(id, redirect);
+                match client.split_once('=') {
+                    Some((id, redirect)) => issuer.add_client(id, redirect),
+                    None => issuer.add_device_client(client),
+                }
             }
             eprintln!("*** DEVELOPMENT ISSUER {url}: anyone who can reach it can mint tokens. Never trust it in production. ***");
             let listener = tokio::net::TcpListener::bind(addr).await?;

@@ -105,7 +105,7 @@ pub fn proxy_permissions(node: &str) -> (Vec<String>, Vec<String>) {
             format!("$JS.API.DIRECT.GET.{stream}.>"),
         ]);
     }
-    let subscribe = vec![format!("_INBOX_{node}.>"), names::decisions_subject()];
+    let subscribe = vec![format!("_INBOX_{node}.>"), names::decisions_subject(), names::session_ends_subject()];
     (publish, subscribe)
 }
 
@@ -205,7 +205,14 @@ mod tests {
         assert_eq!(render(&plan).unwrap(), text);
         let (publish, subscribe) = proxy_permissions("proxy-a");
         assert!(!publish.iter().any(|s| s.starts_with("$KV.") || s.contains("control")), "{publish:?}");
-        assert_eq!(subscribe, ["_INBOX_proxy-a.>", "tollgate.events.control.approval.decided"]);
+        assert_eq!(
+            subscribe,
+            [
+                "_INBOX_proxy-a.>",
+                "tollgate.events.control.approval.decided",
+                "tollgate.events.control.session.end_requested"
+            ]
+        );
         let bad = Plan { nodes: vec!["control".into()], ..plan };
         assert!(render(&bad).is_err());
     }

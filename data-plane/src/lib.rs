@@ -69,8 +69,9 @@ impl Proxy {
         .with_context(|| format!("NATS at {}", config.nats.url))?;
         let trust = Arc::new(control::ControlTrust::new(config.control.key().map_err(anyhow::Error::msg)?));
         let (approvals, approvals_task) = approvals::ApprovalHub::start(nats.clone(), trust.clone()).await?;
+        let (stops, stops_task) = session::stops::SessionStops::start(nats.clone(), trust.clone()).await?;
         let js = async_nats::jetstream::new(nats);
-        let mut tasks = vec![approvals_task];
+        let mut tasks = vec![approvals_task, stops_task];
         tasks.push(tokio::spawn(keep_stream(js.clone())));
         let (watcher, mut policy) = policy::spawn_watcher(js.clone(), trust.clone());
         tasks.push(watcher);
@@ -102,6 +103,7 @@ impl Proxy {
             shutdown: shutdown_rx,
             policy: policy.clone(),
             approvals,
+            stops,
             standing: standing.clone(),
         });
         let ctx = Arc::new(pg::PgContext::new(&config, services.clone())?);

@@ -11,6 +11,7 @@ pub mod admit;
 pub mod hold;
 pub mod judge;
 pub mod listener;
+pub mod stops;
 
 use crate::recorder::Publisher;
 use std::sync::Arc;
@@ -29,6 +30,8 @@ pub struct NodeServices {
     pub policy: crate::policy::PolicyReceiver,
     /// Decisions on held commands.
     pub approvals: Arc<crate::approvals::ApprovalHub>,
+    /// People ending live sessions.
+    pub stops: Arc<stops::SessionStops>,
     /// Standing approvals that let held commands run without a new request.
     pub standing: Arc<crate::grants::StandingApprovals>,
     /// Where people approve, for the notice a held agent gets (`<url>/<approval id>`).

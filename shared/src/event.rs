@@ -23,6 +23,7 @@ pub const ENVELOPE_VERSION: u32 = 1;
 pub mod kind {
     pub const SESSION_STARTED: &str = "session.started";
     pub const SESSION_ENDED: &str = "session.ended";
+    pub const SESSION_END_REQUESTED: &str = "session.end_requested";
     pub const COMMAND: &str = "command";
     pub const COMMAND_RESULT: &str = "command.result";
     pub const AUTH_FAILED: &str = "auth.failed";

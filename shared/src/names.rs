@@ -26,6 +26,11 @@ pub fn decisions_subject() -> String {
     subject_for(CONTROL_NODE, crate::event::kind::APPROVAL_DECIDED)
 }
 
+/// Where requests to end a live session are published (by the control plane only).
+pub fn session_ends_subject() -> String {
+    subject_for(CONTROL_NODE, crate::event::kind::SESSION_END_REQUESTED)
+}
+
 /// Every `approval.*` event, from any node.
 pub fn approval_subjects() -> String {
     format!("{SUBJECT_PREFIX}.*.approval.>")

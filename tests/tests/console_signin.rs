@@ -226,8 +226,30 @@ async fn an_approver_signs_in_and_approves_a_held_command_from_the_inbox() {
 
     // The statement as the agent wrote it, markup and a right-to-left override included: shown
     // as text, never as markup, and the override as its code.
+    // The live stream: only for a signed-in person, and it says when approvals change.
+    let anonymous = Browser::new(&base).get("/console/events").await;
+    assert_eq!((anonymous.status, anonymous.location.as_deref()), (303, Some("/console/login")));
+    let mut events = ada
+        .http
+        .get(format!("{base}/console/events"))
+        .header(COOKIE, ada.cookie_header().expect("ada's cookie"))
+        .send()
+        .await
+        .expect("the event stream");
+    assert_eq!(events.status(), 200);
+    assert_eq!(events.headers()["content-type"], "text/event-stream");
     let statement = "DROP TABLE victims /* <script>alert(1)</script> \"><form action=x> \u{202E}kcab */";
     let child = stack.psql_spawn(&stack.agent_token("deploy-bot"), None, &["-c", statement]);
+    let mut streamed = String::new();
+    while !streamed.contains("event: approvals") {
+        let chunk = tokio::time::timeout(std::time::Duration::from_secs(20), events.chunk())
+            .await
+            .expect("an event within 20 s")
+            .expect("the stream reads")
+            .expect("the stream stays open");
+        streamed.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    drop(events);
     let id = eventually(20, "the held command in the inbox", || async {
         let page = ada.get("/console").await;
         let at = page.body.find(r#"id="approve-"#)?;
@@ -418,15 +440,20 @@ async fn in_a_real_browser_an_approver_signs_in_sees_the_held_command_and_approv
     }
     assert_eq!(browser.current_url().await.expect("url").as_str(), format!("{base}/console"));
 
+    // The inbox is live: once its script listens, a held command appears without a reload
+    // (the marker set on this page survives).
+    browser.wait().for_element(Locator::Css("#live[data-listening='yes']")).await.expect("the live script listens");
+    browser.execute("window.tollgateMarker = 'this page'; return true;", vec![]).await.expect("script runs");
+    assert!(browser.source().await.expect("source").contains(r#"id="empty""#), "nothing held yet");
     let child = stack.psql_spawn(&stack.agent_token("deploy-bot"), None, &["-c", "DROP TABLE victims"]);
-    let id = eventually(20, "the held command in the inbox", || async {
-        browser.refresh().await.ok()?;
-        let source = browser.source().await.ok()?;
-        let at = source.find(r#"id="approve-"#)?;
-        Some(source[at + 12..at + 48].to_owned())
-    })
-    .await;
+    browser.wait().for_element(Locator::Css("tr.pending")).await.expect("the held command appears by itself");
+    let marker = browser.execute("return window.tollgateMarker;", vec![]).await.expect("script runs");
+    assert_eq!(marker, json!("this page"), "the page was updated in place, not reloaded");
+    let status = browser.find(Locator::Id("live-status")).await.expect("status").text().await.expect("text");
+    assert!(status.starts_with("Updated at"), "{status}");
     let source = browser.source().await.expect("source");
+    let at = source.find(r#"id="approve-"#).expect("an approve button");
+    let id = source[at + 12..at + 48].to_owned();
     assert!(source.contains("DROP TABLE victims"), "{source}");
     labelled(&source);
     screenshot("console-inbox.png", &browser.screenshot().await.expect("screenshot"));
@@ -439,15 +466,96 @@ async fn in_a_real_browser_an_approver_signs_in_sees_the_held_command_and_approv
     assert!(stack.pg.database_log("demo").contains("DROP TABLE victims"), "the statement ran once approved");
     approved_in_the_console(&stack, &id).await;
 
-    browser.goto(&format!("{base}/console/sessions")).await.expect("sessions");
+    browser.goto(&format!("{base}/console/sessions?decision=hold")).await.expect("sessions");
     browser.wait().for_element(Locator::Css("tr.session")).await.expect("a session listed");
+    labelled(&browser.source().await.expect("source"));
     screenshot("console-sessions.png", &browser.screenshot().await.expect("screenshot"));
+    // Its transcript: the held statement, its approval by ada in the console, and a record
+    // that verifies (once the session's end is projected).
+    browser.find(Locator::Css("tr.session a")).await.expect("the session's link").click().await.expect("open");
+    browser.wait().for_element(Locator::Id("transcript")).await.expect("the transcript");
+    let mut page = String::new();
+    for _ in 0..40 {
+        browser.refresh().await.expect("reload");
+        page = browser.source().await.expect("source");
+        if page.contains("Trusted: complete") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    assert!(page.contains("Trusted: complete"), "the session's record verifies: {page}");
+    assert!(page.contains("DROP TABLE victims"), "{page}");
+    assert!(page.contains("approve by ada via console"), "{page}");
+    screenshot("console-session.png", &browser.screenshot().await.expect("screenshot"));
 
     browser.find(Locator::Id("sign-out")).await.expect("sign out").click().await.expect("sign out");
     browser.wait().for_element(Locator::Id("message")).await.expect("signed out");
     browser.goto(&format!("{base}/console")).await.expect("open the console again");
     browser.wait().for_element(Locator::Id("username")).await.expect("back at the sign-in form");
     browser.close().await.expect("close the browser");
+}
+
+/// Live sessions in the console: listed while they run, with their transcript; an approver
+/// ends one (a reviewer may not, and neither may a form without the session's CSRF token), and
+/// the agent is told who ended it and why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approver_ends_a_live_session_from_the_console() {
+    let (stack, base) = stack().await;
+    let (client, connection) =
+        tokio_postgres::connect(&stack.agent_dsn(&stack.agent_token("night-bot")), tokio_postgres::NoTls)
+            .await
+            .expect("the agent connects");
+    let ended = tokio::spawn(async move {
+        connection.await.err().and_then(|e| e.as_db_error().map(|db| db.message().to_owned())).unwrap_or_default()
+    });
+    client.simple_query("SELECT 'working late'").await.expect("a statement runs");
+
+    let mut ada = Browser::new(&base);
+    ada.sign_in("ada", "ada-password").await;
+    let id = eventually(15, "the live session in the console", || async {
+        let page = ada.get("/console/sessions?live=true&agent=night-bot").await;
+        let at = page.body.find(r#"id="session-"#)?;
+        Some(page.body[at + 12..at + 48].to_owned())
+    })
+    .await;
+    let detail = eventually(15, "the session's statement in its transcript", || async {
+        let page = ada.get(&format!("/console/sessions/{id}")).await;
+        (page.status == 200 && page.body.contains("SELECT &#39;working late&#39;")).then_some(page)
+    })
+    .await;
+    assert!(detail.body.contains("still running"), "{}", detail.body);
+    assert!(detail.body.contains(r#"id="end-session""#), "an approver may end it: {}", detail.body);
+    labelled(&detail.body);
+
+    let mut rita = Browser::new(&base);
+    rita.sign_in("rita", "rita-password").await;
+    let seen = rita.get(&format!("/console/sessions/{id}")).await;
+    assert!(seen.status == 200 && !seen.body.contains(r#"id="end-session""#), "{}", seen.body);
+    let rita_csrf = rita.csrf().await;
+    let forged = rita.post(&format!("/console/sessions/{id}/end"), &[("csrf", &rita_csrf)], None).await;
+    assert_eq!(forged.status, 403, "{}", forged.body);
+    let no_token = ada.post(&format!("/console/sessions/{id}/end"), &[("reason", "x")], None).await;
+    assert_eq!(no_token.status, 403, "{}", no_token.body);
+    // Positive control: after both refusals the session still runs statements.
+    client.simple_query("SELECT 'still working'").await.expect("the session goes on");
+
+    let csrf = ada.csrf().await;
+    let done =
+        ada.post(&format!("/console/sessions/{id}/end"), &[("csrf", &csrf), ("reason", "after hours")], None).await;
+    assert_eq!(
+        (done.status, done.location.as_deref()),
+        (303, Some(format!("/console/sessions/{id}?ending=1").as_str()))
+    );
+    let told = tokio::time::timeout(std::time::Duration::from_secs(10), ended).await.expect("ends").expect("joined");
+    assert_eq!(told, "tollgate: this session was ended by ada: after hours");
+    let page = eventually(15, "the end in the console", || async {
+        let page = ada.get(&format!("/console/sessions/{id}")).await;
+        page.body.contains("ended_by_person").then_some(page)
+    })
+    .await;
+    assert!(!page.body.contains(r#"id="end-session""#), "an ended session offers no end: {}", page.body);
+    let (_, session) = stack.api(&format!("/api/v1/sessions/{id}")).await;
+    assert_eq!(session["end_detail"], "ended by ada: after hours", "{session}");
 }
 
 /// The development issuer's code exchange: PKCE required and checked, the client named, each

@@ -871,3 +871,34 @@ async fn an_ansible_ad_hoc_command_runs_through_the_gateway_with_a_certificate()
     assert!(writes >= 1, "the module's upload is on record");
     assert!(all.iter().any(|e| e["type"] == "session.started" && e["agent"]["subject"] == "ansible-bot"));
 }
+
+/// A person ends a live SSH session: the agent's `ssh` is disconnected with who and why, the
+/// command it was running gets no more from the gateway, and the session's end says who.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approver_ends_a_live_ssh_session() {
+    let host = SshHost::start();
+    let stack = stack_with(&host, None).await;
+    let child = ssh_spawn(&stack, &stack.agent_token("long-bot"), "sleep 60");
+    let id = eventually(20, "the live SSH session in the views", || async {
+        let (_, page) = stack.api("/api/v1/sessions?live=true&resource=web-1").await;
+        let session = &page["items"][0];
+        (session["commands"] == 1).then(|| session["id"].as_str().map(str::to_owned)).flatten()
+    })
+    .await;
+    assert_eq!(host.commands(), ["sleep 60"], "positive control: the command runs on the host");
+    let approver = stack.person_token("ada", &["approvers"]);
+    let body = json!({ "reason": "maintenance window over" });
+    let (status, answer) =
+        stack.api_send("POST", &format!("/api/v1/sessions/{id}/end"), Some(&approver), Some(&body)).await;
+    assert_eq!(status, 202, "{answer}");
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().expect("ssh ends")).await.expect("join");
+    assert!(!out.status.success(), "the agent's ssh was cut off");
+    assert!(
+        text(&out.stderr).contains("this session was ended by ada: maintenance window over"),
+        "{}",
+        text(&out.stderr)
+    );
+    let ended = ended(&stack, 1).await;
+    assert_eq!(ended[0]["end_reason"], "ended_by_person", "{:?}", ended[0]);
+    assert_eq!(ended[0]["end_detail"], "ended by ada: maintenance window over");
+}

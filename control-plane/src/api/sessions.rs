@@ -61,6 +61,10 @@ pub struct SessionQuery {
     pub from: Option<DateTime<Utc>>,
     /// Sessions started before this instant (RFC 3339).
     pub to: Option<DateTime<Utc>>,
+    /// `true`: only sessions still running; `false`: only ended ones.
+    pub live: Option<bool>,
+    /// Only sessions with at least one command so decided: `allow`, `deny` or `hold`.
+    pub decision: Option<String>,
     /// Page size, 1 to 500 (default 50).
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page.
@@ -79,7 +83,11 @@ pub async fn list_sessions(
     State(state): State<AppState>,
     query: Result<Query<SessionQuery>, QueryRejection>,
 ) -> Result<Json<SessionPage>, ApiError> {
-    let q = query_param(query)?;
+    Ok(Json(find(&state, &query_param(query)?).await?))
+}
+
+/// Sessions matching `q`, newest first, one page (the API's and the console's).
+pub async fn find(state: &AppState, q: &SessionQuery) -> Result<SessionPage, ApiError> {
     let limit = q.limit.unwrap_or(50);
     if !(1..=500).contains(&limit) {
         return Err(ApiError::BadRequest("limit must be between 1 and 500".into()));
@@ -107,6 +115,19 @@ pub async fn list_sessions(
     if let Some(to) = q.to {
         sql.push(" AND s.started_at < ").push_bind(to);
     }
+    match q.live {
+        Some(true) => sql.push(" AND s.ended_at IS NULL"),
+        Some(false) => sql.push(" AND s.ended_at IS NOT NULL"),
+        None => &mut sql,
+    };
+    if let Some(decision) = &q.decision {
+        if !["allow", "deny", "hold"].contains(&decision.as_str()) {
+            return Err(ApiError::BadRequest(format!("decision must be allow, deny or hold, not {decision:?}")));
+        }
+        sql.push(" AND EXISTS (SELECT 1 FROM commands c WHERE c.session_id = s.id AND c.decision = ")
+            .push_bind(decision.clone())
+            .push(")");
+    }
     // Session ids are UUIDv7: ordering by id is ordering by start time.
     if let Some(cursor) = q.cursor {
         sql.push(" AND s.id < ").push_bind(cursor);
@@ -119,7 +140,7 @@ pub async fn list_sessions(
     } else {
         None
     };
-    Ok(Json(SessionPage { items, next_cursor }))
+    Ok(SessionPage { items, next_cursor })
 }
 
 pub(super) async fn load_session(state: &AppState, id: Uuid) -> Result<SessionView, ApiError> {
@@ -467,4 +488,67 @@ pub(super) async fn verification(state: &AppState, id: Uuid) -> Result<(VerifyVi
         problems,
     };
     Ok((view, raws))
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub struct EndRequest {
+    /// Why (shown to the agent and recorded with the session's end); at most 1000 characters.
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EndAccepted {
+    pub session_id: Uuid,
+    /// The `session.end_requested` event.
+    pub event_id: Uuid,
+}
+
+/// End a live session (approver role): the proxy holding it tells the agent, closes the
+/// connection and records the session's end with reason `ended_by_person`, naming who.
+#[utoipa::path(post, path = "/api/v1/sessions/{id}/end", tag = "sessions", params(("id" = Uuid, Path)), request_body = EndRequest,
+    responses((status = 202, body = EndAccepted), (status = 400, body = super::error::Problem), (status = 404, body = super::error::Problem),
+        (status = 409, body = super::error::Problem, description = "the session has already ended"), (status = 401, body = super::error::Problem), (status = 403, body = super::error::Problem)),
+    security(("bearer" = [])))]
+pub async fn end_session(
+    State(state): State<AppState>,
+    axum::Extension(caller): axum::Extension<super::Caller>,
+    id: Result<Path<Uuid>, axum::extract::rejection::PathRejection>,
+    body: Result<Json<EndRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<(axum::http::StatusCode, Json<EndAccepted>), ApiError> {
+    let id = session_id(id)?;
+    let Json(body) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let accepted = end(&state, &caller.identity, id, tollgate_shared::event::Channel::Rest, body.reason).await?;
+    Ok((axum::http::StatusCode::ACCEPTED, Json(accepted)))
+}
+
+/// Publish, signed, a person's request to end live session `id` (the API's and the console's).
+pub async fn end(
+    state: &AppState,
+    person: &tollgate_shared::identity::AgentIdentity,
+    id: Uuid,
+    channel: tollgate_shared::event::Channel,
+    reason: Option<String>,
+) -> Result<EndAccepted, ApiError> {
+    use tollgate_shared::event::{kind, Chain, SessionEndRequested};
+    let reason = reason.map(|r| r.chars().filter(|c| !c.is_control()).collect::<String>()).filter(|r| !r.is_empty());
+    if reason.as_ref().is_some_and(|r| r.chars().count() > 1000) {
+        return Err(ApiError::BadRequest("reason: at most 1000 characters".into()));
+    }
+    let session = load_session(state, id).await?;
+    if session.ended_at.is_some() {
+        return Err(ApiError::Conflict(format!("session {id} has already ended")));
+    }
+    let resource_kind = serde_json::from_value(serde_json::Value::String(session.resource_kind.clone()))
+        .map_err(|e| ApiError::Unexpected(anyhow::anyhow!("session {id}: resource kind: {e}")))?;
+    let resource = tollgate_shared::identity::ResourceRef { name: session.resource, kind: resource_kind };
+    let mut chain = Chain::new(Uuid::now_v7(), tollgate_shared::names::CONTROL_NODE.into(), person.clone(), resource);
+    let payload = SessionEndRequested { session_id: id, channel, reason };
+    let event = chain.seal(kind::SESSION_END_REQUESTED, &payload).map_err(|e| ApiError::Unexpected(e.into()))?;
+    // Signed: proxies end a session only at the control plane's word.
+    let ack = crate::publish_signed(&state.js, &state.control_key, &event)
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("the request could not be recorded: {e}")))?;
+    ack.await.map_err(|e| ApiError::Unavailable(format!("the request could not be recorded: {e}")))?;
+    tracing::info!(session = %id, by = %person.name, ?channel, "session end requested");
+    Ok(EndAccepted { session_id: id, event_id: event.id })
 }

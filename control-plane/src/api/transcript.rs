@@ -97,9 +97,19 @@ pub async fn session_transcript(
         Some("text") => true,
         Some(other) => return Err(ApiError::BadRequest(format!("format must be json or text, not {other:?}"))),
     };
-    let session = load_session(&state, id).await?;
+    let transcript = build(&state, id).await?;
+    if text {
+        let body = render(&transcript);
+        return Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response());
+    }
+    Ok(Json(transcript).into_response())
+}
+
+/// A session's transcript with its verification (the API's and the console's).
+pub async fn build(state: &AppState, id: Uuid) -> Result<Transcript, ApiError> {
+    let session = load_session(state, id).await?;
     // The events read once: verified, then walked.
-    let (verification, raws) = verification(&state, id).await?;
+    let (verification, raws) = verification(state, id).await?;
     let (commands, ended, approvals) = walk(&raws)?;
     let decisions: Vec<TranscriptDecision> = sqlx::query_as(
         "SELECT approval_id, at, verdict, channel, approver_name AS approver, reason
@@ -114,12 +124,7 @@ pub async fn session_transcript(
             approval.decisions.extend(decisions.iter().filter(|d| d.approval_id == approval.id).cloned());
         }
     }
-    let transcript = Transcript { session, verification, ended, commands };
-    if text {
-        let body = render(&transcript);
-        return Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response());
-    }
-    Ok(Json(transcript).into_response())
+    Ok(Transcript { session, verification, ended, commands })
 }
 
 fn enum_text<T: Serialize>(value: &T) -> String {

@@ -1,6 +1,8 @@
 //! `tollgate`: the admin CLI. `tollgate policy apply -f FILE`, `tollgate policy diff -f FILE`,
-//! `tollgate policy get`, `tollgate verify-export`, `tollgate review agents|resources|approvals|unused-grants|statements`; and for agents, `tollgate ssh-cert` (a token traded for an SSH
-//! certificate).
+//! `tollgate policy get`, `tollgate verify-export`,
+//! `tollgate review agents|resources|approvals|unused-grants|statements`; `tollgate login` and
+//! `tollgate logout` for people (the device sign-in, its token kept for the next commands); and
+//! for agents, `tollgate ssh-cert` (a token traded for an SSH certificate).
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -12,7 +14,8 @@ struct Args {
     /// Control-plane API base URL.
     #[arg(long, env = "TOLLGATE_API", default_value = "http://127.0.0.1:8080")]
     api: String,
-    /// A file holding your bearer token (or set TOLLGATE_TOKEN).
+    /// A file holding your bearer token (or set TOLLGATE_TOKEN; without either, the token
+    /// `tollgate login` kept).
     #[arg(long)]
     token_file: Option<PathBuf>,
     #[command(subcommand)]
@@ -21,6 +24,24 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Sign in as a person with your identity provider (device sign-in: open the address shown,
+    /// enter the code), and keep the token for the next commands.
+    Login {
+        /// The identity provider (one of the control plane's reviewer issuers).
+        #[arg(long, env = "TOLLGATE_ISSUER")]
+        issuer: String,
+        /// This CLI's client id at the provider.
+        #[arg(long, env = "TOLLGATE_CLIENT_ID", default_value = "tollgate-cli")]
+        client_id: String,
+        /// Scopes besides openid (repeat for each).
+        #[arg(long = "scope", default_values_t = ["groups".to_owned()])]
+        scopes: Vec<String>,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout_secs: u64,
+    },
+    /// Forget the token `tollgate login` kept.
+    Logout,
     #[command(subcommand)]
     Policy(PolicyCommand),
     /// Check a signed export offline (no API, no token): its signature by the control plane's
@@ -160,8 +181,19 @@ fn verify_export(file: &std::path::Path, public_key: &str) -> std::process::Exit
 async fn main() -> std::process::ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let args = Args::parse();
-    if let Command::VerifyExport { file, public_key } = &args.command {
-        return verify_export(file, public_key);
+    match &args.command {
+        Command::VerifyExport { file, public_key } => return verify_export(file, public_key),
+        Command::Login { issuer, client_id, scopes, timeout_secs } => {
+            return report(login(issuer, client_id, scopes, *timeout_secs).await)
+        }
+        Command::Logout => {
+            return report(
+                cli::login::default_path()
+                    .and_then(|path| cli::login::logout(&path))
+                    .map(|had| if had { "signed out\n" } else { "was not signed in\n" }.to_owned()),
+            )
+        }
+        _ => {}
     }
     let token = match (&args.token_file, std::env::var("TOLLGATE_TOKEN")) {
         (Some(path), _) => match std::fs::read_to_string(path) {
@@ -172,14 +204,17 @@ async fn main() -> std::process::ExitCode {
             }
         },
         (None, Ok(t)) => t,
-        (None, Err(_)) => {
-            eprintln!("tollgate: give a token with --token-file or TOLLGATE_TOKEN");
-            return std::process::ExitCode::from(2);
-        }
+        (None, Err(_)) => match cli::login::default_path().and_then(|path| cli::login::load(&path)) {
+            Ok(credentials) => credentials.access_token,
+            Err(e) => {
+                eprintln!("tollgate: {e} (or give a token with --token-file or TOLLGATE_TOKEN)");
+                return std::process::ExitCode::from(2);
+            }
+        },
     };
     let api = Api::new(&args.api, &token);
     let result = match args.command {
-        Command::VerifyExport { .. } => Ok(String::new()),
+        Command::VerifyExport { .. } | Command::Login { .. } | Command::Logout => Ok(String::new()),
         Command::SshCert { gateway, gateway_key, identity } => {
             ssh_cert(&gateway, &gateway_key, &identity, &token).await
         }
@@ -203,6 +238,11 @@ async fn main() -> std::process::ExitCode {
             cli::review(&api, report, &period.from, period.to.as_deref(), filter, period.csv, 1000).await
         }
     };
+    report(result)
+}
+
+/// Print what a command produced, or why it failed.
+fn report(result: Result<String, cli::CliError>) -> std::process::ExitCode {
     match result {
         Ok(text) => {
             print!("{text}");
@@ -213,4 +253,17 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// `tollgate login`: the instructions on standard error (standard output stays for results),
+/// then the token kept where the next commands find it.
+async fn login(issuer: &str, client_id: &str, scopes: &[String], timeout_secs: u64) -> Result<String, cli::CliError> {
+    let path = cli::login::default_path()?;
+    let request =
+        cli::login::Login { issuer, client_id, scopes, timeout: std::time::Duration::from_secs(timeout_secs) };
+    let credentials = cli::login::login(&request, |how| eprintln!("{how}\nWaiting for you to sign in...")).await?;
+    cli::login::store(&path, &credentials)?;
+    let until =
+        credentials.expires_at.map(|t| format!(" until {}", t.format("%Y-%m-%d %H:%M UTC"))).unwrap_or_default();
+    Ok(format!("signed in as {}{until}; token kept in {}\n", credentials.subject, path.display()))
 }

@@ -11,7 +11,8 @@ use std::collections::{BTreeMap, HashSet};
 use tollgate_shared::control::{ControlKind, ControlPublicKey, SIGNATURE_HEADER};
 use tollgate_shared::event::{
     kind, ApprovalDecided, ApprovalExpired, ApprovalRefused, ApprovalReleased, ApprovalRequested, AuthFailed, Command,
-    CommandResult, Envelope, NodeDecided, NodeStarted, PolicyChanged, SessionEnded, SessionStarted,
+    CommandResult, Envelope, NodeDecided, NodeStarted, PolicyChanged, SessionEndRequested, SessionEnded,
+    SessionStarted,
 };
 use tollgate_shared::identity::AgentIdentity;
 use uuid::Uuid;
@@ -53,6 +54,9 @@ pub(super) enum Payload {
     ApprovalReleased(ApprovalReleased),
     NodeStarted(NodeStarted),
     NodeDecided(NodeDecided),
+    /// A person asked to end a session (checked for its shape; its session's own end says the
+    /// rest).
+    SessionEndRequested,
     /// A type this version does not project; the event is still stored.
     Other,
 }
@@ -94,19 +98,25 @@ pub(super) fn decode(raw: &[u8]) -> Result<Decoded<'_>, String> {
         kind::APPROVAL_RELEASED => Payload::ApprovalReleased(typed(&envelope)?),
         kind::NODE_STARTED => Payload::NodeStarted(typed(&envelope)?),
         kind::NODE_DECIDED => Payload::NodeDecided(typed(&envelope)?),
+        kind::SESSION_END_REQUESTED => {
+            let _: SessionEndRequested = typed(&envelope)?;
+            Payload::SessionEndRequested
+        }
         _ => Payload::Other,
     };
     Ok(Decoded { envelope, seq, raw, payload })
 }
 
 /// Whether an event is one only the control plane publishes (so it must carry its signature):
-/// decisions, refusals, policy changes, node decisions, approvals asked ahead of a run.
+/// decisions, refusals, policy changes, node decisions, approvals asked ahead of a run,
+/// people ending sessions.
 fn from_control(event: &Decoded<'_>) -> bool {
     match &event.payload {
         Payload::ApprovalDecided(_)
         | Payload::ApprovalRefused(_)
         | Payload::PolicyChanged(_)
-        | Payload::NodeDecided(_) => true,
+        | Payload::NodeDecided(_)
+        | Payload::SessionEndRequested => true,
         Payload::ApprovalRequested(r) => r.command_id.is_nil() || r.grant_minutes.is_some(),
         _ => false,
     }
@@ -163,6 +173,7 @@ pub async fn write_batch(db: &PgPool, batch: &[Message], control: &ControlPublic
                         | Payload::ApprovalRefused(_)
                         | Payload::NodeStarted(_)
                         | Payload::NodeDecided(_)
+                        | Payload::SessionEndRequested
                 )
         })
         .collect();
@@ -175,7 +186,8 @@ pub async fn write_batch(db: &PgPool, batch: &[Message], control: &ControlPublic
             | Payload::ApprovalDecided(_)
             | Payload::ApprovalRefused(_)
             | Payload::NodeStarted(_)
-            | Payload::NodeDecided(_) => false,
+            | Payload::NodeDecided(_)
+            | Payload::SessionEndRequested => false,
             // Asked ahead of a run: the agent has not shown up yet.
             Payload::ApprovalRequested(r) => !r.command_id.is_nil(),
             _ => true,
@@ -587,7 +599,8 @@ async fn session_lifecycle(tx: &mut Transaction<'_, Postgres>, e: &Decoded<'_>) 
                 .execute(&mut **tx)
                 .await?;
         }
-        Payload::Command(_) | Payload::Result(_) | Payload::Other => {}
+        // The session's own end (its proxy's `session.ended`) says who ended it.
+        Payload::Command(_) | Payload::Result(_) | Payload::SessionEndRequested | Payload::Other => {}
     }
     Ok(())
 }

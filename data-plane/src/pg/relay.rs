@@ -76,14 +76,21 @@ impl Shared {
     }
 }
 
+/// What ends a session from outside: the node shutting down, a person ending it.
+pub struct Ends {
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
+    pub stop: crate::session::stops::StopWatch,
+}
+
 pub async fn run(
     recorder: &SessionRecorder,
     guard: &Guard<'_>,
     recording: crate::config::Recording,
     agent: &mut AgentConn,
     upstream: &mut Upstream,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ends: Ends,
 ) -> RelayOutcome {
+    let Ends { mut shutdown, mut stop } = ends;
     let shared = Shared {
         tracker: Mutex::new(Tracker::default()),
         answered: tokio::sync::Notify::new(),
@@ -104,6 +111,10 @@ pub async fn run(
                 ADMIN_SHUTDOWN,
                 "tollgate: the proxy is shutting down; reconnect to continue".into(),
             ),
+            by = stop.requested() => Stop {
+                detail: Some(by.to_string()),
+                ..Stop::refuse(EndReason::EndedByPerson, ADMIN_SHUTDOWN, format!("tollgate: this session was {by}"))
+            },
         }
     };
     if let Some(frame) = &stop.notify {

@@ -95,7 +95,9 @@ pub async fn run(ctx: Arc<PgContext>, tcp: TcpStream, peer: SocketAddr) {
         max_prepared: ctx.listener.max_prepared_statements,
         catalog: &catalog,
     };
-    let outcome = relay::run(&recorder, &guard, recording, &mut agent, &mut upstream, services.shutdown.clone()).await;
+    let stop = services.stops.watch(recorder.session());
+    let ends = relay::Ends { shutdown: services.shutdown.clone(), stop };
+    let outcome = relay::run(&recorder, &guard, recording, &mut agent, &mut upstream, ends).await;
     if let Some(key) = cancel_key {
         ctx.cancels.remove(key);
     }

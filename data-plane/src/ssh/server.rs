@@ -53,6 +53,8 @@ struct Agent {
     ctx: Arc<SshContext>,
     peer: SocketAddr,
     opened: Arc<OnceLock<Arc<Opened>>>,
+    /// Told once `opened` is set (the connection then watches for a person ending it).
+    opened_signal: Arc<tokio::sync::Notify>,
     /// Set instead when the agent logged in to trade its token for a certificate (which it
     /// must finish within the authentication deadline).
     exchange: Option<Arc<Exchange>>,
@@ -62,7 +64,15 @@ struct Agent {
 pub async fn run(ctx: Arc<SshContext>, tcp: TcpStream, peer: SocketAddr) {
     let _ = tcp.set_nodelay(true);
     let opened = Arc::new(OnceLock::new());
-    let handler = Agent { ctx: ctx.clone(), peer, opened: opened.clone(), exchange: None, exchanged: false };
+    let opened_signal = Arc::new(tokio::sync::Notify::new());
+    let handler = Agent {
+        ctx: ctx.clone(),
+        peer,
+        opened: opened.clone(),
+        opened_signal: opened_signal.clone(),
+        exchange: None,
+        exchanged: false,
+    };
     // A peer that never says hello holds a connection permit only until the deadline.
     let limit = Duration::from_millis(ctx.listener.auth_timeout_ms);
     let started = tokio::time::timeout(limit, russh::server::run_stream(ctx.server.clone(), tcp, handler));
@@ -80,6 +90,8 @@ pub async fn run(ctx: Arc<SshContext>, tcp: TcpStream, peer: SocketAddr) {
     let auth_deadline = tokio::time::sleep(limit);
     tokio::pin!(running, auth_deadline);
     let mut reason = EndReason::ClientClosed;
+    let mut ended_by = None;
+    let mut stop: Option<crate::session::stops::StopWatch> = None;
     let goodbye = loop {
         tokio::select! {
             ended = &mut running => {
@@ -92,17 +104,26 @@ pub async fn run(ctx: Arc<SshContext>, tcp: TcpStream, peer: SocketAddr) {
                 // Woken at the deadline: only an agent still not authenticated is sent away.
                 if opened.get().is_none() {
                     tracing::info!(%peer, "SSH agent did not authenticate in time");
-                    break Some("tollgate: authentication timed out");
+                    break Some("tollgate: authentication timed out".to_owned());
                 }
             }
             _ = shutdown.wait_for(|stop| *stop) => {
                 reason = EndReason::Shutdown;
-                break Some("tollgate: the proxy is shutting down");
+                break Some("tollgate: the proxy is shutting down".to_owned());
+            }
+            _ = opened_signal.notified(), if stop.is_none() => {
+                stop = opened.get().map(|o| ctx.services.stops.watch(o.recorder.session()));
+            }
+            by = ended(&mut stop) => {
+                reason = EndReason::EndedByPerson;
+                let goodbye = format!("tollgate: this session was {by}");
+                ended_by = Some(by.to_string());
+                break Some(goodbye);
             }
         }
     };
     if let Some(message) = goodbye {
-        let _ = handle.disconnect(russh::Disconnect::ByApplication, message.into(), "en".into()).await;
+        let _ = handle.disconnect(russh::Disconnect::ByApplication, message, "en".into()).await;
         let _ = tokio::time::timeout(Duration::from_secs(5), &mut running).await;
     }
     let Some(opened) = opened.get() else { return };
@@ -117,11 +138,19 @@ pub async fn run(ctx: Arc<SshContext>, tcp: TcpStream, peer: SocketAddr) {
     }
     let (reason, detail) = match &opened.host {
         Err(e) => (EndReason::UpstreamFailed, Some(e.clone())),
-        Ok(_) => (reason, None),
+        Ok(_) => (reason, ended_by),
     };
     let commands = opened.commands.load(Ordering::Relaxed);
     tracing::info!(session = %opened.recorder.session(), ?reason, commands, "session ended");
     record_end(&opened.recorder, reason, detail, commands).await;
+}
+
+/// A person's request to end the session, once it is open and one arrives.
+async fn ended(stop: &mut Option<crate::session::stops::StopWatch>) -> crate::session::stops::EndedBy {
+    match stop {
+        Some(stop) => stop.requested().await,
+        None => std::future::pending().await,
+    }
 }
 
 impl Agent {
@@ -141,6 +170,7 @@ impl Agent {
         match self.open(user, credential).await {
             Ok(opened) => {
                 let _ = self.opened.set(opened);
+                self.opened_signal.notify_one();
                 Auth::Accept
             }
             Err(refused) => {

@@ -404,6 +404,9 @@ pub enum EndReason {
     ProtocolViolation,
     /// The proxy is shutting down.
     Shutdown,
+    /// A person ended it (`session.end_requested`, signed by the control plane); `detail`
+    /// names them and their reason.
+    EndedByPerson,
 }
 
 /// `session.ended`: the last event of a session. `head` is the hash of the event before it and
@@ -506,6 +509,17 @@ pub struct ApprovalDecided {
     /// resource run without a new request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grant_minutes: Option<u32>,
+}
+
+/// `session.end_requested`: a person asked to end a live session. Published by the control
+/// plane, signed; the envelope's `agent` is the person, `resource` the session's. The proxy
+/// holding the session closes it and records `session.ended` with reason `ended_by_person`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SessionEndRequested {
+    pub session_id: Uuid,
+    pub channel: Channel,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// `approval.released`: a quorum approved a held command and the holding proxy runs it now.

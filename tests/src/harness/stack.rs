@@ -212,7 +212,11 @@ impl Stack {
 
     /// Configuration for another control-plane replica (same database, NATS and issuer).
     pub fn control_config(&self) -> ControlConfig {
-        control_config(&self.pg, &self.nats, &self.nats_urls(), &self.issuer, &self.dir.path().join("control.key"))
+        let mut config =
+            control_config(&self.pg, &self.nats, &self.nats_urls(), &self.issuer, &self.dir.path().join("control.key"));
+        // Trusts proxy-a's node key, as the first replica does.
+        config.nodes.trusted = vec![self.proxy.node_key.clone()];
+        config
     }
 
     /// A fresh agent token for `subject`, with GitHub-Actions-like claims.
