@@ -80,7 +80,7 @@ fi
 [ -f "$DATA/secrets/console.pw" ] || (umask 077; openssl rand -hex 12 > "$DATA/secrets/console.pw")
 "$BIN/tollgate-control" dev-issuer serve --listen 127.0.0.1:$ISSUER_PORT --key-file "$DATA/secrets/dev-issuer.key" \
   --user "ada:$(cat "$DATA/secrets/console.pw"):tollgate-reviewers,tollgate-approvers,dba" \
-  --client "tollgate-console=http://127.0.0.1:$API_PORT/console/callback" \
+  --client "tollgate-console=http://127.0.0.1:$API_PORT/console/callback" --client tollgate-cli \
   >"$DATA/issuer.log" 2>&1 & echo $! > "$DATA/issuer.pid"
 wait_port $NATS_PORT; wait_port $ISSUER_PORT
 
@@ -96,7 +96,8 @@ nkey = "file:$DATA/secrets/nats/control.nk"
 ca_file = "$DATA/pki/ca.pem"
 [[reviewer_issuers]]
 issuer = "http://127.0.0.1:$ISSUER_PORT"
-audience = ["tollgate-api"]
+# tollgate-cli: tokens people get with `tollgate login` (the device sign-in).
+audience = ["tollgate-api", "tollgate-cli"]
 mapping = { groups_claim = "groups" }
 [roles]
 reviewer = ["tollgate-reviewers"]
@@ -168,6 +169,8 @@ Review what it did:
   curl -s -H "Authorization: Bearer \$(cat .tollgate/reviewer.token)" http://127.0.0.1:$API_PORT/api/v1/sessions
   open http://127.0.0.1:$API_PORT/docs for the API reference
   open http://127.0.0.1:$API_PORT/console and sign in as ada (password in .tollgate/secrets/console.pw)
+  target/release/tollgate --api http://127.0.0.1:$API_PORT login --issuer http://127.0.0.1:$ISSUER_PORT
+      (sign in as ada at the address it shows; later commands, e.g. tollgate review agents --from ..., use it)
 
 Schema changes wait for a person (the quickstart policy holds ALTER for the dba group):
 
