@@ -9,8 +9,8 @@ mod channels;
 mod error;
 mod health;
 pub mod nodes;
-mod policy;
-mod reviews;
+pub mod policy;
+pub mod reviews;
 pub mod sessions;
 pub mod transcript;
 

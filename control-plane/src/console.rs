@@ -13,6 +13,7 @@
 #![allow(clippy::result_large_err)]
 
 mod pages;
+mod reports;
 
 use crate::api::{ApiError, AppState, Caller, Role};
 use crate::config::ConsoleConfig;
@@ -40,6 +41,8 @@ pub const COOKIE: &str = "__Host-tollgate_console";
 pub const LOGIN_COOKIE: &str = "__Host-tollgate_login";
 /// How long a sign-in may take at the identity provider.
 const LOGIN_MINUTES: i64 = 10;
+/// Sign-ins under way at once (each waits at most `LOGIN_MINUTES`).
+const MAX_PENDING_LOGINS: i64 = 10_000;
 
 type OidcClient =
     CoreClient<EndpointSet, EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointMaybeSet, EndpointMaybeSet>;
@@ -177,6 +180,8 @@ pub fn router() -> Router<AppState> {
         .route("/console/sessions", get(pages::sessions))
         .route("/console/sessions/{id}", get(pages::session))
         .route("/console/events", get(events))
+        .route("/console/reports", get(reports::reports))
+        .route("/console/policy", get(reports::policy))
         .route("/console/live.js", get(pages::live_script))
         .route("/console/login", get(login))
         .route("/console/callback", get(callback))
@@ -265,6 +270,20 @@ async fn login(State(state): State<AppState>) -> Response {
         Ok(c) => c,
         Err(page) => return page,
     };
+    // Each call stores a sign-in under way for ten minutes: their number is bounded, so a
+    // flood of calls cannot grow the table without end.
+    let pending: i64 = match sqlx::query_scalar("SELECT count(*) FROM console_logins").fetch_one(&state.db).await {
+        Ok(n) => n,
+        Err(e) => return internal(e),
+    };
+    if pending >= MAX_PENDING_LOGINS {
+        tracing::warn!(pending, "console sign-ins refused: too many under way");
+        return pages::message(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Sign-in unavailable",
+            "Too many sign-ins are under way; try again in a few minutes.",
+        );
+    }
     let client = match console.client(false).await {
         Ok(c) => c,
         Err(e) => {
@@ -465,14 +484,28 @@ async fn callback(
     response
 }
 
+/// Live pages hear about changes at most this often.
+const EVENT_SPACING: Duration = Duration::from_secs(1);
+
+/// One live page's stream: what changed, its session to re-check, when it last heard.
+struct Watch {
+    changes: tokio::sync::broadcast::Receiver<&'static str>,
+    ticks: tokio::time::Interval,
+    db: sqlx::PgPool,
+    id_hash: String,
+    last: tokio::time::Instant,
+}
+
 /// Server-sent events for the live pages: `approvals` or `sessions` when the views change
 /// (`changed` when the replica may have missed some), for as long as the console session that
 /// opened the stream lasts.
 async fn events(State(state): State<AppState>, headers: HeaderMap) -> Response {
     use axum::response::sse::{Event, Sse};
-    use tokio::sync::broadcast::error::RecvError;
-    let person = match signed_in(&state, &headers).await {
-        Ok(p) => p,
+    use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+    // Not signed in (any more): 204 tells the browser's EventSource to stop reconnecting.
+    let person = match person(&state, &headers).await {
+        Ok(Some(p)) => p,
+        Ok(None) => return StatusCode::NO_CONTENT.into_response(),
         Err(page) => return page,
     };
     if !person.can(crate::api::READ_APPROVAL_ROLES) {
@@ -481,21 +514,41 @@ async fn events(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let (Ok(console), Some(id)) = (console(&state), session_cookie(&headers)) else {
         return redirect("/console/login");
     };
-    let watch =
-        (console.changes.subscribe(), tokio::time::interval(Duration::from_secs(15)), state.db.clone(), sha256(id));
-    let stream = futures_util::stream::unfold(watch, |(mut changes, mut ticks, db, id_hash)| async move {
+    let watch = Watch {
+        changes: console.changes.subscribe(),
+        ticks: tokio::time::interval(Duration::from_secs(15)),
+        db: state.db.clone(),
+        id_hash: sha256(id),
+        last: tokio::time::Instant::now() - EVENT_SPACING,
+    };
+    let stream = futures_util::stream::unfold(watch, |mut w| async move {
         let event = tokio::select! {
-            change = changes.recv() => match change {
-                Ok(kind) => Event::default().event(kind).data(kind),
-                Err(RecvError::Lagged(_)) => Event::default().event("changed").data("changed"),
-                Err(RecvError::Closed) => return None,
+            change = w.changes.recv() => {
+                let mut kind = match change {
+                    Ok(kind) => kind,
+                    Err(RecvError::Lagged(_)) => "changed",
+                    Err(RecvError::Closed) => return None,
+                };
+                // At most one event a second per page, whatever agents do: what changed
+                // meanwhile is folded into it.
+                tokio::time::sleep_until(w.last + EVENT_SPACING).await;
+                loop {
+                    match w.changes.try_recv() {
+                        Ok(more) if more == kind => {}
+                        Ok(_) | Err(TryRecvError::Lagged(_)) => kind = "changed",
+                        Err(TryRecvError::Empty) => break,
+                        Err(TryRecvError::Closed) => return None,
+                    }
+                }
+                w.last = tokio::time::Instant::now();
+                Event::default().event(kind).data(kind)
             },
-            _ = ticks.tick() => {
+            _ = w.ticks.tick() => {
                 let alive: bool = sqlx::query_scalar(
                     "SELECT EXISTS (SELECT 1 FROM console_sessions WHERE id_hash = $1 AND expires_at > now())",
                 )
-                .bind(&id_hash)
-                .fetch_one(&db)
+                .bind(&w.id_hash)
+                .fetch_one(&w.db)
                 .await
                 .unwrap_or(false);
                 if !alive {
@@ -504,7 +557,7 @@ async fn events(State(state): State<AppState>, headers: HeaderMap) -> Response {
                 Event::default().comment("open")
             }
         };
-        Some((Ok::<_, std::convert::Infallible>(event), (changes, ticks, db, id_hash)))
+        Some((Ok::<_, std::convert::Infallible>(event), w))
     });
     Sse::new(stream).into_response()
 }

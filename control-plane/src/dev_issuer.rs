@@ -76,6 +76,8 @@ struct People {
     /// Client id → the redirect URIs it registered.
     clients: BTreeMap<String, Vec<String>>,
     codes: HashMap<String, IssuedCode>,
+    /// Clients that sign in with the device grant (command lines); no browser client may.
+    device_clients: std::collections::BTreeSet<String>,
     /// Device code → a device authorization waiting for its user.
     devices: HashMap<String, DeviceGrant>,
 }
@@ -282,7 +284,7 @@ impl DevIssuer {
 
     /// A client that signs in with the device grant only (a command line: no redirect URI).
     pub fn add_device_client(&self, client_id: &str) {
-        self.people().clients.entry(client_id.to_owned()).or_default();
+        self.people().device_clients.insert(client_id.to_owned());
     }
 
     fn people(&self) -> std::sync::RwLockWriteGuard<'_, People> {
@@ -425,7 +427,7 @@ impl DevIssuer {
             return Err("invalid_scope");
         }
         let mut people = self.people();
-        if !people.clients.contains_key(&request.client_id) {
+        if !people.device_clients.contains(&request.client_id) {
             return Err("invalid_client");
         }
         let device_code = random_token().map_err(|_| "server_error")?;
@@ -505,13 +507,31 @@ impl DevIssuer {
         }
     }
 
-    /// The verification page: the code from the device, the user's name and password.
+    /// The verification page: the code from the device, the user's name and password, and
+    /// which client asked (a code someone else sent you signs *them* in as you).
     fn device_page(&self, user_code: &str, status: StatusCode, note: Option<&str>) -> Response {
+        let typed = normalize_user_code(user_code);
+        let client = self
+            .people
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .devices
+            .values()
+            .find(|d| !typed.is_empty() && d.user_code == typed)
+            .map(|d| d.client_id.clone());
+        let asking = match client {
+            Some(client) => format!(
+                "<p id=\"client\">Client <strong>{}</strong> asks to sign in as you.</p>",
+                crate::web::escape(&client)
+            ),
+            None => String::new(),
+        };
         let note =
             note.map(|n| format!(r#"<p role="alert" id="note">{}</p>"#, crate::web::escape(n))).unwrap_or_default();
         let body = format!(
             r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Sign in a device (development issuer)</title></head>
-<body><main><h1>Sign in a device</h1><p><strong>Development issuer: never use it in production.</strong></p>{note}
+<body><main><h1>Sign in a device</h1><p><strong>Development issuer: never use it in production.</strong></p>{note}{asking}
+<p>Only enter a code that your own terminal showed you.</p>
 <form method="post" action="/device">
 <p><label for="user_code">Code shown by the device</label> <input id="user_code" name="user_code" value="{code}" required autocomplete="off"></p>
 <p><label for="username">User name</label> <input id="username" name="username" autocomplete="username" required></p>

@@ -56,9 +56,13 @@ impl ApprovalHub {
     }
 
     fn dispatch(&self, bytes: &[u8]) {
-        let Ok(event) = serde_json::from_slice::<Envelope<ApprovalDecided>>(bytes) else {
-            tracing::warn!("unreadable approval.decided event ignored");
-            return;
+        let event = match serde_json::from_slice::<Envelope<ApprovalDecided>>(bytes) {
+            // Every control event is signed alike: only this kind decides.
+            Ok(event) if event.kind == tollgate_shared::event::kind::APPROVAL_DECIDED => event,
+            _ => {
+                tracing::warn!("unreadable or mistyped approval.decided event ignored");
+                return;
+            }
         };
         let waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(waiter) = waiters.get(&event.payload.approval_id) {

@@ -118,7 +118,8 @@ async fn every_api_route_checks_the_token_and_the_role() {
             for (who, token, rights) in &callers {
                 let (status, response) =
                     stack.api_send(&method.to_uppercase(), route, token.as_deref(), Some(&body)).await;
-                let approvals = route.starts_with("/api/v1/approvals");
+                // Ending a session is an approver's decision, like deciding on a held command.
+                let approvals = route.starts_with("/api/v1/approvals") || route.ends_with("/end");
                 // Asking for approval ahead of a run grants nothing: any authenticated caller may.
                 let ask = route == "/api/v1/approvals" && method == "post";
                 let allowed = rights.map(|(read, change, read_approvals, decide)| match (approvals, reads) {

@@ -121,7 +121,7 @@ async fn the_cli_signs_a_person_in_with_the_device_grant_and_uses_the_token() {
     let output = finish(child).await;
     assert!(output.status.success(), "{output:?}");
     let printed = String::from_utf8_lossy(&output.stdout);
-    assert!(printed.contains("signed in as ada"), "{printed}");
+    assert!(printed.contains(&format!("signed in as ada for http://{}", stack.control.addr)), "{printed}");
     // The code works once.
     let (status, _) = answer(&stack, &code, "ada-password", "allow").await;
     assert_eq!(status, 401, "a used code is refused");
@@ -149,12 +149,32 @@ async fn the_cli_signs_a_person_in_with_the_device_grant_and_uses_the_token() {
     assert_eq!(denied.status.code(), Some(1), "{denied:?}");
     assert!(String::from_utf8_lossy(&denied.stderr).contains("403"), "{denied:?}");
 
+    // The token goes only to the API it was kept for.
+    let elsewhere = Command::new(tollgate_binary())
+        .args(["--api", "http://127.0.0.1:9", "review", "agents", "--from", &from])
+        .env("XDG_CONFIG_HOME", home.path())
+        .env_remove("TOLLGATE_TOKEN")
+        .env_remove("TOLLGATE_CREDENTIALS")
+        .output()
+        .expect("runs");
+    assert_eq!(elsewhere.status.code(), Some(2), "{elsewhere:?}");
+    assert!(String::from_utf8_lossy(&elsewhere.stderr).contains("you signed in for"), "{elsewhere:?}");
+
     // Credentials others may read are refused rather than used.
     std::fs::set_permissions(&stored, std::fs::Permissions::from_mode(0o644)).expect("chmod");
     let exposed = tollgate(&stack, home.path(), &["review", "agents", "--from", &from]).output().expect("runs");
     assert_eq!(exposed.status.code(), Some(2), "{exposed:?}");
     assert!(String::from_utf8_lossy(&exposed.stderr).contains("may be read by others"), "{exposed:?}");
     std::fs::set_permissions(&stored, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    // So is a link put in its place.
+    let kept_aside = home.path().join("kept-aside.json");
+    std::fs::rename(&stored, &kept_aside).expect("move aside");
+    std::os::unix::fs::symlink(&kept_aside, &stored).expect("link");
+    let linked = tollgate(&stack, home.path(), &["review", "agents", "--from", &from]).output().expect("runs");
+    assert_eq!(linked.status.code(), Some(2), "{linked:?}");
+    assert!(String::from_utf8_lossy(&linked.stderr).contains("not a plain file"), "{linked:?}");
+    std::fs::remove_file(&stored).expect("unlink");
+    std::fs::rename(&kept_aside, &stored).expect("put back");
 
     // Signing out forgets the token.
     let out = tollgate(&stack, home.path(), &["logout"]).output().expect("runs");
@@ -178,14 +198,25 @@ async fn a_person_who_denies_leaves_the_cli_signed_out() {
     assert!(why.contains("access_denied"), "{why}");
     assert!(!home.path().join("tollgate").join("credentials.json").exists());
 
-    // A client the issuer does not know cannot start a device sign-in.
-    let unknown = tollgate(
-        &stack,
-        home.path(),
-        &["login", "--issuer", stack.issuer.url(), "--client-id", "nobody", "--timeout-secs", "5"],
-    )
-    .output()
-    .expect("runs");
-    assert_eq!(unknown.status.code(), Some(1), "{unknown:?}");
-    assert!(String::from_utf8_lossy(&unknown.stderr).contains("device authorization"), "{unknown:?}");
+    // A client the issuer does not know, or a browser's client, cannot start a device sign-in.
+    stack.issuer.add_client("browser-app", "http://127.0.0.1:9/callback");
+    for client in ["nobody", "browser-app"] {
+        let refused = tollgate(
+            &stack,
+            home.path(),
+            &["login", "--issuer", stack.issuer.url(), "--client-id", client, "--timeout-secs", "5"],
+        )
+        .output()
+        .expect("runs");
+        assert_eq!(refused.status.code(), Some(1), "{client}: {refused:?}");
+        assert!(String::from_utf8_lossy(&refused.stderr).contains("device authorization"), "{refused:?}");
+    }
+    // A console address other than https, off loopback, is refused before anyone signs in.
+    let plain = Command::new(tollgate_binary())
+        .args(["--api", "http://tollgate.example.com", "login", "--issuer", stack.issuer.url()])
+        .env("XDG_CONFIG_HOME", home.path())
+        .output()
+        .expect("runs");
+    assert_eq!(plain.status.code(), Some(1), "{plain:?}");
+    assert!(String::from_utf8_lossy(&plain.stderr).contains("use https"), "{plain:?}");
 }

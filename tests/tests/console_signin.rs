@@ -228,7 +228,7 @@ async fn an_approver_signs_in_and_approves_a_held_command_from_the_inbox() {
     // as text, never as markup, and the override as its code.
     // The live stream: only for a signed-in person, and it says when approvals change.
     let anonymous = Browser::new(&base).get("/console/events").await;
-    assert_eq!((anonymous.status, anonymous.location.as_deref()), (303, Some("/console/login")));
+    assert_eq!(anonymous.status, 204, "no stream, and no reconnecting, without a sign-in");
     let mut events = ada
         .http
         .get(format!("{base}/console/events"))
@@ -318,6 +318,47 @@ async fn an_approver_signs_in_and_approves_a_held_command_from_the_inbox() {
     assert_eq!(approved["decisions"][0]["reason"], "planned cleanup", "{approved}");
     let after = ada.get("/console").await;
     assert!(after.body.contains(r#"id="empty""#), "the inbox is empty again: {}", after.body);
+
+    // The approvals report for the last hour shows her decision; its CSV is the API's.
+    let from = (chrono::Utc::now() - chrono::Duration::hours(1)).format("%Y-%m-%dT%H:%M").to_string();
+    let report = ada.get(&format!("/console/reports?report=approvals&from={from}")).await;
+    assert_eq!(report.status, 200, "{}", report.body);
+    assert!(report.body.contains(r#"id="report""#) && report.body.contains("planned cleanup"), "{}", report.body);
+    assert!(!report.body.contains("<script>alert"), "agent text is escaped in reports: {}", report.body);
+    labelled(&report.body);
+    let csv = ada
+        .http
+        .get(format!("{base}/console/reports?report=approvals&from={from}&format=csv"))
+        .header(COOKIE, ada.cookie_header().expect("cookie"))
+        .send()
+        .await
+        .expect("the CSV");
+    assert_eq!(csv.status(), 200);
+    assert_eq!(csv.headers()["content-type"], "text/csv; charset=utf-8");
+    assert!(csv.headers()["content-disposition"]
+        .to_str()
+        .expect("ascii")
+        .starts_with("attachment; filename=\"tollgate-approvals-"));
+    let downloaded = csv.text().await.expect("text");
+    let api_from = format!("{from}:00Z");
+    let (_, _, from_api) =
+        stack.api_text(&format!("/api/v1/reviews/approvals?from={api_from}&format=csv&limit=1000")).await;
+    assert_eq!(downloaded.lines().next(), from_api.lines().next(), "the same columns as the API's CSV");
+    assert!(
+        downloaded.contains("planned cleanup") && downloaded.lines().count() == from_api.lines().count(),
+        "{downloaded}"
+    );
+    let bad = ada.get("/console/reports?report=approvals&from=yesterday").await;
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    // The policy page: the version in force and what each version changed.
+    let policy = ada.get("/console/policy").await;
+    assert_eq!(policy.status, 200, "{}", policy.body);
+    assert!(
+        policy.body.contains("In force: version 2") && policy.body.contains(r#"id="version-1""#),
+        "{}",
+        policy.body
+    );
+    assert!(policy.body.contains("destructive"), "the approval rule in the live policy: {}", policy.body);
 
     // Signing out ends the session on the server: the old cookie leads to the sign-in.
     let out = ada.post("/console/logout", &[("csrf", &csrf)], None).await;

@@ -184,7 +184,7 @@ async fn main() -> std::process::ExitCode {
     match &args.command {
         Command::VerifyExport { file, public_key } => return verify_export(file, public_key),
         Command::Login { issuer, client_id, scopes, timeout_secs } => {
-            return report(login(issuer, client_id, scopes, *timeout_secs).await)
+            return report(login(&args.api, issuer, client_id, scopes, *timeout_secs).await)
         }
         Command::Logout => {
             return report(
@@ -204,7 +204,7 @@ async fn main() -> std::process::ExitCode {
             }
         },
         (None, Ok(t)) => t,
-        (None, Err(_)) => match cli::login::default_path().and_then(|path| cli::login::load(&path)) {
+        (None, Err(_)) => match cli::login::default_path().and_then(|path| cli::login::load(&path, &args.api)) {
             Ok(credentials) => credentials.access_token,
             Err(e) => {
                 eprintln!("tollgate: {e} (or give a token with --token-file or TOLLGATE_TOKEN)");
@@ -257,13 +257,24 @@ fn report(result: Result<String, cli::CliError>) -> std::process::ExitCode {
 
 /// `tollgate login`: the instructions on standard error (standard output stays for results),
 /// then the token kept where the next commands find it.
-async fn login(issuer: &str, client_id: &str, scopes: &[String], timeout_secs: u64) -> Result<String, cli::CliError> {
+async fn login(
+    api: &str,
+    issuer: &str,
+    client_id: &str,
+    scopes: &[String],
+    timeout_secs: u64,
+) -> Result<String, cli::CliError> {
     let path = cli::login::default_path()?;
-    let request =
-        cli::login::Login { issuer, client_id, scopes, timeout: std::time::Duration::from_secs(timeout_secs) };
+    let timeout = std::time::Duration::from_secs(timeout_secs);
+    let request = cli::login::Login { api, issuer, client_id, scopes, timeout };
     let credentials = cli::login::login(&request, |how| eprintln!("{how}\nWaiting for you to sign in...")).await?;
     cli::login::store(&path, &credentials)?;
     let until =
         credentials.expires_at.map(|t| format!(" until {}", t.format("%Y-%m-%d %H:%M UTC"))).unwrap_or_default();
-    Ok(format!("signed in as {}{until}; token kept in {}\n", credentials.subject, path.display()))
+    Ok(format!(
+        "signed in as {} for {}{until}; token kept in {}\n",
+        credentials.subject,
+        credentials.api,
+        path.display()
+    ))
 }

@@ -51,10 +51,14 @@ pub struct Credentials {
     pub access_token: String,
     /// When the access token stops working, if the provider said.
     pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The control plane's API this sign-in is for: the token is sent nowhere else.
+    pub api: String,
 }
 
 /// Where to sign in.
 pub struct Login<'a> {
+    /// The control plane's API the token will be used with.
+    pub api: &'a str,
     pub issuer: &'a str,
     pub client_id: &'a str,
     /// Scopes besides `openid`.
@@ -88,6 +92,8 @@ fn failed(what: &str, e: impl std::fmt::Display) -> CliError {
 /// Sign in: discovery, the device authorization, `show` the instructions, then poll until the
 /// person answers (or the code expires, or `timeout`).
 pub async fn login(request: &Login<'_>, show: impl FnOnce(&Instructions)) -> Result<Credentials, CliError> {
+    // The address the token will be bound to is checked before anyone signs in.
+    let api = api_origin(request.api)?;
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(30))
@@ -128,15 +134,45 @@ pub async fn login(request: &Login<'_>, show: impl FnOnce(&Instructions)) -> Res
     let claims = id_token
         .claims(&client.id_token_verifier(), |_: Option<&Nonce>| Ok(()))
         .map_err(|e| failed("the ID token did not verify", e))?;
-    let expires_at =
-        tokens.expires_in().and_then(|d| chrono::Duration::from_std(d).ok()).map(|d| chrono::Utc::now() + d);
+    let expires_at = tokens
+        .expires_in()
+        .and_then(|d| chrono::Duration::from_std(d).ok())
+        .and_then(|d| chrono::Utc::now().checked_add_signed(d));
     Ok(Credentials {
         issuer: request.issuer.to_owned(),
         client_id: request.client_id.to_owned(),
         subject: claims.subject().as_str().to_owned(),
         access_token: tokens.access_token().secret().clone(),
         expires_at,
+        api,
     })
+}
+
+/// The origin of an API address (`scheme://host:port`), which a kept token is bound to. Plain
+/// http only on a loopback address: the token is a bearer credential.
+pub fn api_origin(api: &str) -> Result<String, CliError> {
+    let url = url::Url::parse(api).map_err(|e| failed(&format!("API address {api:?}"), e))?;
+    let loopback = url.host_str().is_some_and(|h| {
+        h == "localhost" || h.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    });
+    if url.scheme() != "https" && !(url.scheme() == "http" && loopback) {
+        return Err(CliError::Input(format!("API address {api:?}: use https (plain http only on a loopback address)")));
+    }
+    Ok(url.origin().ascii_serialization())
+}
+
+/// Refuse a directory others may write (they could swap the credentials file).
+fn private_dir(dir: &Path) -> Result<(), CliError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir).map_err(|e| failed(&dir.display().to_string(), e))?.permissions().mode();
+    if mode & 0o022 != 0 {
+        return Err(CliError::Input(format!(
+            "{} may be written by others (mode {:o}): keep credentials in a private directory",
+            dir.display(),
+            mode & 0o777
+        )));
+    }
+    Ok(())
 }
 
 /// Where the credentials live: `$TOLLGATE_CREDENTIALS`, else `tollgate/credentials.json` in
@@ -163,6 +199,7 @@ pub fn store(path: &Path, credentials: &Credentials) -> Result<(), CliError> {
     let io = |e: std::io::Error| failed(&path.display().to_string(), e);
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io)?;
+        private_dir(dir)?;
     }
     let text = serde_json::to_vec_pretty(credentials).map_err(|e| failed("credentials", e))?;
     let partial = path.with_extension("partial");
@@ -172,13 +209,32 @@ pub fn store(path: &Path, credentials: &Credentials) -> Result<(), CliError> {
     std::fs::rename(&partial, path).map_err(io)
 }
 
-/// The stored credentials, refused when others may read them or when they have expired.
-pub fn load(path: &Path) -> Result<Credentials, CliError> {
-    use std::os::unix::fs::PermissionsExt;
+/// The stored credentials for `api`: refused when the file is a link, is not its user's, may be
+/// read by others or sits in a directory others may write, when it was made for another API, or
+/// when the sign-in has expired.
+pub fn load(path: &Path, api: &str) -> Result<Credentials, CliError> {
+    use std::io::Read;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let not_signed_in = |e: std::io::Error| {
         CliError::Input(format!("not signed in ({}: {e}): run `tollgate login` or give a token", path.display()))
     };
-    let mode = std::fs::metadata(path).map_err(not_signed_in)?.permissions().mode();
+    // The path's own entry (a link is not followed), then the file opened there: the same
+    // file, or someone swapped it in between.
+    let entry = std::fs::symlink_metadata(path).map_err(not_signed_in)?;
+    let mut file = std::fs::File::open(path).map_err(not_signed_in)?;
+    let opened = file.metadata().map_err(not_signed_in)?;
+    if !entry.file_type().is_file() || (entry.dev(), entry.ino()) != (opened.dev(), opened.ino()) {
+        return Err(CliError::Input(format!("{} is not a plain file: run `tollgate login` again", path.display())));
+    }
+    #[cfg(target_os = "linux")]
+    {
+        // /proc/self belongs to the process's user.
+        let me = std::fs::metadata("/proc/self").map_err(|e| failed("/proc/self", e))?.uid();
+        if opened.uid() != me {
+            return Err(CliError::Input(format!("{} belongs to another user", path.display())));
+        }
+    }
+    let mode = opened.permissions().mode();
     if mode & 0o077 != 0 {
         return Err(CliError::Input(format!(
             "{} may be read by others (mode {:o}): run `tollgate login` again",
@@ -186,9 +242,20 @@ pub fn load(path: &Path) -> Result<Credentials, CliError> {
             mode & 0o777
         )));
     }
-    let text = std::fs::read(path).map_err(not_signed_in)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        private_dir(dir)?;
+    }
+    let mut text = Vec::new();
+    file.read_to_end(&mut text).map_err(not_signed_in)?;
     let credentials: Credentials =
         serde_json::from_slice(&text).map_err(|e| failed(&format!("{} is not credentials", path.display()), e))?;
+    let asked = api_origin(api)?;
+    if credentials.api != asked {
+        return Err(CliError::Input(format!(
+            "you signed in for {}, not {asked}: run `tollgate --api {asked} login` (the token goes nowhere else)",
+            credentials.api
+        )));
+    }
     if let Some(at) = credentials.expires_at {
         if at <= chrono::Utc::now() {
             return Err(CliError::Input(format!(

@@ -59,4 +59,8 @@
   source.addEventListener("open", () => {
     live.dataset.listening = "yes";
   });
+  // Signed out or the console gone: the server ends the stream for good (204).
+  source.addEventListener("error", () => {
+    if (source.readyState === EventSource.CLOSED) live.dataset.listening = "no";
+  });
 })();

@@ -35,11 +35,11 @@ pub async fn live_script() -> Response {
 }
 
 /// A whole page: the navigation for the signed-in person, then `body`.
-fn page(title: &str, person: Option<&Person>, body: &str) -> Response {
+pub(super) fn page(title: &str, person: Option<&Person>, body: &str) -> Response {
     let nav = match person {
         None => String::new(),
         Some(p) => format!(
-            r#"<nav aria-label="Console"><a href="/console">Approvals</a> <a href="/console/sessions">Sessions</a> <a href="/console/sessions?live=true">Live sessions</a></nav>
+            r#"<nav aria-label="Console"><a href="/console">Approvals</a> <a href="/console/sessions">Sessions</a> <a href="/console/sessions?live=true">Live sessions</a> <a href="/console/reports">Reports</a> <a href="/console/policy">Policy</a></nav>
 <span id="who">{name} ({roles})</span>
 <form class="inline" method="post" action="/console/logout"><input type="hidden" name="csrf" value="{csrf}"><button type="submit" id="sign-out">Sign out</button></form>"#,
             name = escape(&p.identity.name),
@@ -209,7 +209,7 @@ pub struct SessionFilter {
 }
 
 /// A filter's time: RFC 3339, or a datetime-local value read as UTC.
-fn filter_time(field: &str, text: &str) -> Result<Option<Time>, String> {
+pub(super) fn filter_time(field: &str, text: &str) -> Result<Option<Time>, String> {
     let text = text.trim();
     if text.is_empty() {
         return Ok(None);
@@ -376,13 +376,15 @@ pub async fn session(
     }
     let _ = write!(
         body,
-        r#"<div id="live" data-kinds="sessions"><dl id="session-facts">
+        r#"<div id="live" data-kinds="{kinds}"><dl id="session-facts">
 <dt>Agent</dt><dd>{agent} <small>({issuer} · {subject})</small></dd>
 <dt>Resource</dt><dd>{resource} ({kind}) on {node}</dd>
 <dt>Started</dt><dd>{started}</dd><dt>Ended</dt><dd>{ended}</dd>
 <dt>Commands</dt><dd>{commands} ({errors} failed)</dd></dl>
 <h2>Verification</h2><p id="verification" class="{class}">{verdict}</p>
 <ul><li>{events} events, chain {linked}</li><li>end signature {complete}</li><li>views {views}</li><li>node key {trust}</li></ul>"#,
+        // Only a running session's page follows changes.
+        kinds = if s.ended_at.is_none() { "sessions" } else { "" },
         agent = escape_shown(&s.agent_name),
         issuer = escape(&s.agent_issuer),
         subject = escape_shown(&s.agent_subject),
