@@ -499,8 +499,9 @@ async fn in_a_real_browser_an_approver_signs_in_sees_the_held_command_and_approv
     labelled(&source);
     screenshot("console-inbox.png", &browser.screenshot().await.expect("screenshot"));
 
-    browser.find(Locator::Id(&format!("reason-{id}"))).await.expect("reason").send_keys("planned").await.expect("type");
-    browser.find(Locator::Id(&format!("approve-{id}"))).await.expect("approve").click().await.expect("approve");
+    // With the keyboard only: type the reason and press Enter (the form's first button approves).
+    let reason = browser.find(Locator::Id(&format!("reason-{id}"))).await.expect("reason");
+    reason.send_keys(&format!("planned{}", char::from(fantoccini::key::Key::Enter))).await.expect("type and submit");
     browser.wait().for_element(Locator::Id("decided")).await.expect("the decision acknowledged");
     let out = finish(child).await;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -528,6 +529,14 @@ async fn in_a_real_browser_an_approver_signs_in_sees_the_held_command_and_approv
     assert!(page.contains("DROP TABLE victims"), "{page}");
     assert!(page.contains("approve by ada via console"), "{page}");
     screenshot("console-session.png", &browser.screenshot().await.expect("screenshot"));
+    let from = (chrono::Utc::now() - chrono::Duration::hours(1)).format("%Y-%m-%dT%H:%M").to_string();
+    browser.goto(&format!("{base}/console/reports?report=approvals&from={from}")).await.expect("reports");
+    browser.wait().for_element(Locator::Css("#report tr.row")).await.expect("the approvals report");
+    screenshot("console-reports.png", &browser.screenshot().await.expect("screenshot"));
+    browser.goto(&format!("{base}/console/policy")).await.expect("policy");
+    browser.wait().for_element(Locator::Id("live-policy")).await.expect("the policy in force");
+    labelled(&browser.source().await.expect("source"));
+    screenshot("console-policy.png", &browser.screenshot().await.expect("screenshot"));
 
     browser.find(Locator::Id("sign-out")).await.expect("sign out").click().await.expect("sign out");
     browser.wait().for_element(Locator::Id("message")).await.expect("signed out");
