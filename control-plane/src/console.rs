@@ -262,6 +262,20 @@ pub async fn signed_in(state: &AppState, headers: &HeaderMap) -> Result<Person, 
     }
 }
 
+/// The signed-in person when they hold one of `roles` (`needs` says what for, in the refusal).
+pub async fn signed_in_as(
+    state: &AppState,
+    headers: &HeaderMap,
+    roles: &[Role],
+    needs: &str,
+) -> Result<Person, Response> {
+    let person = signed_in(state, headers).await?;
+    if !person.can(roles) {
+        return Err(pages::message(StatusCode::FORBIDDEN, "Refused", needs));
+    }
+    Ok(person)
+}
+
 /// Start a sign-in: remember the state, PKCE verifier and nonce, and send the browser to the
 /// identity provider.
 async fn login(State(state): State<AppState>) -> Response {

@@ -106,6 +106,21 @@ const DEVICE_INTERVAL: Duration = Duration::from_secs(1);
 /// The grant type a device client polls with.
 pub const DEVICE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
 
+impl People {
+    /// A test user's password, compared in constant time.
+    fn check_password(&self, user: &str, password: &str) -> Result<(), String> {
+        let valid = self
+            .users
+            .get(user)
+            .is_some_and(|(expected, _)| crate::web::same_secret(expected.as_bytes(), password.as_bytes()));
+        if valid {
+            Ok(())
+        } else {
+            Err("unknown user name or wrong password".into())
+        }
+    }
+}
+
 /// A code handed to a client, for one exchange within a minute.
 struct IssuedCode {
     client_id: String,
@@ -349,13 +364,7 @@ impl DevIssuer {
     /// Check the user's password and send the browser back to the client with a code.
     fn sign_in(&self, login: &Login) -> Result<String, String> {
         let mut people = self.people();
-        let valid = people
-            .users
-            .get(&login.username)
-            .is_some_and(|(password, _)| crate::web::same_secret(password.as_bytes(), login.password.as_bytes()));
-        if !valid {
-            return Err("unknown user name or wrong password".into());
-        }
+        people.check_password(&login.username, &login.password)?;
         let code = random_token()?;
         let now = Instant::now();
         people.codes.retain(|_, c| c.until > now);
@@ -484,13 +493,7 @@ impl DevIssuer {
     /// and allow or deny.
     fn answer_device(&self, login: &DeviceLogin) -> Result<&'static str, String> {
         let mut people = self.people();
-        let valid = people
-            .users
-            .get(&login.username)
-            .is_some_and(|(password, _)| crate::web::same_secret(password.as_bytes(), login.password.as_bytes()));
-        if !valid {
-            return Err("unknown user name or wrong password".into());
-        }
+        people.check_password(&login.username, &login.password)?;
         let typed = normalize_user_code(&login.user_code);
         let now = Instant::now();
         let grant = people

@@ -7,11 +7,9 @@
 //! before it signs and publishes one); anything else on the subject is refused and counted.
 
 use crate::control::ControlTrust;
-use futures_util::StreamExt;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
-use tollgate_shared::control::{ControlKind, SIGNATURE_HEADER};
 use tollgate_shared::event::{ApprovalDecided, Envelope};
 use tollgate_shared::identity::AgentIdentity;
 use tollgate_shared::names;
@@ -35,23 +33,16 @@ impl ApprovalHub {
         client: async_nats::Client,
         trust: Arc<ControlTrust>,
     ) -> anyhow::Result<(Arc<ApprovalHub>, tokio::task::JoinHandle<()>)> {
-        let mut decisions = client.subscribe(names::decisions_subject()).await?;
         let hub = Arc::new(ApprovalHub::default());
-        let weak: Weak<ApprovalHub> = Arc::downgrade(&hub);
-        let task = tokio::spawn(async move {
-            while let Some(message) = decisions.next().await {
-                let Some(hub) = weak.upgrade() else { return };
-                // Only decisions the control plane signed count.
-                let signature = message.headers.as_ref().and_then(|h| h.get(SIGNATURE_HEADER)).map(|v| v.as_str());
-                match signature {
-                    Some(signature) => match trust.key.verify(ControlKind::Event, &message.payload, signature) {
-                        Ok(()) => hub.dispatch(&message.payload),
-                        Err(e) => trust.refuse(&format!("approval decision {e}")),
-                    },
-                    None => trust.refuse("approval decision not signed"),
-                }
-            }
-        });
+        let task = crate::control::follow_signed(
+            &client,
+            names::decisions_subject(),
+            trust,
+            "approval decision",
+            Arc::downgrade(&hub),
+            ApprovalHub::dispatch,
+        )
+        .await?;
         Ok((hub, task))
     }
 

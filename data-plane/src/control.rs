@@ -26,3 +26,31 @@ impl ControlTrust {
         self.refused.load(Ordering::Relaxed)
     }
 }
+
+/// Follow `subject` until `hub` is dropped: every message the control plane signed goes to
+/// `deliver`; anything else is refused and counted (`what` names it in the log).
+pub async fn follow_signed<T: Send + Sync + 'static>(
+    client: &async_nats::Client,
+    subject: String,
+    trust: std::sync::Arc<ControlTrust>,
+    what: &'static str,
+    hub: std::sync::Weak<T>,
+    deliver: fn(&T, &[u8]),
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    use futures_util::StreamExt;
+    use tollgate_shared::control::{ControlKind, SIGNATURE_HEADER};
+    let mut messages = client.subscribe(subject).await?;
+    Ok(tokio::spawn(async move {
+        while let Some(message) = messages.next().await {
+            let Some(hub) = hub.upgrade() else { return };
+            let signature = message.headers.as_ref().and_then(|h| h.get(SIGNATURE_HEADER)).map(|v| v.as_str());
+            match signature {
+                Some(signature) => match trust.key.verify(ControlKind::Event, &message.payload, signature) {
+                    Ok(()) => deliver(&hub, &message.payload),
+                    Err(e) => trust.refuse(&format!("{what} {e}")),
+                },
+                None => trust.refuse(&format!("{what} not signed")),
+            }
+        }
+    }))
+}

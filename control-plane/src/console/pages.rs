@@ -2,7 +2,7 @@
 //! so), every form control labelled, and every page whole without script. One small script of
 //! the console's own (`live.js`) keeps the inbox and the session list current.
 
-use super::{signed_in, Person};
+use super::{signed_in_as, Person};
 use crate::api::AppState;
 use crate::web::{escape, escape_shown};
 use axum::extract::rejection::QueryRejection;
@@ -109,17 +109,17 @@ pub async fn inbox(
     headers: HeaderMap,
     query: Result<Query<InboxQuery>, QueryRejection>,
 ) -> Response {
-    let person = match signed_in(&state, &headers).await {
+    let person = match signed_in_as(
+        &state,
+        &headers,
+        crate::api::READ_APPROVAL_ROLES,
+        "The approvals inbox needs the reviewer, auditor or approver role.",
+    )
+    .await
+    {
         Ok(p) => p,
         Err(page) => return page,
     };
-    if !person.can(crate::api::READ_APPROVAL_ROLES) {
-        return message(
-            StatusCode::FORBIDDEN,
-            "Refused",
-            "The approvals inbox needs the reviewer, auditor or approver role.",
-        );
-    }
     let pending = match crate::api::approvals::pending(&state).await {
         Ok(p) => p,
         Err(e) => return super::internal(e),
@@ -237,13 +237,13 @@ pub async fn sessions(
     headers: HeaderMap,
     query: Result<Query<SessionFilter>, QueryRejection>,
 ) -> Response {
-    let person = match signed_in(&state, &headers).await {
-        Ok(p) => p,
-        Err(page) => return page,
-    };
-    if !person.can(crate::api::READ_ROLES) {
-        return message(StatusCode::FORBIDDEN, "Refused", "Sessions need the reviewer or auditor role.");
-    }
+    let person =
+        match signed_in_as(&state, &headers, crate::api::READ_ROLES, "Sessions need the reviewer or auditor role.")
+            .await
+        {
+            Ok(p) => p,
+            Err(page) => return page,
+        };
     let Ok(Query(filter)) = query else {
         return message(StatusCode::BAD_REQUEST, "Refused", "Malformed filter.");
     };
@@ -340,13 +340,13 @@ pub async fn session(
     id: Result<axum::extract::Path<uuid::Uuid>, axum::extract::rejection::PathRejection>,
     query: Result<Query<SessionPageQuery>, QueryRejection>,
 ) -> Response {
-    let person = match signed_in(&state, &headers).await {
-        Ok(p) => p,
-        Err(page) => return page,
-    };
-    if !person.can(crate::api::READ_ROLES) {
-        return message(StatusCode::FORBIDDEN, "Refused", "Sessions need the reviewer or auditor role.");
-    }
+    let person =
+        match signed_in_as(&state, &headers, crate::api::READ_ROLES, "Sessions need the reviewer or auditor role.")
+            .await
+        {
+            Ok(p) => p,
+            Err(page) => return page,
+        };
     let Ok(axum::extract::Path(id)) = id else {
         return message(StatusCode::NOT_FOUND, "Not found", "No such session.");
     };

@@ -3,7 +3,7 @@
 //! Both read through the API's own handlers, so a page and an API call never disagree.
 
 use super::pages::{filter_time, message, page};
-use super::signed_in;
+use super::signed_in_as;
 use crate::api::reviews::{ReviewQuery, WhoRanQuery};
 use crate::api::AppState;
 use crate::web::{escape, escape_shown};
@@ -105,13 +105,17 @@ pub async fn reports(
     headers: HeaderMap,
     query: Result<Query<ReportForm>, QueryRejection>,
 ) -> Response {
-    let person = match signed_in(&state, &headers).await {
+    let person = match signed_in_as(
+        &state,
+        &headers,
+        crate::api::READ_ROLES,
+        "Reports need the reviewer or auditor role.",
+    )
+    .await
+    {
         Ok(p) => p,
         Err(page) => return page,
     };
-    if !person.can(crate::api::READ_ROLES) {
-        return message(StatusCode::FORBIDDEN, "Refused", "Reports need the reviewer or auditor role.");
-    }
     let Ok(Query(form)) = query else {
         return message(StatusCode::BAD_REQUEST, "Refused", "Malformed report request.");
     };
@@ -232,13 +236,13 @@ pub async fn reports(
 
 /// The policy in force, and every version with who made it, when, why and what it changed.
 pub async fn policy(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let person = match signed_in(&state, &headers).await {
-        Ok(p) => p,
-        Err(page) => return page,
-    };
-    if !person.can(crate::api::READ_ROLES) {
-        return message(StatusCode::FORBIDDEN, "Refused", "The policy needs the reviewer or auditor role.");
-    }
+    let person =
+        match signed_in_as(&state, &headers, crate::api::READ_ROLES, "The policy needs the reviewer or auditor role.")
+            .await
+        {
+            Ok(p) => p,
+            Err(page) => return page,
+        };
     let versions = match crate::api::policy::list_versions(State(state.clone())).await {
         Ok(axum::Json(versions)) => versions,
         Err(e) => return super::internal(e),

@@ -8,11 +8,9 @@
 //! subject is refused and counted, as decisions are.
 
 use crate::control::ControlTrust;
-use futures_util::StreamExt;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
-use tollgate_shared::control::{ControlKind, SIGNATURE_HEADER};
 use tollgate_shared::event::{kind, Envelope, SessionEndRequested};
 use tollgate_shared::names;
 use uuid::Uuid;
@@ -56,22 +54,16 @@ impl SessionStops {
         client: async_nats::Client,
         trust: Arc<ControlTrust>,
     ) -> anyhow::Result<(Arc<SessionStops>, tokio::task::JoinHandle<()>)> {
-        let mut requests = client.subscribe(names::session_ends_subject()).await?;
         let stops = Arc::new(SessionStops::default());
-        let weak: Weak<SessionStops> = Arc::downgrade(&stops);
-        let task = tokio::spawn(async move {
-            while let Some(message) = requests.next().await {
-                let Some(stops) = weak.upgrade() else { return };
-                let signature = message.headers.as_ref().and_then(|h| h.get(SIGNATURE_HEADER)).map(|v| v.as_str());
-                match signature {
-                    Some(signature) => match trust.key.verify(ControlKind::Event, &message.payload, signature) {
-                        Ok(()) => stops.dispatch(&message.payload),
-                        Err(e) => trust.refuse(&format!("session end request {e}")),
-                    },
-                    None => trust.refuse("session end request not signed"),
-                }
-            }
-        });
+        let task = crate::control::follow_signed(
+            &client,
+            names::session_ends_subject(),
+            trust,
+            "session end request",
+            Arc::downgrade(&stops),
+            SessionStops::dispatch,
+        )
+        .await?;
         Ok((stops, task))
     }
 
