@@ -202,7 +202,8 @@ pub async fn reports(
     if items.is_empty() {
         body.push_str(r#"<p id="no-rows">Nothing in this period.</p>"#);
     } else {
-        let columns: Vec<String> = items[0].as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default();
+        let columns: Vec<String> =
+            items.first().and_then(|first| first.as_object()).map(|o| o.keys().cloned().collect()).unwrap_or_default();
         body.push_str(r#"<table id="report"><thead><tr>"#);
         for column in &columns {
             let _ = write!(body, "<th scope=col>{}</th>", escape(column));
