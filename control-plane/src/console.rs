@@ -284,19 +284,21 @@ async fn login(State(state): State<AppState>) -> Response {
         Ok(c) => c,
         Err(page) => return page,
     };
-    // Each call stores a sign-in under way for ten minutes: their number is bounded, so a
-    // flood of calls cannot grow the table without end.
-    let pending: i64 = match sqlx::query_scalar("SELECT count(*) FROM console_logins").fetch_one(&state.db).await {
-        Ok(n) => n,
+    // Each call stores a sign-in under way for ten minutes: their number is bounded (the oldest
+    // give way), so a flood of calls neither grows the table without end nor locks people out.
+    let evicted = sqlx::query(
+        "DELETE FROM console_logins WHERE state_hash IN (SELECT state_hash FROM console_logins
+         ORDER BY expires_at DESC OFFSET $1)",
+    )
+    .bind(MAX_PENDING_LOGINS - 1)
+    .execute(&state.db)
+    .await;
+    match evicted {
+        Ok(done) if done.rows_affected() > 0 => {
+            tracing::warn!(evicted = done.rows_affected(), "console: too many sign-ins under way; the oldest dropped")
+        }
+        Ok(_) => {}
         Err(e) => return internal(e),
-    };
-    if pending >= MAX_PENDING_LOGINS {
-        tracing::warn!(pending, "console sign-ins refused: too many under way");
-        return pages::message(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Sign-in unavailable",
-            "Too many sign-ins are under way; try again in a few minutes.",
-        );
     }
     let client = match console.client(false).await {
         Ok(c) => c,

@@ -101,6 +101,8 @@ enum DeviceAnswer {
 
 /// How long a device code and its user code last.
 const DEVICE_TTL: Duration = Duration::from_secs(600);
+/// Device sign-ins under way at once.
+const MAX_DEVICE_GRANTS: usize = 1000;
 /// The polling interval device clients are told to keep.
 const DEVICE_INTERVAL: Duration = Duration::from_secs(1);
 /// The grant type a device client polls with.
@@ -443,6 +445,9 @@ impl DevIssuer {
         let user_code = user_code().map_err(|_| "server_error")?;
         let now = Instant::now();
         people.devices.retain(|_, d| d.until > now);
+        if people.devices.len() >= MAX_DEVICE_GRANTS {
+            return Err("slow_down");
+        }
         people.devices.insert(
             device_code.clone(),
             DeviceGrant {

@@ -176,6 +176,14 @@ async fn the_cli_signs_a_person_in_with_the_device_grant_and_uses_the_token() {
     std::fs::remove_file(&stored).expect("unlink");
     std::fs::rename(&kept_aside, &stored).expect("put back");
 
+    // A person's kept sign-in is never handed to an SSH gateway (ssh-cert takes an agent's token).
+    let cert =
+        tollgate(&stack, home.path(), &["ssh-cert", "--gateway", "127.0.0.1:9", "--gateway-key", "x", "-i", path])
+            .output()
+            .expect("runs");
+    assert_eq!(cert.status.code(), Some(2), "{cert:?}");
+    assert!(String::from_utf8_lossy(&cert.stderr).contains("needs the agent's token"), "{cert:?}");
+
     // Signing out forgets the token.
     let out = tollgate(&stack, home.path(), &["logout"]).output().expect("runs");
     assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("signed out"), "{out:?}");

@@ -204,6 +204,11 @@ async fn main() -> std::process::ExitCode {
             }
         },
         (None, Ok(t)) => t,
+        // An agent's token only: a person's kept sign-in is for the API, never for a gateway.
+        (None, Err(_)) if matches!(args.command, Command::SshCert { .. }) => {
+            eprintln!("tollgate: ssh-cert needs the agent's token: --token-file or TOLLGATE_TOKEN");
+            return std::process::ExitCode::from(2);
+        }
         (None, Err(_)) => match cli::login::default_path().and_then(|path| cli::login::load(&path, &args.api)) {
             Ok(credentials) => credentials.access_token,
             Err(e) => {

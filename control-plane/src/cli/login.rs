@@ -161,10 +161,24 @@ pub fn api_origin(api: &str) -> Result<String, CliError> {
     Ok(url.origin().ascii_serialization())
 }
 
-/// Refuse a directory others may write (they could swap the credentials file).
+/// The user this process runs as (the owner of `/proc/self`), where the system says.
+fn my_uid() -> Result<Option<u32>, CliError> {
+    use std::os::unix::fs::MetadataExt;
+    if cfg!(target_os = "linux") {
+        return Ok(Some(std::fs::metadata("/proc/self").map_err(|e| failed("/proc/self", e))?.uid()));
+    }
+    Ok(None)
+}
+
+/// Refuse a directory of another user, or one others may write (they could swap the
+/// credentials file).
 fn private_dir(dir: &Path) -> Result<(), CliError> {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(dir).map_err(|e| failed(&dir.display().to_string(), e))?.permissions().mode();
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = std::fs::metadata(dir).map_err(|e| failed(&dir.display().to_string(), e))?;
+    if my_uid()?.is_some_and(|me| meta.uid() != me) {
+        return Err(CliError::Input(format!("{} belongs to another user", dir.display())));
+    }
+    let mode = meta.permissions().mode();
     if mode & 0o022 != 0 {
         return Err(CliError::Input(format!(
             "{} may be written by others (mode {:o}): keep credentials in a private directory",
@@ -226,13 +240,8 @@ pub fn load(path: &Path, api: &str) -> Result<Credentials, CliError> {
     if !entry.file_type().is_file() || (entry.dev(), entry.ino()) != (opened.dev(), opened.ino()) {
         return Err(CliError::Input(format!("{} is not a plain file: run `tollgate login` again", path.display())));
     }
-    #[cfg(target_os = "linux")]
-    {
-        // /proc/self belongs to the process's user.
-        let me = std::fs::metadata("/proc/self").map_err(|e| failed("/proc/self", e))?.uid();
-        if opened.uid() != me {
-            return Err(CliError::Input(format!("{} belongs to another user", path.display())));
-        }
+    if my_uid()?.is_some_and(|me| opened.uid() != me) {
+        return Err(CliError::Input(format!("{} belongs to another user", path.display())));
     }
     let mode = opened.permissions().mode();
     if mode & 0o077 != 0 {
