@@ -170,23 +170,29 @@ fn my_uid() -> Result<Option<u32>, CliError> {
     Ok(None)
 }
 
-/// Refuse a directory of another user, or one others may write (they could swap the
-/// credentials file).
-fn private_dir(dir: &Path) -> Result<(), CliError> {
+/// Refuse `path` (described by `meta`) when another user owns it or its mode has any of
+/// `open_bits` (what they let others do: `open_to`; what to do about it: `advice`).
+fn private(path: &Path, meta: &std::fs::Metadata, open_bits: u32, open_to: &str, advice: &str) -> Result<(), CliError> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let meta = std::fs::metadata(dir).map_err(|e| failed(&dir.display().to_string(), e))?;
     if my_uid()?.is_some_and(|me| meta.uid() != me) {
-        return Err(CliError::Input(format!("{} belongs to another user", dir.display())));
+        return Err(CliError::Input(format!("{} belongs to another user", path.display())));
     }
     let mode = meta.permissions().mode();
-    if mode & 0o022 != 0 {
+    if mode & open_bits != 0 {
         return Err(CliError::Input(format!(
-            "{} may be written by others (mode {:o}): keep credentials in a private directory",
-            dir.display(),
+            "{} may be {open_to} by others (mode {:o}): {advice}",
+            path.display(),
             mode & 0o777
         )));
     }
     Ok(())
+}
+
+/// Refuse a directory of another user, or one others may write (they could swap the
+/// credentials file).
+fn private_dir(dir: &Path) -> Result<(), CliError> {
+    let meta = std::fs::metadata(dir).map_err(|e| failed(&dir.display().to_string(), e))?;
+    private(dir, &meta, 0o022, "written", "keep credentials in a private directory")
 }
 
 /// Where the credentials live: `$TOLLGATE_CREDENTIALS`, else `tollgate/credentials.json` in
@@ -228,7 +234,7 @@ pub fn store(path: &Path, credentials: &Credentials) -> Result<(), CliError> {
 /// when the sign-in has expired.
 pub fn load(path: &Path, api: &str) -> Result<Credentials, CliError> {
     use std::io::Read;
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::os::unix::fs::MetadataExt;
     let not_signed_in = |e: std::io::Error| {
         CliError::Input(format!("not signed in ({}: {e}): run `tollgate login` or give a token", path.display()))
     };
@@ -240,17 +246,7 @@ pub fn load(path: &Path, api: &str) -> Result<Credentials, CliError> {
     if !entry.file_type().is_file() || (entry.dev(), entry.ino()) != (opened.dev(), opened.ino()) {
         return Err(CliError::Input(format!("{} is not a plain file: run `tollgate login` again", path.display())));
     }
-    if my_uid()?.is_some_and(|me| opened.uid() != me) {
-        return Err(CliError::Input(format!("{} belongs to another user", path.display())));
-    }
-    let mode = opened.permissions().mode();
-    if mode & 0o077 != 0 {
-        return Err(CliError::Input(format!(
-            "{} may be read by others (mode {:o}): run `tollgate login` again",
-            path.display(),
-            mode & 0o777
-        )));
-    }
+    private(path, &opened, 0o077, "read", "run `tollgate login` again")?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         private_dir(dir)?;
     }
