@@ -42,6 +42,8 @@ pub struct Masker {
     /// Every detector's literal gates; `literal_owner[pattern]` is the detector it opens.
     literals: AhoCorasick,
     literal_owner: Vec<usize>,
+    /// Whether any detector has a shaped gate (else no value's shape is measured).
+    shaped: bool,
     columns: Vec<(String, Option<String>)>,
     allow: HashSet<Vec<u8>>,
     /// Values shorter than this cannot hold anything a detector finds.
@@ -177,6 +179,7 @@ impl Masker {
         Ok(Masker {
             literals,
             literal_owner,
+            shaped: detectors.iter().any(|d| matches!(d.gate, Some(gate) if !matches!(gate, Gate::Literal(_)))),
             min_len: if policy.custom.is_empty() { BUILTIN_MIN_LEN } else { 1 },
             detectors,
             columns,
@@ -296,7 +299,7 @@ impl Masker {
         if text.len() < self.min_len || self.detectors.is_empty() {
             return;
         }
-        let shape = Shape::of(text);
+        let shape = if self.shaped { Shape::of(text) } else { Shape::default() };
         // Built-in detectors come first, so every gated one has an index below 64.
         let mut literal_hits = 0u64;
         // No literal gate (custom detectors only): no scan at all.
@@ -352,15 +355,16 @@ struct Span {
 /// The shapes gates look for, measured in one pass. Each is a necessary condition for its
 /// detector's pattern and check to find something (`gates_never_hide_a_finding` compares every
 /// detector with and without its gate on generated values).
-#[derive(Default)]
+#[derive(Default, Debug, PartialEq)]
 struct Shape {
     digit_run: usize,
     base64_run: usize,
     /// A run of token characters of at least 24 holding both an upper- and a lower-case letter
     /// (what `opaque_token` needs of a whole run).
     mixed_token: bool,
-    /// An IBAN's start (two letters of a country that issues IBANs, two digits) followed by at
-    /// least 15 letters and digits in all, single spaces allowed between them.
+    /// An IBAN's start (two letters of a country that issues IBANs, two digits) followed by
+    /// that country's length of letters and digits in all (single spaces allowed between them)
+    /// and then no letter or digit (see [`iban_may_end`]).
     iban: bool,
     /// Digit groups written as a phone number: `+` and 8 digits among `0-9 .()-`, or
     /// `(ddd) ddd-dddd` (3, 3 and 4 digits, `)` and one of ` .-` between them).
@@ -430,15 +434,22 @@ impl Group {
 
 impl Shape {
     fn of(text: &[u8]) -> Shape {
+        if text.len() <= 64 {
+            Shape::of_bits(text)
+        } else {
+            Shape::of_bytes(text)
+        }
+    }
+
+    /// The shape measured byte by byte, for values of any length.
+    fn of_bytes(text: &[u8]) -> Shape {
         let mut shape = Shape::default();
         // Runs are kept as where they started, so letters and digits (most of every value) only
         // move the digit counters; a run's length is measured when it ends.
-        let (mut token_from, mut base64_from, mut alnum_from) = (0usize, 0usize, 0usize);
+        let (mut token_from, mut base64_from) = (0usize, 0usize);
         // Digits in the current run of digit groups with single spaces or dashes between them;
         // whether the byte before was such a separator.
         let (mut digit_run, mut digit_sep) = (0usize, false);
-        // Whether the byte before was a single space inside an alphanumeric run.
-        let mut alnum_sep = false;
         // Digits ending here (the current digit group).
         let mut group = 0usize;
         // The last two digit groups that ended at a separator.
@@ -448,8 +459,6 @@ impl Shape {
         // The letter (1) / digit (2) / other (0) classes of the last three bytes, two bits each,
         // for the IBAN start: letter, letter, digit, then this digit.
         let mut last = 0u8;
-        // Where the first IBAN start in the current alphanumeric run is.
-        let mut iban_from: Option<usize> = None;
         // 1 + the digits since the last `+` while only phone separators came between them;
         // 0 when there is no such `+`.
         let mut plus = 0usize;
@@ -463,15 +472,14 @@ impl Shape {
                 group = (group + 1) * digit;
                 plus = (plus + usize::from(plus != 0)) * digit;
                 digit_sep = false;
-                alnum_sep = false;
                 token_cases |= classes & (UPPER | LOWER);
                 shape.digit_run = shape.digit_run.max(digit_run);
                 shape.phone |= plus >= 9;
                 if group == 4 {
                     shape.chain(text, &groups, i - 3);
                 }
-                if digit == 1 && last == 0b01_01_10 && iban_from.is_none() && iban_country(text[i - 3], text[i - 2]) {
-                    iban_from = Some(i - 3);
+                if digit == 1 && last == 0b01_01_10 && iban_country(text[i - 3], text[i - 2]) {
+                    shape.iban |= iban_may_end(text, i - 3);
                 }
             } else {
                 if group > 0 {
@@ -489,13 +497,6 @@ impl Shape {
                 } else if classes & PHONE_SEP == 0 {
                     plus = 0;
                 }
-                if b == b' ' && i > alnum_from && !alnum_sep {
-                    alnum_sep = true;
-                } else {
-                    shape.end_alnum(iban_from.take(), i);
-                    alnum_from = i + 1;
-                    alnum_sep = false;
-                }
                 if classes & TOKEN == 0 {
                     shape.end_token(i - token_from, token_cases);
                     token_from = i + 1;
@@ -509,16 +510,71 @@ impl Shape {
             last = ((last << 2) | class) & 0b11_11_11;
         }
         let end = text.len();
-        shape.end_alnum(iban_from, end);
         shape.end_token(end - token_from, token_cases);
         shape.base64_run = shape.base64_run.max(end - base64_from);
         shape
     }
 
-    /// An alphanumeric run ended at `end`: the IBAN shape needs 15 bytes from its start (the
-    /// pattern's letters and digits, and at most as many single spaces).
-    fn end_alnum(&mut self, iban_from: Option<usize>, end: usize) {
-        self.iban |= iban_from.is_some_and(|from| end - from >= 15);
+    /// The shape of a value of at most 64 bytes, measured on bit masks (bit `i` of each class
+    /// mask is byte `i`): the classes of eight bytes at a time are transposed into the masks,
+    /// then runs are found with bit counts, so letters and digits cost no branch and no counter
+    /// each. Equal to [`Shape::of_bytes`] (`bit_masks_measure_what_bytes_measure`).
+    fn of_bits(text: &[u8]) -> Shape {
+        let m = BitClasses::of(text);
+        let mut shape = Shape::default();
+        // Digit groups with single spaces or dashes between them: a separator counts when a
+        // digit comes before it; a chain's length is its digits.
+        let chains = m.digit | (m.sep & (m.digit << 1));
+        for (start, len) in runs(chains) {
+            // A chain holds at most as many digits as bytes: count only those that may be longer.
+            if len as usize > shape.digit_run {
+                shape.digit_run = shape.digit_run.max((m.digit & run_mask(start, len)).count_ones() as usize);
+            }
+        }
+        shape.base64_run = runs(m.base64).map(|(_, len)| len as usize).max().unwrap_or(0);
+        if m.upper != 0 && m.lower != 0 {
+            shape.mixed_token = runs(m.token).any(|(start, len)| {
+                len >= 24 && m.upper & run_mask(start, len) != 0 && m.lower & run_mask(start, len) != 0
+            });
+        }
+        // IBAN starts: letter, letter, digit, digit.
+        let letter = m.alnum & !m.digit;
+        let starts = letter & (letter >> 1) & (m.digit >> 2) & (m.digit >> 3);
+        shape.iban = bits(starts).any(|at| iban_country(text[at], text[at + 1]) && iban_may_end(text, at));
+        if text.contains(&b'+') {
+            shape.phone = plus_phone(text);
+        }
+        // Groups of at least 4 digits (where four digits start and no digit comes before), with
+        // the two groups before them.
+        let four = m.digit & (m.digit >> 1) & (m.digit >> 2) & (m.digit >> 3) & !(m.digit << 1);
+        for third in bits(four) {
+            shape.chain_at(text, m.digit, third);
+        }
+        shape
+    }
+
+    /// [`Shape::chain`] on masks: the digit group starting at `third` has at least 4 digits.
+    fn chain_at(&mut self, text: &[u8], digit: u64, third: usize) {
+        // The length of the digit group ending just before `end`.
+        let group_before = |end: usize| if end == 0 { 0 } else { (!(digit << (64 - end))).leading_zeros() as usize };
+        let one_of = |at: usize, set: &[u8]| set.contains(&text[at]);
+        if third < 2 {
+            return;
+        }
+        let second_len = group_before(third - 1);
+        if second_len == 0 {
+            return;
+        }
+        let second = third - 1 - second_len;
+        if second >= 2 && one_of(second - 1, b"- ") && one_of(third - 1, b"- ") {
+            self.ssn |= second_len == 2 && group_before(second - 1) >= 3;
+        }
+        if second_len == 3 && one_of(third - 1, b" .-") && second >= 2 {
+            let direct = one_of(second - 1, b" .-") && group_before(second - 1) == 3;
+            let after_paren =
+                second >= 3 && one_of(second - 1, b" .-") && text[second - 2] == b')' && group_before(second - 2) == 3;
+            self.phone |= direct || after_paren;
+        }
     }
 
     /// A token run of `len` ended, holding the letter cases `cases`.
@@ -554,6 +610,167 @@ impl Shape {
             Gate::Base64Run(n) => self.base64_run >= n,
         }
     }
+}
+
+/// `+` and then 8 digits with only ` .()-` between them.
+fn plus_phone(text: &[u8]) -> bool {
+    text.iter().enumerate().filter(|(_, &b)| b == b'+').any(|(at, _)| {
+        let mut digits = 0;
+        for &b in &text[at + 1..] {
+            let classes = CLASSES[usize::from(b)];
+            if classes & DIGIT != 0 {
+                digits += 1;
+                if digits >= 8 {
+                    return true;
+                }
+            } else if classes & PHONE_SEP == 0 {
+                return false;
+            }
+        }
+        false
+    })
+}
+
+/// The classes of a value of at most 64 bytes as one mask each: bit `i` is byte `i`.
+#[derive(Default)]
+struct BitClasses {
+    digit: u64,
+    alnum: u64,
+    upper: u64,
+    lower: u64,
+    token: u64,
+    base64: u64,
+    /// A space or a dash (between digit groups).
+    sep: u64,
+}
+
+/// The bit of each class in [`BIT_CLASSES`], in the order of [`BitClasses`]' fields.
+const BIT_CLASSES: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        let mut class = 0u8;
+        if c.is_ascii_digit() {
+            class |= 1;
+        }
+        if c.is_ascii_alphanumeric() {
+            class |= 2;
+        }
+        if c.is_ascii_uppercase() {
+            class |= 4;
+        }
+        if c.is_ascii_lowercase() {
+            class |= 8;
+        }
+        if CLASSES[b] & TOKEN != 0 {
+            class |= 16;
+        }
+        if CLASSES[b] & BASE64 != 0 {
+            class |= 32;
+        }
+        if c == b' ' || c == b'-' {
+            class |= 64;
+        }
+        table[b] = class;
+        b += 1;
+    }
+    table
+};
+
+impl BitClasses {
+    fn of(text: &[u8]) -> BitClasses {
+        let mut classes = [0u8; 64];
+        for (class, &b) in classes.iter_mut().zip(text) {
+            *class = BIT_CLASSES[usize::from(b)];
+        }
+        let mut masks = [0u64; 7];
+        for (word, eight) in classes[..text.len().div_ceil(8) * 8].chunks_exact(8).enumerate() {
+            let mut bytes = [0u8; 8];
+            bytes.copy_from_slice(eight);
+            // Byte k of the transposed word holds bit k of each of the eight bytes.
+            let transposed = transpose8(u64::from_le_bytes(bytes));
+            for (k, mask) in masks.iter_mut().enumerate() {
+                *mask |= ((transposed >> (8 * k)) & 0xff) << (8 * word);
+            }
+        }
+        let [digit, alnum, upper, lower, token, base64, sep] = masks;
+        BitClasses { digit, alnum, upper, lower, token, base64, sep }
+    }
+}
+
+/// Transpose an 8x8 bit matrix held as eight bytes: bit `k` of byte `i` goes to bit `i` of
+/// byte `k`.
+fn transpose8(mut x: u64) -> u64 {
+    let t = (x ^ (x >> 7)) & 0x00AA_00AA_00AA_00AA;
+    x ^= t ^ (t << 7);
+    let t = (x ^ (x >> 14)) & 0x0000_CCCC_0000_CCCC;
+    x ^= t ^ (t << 14);
+    let t = (x ^ (x >> 28)) & 0x0000_0000_F0F0_F0F0;
+    x ^ t ^ (t << 28)
+}
+
+/// The maximal runs of set bits of a mask, as (first bit, length).
+fn runs(mut mask: u64) -> impl Iterator<Item = (u32, u32)> {
+    std::iter::from_fn(move || {
+        if mask == 0 {
+            return None;
+        }
+        let start = mask.trailing_zeros();
+        let len = (!(mask >> start)).trailing_zeros();
+        mask &= !run_mask(start, len);
+        Some((start, len))
+    })
+}
+
+/// The mask of `len` bits from bit `start` (`start + len <= 64`).
+fn run_mask(start: u32, len: u32) -> u64 {
+    if len == 64 {
+        u64::MAX
+    } else {
+        ((1u64 << len) - 1) << start
+    }
+}
+
+/// The positions of the set bits of a mask.
+fn bits(mut mask: u64) -> impl Iterator<Item = usize> {
+    std::iter::from_fn(move || {
+        if mask == 0 {
+            return None;
+        }
+        let at = mask.trailing_zeros() as usize;
+        mask &= mask - 1;
+        Some(at)
+    })
+}
+
+/// Whether the IBAN check can accept an IBAN starting at `start`: the check wants exactly the
+/// country's length of letters and digits, single spaces allowed between them as the pattern
+/// writes them, and then no letter or digit. (The pattern's match is at most 34 letters and
+/// digits and the check reads only the match, so a country of 34 would end any longer run.)
+fn iban_may_end(text: &[u8], start: usize) -> bool {
+    let Some(want) = checks::iban_length([text[start].to_ascii_uppercase(), text[start + 1].to_ascii_uppercase()])
+    else {
+        return false;
+    };
+    if want >= 34 {
+        return true;
+    }
+    let (mut count, mut after_space) = (0, false);
+    for (at, &b) in text.iter().enumerate().skip(start) {
+        if b.is_ascii_alphanumeric() {
+            count += 1;
+            after_space = false;
+            if count == want {
+                return text.get(at + 1).is_none_or(|next| !next.is_ascii_alphanumeric());
+            }
+        } else if b == b' ' && !after_space {
+            after_space = true;
+        } else {
+            return false;
+        }
+    }
+    false
 }
 
 /// Whether two letters (either case) are a country code that issues IBANs.

@@ -328,13 +328,17 @@ pub fn entropy(bytes: &[u8]) -> f64 {
 /// UUIDs, random ids) decode to binary: the first bytes, decoded on the stack, tell.
 pub fn decode(candidate: &[u8]) -> Option<String> {
     let hex_body = candidate.strip_prefix(b"\\x").unwrap_or(candidate);
-    if hex_body.len().is_multiple_of(2) && hex_body.iter().all(u8::is_ascii_hexdigit) {
+    if hex_body.len().is_multiple_of(2) {
+        // The head first: most hex is a digest or an id, rejected before the rest is read.
         let mut head = [0u8; PREFIX];
         let n = hex_body.len().min(2 * PREFIX) / 2;
+        let mut hex = true;
         for (i, pair) in hex_body[..2 * n].chunks_exact(2).enumerate() {
-            head[i] = nibble(pair[0]) << 4 | nibble(pair[1]);
+            let (high, low) = (nibble(pair[0]), nibble(pair[1]));
+            hex &= high < 16 && low < 16;
+            head[i] = high << 4 | low;
         }
-        if may_be_text(&head[..n]) {
+        if hex && may_be_text(&head[..n]) && hex_body.iter().all(u8::is_ascii_hexdigit) {
             if let Some(text) = hex::decode(hex_body).ok().and_then(printable) {
                 return Some(text);
             }
@@ -363,11 +367,13 @@ pub fn decode(candidate: &[u8]) -> Option<String> {
 /// Bytes decoded ahead to reject binary early.
 const PREFIX: usize = 12;
 
+/// A hex digit's value; 16 or more for any other byte.
 fn nibble(hex: u8) -> u8 {
     match hex {
         b'0'..=b'9' => hex - b'0',
         b'a'..=b'f' => hex - b'a' + 10,
-        _ => hex.wrapping_sub(b'A').wrapping_add(10),
+        b'A'..=b'F' => hex - b'A' + 10,
+        _ => 16,
     }
 }
 

@@ -450,3 +450,82 @@ fn decoding_ahead_rejects_only_binary() {
     assert_eq!(agreed, 40_000);
     assert!(found > 10_000, "the generated candidates hold text often enough to test both ways: {found}");
 }
+
+#[test]
+fn transpose8_moves_bit_k_of_byte_i_to_bit_i_of_byte_k() {
+    let mut rng = Xorshift(0x9E37_79B9_7F4A_7C15);
+    for _ in 0..1000 {
+        let x = (0..8).fold(0u64, |acc, _| (acc << 8) | rng.below(256) as u64);
+        let t = super::transpose8(x);
+        for i in 0..8 {
+            for k in 0..8 {
+                assert_eq!((x >> (8 * i + k)) & 1, (t >> (8 * k + i)) & 1, "{x:#018x}: byte {i} bit {k}");
+            }
+        }
+    }
+}
+
+#[test]
+fn runs_of_a_mask_cover_its_bits() {
+    assert_eq!(super::runs(u64::MAX).collect::<Vec<_>>(), vec![(0, 64)]);
+    assert_eq!(super::runs(0).count(), 0);
+    assert_eq!(super::runs(0b1101_1000_0001).collect::<Vec<_>>(), vec![(0, 1), (7, 2), (10, 2)]);
+    assert_eq!(super::runs(1 << 63).collect::<Vec<_>>(), vec![(63, 1)]);
+    assert_eq!(super::run_mask(7, 2), 0b1_1000_0000);
+    assert_eq!(super::run_mask(0, 64), u64::MAX);
+}
+
+/// The bit-mask shape pass (values of up to 64 bytes) measures exactly what the byte-by-byte
+/// one does: on values drawn from the bytes the shapes care about, of every length up to 64,
+/// and on the known secrets with edits.
+#[test]
+fn bit_masks_measure_what_bytes_measure() {
+    let alphabet = "0123456789012345678901234567890123456789  --.()+/_=\r\n\t:aAbBdDeEgGkKxXzZ\u{e9}'".as_bytes();
+    let mut rng = Xorshift(0xD1B5_4A32_D192_ED03);
+    // Digits and the separators of digit groups only, so SSN and phone shapes come up often.
+    let groups = b"0123456789 -().+a";
+    let mut opened = [0usize; 6];
+    for round in 0..200_000 {
+        let len = round % 65;
+        let alphabet = if round % 3 == 0 { &groups[..] } else { alphabet };
+        let mut text: Vec<u8> = (0..len).map(|_| alphabet[rng.below(alphabet.len())]).collect();
+        if round % 5 == 1 {
+            // An IBAN (with or without its spaces) somewhere in the value, often edited.
+            let iban: &[u8] = if round % 2 == 0 { b"DE89 3704 0044 0532 0130 00" } else { b"gb82west12345698765432" };
+            let at = rng.below(text.len().saturating_sub(iban.len()) + 1);
+            text.splice(at..(at + iban.len()).min(text.len()), iban.iter().copied());
+            text.truncate(64);
+            if rng.below(2) == 0 {
+                let edit = rng.below(text.len());
+                text[edit] = alphabet[rng.below(alphabet.len())];
+            }
+        }
+        let (bits, bytes) = (super::Shape::of_bits(&text), super::Shape::of_bytes(&text));
+        assert_eq!(bits, bytes, "{:?}", String::from_utf8_lossy(&text));
+        for (count, open) in opened.iter_mut().zip([
+            bytes.digit_run >= 13,
+            bytes.phone,
+            bytes.ssn,
+            bytes.iban,
+            bytes.mixed_token,
+            bytes.base64_run >= 12,
+        ]) {
+            *count += usize::from(open);
+        }
+    }
+    for text in [
+        "4111 1111 1111 1111",
+        "x 123 45 6789 y",
+        "(415) 555.0100",
+        "+49 (30) 1234-5678",
+        "ch93 0076 2011 6238 5295 7",
+        "aB3dE5fG7hJ9kL1mN3pQ5rS7",
+        "MTIzLTQ1LTY3ODk=",
+        "0f3a9c2e-41d7-7b21-8c3e-9d2a4f6b8e01",
+        "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+    ] {
+        assert_eq!(super::Shape::of_bits(text.as_bytes()), super::Shape::of_bytes(text.as_bytes()), "{text:?}");
+    }
+    // The positive control: the generated values open every shape many times.
+    assert!(opened.iter().all(|&n| n > 100), "{opened:?}");
+}
