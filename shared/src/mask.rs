@@ -39,9 +39,11 @@ pub const COLUMN_DETECTOR: &str = "column";
 /// A compiled masking policy for one resource.
 pub struct Masker {
     detectors: Vec<Detector>,
-    /// Every detector's literal gates; `literal_owner[pattern]` is the detector it opens.
-    literals: AhoCorasick,
-    literal_owner: Vec<usize>,
+    /// Every detector's literal gates.
+    literals: Literals,
+    /// Those spelled only in [`PLAIN`] bytes: all a plain value (an id, a digest, a timestamp)
+    /// can hold.
+    plain_literals: Literals,
     /// Whether any detector has a shaped gate (else no value's shape is measured).
     shaped: bool,
     columns: Vec<(String, Option<String>)>,
@@ -156,29 +158,27 @@ impl Masker {
             }
         }
         let mut words = Vec::new();
-        let mut literal_owner = Vec::new();
         for (index, detector) in detectors.iter().enumerate() {
             if let Some(Gate::Literal(list)) = detector.gate {
-                words.extend(list.iter().copied());
-                literal_owner.extend(std::iter::repeat_n(index, list.len()));
+                words.extend(list.iter().map(|word| (*word, index)));
             }
         }
-        // A DFA: one table lookup per byte for the overlapping scan every value gets.
-        let literals = AhoCorasick::builder()
-            .ascii_case_insensitive(true)
-            .kind(Some(aho_corasick::AhoCorasickKind::DFA))
-            .build(&words);
-        let literals = match literals {
-            Ok(literals) if problems.is_empty() => literals,
-            Ok(_) => return Err(problems),
-            Err(e) => {
+        let plain_words: Vec<(&str, usize)> = words
+            .iter()
+            .copied()
+            .filter(|(word, _)| word.bytes().all(|b| CLASSES[usize::from(b.to_ascii_lowercase())] & PLAIN != 0))
+            .collect();
+        let (literals, plain_literals) = match (Literals::new(&words), Literals::new(&plain_words)) {
+            (Ok(literals), Ok(plain)) if problems.is_empty() => (literals, plain),
+            (Ok(_), Ok(_)) => return Err(problems),
+            (Err(e), _) | (_, Err(e)) => {
                 problems.push(problem("detectors".into(), format!("detector literals do not build: {e}")));
                 return Err(problems);
             }
         };
         Ok(Masker {
             literals,
-            literal_owner,
+            plain_literals,
             shaped: detectors.iter().any(|d| matches!(d.gate, Some(gate) if !matches!(gate, Gate::Literal(_)))),
             min_len: if policy.custom.is_empty() { BUILTIN_MIN_LEN } else { 1 },
             detectors,
@@ -300,14 +300,7 @@ impl Masker {
             return;
         }
         let shape = if self.shaped { Shape::of(text) } else { Shape::default() };
-        // Built-in detectors come first, so every gated one has an index below 64.
-        let mut literal_hits = 0u64;
-        // No literal gate (custom detectors only): no scan at all.
-        if !self.literal_owner.is_empty() {
-            for hit in self.literals.find_overlapping_iter(text) {
-                literal_hits |= 1 << (self.literal_owner[hit.pattern().as_usize()] % 64);
-            }
-        }
+        let literal_hits = if shape.plain { &self.plain_literals } else { &self.literals }.hits(text);
         for (index, detector) in self.detectors.iter().enumerate() {
             let open = match detector.gate {
                 None => true,
@@ -352,6 +345,36 @@ struct Span {
     detector: usize,
 }
 
+/// Literal gates and the detector each opens, found in one Aho-Corasick scan.
+struct Literals {
+    scan: AhoCorasick,
+    owner: Vec<usize>,
+}
+
+impl Literals {
+    fn new(words: &[(&str, usize)]) -> Result<Literals, aho_corasick::BuildError> {
+        // A DFA: one table lookup per byte for the overlapping scan values get.
+        let scan = AhoCorasick::builder()
+            .ascii_case_insensitive(true)
+            .kind(Some(aho_corasick::AhoCorasickKind::DFA))
+            .build(words.iter().map(|(word, _)| word))?;
+        Ok(Literals { scan, owner: words.iter().map(|(_, owner)| *owner).collect() })
+    }
+
+    /// Bit `d` is set when a literal of detector `d` occurs (built-in detectors come first, so
+    /// every gated one has an index below 64).
+    fn hits(&self, text: &[u8]) -> u64 {
+        let mut hits = 0u64;
+        // No literal (custom detectors only, or nothing a plain value can hold): no scan.
+        if !self.owner.is_empty() {
+            for hit in self.scan.find_overlapping_iter(text) {
+                hits |= 1 << (self.owner[hit.pattern().as_usize()] % 64);
+            }
+        }
+        hits
+    }
+}
+
 /// The shapes gates look for, measured in one pass. Each is a necessary condition for its
 /// detector's pattern and check to find something (`gates_never_hide_a_finding` compares every
 /// detector with and without its gate on generated values).
@@ -372,6 +395,8 @@ struct Shape {
     /// Digit groups written as an SSN: at least 3, exactly 2, at least 4, one `-` or space
     /// between them.
     ssn: bool,
+    /// Every byte is [`PLAIN`]: only literals spelled in such bytes can occur.
+    plain: bool,
 }
 
 /// Byte classes for [`Shape::of`], one table lookup per byte.
@@ -387,6 +412,8 @@ const UPPER: u8 = 16;
 const LOWER: u8 = 32;
 /// What may sit between a phone number's digits after its `+`: ` .()-`.
 const PHONE_SEP: u8 = 64;
+/// Hex digits and ` -:.+,/`: what ids, digests, UUIDs, timestamps and numbers are made of.
+const PLAIN: u8 = 128;
 
 const CLASSES: [u8; 256] = {
     let mut table = [0u8; 256];
@@ -412,6 +439,9 @@ const CLASSES: [u8; 256] = {
         }
         if matches!(c, b' ' | b'.' | b'(' | b')' | b'-') {
             class |= PHONE_SEP;
+        }
+        if c.is_ascii_hexdigit() || matches!(c, b' ' | b'-' | b':' | b'.' | b'+' | b',' | b'/') {
+            class |= PLAIN;
         }
         table[b] = class;
         b += 1;
@@ -512,6 +542,7 @@ impl Shape {
         let end = text.len();
         shape.end_token(end - token_from, token_cases);
         shape.base64_run = shape.base64_run.max(end - base64_from);
+        shape.plain = text.iter().all(|&b| CLASSES[usize::from(b)] & PLAIN != 0);
         shape
     }
 
@@ -521,7 +552,7 @@ impl Shape {
     /// each. Equal to [`Shape::of_bytes`] (`bit_masks_measure_what_bytes_measure`).
     fn of_bits(text: &[u8]) -> Shape {
         let m = BitClasses::of(text);
-        let mut shape = Shape::default();
+        let mut shape = Shape { plain: m.plain == run_mask(0, text.len() as u32), ..Shape::default() };
         // Digit groups with single spaces or dashes between them: a separator counts when a
         // digit comes before it; a chain's length is its digits.
         let chains = m.digit | (m.sep & (m.digit << 1));
@@ -642,6 +673,7 @@ struct BitClasses {
     base64: u64,
     /// A space or a dash (between digit groups).
     sep: u64,
+    plain: u64,
 }
 
 /// The bit of each class in [`BIT_CLASSES`], in the order of [`BitClasses`]' fields.
@@ -672,6 +704,9 @@ const BIT_CLASSES: [u8; 256] = {
         if c == b' ' || c == b'-' {
             class |= 64;
         }
+        if CLASSES[b] & PLAIN != 0 {
+            class |= 128;
+        }
         table[b] = class;
         b += 1;
     }
@@ -684,7 +719,7 @@ impl BitClasses {
         for (class, &b) in classes.iter_mut().zip(text) {
             *class = BIT_CLASSES[usize::from(b)];
         }
-        let mut masks = [0u64; 7];
+        let mut masks = [0u64; 8];
         for (word, eight) in classes[..text.len().div_ceil(8) * 8].chunks_exact(8).enumerate() {
             let mut bytes = [0u8; 8];
             bytes.copy_from_slice(eight);
@@ -694,8 +729,8 @@ impl BitClasses {
                 *mask |= ((transposed >> (8 * k)) & 0xff) << (8 * word);
             }
         }
-        let [digit, alnum, upper, lower, token, base64, sep] = masks;
-        BitClasses { digit, alnum, upper, lower, token, base64, sep }
+        let [digit, alnum, upper, lower, token, base64, sep, plain] = masks;
+        BitClasses { digit, alnum, upper, lower, token, base64, sep, plain }
     }
 }
 

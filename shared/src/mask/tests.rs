@@ -529,3 +529,16 @@ fn bit_masks_measure_what_bytes_measure() {
     // The positive control: the generated values open every shape many times.
     assert!(opened.iter().all(|&n| n > 100), "{opened:?}");
 }
+
+/// A value of hex digits and punctuation only is scanned for the literals spelled so (`ACCA`
+/// of an AWS key), and still found.
+#[test]
+fn plain_values_are_scanned_for_the_literals_they_can_hold() {
+    let masker = all();
+    let words: Vec<&str> = masker.plain_literals.owner.iter().map(|&d| &*masker.detectors[d].name).collect();
+    assert_eq!(words, ["aws_key", "connection_string"]);
+    assert!(super::Shape::of(b"ACCA0123456789ABCDEF").plain);
+    assert_eq!(masked(&masker, "ACCA0123456789ABCDEF"), "[masked:aws_key]");
+    assert!(!super::Shape::of(b"AKIA0123456789ABCDEF").plain);
+    assert_eq!(masked(&masker, "AKIA0123456789ABCDEF"), "[masked:aws_key]");
+}
